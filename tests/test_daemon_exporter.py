@@ -1,0 +1,206 @@
+"""The exporter: contract checks, exposition format, Basic auth, TLS."""
+
+from __future__ import annotations
+
+import base64
+import ssl
+import subprocess
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from texwatch.daemon._exporter import (
+    FAMILIES,
+    MetricsBoard,
+    Sample,
+    read_basic_auth_file,
+    serve_metrics,
+)
+
+
+def _board() -> tuple[CollectorRegistry, MetricsBoard]:
+    registry = CollectorRegistry()
+    return registry, MetricsBoard(registry)
+
+
+def test_publish_replaces_a_runs_samples_and_forget_drops_them() -> None:
+    registry, board = _board()
+    board.publish("a", [Sample("texwatch_loss", {"run": "a"}, 1.5)])
+    board.publish("b", [Sample("texwatch_loss", {"run": "b"}, 2.0)])
+    board.publish("a", [Sample("texwatch_loss_ema", {"run": "a"}, 1.2)])
+    assert registry.get_sample_value("texwatch_loss", {"run": "a"}) is None
+    assert registry.get_sample_value("texwatch_loss_ema", {"run": "a"}) == 1.2
+    assert registry.get_sample_value("texwatch_runs") == 2
+    board.observe_processing("a", 0.01)
+    board.forget("a")
+    assert registry.get_sample_value("texwatch_loss_ema", {"run": "a"}) is None
+    assert registry.get_sample_value("texwatch_processing_seconds_count", {"run": "a"}) is None
+    assert registry.get_sample_value("texwatch_loss", {"run": "b"}) == 2.0
+    assert board.runs() == ["b"]
+
+
+def test_counters_are_exposed_with_total_suffix() -> None:
+    registry, board = _board()
+    board.publish("r", [Sample("texwatch_loss_spikes", {"run": "r", "rule": "sigma"}, 3.0)])
+    board.count_error("corrupt_chunk")
+    assert (
+        registry.get_sample_value("texwatch_loss_spikes_total", {"run": "r", "rule": "sigma"}) == 3
+    )
+    assert registry.get_sample_value("texwatch_errors_total", {"kind": "corrupt_chunk"}) == 1
+    assert registry.get_sample_value("texwatch_errors_total", {"kind": "schema"}) == 0
+
+
+@pytest.mark.parametrize(
+    ("sample", "message"),
+    [
+        (Sample("texwatch_nope", {"run": "r"}, 1.0), "texwatch_nope"),
+        (Sample("texwatch_loss", {"run": "r", "step": "5"}, 1.0), "labels"),
+        (Sample("texwatch_processing_seconds", {"run": "r"}, 1.0), "texwatch_processing_seconds"),
+    ],
+)
+def test_publish_rejects_unknown_names_and_labels(sample: Sample, message: str) -> None:
+    _, board = _board()
+    with pytest.raises(ValueError, match=message):
+        board.publish("r", [sample])
+
+
+def test_unknown_error_kind_is_rejected() -> None:
+    _, board = _board()
+    with pytest.raises(ValueError, match="error kind"):
+        board.count_error("oops")
+
+
+def _full_board() -> tuple[CollectorRegistry, MetricsBoard]:
+    """A board with one sample of every family, as a busy daemon would have."""
+    registry, board = _board()
+    samples = []
+    for fam in FAMILIES.values():
+        if fam.kind == "histogram" or fam.name in ("texwatch_runs", "texwatch_errors"):
+            continue
+        labels = {name: {"run": "r1", "stream": "pred"}.get(name, "x") for name in fam.labels}
+        samples.append(Sample(fam.name, labels, 0.25))
+    board.publish("r1", samples)
+    board.observe_processing("r1", 0.02)
+    board.count_error("read")
+    return registry, board
+
+
+def test_exposition_parses_and_carries_every_family() -> None:
+    registry, _ = _full_board()
+    text = generate_latest(registry).decode()
+    names = {f.name for f in text_string_to_metric_families(text)}
+    assert {n for n in names if not n.endswith("_created")} == set(FAMILIES)
+
+
+def test_exposition_passes_promtool_check_metrics() -> None:
+    registry, _ = _full_board()
+    done = subprocess.run(
+        ["promtool", "check", "metrics"],
+        input=generate_latest(registry),
+        capture_output=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout.decode() + done.stderr.decode()
+
+
+def _get(
+    url: str, auth: tuple[str, str] | None = None, context: ssl.SSLContext | None = None
+) -> str:
+    request = urllib.request.Request(url)
+    if auth is not None:
+        token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    with urllib.request.urlopen(request, timeout=10, context=context) as response:
+        return str(response.read().decode())
+
+
+def test_server_serves_metrics_on_loopback() -> None:
+    registry, board = _board()
+    board.publish("r", [Sample("texwatch_last_step", {"run": "r"}, 42)])
+    server = serve_metrics(registry, bind="127.0.0.1", port=0)
+    try:
+        body = _get(f"http://127.0.0.1:{server.port}/metrics")
+    finally:
+        server.close()
+    assert 'texwatch_last_step{run="r"} 42.0' in body
+    server.close()
+
+
+def test_basic_auth_rejects_missing_and_wrong_credentials(tmp_path: Path) -> None:
+    auth_file = tmp_path / "auth"
+    auth_file.write_text("prom:s3cret\n")
+    registry, board = _board()
+    board.publish("r", [Sample("texwatch_last_step", {"run": "r"}, 7)])
+    server = serve_metrics(
+        registry, bind="127.0.0.1", port=0, basic_auth=read_basic_auth_file(auth_file)
+    )
+    url = f"http://127.0.0.1:{server.port}/metrics"
+    try:
+        for auth in (None, ("prom", "wrong")):
+            with pytest.raises(urllib.error.HTTPError) as err:
+                _get(url, auth)
+            assert err.value.code == 401
+        assert 'texwatch_last_step{run="r"} 7.0' in _get(url, ("prom", "s3cret"))
+    finally:
+        server.close()
+
+
+def test_basic_auth_file_must_hold_a_pair(tmp_path: Path) -> None:
+    bad = tmp_path / "auth"
+    bad.write_text("justauser\n")
+    with pytest.raises(ValueError, match="basic-auth-file"):
+        read_basic_auth_file(bad)
+
+
+def _self_signed(tmp_path: Path) -> tuple[str, str]:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return str(cert), str(key)
+
+
+@pytest.mark.parametrize("with_auth", [False, True])
+def test_tls_serves_over_https(tmp_path: Path, with_auth: bool) -> None:
+    cert, key = _self_signed(tmp_path)
+    registry, board = _board()
+    board.publish("r", [Sample("texwatch_last_step", {"run": "r"}, 3)])
+    auth = ("u", "p") if with_auth else None
+    server = serve_metrics(
+        registry, bind="127.0.0.1", port=0, certfile=cert, keyfile=key, basic_auth=auth
+    )
+    context = ssl.create_default_context(cafile=cert)
+    try:
+        body = _get(f"https://127.0.0.1:{server.port}/metrics", auth, context)
+    finally:
+        server.close()
+    assert 'texwatch_last_step{run="r"} 3.0' in body
+
+
+def test_tls_needs_both_cert_and_key() -> None:
+    registry, _ = _board()
+    with pytest.raises(ValueError, match="tls-cert"):
+        serve_metrics(registry, port=0, certfile="c.pem")

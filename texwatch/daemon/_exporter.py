@@ -1,0 +1,336 @@
+"""Prometheus exposition for texwatchd: a custom collector over the latest derived results.
+
+The pipeline computes; the collector only copies what the pipeline published (under a lock) and
+turns it into metric families, so a scrape never triggers computation. The metric names and
+labels here are the contract shared with the dashboards and alert rules (DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import ssl
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from wsgiref.simple_server import make_server
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    make_wsgi_app,
+    start_http_server,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import ThreadingWSGIServer, _SilentHandler
+from prometheus_client.registry import Collector
+
+__all__ = [
+    "FAMILIES",
+    "ERROR_KINDS",
+    "Family",
+    "MetricsBoard",
+    "MetricsServer",
+    "Sample",
+    "read_basic_auth_file",
+    "serve_metrics",
+]
+
+
+@dataclass(frozen=True)
+class Family:
+    """One exported metric family: its name (without a counter's ``_total``), type and labels."""
+
+    name: str
+    kind: str  # "gauge" | "counter" | "histogram"
+    labels: tuple[str, ...]
+    doc: str
+
+
+_STREAM = ("run", "stream")
+_RUN = ("run",)
+_TERM = ("run", "term")
+
+#: Per-stream texture metrics: derived key (spectral.py) -> exported family name.
+STREAM_METRIC_NAMES: dict[str, str] = {
+    "fundamental_radius_bin": "texwatch_fundamental_radius_bin",
+    "acf_first_peak_radius_bin": "texwatch_acf_first_peak_radius_bin",
+    "E2f_over_Ef": "texwatch_e2f_over_ef",
+    "Ehalf_over_Ef": "texwatch_ehalf_over_ef",
+    "axis_ratio_at_f": "texwatch_axis_ratio_at_f",
+    "shift_mse_dx1": "texwatch_shift_mse_dx1",
+    "shift_mse_dy1": "texwatch_shift_mse_dy1",
+    "resize_mse_downUp": "texwatch_resize_mse_down_up",
+    "resize_delta_r": "texwatch_resize_delta_r",
+    "ref_radius_bin": "texwatch_ref_radius_bin",
+    "checkerboard_energy": "texwatch_checkerboard_energy",
+    "band_score": "texwatch_band_score",
+    "band_max_run": "texwatch_band_max_run",
+}
+
+#: Per-stream value health: derived key (spectral.latent_health) -> exported family name.
+STREAM_HEALTH_NAMES: dict[str, str] = {
+    "mean": "texwatch_stream_mean",
+    "std": "texwatch_stream_std",
+    "min": "texwatch_stream_min",
+    "max": "texwatch_stream_max",
+    "clip_fraction": "texwatch_stream_clip_fraction",
+    "clip_excess": "texwatch_stream_clip_excess",
+}
+
+_STREAM_DOCS: dict[str, str] = {
+    "texwatch_fundamental_radius_bin": "Radius (FFT-index px) of the dominant spectral peak, f*.",
+    "texwatch_acf_first_peak_radius_bin": "Texture period (px) from the first ACF peak.",
+    "texwatch_e2f_over_ef": "Energy at 2f over energy at f (f = reference f* when known).",
+    "texwatch_ehalf_over_ef": "Energy at f/2 over energy at f (f = reference f* when known).",
+    "texwatch_axis_ratio_at_f": "Share of the ring-at-f energy within 1 px of the axes.",
+    "texwatch_shift_mse_dx1": "Masked MSE between the image and itself shifted 1 px in x.",
+    "texwatch_shift_mse_dy1": "Masked MSE between the image and itself shifted 1 px in y.",
+    "texwatch_resize_mse_down_up": "Masked MSE after a 0.5x antialiased down-and-up resize.",
+    "texwatch_resize_delta_r": "f* after the down-and-up resize minus f* before.",
+    "texwatch_ref_radius_bin": "f* of the reference tile or target.",
+    "texwatch_checkerboard_energy": "Share of non-DC energy at the Nyquist corners and edges.",
+    "texwatch_band_score": "Strongest row/column share of doubled-period windows.",
+    "texwatch_band_max_run": "Longest run of rows/columns with a doubled-period share >= 0.35.",
+    "texwatch_stream_mean": "Mean of the finite values of the stream's newest row.",
+    "texwatch_stream_std": "Standard deviation of the finite values of the newest row.",
+    "texwatch_stream_min": "Minimum finite value of the newest row.",
+    "texwatch_stream_max": "Maximum finite value of the newest row.",
+    "texwatch_stream_clip_fraction": "Share of values with |x| above the clip range (3).",
+    "texwatch_stream_clip_excess": "mean(relu(|x| - r)) / r with r the clip range.",
+}
+
+FAMILIES: dict[str, Family] = {
+    f.name: f
+    for f in [
+        *(Family(n, "gauge", _STREAM, d) for n, d in _STREAM_DOCS.items()),
+        Family(
+            "texwatch_texture_loss",
+            "gauge",
+            ("run", "stream", "loss"),
+            "Texture losses between the stream and the target or reference tile.",
+        ),
+        Family("texwatch_loss", "gauge", _RUN, "Training loss of the newest step."),
+        Family("texwatch_loss_ema", "gauge", _RUN, "Exponential moving average of the loss."),
+        Family("texwatch_loss_zscore", "gauge", _RUN, "Loss z-score against the rolling window."),
+        Family("texwatch_loss_spikes", "counter", ("run", "rule"), "Loss spikes, by the rule."),
+        Family("texwatch_loss_spike_warnings", "counter", _RUN, "Loss values over the warn level."),
+        Family("texwatch_loss_term", "gauge", _TERM, "Unweighted value of a loss term."),
+        Family("texwatch_loss_term_weight", "gauge", _TERM, "Weight of a loss term."),
+        Family("texwatch_loss_term_share", "gauge", _TERM, "Share of the weighted loss total."),
+        Family("texwatch_loss_term_dead", "gauge", _TERM, "1 while a weighted term is dead."),
+        Family("texwatch_dead_loss_terms", "gauge", _RUN, "Number of dead loss terms."),
+        Family("texwatch_scalar", "gauge", ("run", "name"), "User scalars (lr, grad_norm, ...)."),
+        Family("texwatch_nonfinite", "counter", _STREAM, "Non-finite values seen, by stream."),
+        Family("texwatch_last_step", "gauge", _RUN, "Newest committed step derived."),
+        Family("texwatch_daemon_lag_rows", "gauge", _RUN, "Committed rows not yet derived."),
+        Family(
+            "texwatch_last_processed_timestamp_seconds",
+            "gauge",
+            _RUN,
+            "Unix time of the last derived batch.",
+        ),
+        Family(
+            "texwatch_client_dropped_rows",
+            "counter",
+            _STREAM,
+            "Rows the client dropped under back-pressure, as counted in the store.",
+        ),
+        Family("texwatch_runs", "gauge", (), "Runs being served."),
+        Family("texwatch_errors", "counter", ("kind",), "Daemon errors, by kind."),
+        Family(
+            "texwatch_processing_seconds",
+            "histogram",
+            _RUN,
+            "Time one wake spent deriving a run's new rows.",
+        ),
+    ]
+}
+
+#: Values of the ``kind`` label of ``texwatch_errors_total``.
+ERROR_KINDS = ("corrupt_chunk", "store_missing", "schema", "read", "compute", "snapshot")
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One labelled value of a family in :data:`FAMILIES`."""
+
+    name: str
+    labels: Mapping[str, str]
+    value: float
+
+
+class MetricsBoard(Collector):
+    """The latest results of every run, published by the pipeline and read by scrapes.
+
+    Each run's samples are replaced as a whole, so a scrape sees one consistent batch per run.
+    Errors and processing times are ordinary prometheus_client metrics in the same registry.
+
+    Example:
+        >>> registry = CollectorRegistry()
+        >>> board = MetricsBoard(registry)
+        >>> board.publish("r1", [Sample("texwatch_loss", {"run": "r1"}, 0.5)])
+        >>> registry.get_sample_value("texwatch_loss", {"run": "r1"})
+        0.5
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._lock = threading.Lock()
+        self._runs: dict[str, tuple[Sample, ...]] = {}
+        self._errors = Counter(
+            "texwatch_errors", FAMILIES["texwatch_errors"].doc, ["kind"], registry=registry
+        )
+        for kind in ERROR_KINDS:
+            self._errors.labels(kind=kind)
+        self._processing = Histogram(
+            "texwatch_processing_seconds",
+            FAMILIES["texwatch_processing_seconds"].doc,
+            ["run"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+            registry=registry,
+        )
+        registry.register(self)
+
+    def publish(self, run: str, samples: Iterable[Sample]) -> None:
+        """Replace everything exported for ``run`` by ``samples``."""
+        checked = tuple(samples)
+        for s in checked:
+            family = FAMILIES.get(s.name)
+            if family is None or family.kind == "histogram" or tuple(s.labels) != family.labels:
+                raise ValueError(
+                    f"Expected sample {s.name!r} to be a known family with labels "
+                    f"{family.labels if family else '?'} but got labels {tuple(s.labels)}"
+                )
+        with self._lock:
+            self._runs[run] = checked
+
+    def forget(self, run: str) -> None:
+        """Stop exporting ``run`` (deleted, or finished long ago)."""
+        with self._lock:
+            known = self._runs.pop(run, None) is not None
+        if known:
+            with contextlib.suppress(KeyError):
+                self._processing.remove(run)
+
+    def runs(self) -> list[str]:
+        """Names of the runs being exported."""
+        with self._lock:
+            return sorted(self._runs)
+
+    def count_error(self, kind: str) -> None:
+        """Count one daemon error of ``kind`` (one of :data:`ERROR_KINDS`)."""
+        if kind not in ERROR_KINDS:
+            raise ValueError(f"Expected error kind in {ERROR_KINDS} but got {kind!r}")
+        self._errors.labels(kind=kind).inc()
+
+    def observe_processing(self, run: str, seconds: float) -> None:
+        """Record how long one wake spent on ``run``."""
+        self._processing.labels(run=run).observe(seconds)
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            runs = dict(self._runs)
+        families: dict[str, GaugeMetricFamily | CounterMetricFamily] = {}
+        for samples in runs.values():
+            for s in samples:
+                fam = families.get(s.name)
+                if fam is None:
+                    spec = FAMILIES[s.name]
+                    cls = GaugeMetricFamily if spec.kind == "gauge" else CounterMetricFamily
+                    fam = families[s.name] = cls(s.name, spec.doc, labels=list(spec.labels))
+                fam.add_metric(list(s.labels.values()), s.value)
+        runs_gauge = GaugeMetricFamily("texwatch_runs", FAMILIES["texwatch_runs"].doc)
+        runs_gauge.add_metric([], len(runs))
+        yield runs_gauge
+        yield from families.values()
+
+
+def read_basic_auth_file(path: str | Path) -> tuple[str, str]:
+    """Read ``user:password`` from the first line of ``path`` (keep the file mode 0600)."""
+    text = Path(path).read_text(encoding="utf-8").splitlines()
+    line = text[0].strip() if text else ""
+    user, sep, password = line.partition(":")
+    if not sep or not user or not password:
+        raise ValueError(
+            f"Expected argument `--basic-auth-file` to hold one line 'user:password' "
+            f"but {str(path)!r} holds {'nothing' if not line else 'no user:password pair'}"
+        )
+    return user, password
+
+
+def _with_basic_auth(app: Callable[..., Any], user: str, password: str) -> Callable[..., Any]:
+    """Wrap a WSGI app so only requests with the right Basic credentials reach it."""
+    import base64
+
+    expected = base64.b64encode(f"{user}:{password}".encode()).decode()
+
+    def guarded(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        given = environ.get("HTTP_AUTHORIZATION", "")
+        scheme, _, token = given.partition(" ")
+        if scheme.lower() == "basic" and hmac.compare_digest(token.strip(), expected):
+            return app(environ, start_response)
+        start_response(
+            "401 Unauthorized",
+            [("WWW-Authenticate", 'Basic realm="texwatch"'), ("Content-Type", "text/plain")],
+        )
+        return [b"unauthorized\n"]
+
+    return guarded
+
+
+class MetricsServer:
+    """A running ``/metrics`` endpoint; :meth:`close` stops it and joins its thread."""
+
+    def __init__(self, server: Any, thread: threading.Thread) -> None:
+        self._server = server
+        self._thread = thread
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful with port 0)."""
+        return int(self._server.server_address[1])
+
+    def close(self) -> None:
+        """Stop serving; safe to call twice."""
+        if self._thread.is_alive():
+            self._server.shutdown()
+            self._thread.join()
+        self._server.server_close()
+
+
+def serve_metrics(
+    registry: CollectorRegistry,
+    *,
+    bind: str = "127.0.0.1",
+    port: int = 9400,
+    certfile: str | None = None,
+    keyfile: str | None = None,
+    basic_auth: tuple[str, str] | None = None,
+) -> MetricsServer:
+    """Serve ``registry`` on ``bind:port``, with optional TLS and Basic authentication.
+
+    Without Basic auth this is prometheus_client's own ``start_http_server`` (which brings TLS);
+    with it, the same WSGI app behind a credentials check, TLS through the same ``ssl`` module.
+    """
+    if (certfile is None) != (keyfile is None):
+        raise ValueError(
+            "Expected arguments `--tls-cert` and `--tls-key` together but got "
+            f"cert={certfile!r}, key={keyfile!r}"
+        )
+    if basic_auth is None:
+        server, thread = start_http_server(
+            port, addr=bind, registry=registry, certfile=certfile, keyfile=keyfile
+        )
+        return MetricsServer(server, thread)
+    app = _with_basic_auth(make_wsgi_app(registry), *basic_auth)
+    server = make_server(bind, port, app, ThreadingWSGIServer, handler_class=_SilentHandler)
+    if certfile and keyfile:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(certfile, keyfile)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, name="texwatch-metrics", daemon=True)
+    thread.start()
+    return MetricsServer(server, thread)
