@@ -1,0 +1,1669 @@
+"""Streaming detectors over training series: loss EMA, spikes, dead loss terms, stream health.
+
+The module has two halves, like torchmetrics: pure numpy functions do the maths
+(:func:`zscore`, :func:`robust_zscore`, :func:`alpha_from_half_life`, :func:`timestep_bin_index`,
+:func:`term_shares`), and thin stateful classes keep what a stream needs in constant memory, with
+``update()`` and then read. Every class round-trips exactly through ``state_dict()`` (plain,
+JSON-serialisable values; NaN allowed) so the daemon can store it atomically with its cursor, and
+every class rewinds cleanly when a resumed job repeats steps: history at or after the repeated
+step is dropped and run-length rules start over, so the jump back is never taken for a spike.
+Counters and the list of recent spike events are a log of what was seen and are never rewound.
+
+No torch and no I/O here: the per-image maths lives in :mod:`texwatch.spectral`.
+
+Example:
+    >>> monitor = LossMonitor(window=8, sigma=6.0)
+    >>> for step in range(8):
+    ...     _ = monitor.update(step, 1.0 + 0.01 * (step % 3))
+    >>> monitor.update(8, 5.0).rule
+    'sigma'
+    >>> monitor.counts["sigma"]
+    1
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from numbers import Integral, Real
+from typing import Any, ClassVar, TypeVar
+
+import numpy as np
+
+__all__ = [
+    "EMA",
+    "SPIKE_RULES",
+    "HardMaxRule",
+    "LossMonitor",
+    "LossUpdate",
+    "RobustSpikeDetector",
+    "RollingSpikeDetector",
+    "SpikeEvent",
+    "SpikeVerdict",
+    "StreamHealth",
+    "StreamHealthUpdate",
+    "SustainedRule",
+    "TermMonitor",
+    "TermUpdate",
+    "TimestepNormalizer",
+    "alpha_from_half_life",
+    "robust_zscore",
+    "term_shares",
+    "timestep_bin_index",
+    "zscore",
+]
+
+#: The ``rule`` label values of ``texwatch_loss_spikes_total``, most severe first.
+SPIKE_RULES: tuple[str, ...] = ("nonfinite", "hard_max", "sigma", "sustained")
+
+_STATE_VERSION = 1
+# MAD of a normal sample times this is its standard deviation.
+_MAD_TO_SIGMA = 1.4826
+# A flat history has no spread: keep a floor so a z-score stays finite (relative, then absolute).
+_REL_SCALE_FLOOR = 1e-6
+_ABS_SCALE_FLOOR = 1e-12
+# DDPM-style discrete schedulers sample integer timesteps in [0, 1000).
+_DISCRETE_T_MAX = 1000.0
+
+_T = TypeVar("_T")
+
+
+# --------------------------------------------------------------------------------------------
+# Argument checks (torchmetrics-style messages: what was expected, what came).
+
+
+def _check_int(name: str, value: Any, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < minimum:
+        what = "a positive int" if minimum == 1 else f"an int >= {minimum}"
+        raise ValueError(f"Expected argument `{name}` to be {what} but got {value!r}")
+    return int(value)
+
+
+def _check_float(
+    name: str, value: Any, *, low: float = 0.0, high: float = math.inf, high_ok: bool = False
+) -> float:
+    ok = isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(float(value))
+    if ok:
+        x = float(value)
+        ok = x > low and (x <= high if high_ok else x < high)
+    if not ok:
+        if math.isinf(high):
+            what = "a positive finite float" if low == 0.0 else f"a finite float > {low}"
+        else:
+            what = f"a float in ({low}, {high}{']' if high_ok else ')'}"
+        raise ValueError(f"Expected argument `{name}` to be {what} but got {value!r}")
+    return float(value)
+
+
+def _check_step(step: Any) -> int:
+    if isinstance(step, bool) or not isinstance(step, Integral) or step < 0:
+        raise TypeError(f"Expected argument `step` to be a non-negative int but got {step!r}")
+    return int(step)
+
+
+def _check_value(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"Expected argument `{name}` to be a real number but got {value!r}")
+    return float(value)
+
+
+def _as_vector(name: str, value: Any) -> np.ndarray:
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise TypeError(
+            f"Expected argument `{name}` to be a 1-D sequence of numbers but got {value!r}"
+        ) from err
+    if arr.ndim > 1 or arr.size == 0:
+        raise ValueError(
+            f"Expected argument `{name}` to be a non-empty 1-D sequence but got shape {arr.shape}"
+        )
+    return arr.reshape(-1)  # (B,)
+
+
+def _alpha(
+    alpha: float | None,
+    half_life: float | None,
+    default: float,
+    names: tuple[str, str] = ("alpha", "half_life"),
+) -> float:
+    if alpha is not None and half_life is not None:
+        raise ValueError(
+            f"Expected at most one of arguments `{names[0]}` and `{names[1]}` but got both "
+            f"({alpha!r}, {half_life!r})"
+        )
+    if half_life is not None:
+        return 1.0 - 0.5 ** (1.0 / _check_float(names[1], half_life))
+    if alpha is None:
+        return default
+    return _check_float(names[0], alpha, high=1.0, high_ok=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Pure maths.
+
+
+def alpha_from_half_life(half_life: float) -> float:
+    """Return the EMA smoothing factor whose weights halve every ``half_life`` updates.
+
+    Example:
+        >>> round(alpha_from_half_life(1.0), 3)
+        0.5
+    """
+    h = _check_float("half_life", half_life)
+    return 1.0 - 0.5 ** (1.0 / h)
+
+
+def _floored(scale: float, center: float) -> float:
+    return max(scale, _REL_SCALE_FLOOR * abs(center), _ABS_SCALE_FLOOR)
+
+
+def zscore(value: float, history: np.ndarray) -> float:
+    """Return how many standard deviations ``value`` lies above the mean of ``history``.
+
+    A flat history gets a tiny floor on its spread, so the result stays finite. Signed: negative
+    below the mean.
+
+    Example:
+        >>> zscore(4.0, np.array([1.0, 2.0, 3.0]))  # doctest: +ELLIPSIS
+        2.449...
+    """
+    h = np.asarray(history, dtype=np.float64)  # (N,)
+    mean = float(h.mean())
+    return (float(value) - mean) / _floored(float(h.std()), mean)
+
+
+def robust_zscore(value: float, history: np.ndarray) -> float:
+    """Return ``value``'s distance above the median of ``history`` in MAD-estimated σ.
+
+    The median and the median absolute deviation (× 1.4826, σ for normal data) ignore the few
+    outliers that inflate a plain standard deviation.
+
+    Example:
+        >>> round(robust_zscore(10.0, np.array([1.0, 2.0, 3.0, 100.0])), 3)
+        5.059
+    """
+    h = np.asarray(history, dtype=np.float64)  # (N,)
+    median = float(np.median(h))
+    mad = float(np.median(np.abs(h - median)))
+    return (float(value) - median) / _floored(_MAD_TO_SIGMA * mad, median)
+
+
+def timestep_bin_index(
+    timesteps: np.ndarray, bins: int, t_range: tuple[float, float]
+) -> np.ndarray:
+    """Return the bin of each timestep: ``bins`` equal bins over ``t_range``, ends clipped.
+
+    Example:
+        >>> timestep_bin_index(np.array([0.0, 499.0, 999.0, 2000.0]), 10, (0.0, 1000.0)).tolist()
+        [0, 4, 9, 9]
+    """
+    lo, hi = t_range
+    t = np.asarray(timesteps, dtype=np.float64)
+    idx = np.floor((t - lo) * (bins / (hi - lo)))
+    return np.fmin(np.fmax(idx, 0.0), bins - 1).astype(np.int64)  # fmax sends NaN to bin 0
+
+
+def term_shares(contributions: Mapping[str, float]) -> dict[str, float]:
+    """Return each term's share of the weighted total, ``|w·v| / Σ|w·v|``.
+
+    Absolute values keep shares in [0, 1] when a term is negative (a GAN generator loss); a term
+    whose contribution is NaN (absent) gets NaN, and every share is NaN when the total is zero.
+
+    Example:
+        >>> term_shares({"v": 3.0, "lpips": -1.0, "edge": 0.0})
+        {'v': 0.75, 'lpips': 0.25, 'edge': 0.0}
+    """
+    present = {k: abs(c) for k, c in contributions.items() if math.isfinite(c)}
+    total = math.fsum(present.values())
+    return {
+        k: (present[k] / total if k in present and total > 0.0 else math.nan)
+        for k in contributions
+    }
+
+
+def _infer_t_range(t: np.ndarray) -> tuple[float, float] | None:
+    """Guess the sampler's timestep range from one batch; None while the batch cannot tell."""
+    finite = t[np.isfinite(t)]
+    if finite.size == 0:
+        return None
+    lo, hi = float(finite.min()), float(finite.max())
+    integral = bool(np.all(finite == np.round(finite)))
+    if lo < 0.0 or hi > _DISCRETE_T_MAX:
+        raise ValueError(
+            f"Cannot infer the timestep range from timesteps in [{lo}, {hi}]: expected values "
+            f"in [0, 1] or [0, 1000]; pass argument `t_range` explicitly"
+        )
+    if hi > 1.0:
+        return (0.0, _DISCRETE_T_MAX)
+    if not integral:
+        return (0.0, 1.0)
+    return None  # only 0s and 1s so far: continuous [0, 1] or discrete [0, 1000] alike
+
+
+# --------------------------------------------------------------------------------------------
+# State plumbing.
+
+
+def _header(kind: str, config: dict[str, Any]) -> dict[str, Any]:
+    return {"kind": kind, "version": _STATE_VERSION, "config": config}
+
+
+def _open_state(
+    state: Mapping[str, Any], kind: str, config: dict[str, Any], structural: tuple[str, ...]
+) -> Mapping[str, Any]:
+    """Check a state dict's kind, version and shape-defining config before it is loaded."""
+    if not isinstance(state, Mapping) or state.get("kind") != kind:
+        got = state.get("kind") if isinstance(state, Mapping) else type(state).__name__
+        raise ValueError(f"Expected a `{kind}` state_dict but got one of kind {got!r}")
+    if state.get("version") != _STATE_VERSION:
+        raise ValueError(
+            f"Expected a `{kind}` state_dict of version {_STATE_VERSION} "
+            f"but got version {state.get('version')!r}"
+        )
+    saved = state.get("config", {})
+    for key in structural:
+        if _canon(saved.get(key)) != _canon(config[key]):
+            raise ValueError(
+                f"Expected a `{kind}` state_dict with {key}={config[key]!r} but got "
+                f"{saved.get(key)!r}; build the detector with `{kind}.from_state_dict(state)`"
+            )
+    return state
+
+
+def _canon(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _corrupt(kind: str, err: Exception) -> ValueError:
+    return ValueError(f"Expected a complete `{kind}` state_dict but loading it failed: {err!r}")
+
+
+class _Ring:
+    """Fixed-capacity ring of (step, values) rows, oldest overwritten; steps strictly increase."""
+
+    __slots__ = ("_count", "_head", "_steps", "_values", "capacity", "width")
+
+    def __init__(self, capacity: int, width: int = 1) -> None:
+        self.capacity = capacity
+        self.width = width
+        self._steps = np.full(capacity, -1, dtype=np.int64)  # (N,)
+        self._values = np.zeros((capacity, width), dtype=np.float64)  # (N, K)
+        self._head = 0  # next slot to write
+        self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    @property
+    def full(self) -> bool:
+        return self._count == self.capacity
+
+    def push(self, step: int, *values: float) -> None:
+        self._steps[self._head] = step
+        self._values[self._head] = values
+        self._head = (self._head + 1) % self.capacity
+        self._count = min(self._count + 1, self.capacity)
+
+    def rewind(self, step: int) -> np.ndarray | None:
+        """Drop the rows at or after ``step``; return the oldest dropped row's values, if any."""
+        oldest: np.ndarray | None = None
+        while self._count:
+            last = (self._head - 1) % self.capacity
+            if self._steps[last] < step:
+                break
+            oldest = self._values[last].copy()
+            self._head = last
+            self._count -= 1
+        return oldest
+
+    def oldest(self) -> np.ndarray | None:
+        if not self._count:
+            return None
+        return self._values[(self._head - self._count) % self.capacity].copy()
+
+    def column(self, k: int = 0) -> np.ndarray:
+        """The live values of column ``k`` (order fixed by the stored slots, so reproducible)."""
+        if self.full:
+            return self._values[:, k]
+        start = (self._head - self._count) % self.capacity
+        idx = (start + np.arange(self._count)) % self.capacity
+        return self._values[idx, k]
+
+    def clear(self) -> None:
+        self._head = 0
+        self._count = 0
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "steps": self._steps.tolist(),
+            "values": self._values.tolist(),
+            "head": self._head,
+            "count": self._count,
+        }
+
+    def load(self, state: Mapping[str, Any]) -> None:
+        steps = np.asarray(state["steps"], dtype=np.int64)
+        values = np.asarray(state["values"], dtype=np.float64)
+        head, count = int(state["head"]), int(state["count"])
+        if steps.shape != (self.capacity,) or values.shape != (self.capacity, self.width):
+            raise ValueError(
+                f"ring of shape {values.shape}, expected ({self.capacity}, {self.width})"
+            )
+        if not (0 <= head < self.capacity and 0 <= count <= self.capacity):
+            raise ValueError(f"ring head {head} / count {count} out of range")
+        self._steps, self._values, self._head, self._count = steps, values, head, count
+
+
+class _Stateful:
+    """Shared ``from_state_dict`` for the detectors (each builds itself from the saved config)."""
+
+    _KIND: ClassVar[str]
+
+    def _config(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        raise NotImplementedError
+
+    @classmethod
+    def from_state_dict(cls: type[_T], state: Mapping[str, Any]) -> _T:
+        """Build a detector with the saved configuration and state."""
+        kind = cls._KIND  # type: ignore[attr-defined]
+        if not isinstance(state, Mapping) or not isinstance(state.get("config"), Mapping):
+            raise ValueError(f"Expected a `{kind}` state_dict with a `config` mapping")
+        config = {
+            k: (tuple(v) if isinstance(v, list) else v) for k, v in state["config"].items()
+        }
+        obj = cls(**config)
+        obj.load_state_dict(state)  # type: ignore[attr-defined]
+        return obj
+
+
+# --------------------------------------------------------------------------------------------
+# EMA.
+
+
+class EMA(_Stateful):
+    """Exponential moving average of a series, skipping non-finite values, rewindable.
+
+    Args:
+        alpha: weight of each new value, in (0, 1]; default 0.01.
+        half_life: alternative to ``alpha``: updates after which a value's weight halves.
+        history: how many past steps a rewind can reach exactly; a rewind further back restores
+            the oldest average still held.
+
+    Example:
+        >>> ema = EMA(alpha=0.5)
+        >>> ema.update(0, 1.0), ema.update(1, 3.0)
+        (1.0, 2.0)
+        >>> ema.update(1, 5.0)  # step 1 again: a resumed job replays it
+        3.0
+    """
+
+    _KIND = "EMA"
+    _STRUCTURAL = ("history",)
+
+    def __init__(
+        self, alpha: float | None = None, *, half_life: float | None = None, history: int = 128
+    ) -> None:
+        self.alpha = _alpha(alpha, half_life, 0.01)
+        self.history = _check_int("history", history)
+        self._ring = _Ring(self.history)  # (step, average before that step)
+        self._value = math.nan
+        self._last_step = -1
+
+    @property
+    def value(self) -> float:
+        """The current average (NaN until a finite value arrives)."""
+        return self._value
+
+    def update(self, step: int, value: float) -> float:
+        """Fold ``value`` at ``step`` in (a non-finite value is skipped) and return the average."""
+        step = _check_step(step)
+        x = _check_value("value", value)
+        if step <= self._last_step:
+            self.rewind(step)
+        self._last_step = step
+        if math.isfinite(x):
+            self._ring.push(step, self._value)
+            old = self._value
+            self._value = x if math.isnan(old) else old + self.alpha * (x - old)
+        return self._value
+
+    def rewind(self, step: int) -> None:
+        """Forget the values at or after ``step``."""
+        step = _check_step(step)
+        before = self._ring.rewind(step)  # the average before the oldest dropped step
+        if before is not None:
+            self._value = float(before[0])
+        self._last_step = step - 1
+
+    def _config(self) -> dict[str, Any]:
+        return {"alpha": self.alpha, "history": self.history}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Return the full state as plain JSON-serialisable values."""
+        out = _header(self._KIND, self._config())
+        out.update(ring=self._ring.state(), value=self._value, last_step=self._last_step)
+        return out
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a state from :meth:`state_dict` (the smoothing factor stays this instance's)."""
+        _open_state(state, self._KIND, self._config(), self._STRUCTURAL)
+        try:
+            self._ring.load(state["ring"])
+            self._value = float(state["value"])
+            self._last_step = int(state["last_step"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise _corrupt(self._KIND, err) from err
+
+
+# --------------------------------------------------------------------------------------------
+# Rolling spike detectors.
+
+
+@dataclass(frozen=True)
+class SpikeVerdict:
+    """What a spike detector said about one value.
+
+    ``zscore`` is NaN until the window is full or when the value is not finite; ``warning`` means
+    ``warn_sigma <= zscore < sigma``, ``alarm`` means ``zscore >= sigma`` (one-sided: drops never
+    alarm).
+    """
+
+    step: int
+    value: float
+    zscore: float
+    alarm: bool
+    warning: bool
+
+
+class _WindowSpikeDetector(_Stateful):
+    """One-sided spike detection against the last ``window`` unflagged values."""
+
+    _STRUCTURAL = ("window",)
+
+    def __init__(self, window: int = 128, sigma: float = 6.0, warn_sigma: float = 4.0) -> None:
+        self.window = _check_int("window", window, minimum=2)
+        self.sigma = _check_float("sigma", sigma)
+        self.warn_sigma = _check_float("warn_sigma", warn_sigma)
+        self._ring = _Ring(self.window)
+        self._last_step = -1
+        self._last: SpikeVerdict | None = None
+
+    def _score(self, value: float, history: np.ndarray) -> float:
+        raise NotImplementedError
+
+    @property
+    def ready(self) -> bool:
+        """True once ``window`` values are held: nothing is flagged before."""
+        return self._ring.full
+
+    @property
+    def last(self) -> SpikeVerdict | None:
+        """The verdict of the latest update."""
+        return self._last
+
+    def __len__(self) -> int:
+        return len(self._ring)
+
+    def score(self, value: float) -> float:
+        """The z-score ``value`` would get now (NaN before the window is full); changes nothing."""
+        x = _check_value("value", value)
+        if not self._ring.full or not math.isfinite(x):
+            return math.nan
+        return self._score(x, self._ring.column())
+
+    def update(self, step: int, value: float, *, exclude: bool = False) -> SpikeVerdict:
+        """Score ``value`` at ``step``, then keep it in the history unless it alarmed.
+
+        Args:
+            step: the training step; a step not after the last one rewinds first.
+            value: the new value; a non-finite one is scored NaN and not kept.
+            exclude: keep the value out of the history anyway (another rule flagged it).
+        """
+        step = _check_step(step)
+        if step <= self._last_step:
+            self.rewind(step)
+        self._last_step = step
+        z = self.score(value)
+        alarm = z >= self.sigma
+        verdict = SpikeVerdict(step, float(value), z, alarm, not alarm and z >= self.warn_sigma)
+        if math.isfinite(verdict.value) and not (alarm or exclude):
+            self._ring.push(step, verdict.value)
+        self._last = verdict
+        return verdict
+
+    def rewind(self, step: int) -> None:
+        """Drop the history at or after ``step``."""
+        step = _check_step(step)
+        self._ring.rewind(step)
+        self._last_step = step - 1
+
+    def clear(self) -> None:
+        """Empty the history (the series changed meaning)."""
+        self._ring.clear()
+
+    def _config(self) -> dict[str, Any]:
+        return {"window": self.window, "sigma": self.sigma, "warn_sigma": self.warn_sigma}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Return the full state as plain JSON-serialisable values."""
+        out = _header(self._KIND, self._config())
+        out.update(ring=self._ring.state(), last_step=self._last_step)
+        return out
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a state from :meth:`state_dict` (thresholds stay this instance's)."""
+        _open_state(state, self._KIND, self._config(), self._STRUCTURAL)
+        try:
+            self._ring.load(state["ring"])
+            self._last_step = int(state["last_step"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise _corrupt(self._KIND, err) from err
+        self._last = None
+
+
+class RollingSpikeDetector(_WindowSpikeDetector):
+    """Alarm when a value exceeds the rolling mean by ``sigma`` rolling standard deviations.
+
+    Args:
+        window: how many past unflagged values make the reference (default 128).
+        sigma: alarm level in σ (default 6, OLMo-core's; the seed's 3 works too).
+        warn_sigma: warning level in σ (default 4); a warning is a value in [warn_sigma, sigma).
+
+    Example:
+        >>> det = RollingSpikeDetector(window=4, sigma=3.0)
+        >>> [det.update(s, v).alarm for s, v in enumerate([1.0, 1.1, 0.9, 1.0, 9.0])]
+        [False, False, False, False, True]
+    """
+
+    _KIND = "RollingSpikeDetector"
+
+    def _score(self, value: float, history: np.ndarray) -> float:
+        return zscore(value, history)
+
+
+class RobustSpikeDetector(_WindowSpikeDetector):
+    """Like :class:`RollingSpikeDetector` but against the rolling median and MAD-estimated σ.
+
+    Example:
+        >>> det = RobustSpikeDetector(window=4, sigma=6.0)
+        >>> [det.update(s, v).alarm for s, v in enumerate([1.0, 1.1, 0.9, 1.0, 9.0])]
+        [False, False, False, False, True]
+    """
+
+    _KIND = "RobustSpikeDetector"
+
+    def _score(self, value: float, history: np.ndarray) -> float:
+        return robust_zscore(value, history)
+
+
+# --------------------------------------------------------------------------------------------
+# Hard rules.
+
+
+class HardMaxRule(_Stateful):
+    """Megatron's rule: flag a value ≥ ``factor`` × the maximum of the first ``first`` values.
+
+    Non-finite and excluded values are not collected; nothing fires until ``first`` values are
+    held, nor while that maximum is not positive (the rule is meant for positive losses).
+
+    Example:
+        >>> rule = HardMaxRule(first=3, factor=10.0)
+        >>> [rule.update(s, v) for s, v in enumerate([1.0, 2.0, 1.5, 19.0, 20.0])]
+        [False, False, False, False, True]
+    """
+
+    _KIND = "HardMaxRule"
+    _STRUCTURAL = ("first",)
+
+    def __init__(self, first: int = 100, factor: float = 10.0) -> None:
+        self.first = _check_int("first", first)
+        self.factor = _check_float("factor", factor)
+        self._ring = _Ring(self.first)  # filled once, never overwritten
+        self._last_step = -1
+
+    @property
+    def reference(self) -> float:
+        """The maximum of the first values (NaN until they are all held)."""
+        return float(self._ring.column().max()) if self._ring.full else math.nan
+
+    def update(self, step: int, value: float, *, exclude: bool = False) -> bool:
+        """Check ``value`` at ``step``; return True when it fires."""
+        step = _check_step(step)
+        x = _check_value("value", value)
+        if step <= self._last_step:
+            self.rewind(step)
+        self._last_step = step
+        if not math.isfinite(x):
+            return False
+        if not self._ring.full:
+            if not exclude:
+                self._ring.push(step, x)
+            return False
+        ref = self.reference
+        return ref > 0.0 and x >= self.factor * ref
+
+    def rewind(self, step: int) -> None:
+        """Forget collected values at or after ``step``."""
+        step = _check_step(step)
+        self._ring.rewind(step)
+        self._last_step = step - 1
+
+    def _config(self) -> dict[str, Any]:
+        return {"first": self.first, "factor": self.factor}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Return the full state as plain JSON-serialisable values."""
+        out = _header(self._KIND, self._config())
+        out.update(ring=self._ring.state(), last_step=self._last_step)
+        return out
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a state from :meth:`state_dict` (the factor stays this instance's)."""
+        _open_state(state, self._KIND, self._config(), self._STRUCTURAL)
+        try:
+            self._ring.load(state["ring"])
+            self._last_step = int(state["last_step"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise _corrupt(self._KIND, err) from err
+
+
+class SustainedRule(_Stateful):
+    """llm-foundry's rule: fire when ``steps`` values in a row are ≥ ``factor`` × the running mean.
+
+    The running mean is over the last ``window`` values, high ones included as llm-foundry does
+    (leaving them out would bias a skewed series' mean low and feed on itself); only the value it
+    fires on, and values another rule flagged, stay out. It fires once, on the step the run
+    reaches ``steps``, and re-arms when a value falls back; a non-finite value breaks the run.
+
+    Example:
+        >>> rule = SustainedRule(window=4, factor=2.0, steps=2)
+        >>> [rule.update(s, v) for s, v in enumerate([1.0, 1.0, 1.0, 1.0, 3.0, 3.0, 3.0])]
+        [False, False, False, False, False, True, False]
+    """
+
+    _KIND = "SustainedRule"
+    _STRUCTURAL = ("window",)
+
+    def __init__(self, window: int = 128, factor: float = 2.0, steps: int = 5) -> None:
+        self.window = _check_int("window", window)
+        self.factor = _check_float("factor", factor)
+        self.steps = _check_int("steps", steps)
+        self._ring = _Ring(self.window)
+        self._run = 0
+        self._last_step = -1
+
+    @property
+    def run(self) -> int:
+        """How many values in a row have been high."""
+        return self._run
+
+    @property
+    def mean(self) -> float:
+        """The running mean the rule compares against (NaN until the window is full)."""
+        return float(self._ring.column().mean()) if self._ring.full else math.nan
+
+    def update(self, step: int, value: float, *, exclude: bool = False) -> bool:
+        """Check ``value`` at ``step``; return True on the step the high run reaches ``steps``."""
+        step = _check_step(step)
+        x = _check_value("value", value)
+        if step <= self._last_step:
+            self.rewind(step)
+        self._last_step = step
+        if not math.isfinite(x):
+            self._run = 0
+            return False
+        mean = self.mean
+        high = mean > 0.0 and x >= self.factor * mean
+        self._run = self._run + 1 if high else 0
+        fired = self._run == self.steps
+        if not (exclude or fired):
+            self._ring.push(step, x)
+        return fired
+
+    def rewind(self, step: int) -> None:
+        """Drop the history at or after ``step`` and restart the run count."""
+        step = _check_step(step)
+        self._ring.rewind(step)
+        self._run = 0
+        self._last_step = step - 1
+
+    def clear(self) -> None:
+        """Empty the history (the series changed meaning)."""
+        self._ring.clear()
+        self._run = 0
+
+    def _config(self) -> dict[str, Any]:
+        return {"window": self.window, "factor": self.factor, "steps": self.steps}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Return the full state as plain JSON-serialisable values."""
+        out = _header(self._KIND, self._config())
+        out.update(ring=self._ring.state(), run=self._run, last_step=self._last_step)
+        return out
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a state from :meth:`state_dict` (factor and steps stay this instance's)."""
+        _open_state(state, self._KIND, self._config(), self._STRUCTURAL)
+        try:
+            self._ring.load(state["ring"])
+            self._run = int(state["run"])
+            self._last_step = int(state["last_step"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise _corrupt(self._KIND, err) from err
+
+
+# --------------------------------------------------------------------------------------------
+# Timestep normalisation.
+
+
+class TimestepNormalizer(_Stateful):
+    """Running mean loss per diffusion-timestep bin, to divide each loss by its bin's scale.
+
+    A diffusion loss's scale depends mostly on the sampled timestep; dividing each item's loss by
+    the running mean of its timestep bin leaves a series whose spread is the training's own.
+    Each bin keeps a bias-corrected EMA (constant memory); a bin not seen yet borrows the mean over
+    all items. When only the batch loss is known, it is shared out to the items in proportion to
+    their bins' current means before the bins are updated (exact for one item per batch).
+
+    Args:
+        bins: number of equal-width timestep bins.
+        t_range: ``(low, high)`` of the sampler's timesteps; by default inferred from the first
+            batch that tells: values above 1 mean ``(0, 1000)``, fractional values in [0, 1] mean
+            ``(0, 1)``. Values outside the range fall into the end bins.
+        half_life: items after which an item's weight in its bin's mean halves.
+
+    Example:
+        >>> norm = TimestepNormalizer(bins=2, t_range=(0.0, 1.0))
+        >>> norm.update([0.1, 0.9], item_losses=[1.0, 10.0])
+        >>> norm.normalise([0.1, 0.9], item_losses=[2.0, 10.0])
+        1.5
+    """
+
+    _KIND = "TimestepNormalizer"
+    _STRUCTURAL = ("bins",)
+
+    def __init__(
+        self, bins: int = 20, t_range: tuple[float, float] | None = None, half_life: float = 100.0
+    ) -> None:
+        self.bins = _check_int("bins", bins)
+        self.half_life = _check_float("half_life", half_life)
+        self._alpha = alpha_from_half_life(self.half_life)
+        self._configured_range = self._check_range(t_range)
+        self.t_range = self._configured_range
+        self._acc = np.zeros(self.bins + 1, dtype=np.float64)  # (K+1,) last slot: all items
+        self._weight = np.zeros(self.bins + 1, dtype=np.float64)  # (K+1,) bias correction
+
+    @staticmethod
+    def _check_range(t_range: Any) -> tuple[float, float] | None:
+        if t_range is None:
+            return None
+        try:
+            lo, hi = (float(v) for v in t_range)
+        except (TypeError, ValueError) as err:
+            raise ValueError(
+                "Expected argument `t_range` to be a (low, high) pair of floats "
+                f"but got {t_range!r}"
+            ) from err
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+            raise ValueError(
+                f"Expected argument `t_range` to be finite with low < high but got {t_range!r}"
+            )
+        return (lo, hi)
+
+    @property
+    def means(self) -> np.ndarray:
+        """The running mean loss of each bin, NaN for a bin not seen yet."""
+        w = self._weight[: self.bins]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(w > 0.0, self._acc[: self.bins] / w, np.nan)
+
+    def _expected(self, t: np.ndarray) -> np.ndarray:
+        """Each item's expected loss from its bin (or from all items); NaN when nothing is known."""
+        if self.t_range is None or self._weight[-1] <= 0.0:
+            return np.full(t.shape, np.nan)
+        overall = self._acc[-1] / self._weight[-1]
+        means = self.means  # (K,)
+        means = np.where(np.isnan(means), overall, means)
+        expected = means[timestep_bin_index(t, self.bins, self.t_range)]  # (B,)
+        return np.where(np.isfinite(t), expected, np.nan)
+
+    def _inputs(
+        self, timesteps: Any, item_losses: Any, loss: Any
+    ) -> tuple[np.ndarray, np.ndarray | None, float]:
+        t = _as_vector("timesteps", timesteps)
+        if (item_losses is None) == (loss is None):
+            raise ValueError(
+                "Expected exactly one of arguments `item_losses` and `loss` but got "
+                f"{'both' if loss is not None else 'neither'}"
+            )
+        if item_losses is None:
+            return t, None, _check_value("loss", loss)
+        items = _as_vector("item_losses", item_losses)
+        if items.shape != t.shape:
+            raise ValueError(
+                f"Expected argument `item_losses` to have one loss per timestep ({t.size}) "
+                f"but got {items.size}"
+            )
+        return t, items, math.nan
+
+    def normalise(
+        self, timesteps: Any, *, item_losses: Any = None, loss: float | None = None
+    ) -> float:
+        """Return the batch's loss relative to its timesteps' running means; changes nothing.
+
+        With ``item_losses``: the mean of each item's loss over its bin mean. With only the batch
+        ``loss``: the loss over the mean of the items' bin means. NaN before anything is known.
+        """
+        return self._normalise(*self._inputs(timesteps, item_losses, loss))
+
+    def _normalise(self, t: np.ndarray, items: np.ndarray | None, batch_loss: float) -> float:
+        expected = self._expected(t)  # (B,)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            if items is not None:
+                ratios = np.where(expected > 0.0, items / expected, np.nan)  # (B,)
+                ok = np.isfinite(ratios)
+                return float(ratios[ok].mean()) if ok.any() else math.nan
+            ok = np.isfinite(expected)
+            scale = float(expected[ok].mean()) if ok.any() else math.nan
+            return batch_loss / scale if scale > 0.0 else math.nan
+
+    def update(self, timesteps: Any, *, item_losses: Any = None, loss: float | None = None) -> None:
+        """Fold a batch into its bins' running means (non-finite items are skipped)."""
+        self._fold(*self._inputs(timesteps, item_losses, loss))
+
+    def _fold(self, t: np.ndarray, items: np.ndarray | None, batch_loss: float) -> None:
+        if self.t_range is None:
+            self.t_range = _infer_t_range(t)
+            if self.t_range is None:
+                return
+        if items is None:
+            expected = self._expected(t)  # (B,)
+            ok = np.isfinite(expected) & (expected > 0.0)
+            if ok.all():
+                items = expected * (batch_loss / expected.mean())
+            else:
+                items = np.full(t.shape, batch_loss)
+        ok = np.isfinite(t) & np.isfinite(items)
+        if not ok.any():
+            return
+        idx = timestep_bin_index(t[ok], self.bins, self.t_range)  # (B',)
+        n = np.bincount(idx, minlength=self.bins + 1).astype(np.float64)  # (K+1,)
+        sums = np.bincount(idx, weights=items[ok], minlength=self.bins + 1)  # (K+1,)
+        n[-1], sums[-1] = float(ok.sum()), float(items[ok].sum())
+        keep = (1.0 - self._alpha) ** n  # (K+1,) weight left to the old mean
+        with np.errstate(invalid="ignore", divide="ignore"):
+            batch_mean = np.where(n > 0.0, sums / n, 0.0)
+        self._acc = keep * self._acc + (1.0 - keep) * batch_mean
+        self._weight = keep * self._weight + (1.0 - keep)
+
+    def _config(self) -> dict[str, Any]:
+        rng = None if self._configured_range is None else list(self._configured_range)
+        return {"bins": self.bins, "t_range": rng, "half_life": self.half_life}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Return the full state as plain JSON-serialisable values."""
+        out = _header(self._KIND, self._config())
+        out.update(
+            inferred_range=None if self.t_range is None else list(self.t_range),
+            acc=self._acc.tolist(),
+            weight=self._weight.tolist(),
+        )
+        return out
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a state from :meth:`state_dict` (a configured ``t_range`` stays this one's)."""
+        _open_state(state, self._KIND, self._config(), self._STRUCTURAL)
+        try:
+            acc = np.asarray(state["acc"], dtype=np.float64)
+            weight = np.asarray(state["weight"], dtype=np.float64)
+            if acc.shape != (self.bins + 1,) or weight.shape != (self.bins + 1,):
+                raise ValueError(f"bin arrays of shape {acc.shape}, expected ({self.bins + 1},)")
+            saved = self._check_range(state["inferred_range"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise _corrupt(self._KIND, err) from err
+        self._acc, self._weight = acc, weight
+        self.t_range = self._configured_range or saved
+
+
+# --------------------------------------------------------------------------------------------
+# The loss monitor.
+
+
+@dataclass(frozen=True)
+class SpikeEvent:
+    """One flagged loss step: where, how high, which rule, and which samples were in the batch."""
+
+    step: int
+    value: float
+    zscore: float
+    rule: str
+    rules: tuple[str, ...]
+    sample_ids: tuple[int | str, ...] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-serialisable form."""
+        return {
+            "step": self.step,
+            "value": self.value,
+            "zscore": self.zscore,
+            "rule": self.rule,
+            "rules": list(self.rules),
+            "sample_ids": None if self.sample_ids is None else list(self.sample_ids),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> SpikeEvent:
+        """Inverse of :meth:`to_dict`."""
+        ids = d["sample_ids"]
+        return cls(
+            int(d["step"]),
+            float(d["value"]),
+            float(d["zscore"]),
+            str(d["rule"]),
+            tuple(str(r) for r in d["rules"]),
+            None if ids is None else tuple(ids),
+        )
+
+
+@dataclass(frozen=True)
+class LossUpdate:
+    """What :meth:`LossMonitor.update` found at one step.
+
+    Attributes:
+        step: the step.
+        loss: the batch loss as given.
+        ema: the loss EMA after this step.
+        value: the value the σ and sustained rules judged: ``loss``, or the timestep-normalised
+            loss when timesteps are known (NaN when that could not be formed yet).
+        normalised: whether ``value`` is timestep-normalised.
+        zscore: ``value``'s z-score against the rolling window (NaN before it is full).
+        rule: the most severe rule that fired (order of :data:`SPIKE_RULES`), or None.
+        rules: every rule that fired.
+        warning: ``warn_sigma <= zscore < sigma`` and no rule fired.
+        rewound: this step was not after the previous one, so the detectors rewound first.
+    """
+
+    step: int
+    loss: float
+    ema: float
+    value: float
+    normalised: bool
+    zscore: float
+    rule: str | None
+    rules: tuple[str, ...] = ()
+    warning: bool = False
+    rewound: bool = False
+
+
+def _sample_ids(ids: Any, limit: int) -> tuple[int | str, ...]:
+    """The first ``limit`` sample ids as plain ints/strings (for a spike event)."""
+    seq: Iterable[Any] = ids.reshape(-1).tolist() if isinstance(ids, np.ndarray) else ids
+    if isinstance(seq, (str, bytes)) or not isinstance(seq, Iterable):
+        seq = [seq]
+    out: list[int | str] = []
+    for x in seq:
+        if len(out) == limit:
+            break
+        if isinstance(x, bytes):
+            x = x.decode("utf-8", "replace")
+        if isinstance(x, str):
+            out.append(x)
+        elif (isinstance(x, Integral) and not isinstance(x, bool)) or (
+            isinstance(x, float) and x.is_integer()  # ids read back from a float column
+        ):
+            out.append(int(x))
+        else:
+            raise TypeError(
+                f"Expected argument `sample_ids` to hold ints or strings but got {x!r}"
+            )
+    return tuple(out)
+
+
+class LossMonitor(_Stateful):
+    """Every loss rule for one run: EMA, rolling σ spikes, Megatron and llm-foundry rules, NaN/Inf.
+
+    Per step the rules are checked most severe first and each sees the earlier ones' verdict, so
+    a step any rule flags is kept out of every history (σ window, sustained mean, timestep bins).
+    ``counts`` has one counter per rule of :data:`SPIKE_RULES` (the ``rule`` label of
+    ``texwatch_loss_spikes_total``) and ``warnings`` counts σ warnings.
+
+    When timesteps arrive, the σ and sustained rules judge the timestep-normalised loss from then
+    on (their histories restart once, as the series changes meaning); a later step without
+    timesteps is then judged only by the hard rules. ``hard_max`` always judges the raw loss.
+
+    Args:
+        window: rolling window of the σ and sustained rules (default 128).
+        sigma: σ alarm level (default 6, OLMo-core's rule; the seed's 3 is honoured).
+        warn_sigma: σ warning level (default 4; above ``sigma`` it never triggers).
+        robust: judge against the rolling median and MAD instead of the mean and σ.
+        ema_alpha: EMA smoothing factor (default 0.01); or give ``ema_half_life``.
+        ema_half_life: EMA half-life in steps.
+        hard_max_first: how many first values make Megatron's reference maximum (default 100).
+        hard_max_factor: Megatron's factor (default 10).
+        sustained_factor: llm-foundry's factor over the running mean (default 2).
+        sustained_steps: how many steps in a row (default 5).
+        timestep_bins: timestep bins of the normaliser (default 20).
+        t_range: ``(low, high)`` of the timesteps; inferred when None.
+        timestep_half_life: items after which an item's weight in its bin's mean halves.
+        max_events: how many recent spike events are kept.
+        max_sample_ids: how many sample ids an event keeps.
+
+    Example:
+        >>> monitor = LossMonitor(window=4, hard_max_first=2)
+        >>> for step, loss in enumerate([1.0, 1.0, 1.0, 1.0]):
+        ...     _ = monitor.update(step, loss)
+        >>> update = monitor.update(4, 50.0, sample_ids=[7, 9])
+        >>> update.rule, update.rules, monitor.events[-1].sample_ids
+        ('hard_max', ('hard_max', 'sigma'), (7, 9))
+    """
+
+    _KIND = "LossMonitor"
+    _STRUCTURAL = (
+        "window",
+        "robust",
+        "hard_max_first",
+        "timestep_bins",
+        "t_range",
+        "max_events",
+        "max_sample_ids",
+    )
+
+    def __init__(
+        self,
+        window: int = 128,
+        sigma: float = 6.0,
+        warn_sigma: float = 4.0,
+        *,
+        robust: bool = False,
+        ema_alpha: float | None = None,
+        ema_half_life: float | None = None,
+        hard_max_first: int = 100,
+        hard_max_factor: float = 10.0,
+        sustained_factor: float = 2.0,
+        sustained_steps: int = 5,
+        timestep_bins: int = 20,
+        t_range: tuple[float, float] | None = None,
+        timestep_half_life: float = 100.0,
+        max_events: int = 64,
+        max_sample_ids: int = 256,
+    ) -> None:
+        if not isinstance(robust, bool):
+            raise ValueError(f"Expected argument `robust` to be a bool but got {robust!r}")
+        self.robust = robust
+        self.max_events = _check_int("max_events", max_events)
+        self.max_sample_ids = _check_int("max_sample_ids", max_sample_ids)
+        # Checked here first so a bad value is reported under the monitor's argument name.
+        window = _check_int("window", window, minimum=2)
+        ema = _alpha(ema_alpha, ema_half_life, 0.01, names=("ema_alpha", "ema_half_life"))
+        hard_max_first = _check_int("hard_max_first", hard_max_first)
+        hard_max_factor = _check_float("hard_max_factor", hard_max_factor)
+        sustained_factor = _check_float("sustained_factor", sustained_factor)
+        sustained_steps = _check_int("sustained_steps", sustained_steps)
+        timestep_bins = _check_int("timestep_bins", timestep_bins)
+        timestep_half_life = _check_float("timestep_half_life", timestep_half_life)
+        detector = RobustSpikeDetector if robust else RollingSpikeDetector
+        self._spike: _WindowSpikeDetector = detector(window, sigma, warn_sigma)
+        self._ema = EMA(ema, history=window)
+        self._hard = HardMaxRule(hard_max_first, hard_max_factor)
+        self._sustained = SustainedRule(window, sustained_factor, sustained_steps)
+        self._norm = TimestepNormalizer(timestep_bins, t_range, timestep_half_life)
+        self._counts = dict.fromkeys(SPIKE_RULES, 0)
+        self._warnings = 0
+        self._events: deque[SpikeEvent] = deque(maxlen=self.max_events)
+        self._normalising = False
+        self._last_step = -1
+        self._last: LossUpdate | None = None
+
+    # --- reading ------------------------------------------------------------------------------
+
+    @property
+    def window(self) -> int:
+        """The σ and sustained rules' window."""
+        return self._spike.window
+
+    @property
+    def sigma(self) -> float:
+        """The σ alarm level."""
+        return self._spike.sigma
+
+    @property
+    def warn_sigma(self) -> float:
+        """The σ warning level."""
+        return self._spike.warn_sigma
+
+    @property
+    def ema(self) -> float:
+        """The current loss EMA."""
+        return self._ema.value
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Flagged steps per rule since the monitor started (never rewound)."""
+        return dict(self._counts)
+
+    @property
+    def warnings(self) -> int:
+        """σ warnings since the monitor started (never rewound)."""
+        return self._warnings
+
+    @property
+    def events(self) -> list[SpikeEvent]:
+        """The most recent spike events, oldest first (at most ``max_events``)."""
+        return list(self._events)
+
+    @property
+    def last(self) -> LossUpdate | None:
+        """The result of the latest update."""
+        return self._last
+
+    @property
+    def normalising(self) -> bool:
+        """Whether the σ and sustained rules judge timestep-normalised losses."""
+        return self._normalising
+
+    @property
+    def t_range(self) -> tuple[float, float] | None:
+        """The timestep range in use (configured or inferred), None while unknown."""
+        return self._norm.t_range
+
+    # --- updating -----------------------------------------------------------------------------
+
+    def update(
+        self,
+        step: int,
+        loss: float,
+        *,
+        item_losses: Any = None,
+        timesteps: Any = None,
+        sample_ids: Any = None,
+    ) -> LossUpdate:
+        """Judge the loss of one step.
+
+        Args:
+            step: the training step; a step not after the previous one rewinds every rule first.
+            loss: the batch loss.
+            item_losses: per-item losses ``(B,)`` (optional; a non-finite item flags the step).
+            timesteps: per-item diffusion timesteps ``(B,)``; with them the σ and sustained rules
+                judge the timestep-normalised loss.
+            sample_ids: which samples made the batch; kept (up to ``max_sample_ids``) with a
+                spike event.
+        """
+        step = _check_step(step)
+        loss = _check_value("loss", loss)
+        items = None if item_losses is None else _as_vector("item_losses", item_losses)
+        ts = None if timesteps is None else _as_vector("timesteps", timesteps)
+        if items is not None and ts is not None and items.shape != ts.shape:
+            raise ValueError(
+                f"Expected arguments `item_losses` and `timesteps` to have the same length "
+                f"but got {items.size} and {ts.size}"
+            )
+        rewound = step <= self._last_step
+        if rewound:
+            self.rewind(step)
+        self._last_step = step
+
+        rules: list[str] = []
+        nonfinite = not math.isfinite(loss) or (items is not None and not np.isfinite(items).all())
+        if nonfinite:
+            rules.append("nonfinite")
+        ema = self._ema.update(step, loss)
+        if self._hard.update(step, loss, exclude=nonfinite):
+            rules.append("hard_max")
+
+        if ts is not None and not self._normalising:
+            self._normalising = True
+            self._spike.clear()
+            self._sustained.clear()
+        value = loss
+        if self._normalising:
+            value = math.nan
+            if ts is not None and not nonfinite:
+                value = self._norm._normalise(ts, items, loss)
+        verdict = self._spike.update(step, value, exclude=bool(rules))
+        if verdict.alarm:
+            rules.append("sigma")
+        if self._sustained.update(step, value, exclude=bool(rules)):
+            rules.append("sustained")
+        if ts is not None and not rules:
+            self._norm._fold(ts, items, loss)
+
+        warning = verdict.warning and not rules
+        self._warnings += warning
+        rule = None
+        if rules:
+            for r in rules:
+                self._counts[r] += 1
+            rule = rules[0]
+            ids = None if sample_ids is None else _sample_ids(sample_ids, self.max_sample_ids)
+            self._events.append(SpikeEvent(step, loss, verdict.zscore, rule, tuple(rules), ids))
+        self._last = LossUpdate(
+            step, loss, ema, value, self._normalising, verdict.zscore, rule, tuple(rules),
+            warning, rewound,
+        )
+        return self._last
+
+    def rewind(self, step: int) -> None:
+        """Drop every rule's history at or after ``step`` (a resumed job repeats steps).
+
+        Counters, events and the timestep bins' means (a slow calibration, not a history of
+        steps) are kept.
+        """
+        step = _check_step(step)
+        self._ema.rewind(step)
+        self._spike.rewind(step)
+        self._hard.rewind(step)
+        self._sustained.rewind(step)
+        self._last_step = step - 1
+
+    # --- persistence --------------------------------------------------------------------------
+
+    def _config(self) -> dict[str, Any]:
+        norm = self._norm._config()
+        return {
+            "window": self.window,
+            "sigma": self.sigma,
+            "warn_sigma": self.warn_sigma,
+            "robust": self.robust,
+            "ema_alpha": self._ema.alpha,
+            "hard_max_first": self._hard.first,
+            "hard_max_factor": self._hard.factor,
+            "sustained_factor": self._sustained.factor,
+            "sustained_steps": self._sustained.steps,
+            "timestep_bins": norm["bins"],
+            "t_range": norm["t_range"],
+            "timestep_half_life": norm["half_life"],
+            "max_events": self.max_events,
+            "max_sample_ids": self.max_sample_ids,
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        """Return the full state as plain JSON-serialisable values."""
+        out = _header(self._KIND, self._config())
+        out.update(
+            ema=self._ema.state_dict(),
+            spike=self._spike.state_dict(),
+            hard_max=self._hard.state_dict(),
+            sustained=self._sustained.state_dict(),
+            timesteps=self._norm.state_dict(),
+            counts=dict(self._counts),
+            warnings=self._warnings,
+            events=[e.to_dict() for e in self._events],
+            normalising=self._normalising,
+            last_step=self._last_step,
+        )
+        return out
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a state from :meth:`state_dict` (thresholds stay this instance's)."""
+        _open_state(state, self._KIND, self._config(), self._STRUCTURAL)
+        try:
+            self._ema.load_state_dict(state["ema"])
+            self._spike.load_state_dict(state["spike"])
+            self._hard.load_state_dict(state["hard_max"])
+            self._sustained.load_state_dict(state["sustained"])
+            self._norm.load_state_dict(state["timesteps"])
+            counts = {r: int(state["counts"][r]) for r in SPIKE_RULES}
+            events = [SpikeEvent.from_dict(e) for e in state["events"]]
+            self._warnings = int(state["warnings"])
+            self._normalising = bool(state["normalising"])
+            self._last_step = int(state["last_step"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise _corrupt(self._KIND, err) from err
+        self._counts = counts
+        self._events = deque(events, maxlen=self.max_events)
+        self._last = None
+
+
+# --------------------------------------------------------------------------------------------
+# Loss terms.
+
+
+@dataclass(frozen=True)
+class TermUpdate:
+    """What :meth:`TermMonitor.update` found at one step.
+
+    Attributes:
+        step: the step.
+        values: each known term's unweighted value (NaN when absent this step).
+        weights: each term's weight in use (the given one, else the last known, else 1.0).
+        contributions: ``weight × value`` per term (NaN when absent).
+        shares: each term's share of the weighted total (see :func:`term_shares`).
+        total: the weighted total over the present terms.
+        dead: terms dead after this step, sorted.
+        newly_dead: terms that became dead at this step.
+        revived: terms that stopped being dead at this step.
+        rewound: this step was not after the previous one.
+    """
+
+    step: int
+    values: dict[str, float]
+    weights: dict[str, float]
+    contributions: dict[str, float]
+    shares: dict[str, float]
+    total: float
+    dead: tuple[str, ...]
+    newly_dead: tuple[str, ...] = ()
+    revived: tuple[str, ...] = ()
+    rewound: bool = False
+
+
+@dataclass
+class _Term:
+    weight: float = math.nan  # last known finite weight
+    prev: float = math.nan  # last present value
+    run: int = 0  # steps in a row with weight > 0 and the value 0, unchanged or absent
+    dead: bool = False
+    nonfinite: int = 0
+
+    def to_list(self) -> list[Any]:
+        return [self.weight, self.prev, self.run, self.dead, self.nonfinite]
+
+
+class TermMonitor(_Stateful):
+    """Dead loss terms and each term's share of the weighted total (the seed-004 bug).
+
+    A term is dead when, for ``window`` steps in a row, its weight is > 0 but its value is exactly
+    0, unchanged from its previous value, or absent (missing or NaN, the store's fill value). It
+    revives when a present value differs from the previous one and is not 0; a weight of 0
+    means the term is off on purpose and is never dead. A missing weight keeps the term's last
+    known weight (1.0 if none was ever given). ±Inf values count in ``nonfinite``.
+
+    Args:
+        window: steps in a row that make a term dead (W).
+        max_terms: the most distinct terms tracked (keeps memory bounded).
+
+    Example:
+        >>> terms = TermMonitor(window=3)
+        >>> for step in range(3):
+        ...     update = terms.update(step, {"v": 0.5 - 0.1 * step, "edge": 0.0},
+        ...                           {"v": 1.0, "edge": 0.06})
+        >>> update.dead, update.shares["v"]
+        (('edge',), 1.0)
+    """
+
+    _KIND = "TermMonitor"
+    _STRUCTURAL = ("max_terms",)
+
+    def __init__(self, window: int = 100, *, max_terms: int = 256) -> None:
+        self.window = _check_int("window", window)
+        self.max_terms = _check_int("max_terms", max_terms)
+        self._terms: dict[str, _Term] = {}
+        self._last_step = -1
+        self._last: TermUpdate | None = None
+
+    @property
+    def terms(self) -> tuple[str, ...]:
+        """Every term seen so far, in order of appearance."""
+        return tuple(self._terms)
+
+    @property
+    def dead(self) -> tuple[str, ...]:
+        """The terms dead now, sorted."""
+        return tuple(sorted(k for k, t in self._terms.items() if t.dead))
+
+    @property
+    def nonfinite(self) -> dict[str, int]:
+        """±Inf values seen per term (never rewound)."""
+        return {k: t.nonfinite for k, t in self._terms.items()}
+
+    @property
+    def last(self) -> TermUpdate | None:
+        """The result of the latest update."""
+        return self._last
+
+    @staticmethod
+    def _number(kind: str, name: Any, value: Any) -> float:
+        if value is None:
+            return math.nan
+        if isinstance(value, bool) or not isinstance(value, Real):
+            if isinstance(value, np.ndarray) and value.size == 1:
+                return float(value.reshape(()))
+            raise TypeError(f"Expected argument `{kind}` to map names to numbers but got "
+                            f"{name!r}: {value!r}")
+        return float(value)
+
+    def update(
+        self, step: int, terms: Mapping[str, float], weights: Mapping[str, float] | None = None
+    ) -> TermUpdate:
+        """Fold one step's unweighted term values and weights in.
+
+        Args:
+            step: the training step; a step not after the previous one restarts every run.
+            terms: unweighted value per term name; leave a term out (or NaN) when absent.
+            weights: weight per term name; None means every term weighs 1.0.
+        """
+        step = _check_step(step)
+        if not isinstance(terms, Mapping):
+            raise TypeError(f"Expected argument `terms` to be a mapping but got {terms!r}")
+        if weights is not None and not isinstance(weights, Mapping):
+            raise TypeError(
+                f"Expected argument `weights` to be a mapping or None but got {weights!r}"
+            )
+        vals = {str(k): self._number("terms", k, v) for k, v in terms.items()}
+        ws = {} if weights is None else {
+            str(k): self._number("weights", k, v) for k, v in weights.items()
+        }
+        new = [k for k in dict.fromkeys((*vals, *ws)) if k not in self._terms]
+        if len(self._terms) + len(new) > self.max_terms:
+            raise ValueError(
+                f"Expected at most `max_terms`={self.max_terms} distinct terms but got "
+                f"{len(self._terms) + len(new)}"
+            )
+        rewound = step <= self._last_step
+        if rewound:
+            self.rewind(step)
+        self._last_step = step
+        for k in new:
+            self._terms[k] = _Term()
+
+        values: dict[str, float] = {}
+        used: dict[str, float] = {}
+        contributions: dict[str, float] = {}
+        newly_dead: list[str] = []
+        revived: list[str] = []
+        for name, term in self._terms.items():
+            w = ws.get(name, math.nan)
+            if math.isfinite(w):
+                term.weight = w
+            weight = term.weight if math.isfinite(term.weight) else 1.0
+            v = vals.get(name, math.nan)
+            if math.isinf(v):
+                term.nonfinite += 1
+            present = not math.isnan(v)
+            changed = present and v != 0.0 and v != term.prev
+            was_dead = term.dead
+            if weight <= 0.0:
+                term.run = 0
+                term.dead = False
+            elif changed:
+                term.run = 0
+                term.dead = False
+                if was_dead:
+                    revived.append(name)
+            else:
+                term.run += 1
+                if term.run >= self.window and not term.dead:
+                    term.dead = True
+                    newly_dead.append(name)
+            if present:
+                term.prev = v
+            values[name] = v
+            used[name] = weight
+            contributions[name] = weight * v
+        finite = [c for c in contributions.values() if math.isfinite(c)]
+        self._last = TermUpdate(
+            step,
+            values,
+            used,
+            contributions,
+            term_shares(contributions),
+            math.fsum(finite) if finite else math.nan,
+            self.dead,
+            tuple(newly_dead),
+            tuple(revived),
+            rewound,
+        )
+        return self._last
+
+    def rewind(self, step: int) -> None:
+        """Restart every term's run count (a resumed job repeats steps); dead terms stay dead."""
+        step = _check_step(step)
+        for term in self._terms.values():
+            term.run = 0
+        self._last_step = step - 1
+
+    def _config(self) -> dict[str, Any]:
+        return {"window": self.window, "max_terms": self.max_terms}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Return the full state as plain JSON-serialisable values."""
+        out = _header(self._KIND, self._config())
+        out.update(
+            terms={k: t.to_list() for k, t in self._terms.items()}, last_step=self._last_step
+        )
+        return out
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a state from :meth:`state_dict` (the window stays this instance's)."""
+        _open_state(state, self._KIND, self._config(), self._STRUCTURAL)
+        try:
+            terms = {
+                str(k): _Term(float(w), float(p), int(r), bool(d), int(n))
+                for k, (w, p, r, d, n) in state["terms"].items()
+            }
+            last_step = int(state["last_step"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise _corrupt(self._KIND, err) from err
+        self._terms, self._last_step, self._last = terms, last_step, None
+
+
+# --------------------------------------------------------------------------------------------
+# Image-stream health.
+
+
+@dataclass(frozen=True)
+class StreamHealthUpdate:
+    """Rolling health of an image stream (latents, x̂0) after one row.
+
+    Attributes:
+        step: the step.
+        min: the smallest value over the window's rows.
+        max: the largest value over the window's rows.
+        clip_fraction: the mean share of values beyond the clip range over the window's rows.
+        nonfinite_total: non-finite values since the monitor started (never rewound).
+        rewound: this step was not after the previous one.
+    """
+
+    step: int
+    min: float
+    max: float
+    clip_fraction: float
+    nonfinite_total: int
+    rewound: bool = False
+
+
+class StreamHealth(_Stateful):
+    """Rolling range and clip fraction of an image stream from its per-row statistics.
+
+    The per-row statistics (``min``, ``max``, ``clip_fraction``, ``nonfinite``) come from
+    :mod:`texwatch.spectral`; this only keeps the last ``window`` rows of them and a running
+    non-finite count.
+
+    Example:
+        >>> health = StreamHealth(window=2)
+        >>> _ = health.update(0, minimum=-3.5, maximum=2.0, clip_fraction=0.01)
+        >>> update = health.update(1, minimum=-1.0, maximum=4.0, clip_fraction=0.03, nonfinite=2)
+        >>> update.min, update.max, update.clip_fraction, update.nonfinite_total
+        (-3.5, 4.0, 0.02, 2)
+    """
+
+    _KIND = "StreamHealth"
+    _STRUCTURAL = ("window",)
+
+    def __init__(self, window: int = 128) -> None:
+        self.window = _check_int("window", window)
+        self._ring = _Ring(self.window, width=3)  # (min, max, clip_fraction) per row
+        self._nonfinite = 0
+        self._last_step = -1
+        self._last: StreamHealthUpdate | None = None
+
+    @property
+    def nonfinite_total(self) -> int:
+        """Non-finite values since the monitor started."""
+        return self._nonfinite
+
+    @property
+    def last(self) -> StreamHealthUpdate | None:
+        """The result of the latest update."""
+        return self._last
+
+    @staticmethod
+    def _reduce(values: np.ndarray, how: Any) -> float:
+        finite = values[np.isfinite(values)]
+        return float(how(finite)) if finite.size else math.nan
+
+    def update(
+        self,
+        step: int,
+        *,
+        minimum: float,
+        maximum: float,
+        clip_fraction: float,
+        nonfinite: int = 0,
+    ) -> StreamHealthUpdate:
+        """Fold one row's statistics in and return the rolling summary."""
+        step = _check_step(step)
+        lo = _check_value("minimum", minimum)
+        hi = _check_value("maximum", maximum)
+        clip = _check_value("clip_fraction", clip_fraction)
+        if isinstance(nonfinite, bool) or not isinstance(nonfinite, Integral) or nonfinite < 0:
+            raise TypeError(
+                f"Expected argument `nonfinite` to be a non-negative int but got {nonfinite!r}"
+            )
+        rewound = step <= self._last_step
+        if rewound:
+            self.rewind(step)
+        self._last_step = step
+        self._nonfinite += int(nonfinite)
+        self._ring.push(step, lo, hi, clip)
+        self._last = StreamHealthUpdate(
+            step,
+            self._reduce(self._ring.column(0), np.min),
+            self._reduce(self._ring.column(1), np.max),
+            self._reduce(self._ring.column(2), np.mean),
+            self._nonfinite,
+            rewound,
+        )
+        return self._last
+
+    def rewind(self, step: int) -> None:
+        """Drop the rows at or after ``step``."""
+        step = _check_step(step)
+        self._ring.rewind(step)
+        self._last_step = step - 1
+
+    def _config(self) -> dict[str, Any]:
+        return {"window": self.window}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Return the full state as plain JSON-serialisable values."""
+        out = _header(self._KIND, self._config())
+        out.update(ring=self._ring.state(), nonfinite=self._nonfinite, last_step=self._last_step)
+        return out
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a state from :meth:`state_dict`."""
+        _open_state(state, self._KIND, self._config(), self._STRUCTURAL)
+        try:
+            self._ring.load(state["ring"])
+            self._nonfinite = int(state["nonfinite"])
+            self._last_step = int(state["last_step"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise _corrupt(self._KIND, err) from err
+        self._last = None
