@@ -1,0 +1,87 @@
+"""The ``texwatch`` command: ``report``, ``diagnose``, ``dataset``, ``demo`` and ``inspect``.
+
+Each subcommand lives in its own module (``add_parser`` + ``run``) and is imported only when it
+runs, so ``texwatch inspect`` stays quick and needs neither torch nor matplotlib.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from collections.abc import Sequence
+
+__all__ = ["build_parser", "main"]
+
+#: Subcommands backed by a module exposing ``add_parser(subparsers)`` and ``run(args) -> int``,
+#: with the one-line help shown while the module is not imported.
+_MODULES = {
+    "report": ("texwatch.report", "HTML/PDF/JSON report across runs and checkpoints"),
+    "diagnose": ("texwatch.diagnose", "diagnose single images (spectra, ACF, anomalies)"),
+    "dataset": ("texwatch.dataset", "dataset health: tiling sources, masks, brightness outliers"),
+    "demo": ("texwatch.demo", "train two tiny models and watch texwatch catch the bad one"),
+}
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    """Print what a store holds: name, schema, committed rows, streams, scalars, daemon cursor."""
+    from texwatch.store import StoreFormatError, open_run
+
+    try:
+        run = open_run(args.store)
+        summary = {
+            "store": str(args.store),
+            "run": run.name,
+            "schema_version": run.schema_version,
+            "committed": run.committed(),
+            "streams": {
+                name: {"shape": list(run.stream_spec(name).shape),
+                       "dtype": str(run.stream_spec(name).dtype)}
+                for name in run.stream_names()
+            },
+            "scalars": run.scalar_names(),
+            "checkpoints": run.checkpoint_steps(),
+            "drops": run.drops,
+            "nonfinite": run.nonfinite,
+            "writer_errors": run.errors,
+            "derived_cursor": run.derived_cursor(),
+            "config": run.config,
+        }
+    except (FileNotFoundError, StoreFormatError) as err:
+        print(f"texwatch inspect: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary, indent=2, sort_keys=True))
+    return 0
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The texwatch command line; only ``command``'s module is imported for its full arguments."""
+    parser = argparse.ArgumentParser(
+        prog="texwatch", description="Post-hoc tools for texwatch runs, images and datasets."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module, summary) in _MODULES.items():
+        if name == command:
+            importlib.import_module(module).add_parser(sub)
+        else:
+            sub.add_parser(name, help=summary)
+    inspect = sub.add_parser("inspect", help="print what a run store holds, as JSON")
+    inspect.add_argument("store", help="the run store (runs/x.zarr)")
+    inspect.set_defaults(_run=_inspect)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``texwatch`` command; its exit code."""
+    words = list(sys.argv[1:] if argv is None else argv)
+    command = next((w for w in words if not w.startswith("-")), None)
+    args = build_parser(command).parse_args(words)
+    runner = getattr(args, "_run", None)
+    if runner is None:
+        runner = importlib.import_module(_MODULES[args.command][0]).run
+    return int(runner(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
