@@ -1,0 +1,323 @@
+"""texwatch's alert rules, rendered in both forms users run: Prometheus rules and Grafana alerting.
+
+Each rule is one PromQL query, a comparison and a threshold taken from :class:`Thresholds`. The
+Prometheus form is ``query <op> threshold`` with ``for:``; the Grafana form runs the same query as
+an instant query (refId ``A``) and applies the same comparison in a threshold expression (``B``),
+so the two forms cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from grafana_foundation_sdk.builders import alerting, expr, prometheus
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models import alerting as alerting_models
+from grafana_foundation_sdk.models import dashboard as dashboard_models
+
+from dashboards.metrics import SCRAPE_JOB
+from dashboards.thresholds import Thresholds
+
+__all__ = [
+    "DATASOURCE_UID",
+    "GRAFANA_FOLDER",
+    "RULE_GROUP",
+    "AlertRule",
+    "alert_rules",
+    "grafana_alerting",
+    "prometheus_rules",
+]
+
+#: uid of the Prometheus datasource the Grafana provisioning creates and the alerts query.
+DATASOURCE_UID = "texwatch-prometheus"
+#: Grafana folder the provisioned alert rules live in.
+GRAFANA_FOLDER = "texwatch"
+#: Name of the rule group, in both forms.
+RULE_GROUP = "texwatch"
+_EVALUATION_INTERVAL = "1m"
+_QUERY_RANGE_SECONDS = 600
+
+Comparison = Literal[">", ">=", "<"]
+_GRAFANA_EVALUATOR: dict[str, Literal["gt", "gte", "lt"]] = {">": "gt", ">=": "gte", "<": "lt"}
+NoDataState = Literal["Alerting", "NoData", "OK"]
+
+
+@dataclass(frozen=True)
+class AlertRule:
+    """One alert, independent of the system that evaluates it.
+
+    Attributes:
+        name: the alert name (``alertname`` label), also the Grafana rule title.
+        uid: stable Grafana rule uid.
+        query: PromQL whose per-series value is compared with ``threshold``.
+        op: the comparison that fires.
+        threshold: the value compared against.
+        for_: how long the condition must hold before the alert fires.
+        severity: ``critical`` or ``warning`` (a label in both forms).
+        summary: one line, may use ``{{ $labels.x }}``.
+        description: what happened and what to look at, may use ``{{ $labels.x }}``.
+        no_data: Grafana's state when the query returns no series. Rules whose query returns
+            series only when something is wrong choose ``OK``; absence of the daemon is its
+            own rule.
+    """
+
+    name: str
+    uid: str
+    query: str
+    op: Comparison
+    threshold: float
+    for_: str
+    severity: Literal["critical", "warning"]
+    summary: str
+    description: str
+    no_data: NoDataState = "OK"
+
+    @property
+    def expr(self) -> str:
+        """The Prometheus alerting expression: the query compared with the threshold."""
+        query = f"({self.query})" if " or " in self.query else self.query
+        return f"{query} {self.op} {_number(self.threshold)}"
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def alert_rules(thresholds: Thresholds | None = None) -> tuple[AlertRule, ...]:
+    """The texwatch alert rules for the given thresholds (defaults when ``None``).
+
+    Raises:
+        TypeError: ``thresholds`` is not a :class:`Thresholds`.
+    """
+    th = _check_thresholds(thresholds)
+    up = f'up{{job="{SCRAPE_JOB}"}}'
+    return (
+        AlertRule(
+            name="TexwatchHarmonicLock",
+            uid="texwatch-harmonic-lock",
+            query=(
+                'label_replace(texwatch_e2f_over_ef, "harmonic", "2f", "", "")'
+                ' or label_replace(texwatch_ehalf_over_ef, "harmonic", "half", "", "")'
+            ),
+            op=">",
+            threshold=th.harmonic_ratio,
+            for_=th.harmonic_for,
+            severity="warning",
+            summary="{{ $labels.run }}/{{ $labels.stream }} locked onto the {{ $labels.harmonic }}"
+            " harmonic",
+            description=(
+                "The {{ $labels.harmonic }} harmonic of stream {{ $labels.stream }} in run "
+                "{{ $labels.run }} holds more energy than the reference frequency: the texture "
+                "scale doubled or halved. Compare f* with the reference on the texwatch dashboard."
+            ),
+        ),
+        AlertRule(
+            name="TexwatchLossSpikes",
+            uid="texwatch-loss-spikes",
+            query=(
+                "sum by (run) (increase(texwatch_loss_spikes_total"
+                f'{{rule!="nonfinite"}}[{th.spike_window}]))'
+            ),
+            op=">=",
+            threshold=th.spike_count,
+            for_="0s",
+            severity="warning",
+            summary=f"{{{{ $labels.run }}}}: loss spikes in the last {th.spike_window}",
+            description=(
+                "The loss of run {{ $labels.run }} spiked (rolling sigma, hard max or sustained "
+                "rule). Check the batches and the learning rate around the spike annotations."
+            ),
+        ),
+        AlertRule(
+            name="TexwatchNonFinite",
+            uid="texwatch-nonfinite",
+            query=(
+                f"sum by (run, stream) (increase(texwatch_nonfinite_total[{th.nonfinite_window}]))"
+            ),
+            op=">",
+            threshold=0.0,
+            for_="0s",
+            severity="critical",
+            summary="{{ $labels.run }}: NaN/Inf in {{ $labels.stream }}",
+            description=(
+                "Non-finite values appeared in {{ $labels.stream }} of run {{ $labels.run }} "
+                f"within the last {th.nonfinite_window}."
+            ),
+        ),
+        AlertRule(
+            name="TexwatchDeadLossTerm",
+            uid="texwatch-dead-loss-term",
+            query="texwatch_loss_term_dead",
+            op=">",
+            threshold=0.0,
+            for_=th.dead_term_for,
+            severity="warning",
+            summary="{{ $labels.run }}: loss term {{ $labels.term }} contributes nothing",
+            description=(
+                "Loss term {{ $labels.term }} of run {{ $labels.run }} has been dead (constant "
+                "zero or no share of the weighted total) - is it computed at all?"
+            ),
+        ),
+        AlertRule(
+            name="TexwatchDaemonLagging",
+            uid="texwatch-daemon-lagging",
+            query="texwatch_daemon_lag_rows",
+            op=">",
+            threshold=th.lag_rows,
+            for_=th.lag_for,
+            severity="warning",
+            summary="texwatchd is behind on {{ $labels.run }}",
+            description=(
+                "texwatchd has committed rows of run {{ $labels.run }} it has not derived yet: "
+                "the metrics are stale. Check its processing time and errors, or give it a GPU."
+            ),
+        ),
+        AlertRule(
+            name="TexwatchDaemonDown",
+            uid="texwatch-daemon-down",
+            query=up,
+            op="<",
+            threshold=1.0,
+            for_=th.down_for,
+            severity="critical",
+            summary="texwatchd {{ $labels.instance }} is down",
+            description="Prometheus cannot scrape texwatchd at {{ $labels.instance }}.",
+        ),
+        AlertRule(
+            name="TexwatchDaemonAbsent",
+            uid="texwatch-daemon-absent",
+            query=f"absent({up})",
+            op=">",
+            threshold=0.0,
+            for_=th.down_for,
+            severity="critical",
+            summary="No texwatchd target in Prometheus",
+            description=(
+                f'Prometheus has no scrape target with job="{SCRAPE_JOB}": texwatchd is not '
+                "configured or its service discovery found nothing."
+            ),
+        ),
+    )
+
+
+def _check_thresholds(thresholds: Thresholds | None) -> Thresholds:
+    if thresholds is None:
+        return Thresholds()
+    if not isinstance(thresholds, Thresholds):
+        raise TypeError(f"thresholds must be a Thresholds, got {type(thresholds).__name__}")
+    return thresholds
+
+
+def prometheus_rules(thresholds: Thresholds | None = None) -> dict[str, Any]:
+    """The Prometheus rule file (``deploy/prometheus/rules/texwatch.rules.yml``) as a mapping."""
+    rules = [
+        {
+            "alert": rule.name,
+            "expr": rule.expr,
+            "for": rule.for_,
+            "labels": {"severity": rule.severity},
+            "annotations": {
+                "summary": rule.summary,
+                "description": rule.description + " Value: {{ $value | humanize }}.",
+            },
+        }
+        for rule in alert_rules(thresholds)
+    ]
+    return {"groups": [{"name": RULE_GROUP, "rules": rules}]}
+
+
+def _grafana_rule(rule: AlertRule, datasource_uid: str) -> alerting.Rule:
+    query = (
+        prometheus.Dataquery()
+        .ref_id("A")
+        .expr(rule.query)
+        .instant()
+        .datasource(dashboard_models.DataSourceRef(type_val="prometheus", uid=datasource_uid))
+    )
+    threshold = (
+        expr.TypeThreshold()
+        .ref_id("B")
+        .expression("A")
+        .datasource(dashboard_models.DataSourceRef(type_val="__expr__", uid="__expr__"))
+        .conditions(
+            [
+                expr.ExprTypeThresholdConditions().evaluator(
+                    expr.ExprTypeThresholdConditionsEvaluator()
+                    .type(_GRAFANA_EVALUATOR[rule.op])
+                    .params([float(rule.threshold)])
+                )
+            ]
+        )
+    )
+    return (
+        alerting.Rule(rule.name)
+        .uid(rule.uid)
+        .condition("B")
+        .queries(
+            [
+                alerting.Query("A")
+                .datasource_uid(datasource_uid)
+                .relative_time_range(
+                    alerting_models.RelativeTimeRange(from_val=_QUERY_RANGE_SECONDS, to=0)
+                )
+                .model(query),
+                alerting.Query("B").datasource_uid("__expr__").model(threshold),
+            ]
+        )
+        .for_val(rule.for_)
+        .no_data_state(rule.no_data)
+        # A failing query is shown as an error alert, neither silently OK nor a false page.
+        .exec_err_state("Error")
+        .labels({"severity": rule.severity})
+        .annotations(
+            {
+                "summary": rule.summary,
+                "description": rule.description + " Value: {{ humanize $values.A.Value }}.",
+            }
+        )
+        .is_paused(False)
+    )
+
+
+# Fields of the SDK's rule (the HTTP API's shape) that a provisioning file sets per group instead.
+_API_ONLY_FIELDS = ("folderUID", "orgID", "ruleGroup")
+
+
+def grafana_alerting(
+    thresholds: Thresholds | None = None, datasource_uid: str = DATASOURCE_UID
+) -> dict[str, Any]:
+    """The Grafana alerting provisioning file (``provisioning/alerting/texwatch.yml``).
+
+    Rules are built with the SDK's alerting builders. The file envelope (``apiVersion``, and a
+    group's ``orgId``/``name``/``folder``/``interval``) has no SDK builder (the SDK models the
+    HTTP API's rule group), so it is written as a plain mapping.
+
+    Args:
+        thresholds: the thresholds; defaults when ``None``.
+        datasource_uid: uid of the Prometheus datasource the rules query.
+
+    Raises:
+        TypeError: an argument has the wrong type.
+        ValueError: ``datasource_uid`` is empty.
+    """
+    if not isinstance(datasource_uid, str):
+        raise TypeError(f"datasource_uid must be a str, got {type(datasource_uid).__name__}")
+    if not datasource_uid:
+        raise ValueError("datasource_uid must be a non-empty datasource uid, got ''")
+    rules = []
+    for rule in alert_rules(thresholds):
+        built = _grafana_rule(rule, datasource_uid).build()
+        as_dict = json.loads(json.dumps(built, cls=JSONEncoder))
+        for key in _API_ONLY_FIELDS:
+            as_dict.pop(key, None)
+        rules.append(as_dict)
+    group = {
+        "orgId": 1,
+        "name": RULE_GROUP,
+        "folder": GRAFANA_FOLDER,
+        "interval": _EVALUATION_INTERVAL,
+        "rules": rules,
+    }
+    return {"apiVersion": 1, "groups": [group]}

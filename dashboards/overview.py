@@ -1,0 +1,644 @@
+"""The "texwatch — training overview" Grafana dashboard, built with grafana-foundation-sdk.
+
+Rows: loss, texture scale, banding and aliasing, stream health, loss terms, daemon health. Every
+query filters on the ``run`` (multi-select) and, per image stream, ``stream`` variables. Alert
+thresholds come from :class:`~dashboards.thresholds.Thresholds`, so the lines drawn on the panels
+are the ones that page.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from grafana_foundation_sdk.builders import common as common_builders
+from grafana_foundation_sdk.builders import dashboard, prometheus, stat, timeseries
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models import common
+from grafana_foundation_sdk.models import dashboard as models
+
+from dashboards.metrics import SCRAPE_JOB
+from dashboards.thresholds import Thresholds
+
+__all__ = ["DASHBOARD_UID", "SPIKE_SIGMA", "WARNING_SIGMA", "build_overview"]
+
+#: uid of the dashboard (its URL is ``/d/texwatch-overview``).
+DASHBOARD_UID = "texwatch-overview"
+#: texwatchd's default ``--spike-sigma``: z-scores past it are counted as spikes.
+SPIKE_SIGMA = 6.0
+#: z-score past which texwatchd counts a spike warning.
+WARNING_SIGMA = 4.0
+
+_DS = models.DataSourceRef(type_val="prometheus", uid="${datasource}")
+_RUN = 'run=~"$run"'
+_STREAM = 'run=~"$run", stream=~"$stream"'
+_RS_LEGEND = "{{run}}/{{stream}}"
+_HEIGHT = 8
+
+
+class _Ids:
+    """Hands out panel ids in layout order, so they are unique and stable across builds."""
+
+    def __init__(self) -> None:
+        self._next = 0
+
+    def __call__(self) -> int:
+        self._next += 1
+        return self._next
+
+
+def _query(expr: str, legend: str, ref_id: str) -> prometheus.Dataquery:
+    return prometheus.Dataquery().expr(expr).legend_format(legend).ref_id(ref_id).range()
+
+
+def _targets(queries: Sequence[tuple[str, str]]) -> list[prometheus.Dataquery]:
+    return [_query(expr, legend, chr(ord("A") + i)) for i, (expr, legend) in enumerate(queries)]
+
+
+def _steps(*steps: tuple[float | None, str]) -> dashboard.ThresholdsConfig:
+    return (
+        dashboard.ThresholdsConfig()
+        .mode(models.ThresholdsMode.ABSOLUTE)
+        .steps([models.Threshold(value=value, color=color) for value, color in steps])
+    )
+
+
+def _legend() -> common_builders.VizLegendOptions:
+    return (
+        common_builders.VizLegendOptions()
+        .display_mode(common.LegendDisplayMode.LIST)
+        .placement(common.LegendPlacement.BOTTOM)
+        .show_legend(True)
+    )
+
+
+def _series(
+    ids: _Ids,
+    title: str,
+    description: str,
+    queries: Sequence[tuple[str, str]],
+    *,
+    unit: str = "none",
+    span: int = 12,
+    height: int = _HEIGHT,
+) -> timeseries.Panel:
+    return (
+        timeseries.Panel()
+        .id(ids())
+        .title(title)
+        .description(description)
+        .datasource(_DS)
+        .targets(_targets(queries))
+        .unit(unit)
+        .span(span)
+        .height(height)
+        .legend(_legend())
+        .tooltip(
+            common_builders.VizTooltipOptions()
+            .mode(common.TooltipDisplayMode.MULTI)
+            .sort(common.SortOrder.DESCENDING)
+        )
+        .line_width(1)
+        .fill_opacity(0)
+    )
+
+
+def _bars(
+    ids: _Ids,
+    title: str,
+    description: str,
+    queries: Sequence[tuple[str, str]],
+    *,
+    span: int,
+    height: int = _HEIGHT,
+) -> timeseries.Panel:
+    return (
+        _series(ids, title, description, queries, span=span, height=height)
+        .draw_style(common.GraphDrawStyle.BARS)
+        .fill_opacity(80)
+    )
+
+
+def _with_threshold_lines(
+    panel: timeseries.Panel, steps: dashboard.ThresholdsConfig, *, area: bool = False
+) -> timeseries.Panel:
+    style = common.GraphThresholdsStyleMode
+    mode = style.LINE_AND_AREA if area else style.LINE
+    return panel.thresholds(steps).thresholds_style(
+        common_builders.GraphThresholdsStyleConfig().mode(mode)
+    )
+
+
+def _right_axis(panel: timeseries.Panel, ref_id: str) -> timeseries.Panel:
+    return panel.override_by_query(
+        ref_id, [models.DynamicConfigValue(id_val="custom.axisPlacement", value="right")]
+    )
+
+
+def _stat(
+    ids: _Ids,
+    title: str,
+    description: str,
+    queries: Sequence[tuple[str, str]],
+    *,
+    span: int,
+    steps: dashboard.ThresholdsConfig,
+    mappings: Sequence[models.ValueMap] = (),
+) -> stat.Panel:
+    panel = (
+        stat.Panel()
+        .id(ids())
+        .title(title)
+        .description(description)
+        .datasource(_DS)
+        .targets(_targets(queries))
+        .span(span)
+        .height(_HEIGHT)
+        .thresholds(steps)
+        .color_mode(common.BigValueColorMode.BACKGROUND)
+        .graph_mode(common.BigValueGraphMode.NONE)
+        .reduce_options(common_builders.ReduceDataOptions().calcs(["lastNotNull"]).values(False))
+    )
+    if mappings:
+        panel = panel.mappings(list(mappings))
+    return panel
+
+
+def _value_map(*entries: tuple[str, str, str]) -> models.ValueMap:
+    return models.ValueMap(
+        options={
+            value: models.ValueMappingResult(text=text, color=color, index=i)
+            for i, (value, text, color) in enumerate(entries)
+        }
+    )
+
+
+def _loss_row(ids: _Ids, board: dashboard.Dashboard) -> None:
+    board.with_row(dashboard.Row("Loss").id(ids()).collapsed(False))
+    board.with_panel(
+        _series(
+            ids,
+            "Loss and EMA",
+            "Raw training loss and its exponential moving average. Spike markers come from "
+            "the 'Loss spikes' annotation.",
+            [
+                (f"texwatch_loss{{{_RUN}}}", "{{run}} loss"),
+                (f"texwatch_loss_ema{{{_RUN}}}", "{{run}} EMA"),
+            ],
+            span=12,
+        )
+    )
+    board.with_panel(
+        _with_threshold_lines(
+            _series(
+                ids,
+                "Loss z-score",
+                f"Loss against its rolling mean and sigma. Past {WARNING_SIGMA:g} sigma texwatchd "
+                f"warns; past {SPIKE_SIGMA:g} sigma (its default --spike-sigma) it counts a spike.",
+                [(f"texwatch_loss_zscore{{{_RUN}}}", "{{run}}")],
+                span=6,
+            ),
+            _steps((None, "green"), (WARNING_SIGMA, "orange"), (SPIKE_SIGMA, "red")),
+        )
+    )
+    board.with_panel(
+        _bars(
+            ids,
+            "Loss spikes",
+            "Spikes per detector rule (sigma, hard_max, sustained, nonfinite) and 4-sigma "
+            "warnings.",
+            [
+                (
+                    f"sum by (run, rule) (increase(texwatch_loss_spikes_total{{{_RUN}}}"
+                    "[$__rate_interval]))",
+                    "{{run}} {{rule}}",
+                ),
+                (
+                    f"sum by (run) (increase(texwatch_loss_spike_warnings_total{{{_RUN}}}"
+                    "[$__rate_interval]))",
+                    "{{run}} warnings",
+                ),
+            ],
+            span=6,
+        )
+    )
+    board.with_panel(
+        _stat(
+            ids,
+            "Last step",
+            "Newest committed training step of each run.",
+            [(f"texwatch_last_step{{{_RUN}}}", "{{run}}")],
+            span=6,
+            steps=_steps((None, "blue")),
+        )
+    )
+    board.with_panel(
+        _series(
+            ids,
+            "Scalars",
+            "User scalars recorded with the loss (learning rate, gradient norm, ...).",
+            [(f"texwatch_scalar{{{_RUN}}}", "{{run}} {{name}}")],
+            span=18,
+        )
+    )
+
+
+def _texture_row(ids: _Ids, board: dashboard.Dashboard, th: Thresholds) -> None:
+    board.with_row(dashboard.Row("Texture scale").id(ids()).collapsed(False))
+    board.with_panel(
+        _series(
+            ids,
+            "Fundamental frequency f* vs reference",
+            "Radius bin of the spectral peak (f*), of the first autocorrelation peak, and of the "
+            "reference tile. f* at twice or half the reference means the tile period halved or "
+            "doubled.",
+            [
+                (f"texwatch_fundamental_radius_bin{{{_STREAM}}}", f"{_RS_LEGEND} f*"),
+                (f"texwatch_ref_radius_bin{{{_STREAM}}}", f"{_RS_LEGEND} reference"),
+                (f"texwatch_acf_first_peak_radius_bin{{{_STREAM}}}", f"{_RS_LEGEND} ACF peak"),
+            ],
+        )
+    )
+    board.with_panel(
+        _with_threshold_lines(
+            _series(
+                ids,
+                "Harmonic energy ratios",
+                "Energy at 2f and at f/2 over energy at the reference f. Above "
+                f"{th.harmonic_ratio:g} for {th.harmonic_for} fires TexwatchHarmonicLock.",
+                [
+                    (f"texwatch_e2f_over_ef{{{_STREAM}}}", f"{_RS_LEGEND} E2f/Ef"),
+                    (f"texwatch_ehalf_over_ef{{{_STREAM}}}", f"{_RS_LEGEND} Ehalf/Ef"),
+                ],
+            ),
+            _steps((None, "green"), (th.harmonic_ratio, "red")),
+            area=True,
+        )
+    )
+    board.with_panel(
+        _right_axis(
+            _series(
+                ids,
+                "Period-doubling bands",
+                "From the local period map: band score, and the longest run of windows at the "
+                "doubled period (right axis).",
+                [
+                    (f"texwatch_band_score{{{_STREAM}}}", f"{_RS_LEGEND} score"),
+                    (f"texwatch_band_max_run{{{_STREAM}}}", f"{_RS_LEGEND} max run"),
+                ],
+            ),
+            "B",
+        )
+    )
+    board.with_panel(
+        _series(
+            ids,
+            "Texture losses",
+            "Texture losses of the stream against its target or reference tile.",
+            [(f"texwatch_texture_loss{{{_STREAM}}}", f"{_RS_LEGEND} {{{{loss}}}}")],
+        )
+    )
+
+
+def _banding_row(ids: _Ids, board: dashboard.Dashboard) -> None:
+    board.with_row(dashboard.Row("Banding and aliasing").id(ids()).collapsed(False))
+    board.with_panel(
+        _series(
+            ids,
+            "Axis ratio at f*",
+            "Axis-aligned over diagonal energy at f*: high values mean row/column banding or an "
+            "FFT boundary cross.",
+            [(f"texwatch_axis_ratio_at_f{{{_STREAM}}}", _RS_LEGEND)],
+            span=6,
+        )
+    )
+    board.with_panel(
+        _series(
+            ids,
+            "Shift MSE (1 px)",
+            "MSE between the image and itself shifted by one pixel: aliasing and banding raise it.",
+            [
+                (f"texwatch_shift_mse_dx1{{{_STREAM}}}", f"{_RS_LEGEND} dx"),
+                (f"texwatch_shift_mse_dy1{{{_STREAM}}}", f"{_RS_LEGEND} dy"),
+            ],
+            span=6,
+        )
+    )
+    board.with_panel(
+        _right_axis(
+            _series(
+                ids,
+                "Resize round trip",
+                "MSE after resizing down and back up, and the shift of f* it causes (right axis): "
+                "high values mean content above the Nyquist limit (moire).",
+                [
+                    (f"texwatch_resize_mse_down_up{{{_STREAM}}}", f"{_RS_LEGEND} MSE"),
+                    (f"texwatch_resize_delta_r{{{_STREAM}}}", f"{_RS_LEGEND} delta r"),
+                ],
+                span=6,
+            ),
+            "B",
+        )
+    )
+    board.with_panel(
+        _series(
+            ids,
+            "Checkerboard energy",
+            "Share of spectral energy at the Nyquist corners: transposed-convolution "
+            "checkerboards.",
+            [(f"texwatch_checkerboard_energy{{{_STREAM}}}", _RS_LEGEND)],
+            unit="percentunit",
+            span=6,
+        )
+    )
+
+
+def _health_row(ids: _Ids, board: dashboard.Dashboard) -> None:
+    board.with_row(dashboard.Row("Latent and stream health").id(ids()).collapsed(False))
+    board.with_panel(
+        _series(
+            ids,
+            "Value range",
+            "Minimum, mean and maximum of each stream. Latents drifting out of range show here "
+            "first.",
+            [
+                (f"texwatch_stream_min{{{_STREAM}}}", f"{_RS_LEGEND} min"),
+                (f"texwatch_stream_mean{{{_STREAM}}}", f"{_RS_LEGEND} mean"),
+                (f"texwatch_stream_max{{{_STREAM}}}", f"{_RS_LEGEND} max"),
+            ],
+            span=8,
+        )
+    )
+    board.with_panel(
+        _series(
+            ids,
+            "Standard deviation",
+            "Standard deviation of each stream.",
+            [(f"texwatch_stream_std{{{_STREAM}}}", _RS_LEGEND)],
+            span=8,
+        )
+    )
+    board.with_panel(
+        _right_axis(
+            _series(
+                ids,
+                "Clipping (|x| > 3)",
+                "Share of values outside the DDIM x0 clip range, and how far past it they go "
+                "(right axis).",
+                [
+                    (f"texwatch_stream_clip_fraction{{{_STREAM}}}", f"{_RS_LEGEND} fraction"),
+                    (f"texwatch_stream_clip_excess{{{_STREAM}}}", f"{_RS_LEGEND} excess"),
+                ],
+                unit="percentunit",
+                span=8,
+            ),
+            "B",
+        )
+    )
+    board.with_panel(
+        _bars(
+            ids,
+            "Non-finite values",
+            "NaN/Inf counted per stream, including the loss ('loss') and loss terms "
+            "('term/<name>'). Any fires TexwatchNonFinite.",
+            [
+                (
+                    f"sum by (run, stream) (increase(texwatch_nonfinite_total{{{_RUN}}}"
+                    "[$__rate_interval]))",
+                    _RS_LEGEND,
+                )
+            ],
+            span=24,
+            height=6,
+        )
+    )
+
+
+def _terms_row(ids: _Ids, board: dashboard.Dashboard) -> None:
+    board.with_row(dashboard.Row("Loss terms").id(ids()).collapsed(False))
+    board.with_panel(
+        _series(
+            ids,
+            "Weighted share per term",
+            "Each term's share of the weighted total loss. A term stuck at 0 contributes nothing.",
+            [(f"texwatch_loss_term_share{{{_RUN}}}", "{{run}} {{term}}")],
+            unit="percentunit",
+        )
+        .stacking(common_builders.StackingConfig().mode(common.StackingMode.NORMAL))
+        .fill_opacity(40)
+    )
+    board.with_panel(
+        _series(
+            ids,
+            "Term values (unweighted)",
+            "Each term before weighting, on a log scale since terms differ by orders of magnitude.",
+            [(f"texwatch_loss_term{{{_RUN}}}", "{{run}} {{term}}")],
+        ).scale_distribution(
+            common_builders.ScaleDistributionConfig().type(common.ScaleDistribution.LOG).log(10)
+        )
+    )
+    board.with_panel(
+        _series(
+            ids,
+            "Term weights",
+            "Weight of each term (warm-up and ramp schedules show here).",
+            [(f"texwatch_loss_term_weight{{{_RUN}}}", "{{run}} {{term}}")],
+        )
+    )
+    board.with_panel(
+        _stat(
+            ids,
+            "Dead terms",
+            "Terms texwatchd considers dead (constant zero or no share of the total).",
+            [(f"texwatch_loss_term_dead{{{_RUN}}}", "{{run}} {{term}}")],
+            span=8,
+            steps=_steps((None, "green"), (1.0, "red")),
+            mappings=[_value_map(("0", "alive", "green"), ("1", "dead", "red"))],
+        )
+    )
+    board.with_panel(
+        _stat(
+            ids,
+            "Dead term count",
+            "Number of dead loss terms per run. Any dead term for long fires TexwatchDeadLossTerm.",
+            [(f"texwatch_dead_loss_terms{{{_RUN}}}", "{{run}}")],
+            span=4,
+            steps=_steps((None, "green"), (1.0, "red")),
+        )
+    )
+
+
+def _daemon_row(ids: _Ids, board: dashboard.Dashboard, th: Thresholds) -> None:
+    board.with_row(dashboard.Row("Daemon health").id(ids()).collapsed(False))
+    board.with_panel(
+        _stat(
+            ids,
+            "texwatchd up",
+            "Whether Prometheus can scrape texwatchd.",
+            [(f'up{{job="{SCRAPE_JOB}"}}', "{{instance}}")],
+            span=4,
+            steps=_steps((None, "red"), (1.0, "green")),
+            mappings=[_value_map(("0", "down", "red"), ("1", "up", "green"))],
+        )
+    )
+    board.with_panel(
+        _stat(
+            ids,
+            "Runs served",
+            "Runs texwatchd is watching.",
+            [("texwatch_runs", "{{instance}}")],
+            span=4,
+            steps=_steps((None, "blue")),
+        )
+    )
+    board.with_panel(
+        _with_threshold_lines(
+            _series(
+                ids,
+                "Lag (committed rows not yet derived)",
+                f"Above {th.lag_rows:g} rows for {th.lag_for} fires TexwatchDaemonLagging.",
+                [(f"texwatch_daemon_lag_rows{{{_RUN}}}", "{{run}}")],
+                span=8,
+            ),
+            _steps((None, "green"), (th.lag_rows, "red")),
+        )
+    )
+    board.with_panel(
+        _series(
+            ids,
+            "Time since last derived batch",
+            "Seconds since texwatchd last derived rows of each run.",
+            [(f"time() - texwatch_last_processed_timestamp_seconds{{{_RUN}}}", "{{run}}")],
+            unit="s",
+            span=8,
+        )
+    )
+    quantiles = [
+        (
+            f"histogram_quantile({q}, sum by (run, le) "
+            f"(rate(texwatch_processing_seconds_bucket{{{_RUN}}}[$__rate_interval])))",
+            f"{{{{run}}}} p{int(q * 100)}",
+        )
+        for q in (0.5, 0.9, 0.99)
+    ]
+    board.with_panel(
+        _series(
+            ids,
+            "Processing time per wake",
+            "Quantiles of the time one wake of texwatchd takes to derive new rows.",
+            quantiles,
+            unit="s",
+            span=8,
+        )
+    )
+    board.with_panel(
+        _bars(
+            ids,
+            "Errors by kind",
+            "Daemon errors: corrupt chunks, missing stores, schema, read, compute, snapshot.",
+            [("sum by (kind) (increase(texwatch_errors_total[$__rate_interval]))", "{{kind}}")],
+            span=8,
+        )
+    )
+    board.with_panel(
+        _bars(
+            ids,
+            "Client dropped rows",
+            "Rows the training-side client dropped because its queue was full.",
+            [
+                (
+                    f"sum by (run, stream) (increase(texwatch_client_dropped_rows_total{{{_RUN}}}"
+                    "[$__rate_interval]))",
+                    _RS_LEGEND,
+                )
+            ],
+            span=8,
+        )
+    )
+
+
+def _spike_annotation() -> dashboard.AnnotationQuery:
+    return (
+        dashboard.AnnotationQuery()
+        .name("Loss spikes")
+        .datasource(_DS)
+        .enable(True)
+        .icon_color("red")
+        .expr(f"sum by (run, rule) (increase(texwatch_loss_spikes_total{{{_RUN}}}[1m])) > 0")
+    )
+
+
+# Prometheus annotation fields the SDK's AnnotationQuery has no setter for; written as plain
+# JSON after encoding (Grafana's Prometheus datasource reads them next to ``expr``).
+_SPIKE_ANNOTATION_EXTRAS = {
+    "step": "1m",
+    "titleFormat": "Loss spike ({{rule}})",
+    "tagKeys": "run,rule",
+    "useValueForTime": False,
+}
+
+
+def build_overview(thresholds: Thresholds | None = None) -> dict[str, Any]:
+    """Build the overview dashboard as Grafana dashboard JSON (a plain mapping).
+
+    Args:
+        thresholds: the alert thresholds to draw; defaults when ``None``.
+
+    Raises:
+        TypeError: ``thresholds`` is not a :class:`Thresholds`.
+    """
+    if thresholds is None:
+        thresholds = Thresholds()
+    if not isinstance(thresholds, Thresholds):
+        raise TypeError(f"thresholds must be a Thresholds, got {type(thresholds).__name__}")
+    ids = _Ids()
+    board = (
+        dashboard.Dashboard("texwatch — training overview")
+        .uid(DASHBOARD_UID)
+        .description(
+            "texwatch training telemetry: loss, texture scale, banding and aliasing, stream "
+            "health, loss terms and texwatchd health. Generated by `python -m dashboards.build`."
+        )
+        .tags(["texwatch"])
+        .editable()
+        .tooltip(models.DashboardCursorSync.CROSSHAIR)
+        .refresh("30s")
+        .time("now-6h", "now")
+        .timezone("browser")
+        .with_variable(
+            dashboard.DatasourceVariable("datasource").label("Data source").type("prometheus")
+        )
+        .with_variable(
+            dashboard.QueryVariable("run")
+            .label("Run")
+            .datasource(_DS)
+            .query("label_values(texwatch_last_step, run)")
+            .refresh(models.VariableRefresh.ON_TIME_RANGE_CHANGED)
+            .sort(models.VariableSort.ALPHABETICAL_ASC)
+            .multi(True)
+            .include_all(True)
+            .all_value(".*")
+        )
+        .with_variable(
+            dashboard.QueryVariable("stream")
+            .label("Stream")
+            .datasource(_DS)
+            .query(f"label_values(texwatch_stream_std{{{_RUN}}}, stream)")
+            .refresh(models.VariableRefresh.ON_TIME_RANGE_CHANGED)
+            .sort(models.VariableSort.ALPHABETICAL_ASC)
+            .multi(True)
+            .include_all(True)
+            .all_value(".*")
+        )
+        .annotation(_spike_annotation())
+    )
+    _loss_row(ids, board)
+    _texture_row(ids, board, thresholds)
+    _banding_row(ids, board)
+    _health_row(ids, board)
+    _terms_row(ids, board)
+    _daemon_row(ids, board, thresholds)
+    encoded: dict[str, Any] = json.loads(json.dumps(board.build(), cls=JSONEncoder))
+    encoded["annotations"]["list"][0].update(_SPIKE_ANNOTATION_EXTRAS)
+    return encoded
