@@ -24,6 +24,7 @@ Example:
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -67,7 +68,7 @@ _ABS_SCALE_FLOOR = 1e-12
 # DDPM-style discrete schedulers sample integer timesteps in [0, 1000).
 _DISCRETE_T_MAX = 1000.0
 
-_T = TypeVar("_T")
+_S = TypeVar("_S", bound="_Stateful")
 
 
 # --------------------------------------------------------------------------------------------
@@ -263,7 +264,9 @@ def _open_state(
             f"Expected a `{kind}` state_dict of version {_STATE_VERSION} "
             f"but got version {state.get('version')!r}"
         )
-    saved = state.get("config", {})
+    saved = state.get("config")
+    if not isinstance(saved, Mapping):
+        raise ValueError(f"Expected a `{kind}` state_dict with a `config` mapping")
     for key in structural:
         if _canon(saved.get(key)) != _canon(config[key]):
             raise ValueError(
@@ -319,11 +322,6 @@ class _Ring:
             self._count -= 1
         return oldest
 
-    def oldest(self) -> np.ndarray | None:
-        if not self._count:
-            return None
-        return self._values[(self._head - self._count) % self.capacity].copy()
-
     def column(self, k: int = 0) -> np.ndarray:
         """The live values of column ``k`` (order fixed by the stored slots, so reproducible)."""
         if self.full:
@@ -357,28 +355,33 @@ class _Ring:
         self._steps, self._values, self._head, self._count = steps, values, head, count
 
 
-class _Stateful:
-    """Shared ``from_state_dict`` for the detectors (each builds itself from the saved config)."""
+class _Stateful(ABC):
+    """What every detector shares: its config, a state round trip, ``from_state_dict``."""
 
     _KIND: ClassVar[str]
 
+    @abstractmethod
     def _config(self) -> dict[str, Any]:
-        raise NotImplementedError
+        """The constructor arguments that rebuild this detector."""
 
+    @abstractmethod
+    def state_dict(self) -> dict[str, Any]:
+        """Return the full state as plain JSON-serialisable values."""
+
+    @abstractmethod
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        raise NotImplementedError
+        """Restore a state from :meth:`state_dict`."""
 
     @classmethod
-    def from_state_dict(cls: type[_T], state: Mapping[str, Any]) -> _T:
+    def from_state_dict(cls: type[_S], state: Mapping[str, Any]) -> _S:
         """Build a detector with the saved configuration and state."""
-        kind = cls._KIND  # type: ignore[attr-defined]
         if not isinstance(state, Mapping) or not isinstance(state.get("config"), Mapping):
-            raise ValueError(f"Expected a `{kind}` state_dict with a `config` mapping")
+            raise ValueError(f"Expected a `{cls._KIND}` state_dict with a `config` mapping")
         config = {
             k: (tuple(v) if isinstance(v, list) else v) for k, v in state["config"].items()
         }
         obj = cls(**config)
-        obj.load_state_dict(state)  # type: ignore[attr-defined]
+        obj.load_state_dict(state)
         return obj
 
 
@@ -494,8 +497,9 @@ class _WindowSpikeDetector(_Stateful):
         self._last_step = -1
         self._last: SpikeVerdict | None = None
 
+    @abstractmethod
     def _score(self, value: float, history: np.ndarray) -> float:
-        raise NotImplementedError
+        """The z-score of ``value`` against ``history``."""
 
     @property
     def ready(self) -> bool:
