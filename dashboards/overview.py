@@ -14,6 +14,8 @@ from typing import Any
 
 from grafana_foundation_sdk.builders import common as common_builders
 from grafana_foundation_sdk.builders import dashboard, prometheus, stat, timeseries
+from grafana_foundation_sdk.cog import variants
+from grafana_foundation_sdk.cog.builder import Builder
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models import common
 from grafana_foundation_sdk.models import dashboard as models
@@ -52,7 +54,7 @@ def _query(expr: str, legend: str, ref_id: str) -> prometheus.Dataquery:
     return prometheus.Dataquery().expr(expr).legend_format(legend).ref_id(ref_id).range()
 
 
-def _targets(queries: Sequence[tuple[str, str]]) -> list[prometheus.Dataquery]:
+def _targets(queries: Sequence[tuple[str, str]]) -> list[Builder[variants.Dataquery]]:
     return [_query(expr, legend, chr(ord("A") + i)) for i, (expr, legend) in enumerate(queries)]
 
 

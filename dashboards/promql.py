@@ -44,7 +44,9 @@ _AGGREGATIONS = frozenset(
     }
 )
 _KEYWORDS = frozenset({"and", "or", "unless", "bool", "offset", "atan2", "inf", "nan"})
-_LABEL_VALUES = re.compile(r"^label_values\((?P<selector>.+),\s*(?P<label>[A-Za-z_][A-Za-z0-9_]*)\)$")
+_LABEL_VALUES = re.compile(
+    r"^label_values\((?P<selector>.+),\s*(?P<label>[A-Za-z_][A-Za-z0-9_]*)\)$"
+)
 
 
 @dataclass(frozen=True)

@@ -366,15 +366,17 @@ def test_metric_contract_passes_promtool_lint() -> None:
         labels = list(spec.labels)
         values = ["x"] * len(labels)
         if spec.type == "gauge":
-            family = Gauge(spec.name, spec.help, labels, registry=registry)
-            (family.labels(*values) if labels else family).set(1.0)
+            gauge = Gauge(spec.name, spec.help, labels, registry=registry)
+            (gauge.labels(*values) if labels else gauge).set(1.0)
         elif spec.type == "counter":
             assert spec.name.endswith("_total"), spec.name
-            family = Counter(spec.name[: -len("_total")], spec.help, labels, registry=registry)
-            (family.labels(*values) if labels else family).inc()
+            counter = Counter(
+                spec.name.removesuffix("_total"), spec.help, labels, registry=registry
+            )
+            (counter.labels(*values) if labels else counter).inc()
         else:
-            family = Histogram(spec.name, spec.help, labels, registry=registry)
-            (family.labels(*values) if labels else family).observe(0.1)
+            histogram = Histogram(spec.name, spec.help, labels, registry=registry)
+            (histogram.labels(*values) if labels else histogram).observe(0.1)
     exposition = generate_latest(registry).decode()
     assert PROMTOOL is not None
     proc = subprocess.run(
