@@ -93,6 +93,7 @@ def alert_rules(thresholds: Thresholds | None = None) -> tuple[AlertRule, ...]:
     """
     th = _check_thresholds(thresholds)
     up = f'up{{job="{SCRAPE_JOB}"}}'
+    w = th.nonfinite_window
     return (
         AlertRule(
             name="TexwatchHarmonicLock",
@@ -133,8 +134,12 @@ def alert_rules(thresholds: Thresholds | None = None) -> tuple[AlertRule, ...]:
         AlertRule(
             name="TexwatchNonFinite",
             uid="texwatch-nonfinite",
+            # New non-finite values within the window. Not increase(): it needs two samples of
+            # a series, and a stream's counter first shows up at its first NaN, already > 0;
+            # here a series that did not exist a window ago counts from 0.
             query=(
-                f"sum by (run, stream) (increase(texwatch_nonfinite_total[{th.nonfinite_window}]))"
+                "sum by (run, stream) (texwatch_nonfinite_total"
+                f" - (texwatch_nonfinite_total offset {w} or texwatch_nonfinite_total * 0))"
             ),
             op=">",
             threshold=0.0,

@@ -399,21 +399,15 @@ def _health_row(ids: _Ids, board: dashboard.Dashboard) -> None:
         )
     )
     board.with_panel(
-        _bars(
+        _series(
             ids,
-            "Non-finite values",
+            "Non-finite values (total)",
             "NaN/Inf counted per stream, including the loss ('loss') and loss terms "
-            "('term/<name>'). Any fires TexwatchNonFinite.",
-            [
-                (
-                    f"sum by (run, stream) (increase(texwatch_nonfinite_total{{{_RUN}}}"
-                    "[$__rate_interval]))",
-                    _RS_LEGEND,
-                )
-            ],
+            "('term/<name>'); each step up is new ones, and fires TexwatchNonFinite.",
+            [(f"sum by (run, stream) (texwatch_nonfinite_total{{{_RUN}}})", _RS_LEGEND)],
             span=24,
             height=6,
-        )
+        ).line_interpolation(common.LineInterpolation.STEP_AFTER)
     )
 
 
