@@ -1,21 +1,13 @@
-"""texwatch's monitoring as code: the Grafana dashboard, alert rules in both forms, and the
-metric contract they are checked against. ``python -m dashboards.build`` writes the files.
+"""texwatch's monitoring as code, one module per concern.
+
+- :mod:`dashboards.metrics`: the metric contract texwatchd exports (stdlib only, so the daemon's
+  tests can import it without the Grafana SDK).
+- :mod:`dashboards.thresholds`: alert thresholds, the one place both alert forms read.
+- :mod:`dashboards.alerts`: the alert rules as Prometheus rules and Grafana provisioning.
+- :mod:`dashboards.overview`: the Grafana dashboard, built with grafana-foundation-sdk.
+- :mod:`dashboards.promql`: reading PromQL just enough to check it against the contract.
+- :mod:`dashboards.build`: ``python -m dashboards.build`` writes (or checks) the generated files.
+- :mod:`dashboards.typecheck`: ``tsc --strict`` of the JSON against @grafana/schema.
 """
 
-from dashboards.alerts import AlertRule, alert_rules, grafana_alerting, prometheus_rules
-from dashboards.metrics import METRIC_NAMES, METRICS, MetricSpec
-from dashboards.overview import build_overview
-from dashboards.thresholds import Thresholds, load_thresholds
-
-__all__ = [
-    "METRICS",
-    "METRIC_NAMES",
-    "AlertRule",
-    "MetricSpec",
-    "Thresholds",
-    "alert_rules",
-    "build_overview",
-    "grafana_alerting",
-    "load_thresholds",
-    "prometheus_rules",
-]
+__all__: list[str] = []

@@ -54,7 +54,7 @@ class Thresholds:
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
-            if field.type == "str":
+            if isinstance(field.default, str):
                 if not isinstance(value, str):
                     raise TypeError(
                         f"threshold {field.name} must be a duration string like '10m', "
