@@ -93,7 +93,6 @@ def alert_rules(thresholds: Thresholds | None = None) -> tuple[AlertRule, ...]:
     """
     th = _check_thresholds(thresholds)
     up = f'up{{job="{SCRAPE_JOB}"}}'
-    w = th.nonfinite_window
     return (
         AlertRule(
             name="TexwatchHarmonicLock",
@@ -117,9 +116,8 @@ def alert_rules(thresholds: Thresholds | None = None) -> tuple[AlertRule, ...]:
         AlertRule(
             name="TexwatchLossSpikes",
             uid="texwatch-loss-spikes",
-            query=(
-                "sum by (run) (increase(texwatch_loss_spikes_total"
-                f'{{rule!="nonfinite"}}[{th.spike_window}]))'
+            query=_counted_within(
+                'texwatch_loss_spikes_total{rule!="nonfinite"}', th.spike_window, "run"
             ),
             op=">=",
             threshold=th.spike_count,
@@ -134,13 +132,7 @@ def alert_rules(thresholds: Thresholds | None = None) -> tuple[AlertRule, ...]:
         AlertRule(
             name="TexwatchNonFinite",
             uid="texwatch-nonfinite",
-            # New non-finite values within the window. Not increase(): it needs two samples of
-            # a series, and a stream's counter first shows up at its first NaN, already > 0;
-            # here a series that did not exist a window ago counts from 0.
-            query=(
-                "sum by (run, stream) (texwatch_nonfinite_total"
-                f" - (texwatch_nonfinite_total offset {w} or texwatch_nonfinite_total * 0))"
-            ),
+            query=_counted_within("texwatch_nonfinite_total", th.nonfinite_window, "run, stream"),
             op=">",
             threshold=0.0,
             for_="0s",
@@ -205,6 +197,17 @@ def alert_rules(thresholds: Thresholds | None = None) -> tuple[AlertRule, ...]:
             ),
         ),
     )
+
+
+def _counted_within(counter: str, window: str, by: str) -> str:
+    """PromQL for how much ``counter`` grew within ``window``, summed by the ``by`` labels.
+
+    Not ``increase()``: it needs two samples of a series, and texwatchd publishes a counter from
+    the first batch that has it, which may already hold counts (a stream's first NaN, spikes in
+    the rows a freshly started daemon catches up on). A series that did not exist a window ago
+    counts from 0 here.
+    """
+    return f"sum by ({by}) ({counter} - ({counter} offset {window} or {counter} * 0))"
 
 
 def _check_thresholds(thresholds: Thresholds | None) -> Thresholds:
