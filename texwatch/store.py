@@ -52,6 +52,8 @@ import json
 import math
 import os
 import re
+import shutil
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -499,7 +501,7 @@ class RunWriter:
             raise StoreFormatError(
                 f"{str(root)!r} exists, is not empty and holds no zarr.json: not a run store"
             )
-        attrs = {
+        attrs: dict[str, Any] = {
             "schema_version": SCHEMA_VERSION,
             "run": run if run is not None else root.name.removesuffix(".zarr"),
             "config": config_json if config_json is not None else {},
@@ -511,7 +513,18 @@ class RunWriter:
             "nonfinite": {},
             "errors": 0,
         }
-        group = zarr.open_group(LocalStore(root), mode="w-", zarr_format=3, attributes=attrs)
+        # build it aside and rename it into place, so a kill never leaves a half-made store
+        root.parent.mkdir(parents=True, exist_ok=True)
+        aside = root.parent / f".{root.name}.{uuid.uuid4().hex}.partial"
+        zarr.open_group(LocalStore(aside), mode="w-", zarr_format=3, attributes=attrs)
+        try:
+            os.rename(aside, root)
+        except OSError:
+            shutil.rmtree(aside, ignore_errors=True)
+            if not (root / "zarr.json").is_file():
+                raise
+            return cls.open(root, run=run, config=config, rank=rank)  # another process won
+        group = zarr.open_group(LocalStore(root), mode="r+", zarr_format=3)
         return cls(root, group, attrs)
 
     @property

@@ -1,0 +1,184 @@
+"""Helpers for the store/client tests: zarr's thread pools, deterministic payloads, and the
+subprocess side of the process tests (run as ``python _store_helpers.py MODE ...``).
+
+Modes:
+    append PATH STEPS FLUSH_INTERVAL     record STEPS steps of scalars + small latents, then close
+    forkserver PATH                      per stdin line ``go DELAY``: fork a writer that resumes the
+                                         store and records until SIGKILLed after DELAY seconds;
+                                         answer ``killed FLUSHED`` (rows flushed before the kill)
+    diskfull PATH LIMIT_BYTES STEPS      record under RLIMIT_FSIZE; print a JSON summary
+    atexit PATH STEPS                    record and exit without close()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import select
+import signal
+import sys
+import threading
+import time
+
+import numpy as np
+
+LATENT_SHAPE = (4, 8, 8)
+LATENT_ITEMS = 2
+
+
+def start_zarr_pools() -> None:
+    """Start zarr's process-wide IO thread and fill its executor now, once.
+
+    zarr-python keeps an event-loop thread and a thread pool for the whole process; a test that
+    happened to be the first to touch zarr would otherwise look like it leaked them.
+    """
+    from zarr.core.sync import sync
+
+    async def fill() -> None:
+        loop = asyncio.get_running_loop()
+        release = threading.Event()
+        pending = []
+        for _ in range(64):
+            before = threading.active_count()
+            pending.append(loop.run_in_executor(None, release.wait, 10.0))
+            await asyncio.sleep(0.02)
+            if threading.active_count() == before:
+                break  # the pool is full: no new thread was started
+        release.set()
+        await asyncio.gather(*pending)
+
+    sync(fill())
+
+
+def loss_of(step: np.ndarray | int) -> np.ndarray:
+    """The loss a test writer records at ``step``."""
+    return np.asarray(step, dtype=np.float64) * 0.25 + 1.0
+
+
+def latents_of(step: int) -> np.ndarray:
+    """The (LATENT_ITEMS, C, H, W) latents a test writer records at ``step``."""
+    base = np.arange(np.prod(LATENT_SHAPE), dtype=np.float32).reshape(LATENT_SHAPE) / 256.0
+    return np.stack([base + step + 0.5 * i for i in range(LATENT_ITEMS)]).astype(np.float32)
+
+
+def check_rows(scalars: dict[str, np.ndarray], steps: np.ndarray, data: np.ndarray) -> None:
+    """Assert committed rows are exactly what the writer recorded (no gap, duplicate or tear)."""
+    n = scalars["step"].shape[0]
+    np.testing.assert_array_equal(scalars["step"], np.arange(n))
+    np.testing.assert_array_equal(scalars["loss"], loss_of(np.arange(n)))
+    assert np.isfinite(scalars["time"]).all()
+    np.testing.assert_array_equal(steps, np.repeat(np.arange(n), LATENT_ITEMS))
+    for row in range(0, steps.shape[0], max(1, steps.shape[0] // 50)):
+        step = int(steps[row])
+        np.testing.assert_array_equal(data[row], latents_of(step)[row % LATENT_ITEMS])
+
+
+def _record(recorder: object, step: int) -> None:
+    recorder.record(  # type: ignore[attr-defined]
+        step,
+        float(loss_of(step)),
+        latents=latents_of(step),
+        sample_ids=np.array([2 * step, 2 * step + 1]),
+        terms={"v": 0.5},
+    )
+
+
+def _append(path: str, steps: int, flush_interval: float) -> None:
+    from texwatch.client import Recorder
+
+    with Recorder(path, run="proc", flush_interval=flush_interval) as rec:
+        for step in range(steps):
+            _record(rec, step)
+    print(json.dumps(rec.stats.drops), flush=True)
+
+
+def _resume_writer(path: str, report: int) -> None:
+    """Resume the store at its committed row count and record until killed."""
+    from texwatch.client import Recorder
+    from texwatch.store import open_run
+
+    start = open_run(path).committed().get("scalars", 0) if os.path.exists(path) else 0
+    rec = Recorder(path, run="proc", flush_interval=0.005)
+    step = start
+    while True:
+        _record(rec, step)
+        step += 1
+        if step % 16 == 0:
+            rec.flush()
+            os.write(report, f"{step}\n".encode())
+
+
+def _forkserver(path: str) -> None:
+    import texwatch.client  # noqa: F401  (imported once, before forking: children start fast)
+
+    for line in sys.stdin:
+        delay = float(line.split()[1])
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(read_end)
+            try:
+                _resume_writer(path, write_end)
+            finally:
+                os._exit(1)
+        os.close(write_end)
+        time.sleep(delay)
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        received = b""
+        while select.select([read_end], [], [], 0)[0]:
+            chunk = os.read(read_end, 65536)
+            if not chunk:
+                break
+            received += chunk
+        os.close(read_end)
+        complete = received[: received.rfind(b"\n") + 1].split()
+        flushed = int(complete[-1]) if complete else 0
+        print(f"killed {flushed}", flush=True)
+
+
+def _diskfull(path: str, limit: int, steps: int) -> None:
+    import resource
+
+    from texwatch.client import Recorder, WriterError
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # get EFBIG instead of being killed
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    rng = np.random.default_rng(0)
+    rec = Recorder(path, run="full", flush_interval=0.05)
+    done = 0
+    for step in range(steps):
+        rec.record(step, float(loss_of(step)), latents=rng.standard_normal((2, 3, 32, 32)))
+        done += 1
+    error = None
+    try:
+        rec.close()
+    except WriterError as err:
+        cause = err.__cause__
+        error = {"type": type(cause).__name__, "errno": getattr(cause, "errno", None)}
+    stats = rec.stats
+    print(json.dumps({"recorded": done, "error": error, "errors": stats.errors,
+                      "drops": dict(stats.drops)}), flush=True)
+
+
+def _atexit(path: str, steps: int) -> None:
+    import texwatch.client as tw
+
+    tw.init(path, run="exit", flush_interval=60.0)
+    for step in range(steps):
+        tw.record(step, float(loss_of(step)))
+
+
+if __name__ == "__main__":
+    mode, *args = sys.argv[1:]
+    if mode == "append":
+        _append(args[0], int(args[1]), float(args[2]))
+    elif mode == "forkserver":
+        _forkserver(args[0])
+    elif mode == "diskfull":
+        _diskfull(args[0], int(args[1]), int(args[2]))
+    elif mode == "atexit":
+        _atexit(args[0], int(args[1]))
+    else:
+        raise SystemExit(f"unknown mode {mode!r}")
