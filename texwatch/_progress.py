@@ -1,0 +1,20 @@
+"""The progress bar of the post-hoc commands (report, diagnose, dataset): tqdm on stderr."""
+
+from __future__ import annotations
+
+import sys
+
+from tqdm import tqdm
+
+__all__ = ["progress"]
+
+
+class _Bar(tqdm):  # type: ignore[type-arg]
+    """tqdm without its monitor thread: the commands refresh often enough, and no thread leaks."""
+
+    monitor_interval = 0
+
+
+def progress(total: int, desc: str, *, quiet: bool) -> tqdm:  # type: ignore[type-arg]
+    """A progress bar of ``total`` units on stderr; silent (and free) when ``quiet``."""
+    return _Bar(total=total, desc=desc, disable=quiet, file=sys.stderr, unit="step", leave=False)

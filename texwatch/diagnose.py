@@ -1,0 +1,463 @@
+"""``texwatch diagnose``: the seed's one-off diagnosis of single images, as PNG + JSON.
+
+For each image: the texture metrics of :func:`texwatch.spectral.texture_metrics` (around the
+reference tile's f when ``--ref`` is given), value statistics, the strongest periodic peak of the
+spectrum against ``--fft-threshold``, Sobel + connected-component anomaly regions, and — for
+every image after the first with the same size — the difference heatmap against the first (the
+seed's ``--images in.png out.png``), gained by ``--heatmap-scale``. The readings are the
+report's probable causes (:func:`texwatch.report.probable_causes`) with the same thresholds.
+Figures are written for the first ``--max-images`` images; the JSON holds every image.
+
+Usable from Python::
+
+    from texwatch.diagnose import diagnose
+    result = diagnose(["in.png", "out.png"], ref="tile.png", report_dir="out_report")
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import re
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = [
+    "DEFAULT_FFT_THRESHOLD",
+    "DEFAULT_HEATMAP_SCALE",
+    "DEFAULT_MAX_IMAGES",
+    "Periodicity",
+    "add_parser",
+    "diagnose",
+    "periodicity",
+    "run",
+]
+
+DEFAULT_FFT_THRESHOLD = 30.0
+"""A spectral bin this many times its ring's noise floor counts as a periodic peak.
+
+White or smooth noise peaks at about 10× (the maximum of ~10⁴ exponential values), a tiled
+texture at hundreds to tens of thousands, so 30 separates them with room on both sides.
+"""
+
+DEFAULT_HEATMAP_SCALE = 4.0
+"""Gain of the difference heatmap: with images in [0, 1], a difference of 0.25 saturates."""
+
+DEFAULT_MAX_IMAGES = 8
+"""Images that get a figure (every image gets its numbers in the JSON)."""
+
+_PROG = "texwatch diagnose"
+_LOBE = 2.5  # FFT-index distance of the window's DC lobe, as texwatch.spectral excludes it
+_MIN_RING_BINS = 8  # rings with fewer bins give no stable noise floor
+_EULER_GAMMA = 0.5772156649015329
+_LOCAL_MAP_MIN_SIZE = 96  # as texwatch.derive: smaller images get NaN band scores
+
+
+class _InputError(ValueError):
+    """A bad input to ``diagnose``; its message is the one line the command prints."""
+
+
+@dataclass(frozen=True)
+class Periodicity:
+    """The strongest periodic peak of an image's spectrum.
+
+    Attributes:
+        prominence: power of the strongest bin outside the DC lobe over its ring's noise floor
+            (``exp(mean ln P + γ)``, the floor :mod:`texwatch.spectral` uses for f*).
+        radius: that bin's radius (``N·√((kx/W)² + (ky/H)²)``, N = max(H, W)).
+        period: the period it stands for, ``N / radius`` px.
+        periodic: ``prominence >= threshold``.
+    """
+
+    prominence: float
+    radius: float
+    period: float
+    periodic: bool
+
+
+def periodicity(
+    x: torch.Tensor,
+    *,
+    mask: torch.Tensor | None = None,
+    window: str = "hann",
+    threshold: float = DEFAULT_FFT_THRESHOLD,
+) -> Periodicity:
+    """FFT peak detection on one image ``(1, C, H, W)``: is there a periodic peak, and where.
+
+    Each bin's power is compared with the noise floor of its one-unit ring (a mean of logs, so a
+    texture's few peak bins barely move it); the largest ratio outside the window's DC lobe is
+    the prominence. Non-finite images give NaN and ``periodic=False``.
+
+    Args:
+        x: the image.
+        mask: optional ``(1, 1, H, W)`` mask.
+        window: apodization window (:data:`texwatch.spectral.WINDOWS`).
+        threshold: the prominence from which the image counts as periodic (``--fft-threshold``).
+    """
+    from texwatch import spectral
+
+    if not math.isfinite(threshold) or threshold <= 0:
+        raise ValueError(f"threshold must be a positive number, got {threshold!r}")
+    views = spectral.spectrum_views(x[:1], mask=mask, window=window)
+    log_power = views.log_power[0].double().cpu().numpy()
+    if not np.isfinite(log_power).all():
+        return Periodicity(math.nan, math.nan, math.nan, False)
+    h, w = log_power.shape
+    n = max(h, w)
+    ky = (np.arange(h) - h // 2)[:, None]
+    kx = (np.arange(w) - w // 2)[None, :]
+    radius = n * np.sqrt((kx / w) ** 2 + (ky / h) ** 2)
+    ring = np.floor(radius).astype(np.int64)
+    outside = np.hypot(kx, ky) >= _LOBE
+    counts = np.bincount(ring[outside], minlength=int(ring.max()) + 1)
+    sums = np.bincount(ring[outside], weights=log_power[outside], minlength=counts.size)
+    floor = sums / np.maximum(counts, 1) + _EULER_GAMMA
+    excess = np.where(outside & (counts[ring] >= _MIN_RING_BINS), log_power - floor[ring], -np.inf)
+    k = np.unravel_index(int(np.argmax(excess)), excess.shape)
+    if not np.isfinite(excess[k]):
+        return Periodicity(math.nan, math.nan, math.nan, False)
+    prominence = float(np.exp(excess[k]))
+    r = float(radius[k])
+    return Periodicity(prominence, r, n / r, prominence >= threshold)
+
+
+def _load(item: str | Path | torch.Tensor, what: str) -> tuple[str, torch.Tensor]:
+    import torch
+
+    from texwatch._images import load_image
+
+    if isinstance(item, torch.Tensor):
+        x = item.detach().float().cpu()
+        if x.ndim == 3:
+            x = x[None]
+        if x.ndim != 4 or x.shape[0] != 1:
+            raise _InputError(f"{what}: tensor of shape {tuple(item.shape)}, expected (1, C, H, W)")
+        return what, x
+    try:
+        return str(item), load_image(item)
+    except ValueError as err:
+        raise _InputError(f"{what}: {err}") from err
+
+
+def _load_mask(item: str | Path | torch.Tensor) -> torch.Tensor:
+    import torch
+
+    from texwatch._images import load_mask
+
+    if isinstance(item, torch.Tensor):
+        m = item.detach().float().cpu()
+        while m.ndim < 4:
+            m = m[None]
+        return m
+    try:
+        return load_mask(item)
+    except ValueError as err:
+        raise _InputError(f"--mask: {err}") from err
+
+
+def _figure_name(index: int, name: str) -> str:
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(name).stem)[:60] or "image"
+    return f"{index:02d}_{stem}.png"
+
+
+def _image_figure(
+    x: torch.Tensor,
+    name: str,
+    metrics: dict[str, float],
+    boxes: Sequence[Sequence[int]],
+    heat: np.ndarray | None,
+    heat_title: str,
+    ref_radius: float | None,
+    mask: torch.Tensor | None,
+    window: str,
+    readings: Sequence[str],
+) -> bytes:
+    from texwatch import plots
+
+    panel = plots.spectrum_panel(x, mask=mask, ref_radius=ref_radius, window=window)
+    fig = plots.new_figure(15.0, 9.0)
+    axes = plots.axes_grid(fig, 2, 3)
+    plots.draw_anomalies(axes[0, 0], x[0], boxes, title=f"image, {len(boxes)} Sobel anomalies")
+    plots.draw_log_spectrum(axes[0, 1], panel)
+    plots.draw_radial_profile(axes[0, 2], panel)
+    plots.draw_acf(axes[1, 0], panel)
+    if heat is not None:
+        plots.draw_heatmap(axes[1, 1], heat, title=heat_title)
+    else:
+        axes[1, 1].set_axis_off()
+        axes[1, 1].set_title("no difference heatmap (first image, or other size)", fontsize=9)
+    plots.draw_text_table(axes[1, 2], metrics, title="metrics")
+    said = "; ".join(readings) if readings else "no probable cause"
+    fig.suptitle(f"{name}  ({x.shape[1]}×{x.shape[2]}×{x.shape[3]}) — {said}", fontsize=11)
+    return plots.figure_png(fig)
+
+
+def diagnose(
+    images: Sequence[str | Path | torch.Tensor],
+    *,
+    ref: str | Path | torch.Tensor | None = None,
+    mask: str | Path | torch.Tensor | None = None,
+    report_dir: str | Path | None = None,
+    heatmap_scale: float = DEFAULT_HEATMAP_SCALE,
+    fft_threshold: float = DEFAULT_FFT_THRESHOLD,
+    max_images: int = DEFAULT_MAX_IMAGES,
+    sobel_threshold: float = 6.0,
+    window: str = "hann",
+    thresholds: Any = None,
+    quiet: bool = True,
+) -> dict[str, Any]:
+    """Diagnose single images; write ``diagnose.json`` and one PNG per image into ``report_dir``.
+
+    Args:
+        images: image files (PNG/JPEG/...) or ``(1, C, H, W)`` tensors in [0, 1]. The first is
+            the baseline ("in") every later image of the same size is compared with.
+        ref: reference tile (file or tensor): its f becomes ``ref_radius_bin`` and the energy
+            ratios are taken around it.
+        mask: material mask (file or ``(1, 1, H, W)`` tensor) applied to every image.
+        report_dir: output folder; ``None`` writes nothing and only returns the numbers.
+        heatmap_scale: gain of the difference heatmap (the seed's ``--heatmap-scale``).
+        fft_threshold: periodic-peak prominence threshold (the seed's ``--fft-threshold``).
+        max_images: how many images get a figure (the seed's ``--max-images``).
+        sobel_threshold: robust z-score of the Sobel magnitude that marks an anomaly.
+        window: apodization window of the spectral metrics.
+        thresholds: :class:`texwatch.report.Thresholds` for the readings (default thresholds).
+        quiet: no progress bar.
+
+    Returns:
+        The JSON document: settings and, per image, metrics, statistics, periodicity,
+        anomalies, difference and readings.
+
+    Raises:
+        ValueError: an unreadable image, reference or mask, a mask of the wrong size, or a
+            bad option value; the message names the input.
+    """
+    import torch
+
+    from texwatch import spectral
+    from texwatch._progress import progress
+    from texwatch.report import Thresholds, probable_causes
+
+    if not images:
+        raise _InputError("no image given")
+    for name, value in (("--heatmap-scale", heatmap_scale), ("--fft-threshold", fft_threshold)):
+        if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            raise _InputError(f"{name} must be a positive number, got {value!r}")
+    if isinstance(max_images, bool) or not isinstance(max_images, int) or max_images < 0:
+        raise _InputError(f"--max-images must be an integer >= 0, got {max_images!r}")
+    th = dataclasses.replace(thresholds or Thresholds(), periodic_peak=float(fft_threshold))
+    out = Path(report_dir) if report_dir is not None else None
+    if out is not None and out.exists() and not out.is_dir():
+        raise _InputError(f"--report {str(out)!r} is a file, expected a folder")
+    loaded = [
+        _load(item, f"image {i}" if isinstance(item, torch.Tensor) else "--images")
+        for i, item in enumerate(images)
+    ]
+    ref_name, ref_x = _load(ref, "--ref") if ref is not None else (None, None)
+    m = _load_mask(mask) if mask is not None else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    first = loaded[0][1]
+    results = []
+    bar = progress(total=len(loaded), desc="diagnose", quiet=quiet)
+    try:
+        for index, (name, x) in enumerate(loaded):
+            h, w = x.shape[-2:]
+            if m is not None and tuple(m.shape[-2:]) != (h, w):
+                raise _InputError(
+                    f"--mask has size {m.shape[-2]}x{m.shape[-1]}, image {name!r} is {h}x{w}"
+                )
+            metrics = {
+                k: float(v[0])
+                for k, v in spectral.texture_metrics(
+                    x,
+                    mask=m,
+                    ref=ref_x,
+                    window=window,
+                    local_map=min(h, w) >= _LOCAL_MAP_MIN_SIZE,
+                ).items()
+            }
+            stats = {
+                k: float(v[0])
+                for k, v in spectral.latent_health(x).items()
+                if k in ("mean", "std", "min", "max", "nonfinite")
+            }
+            peak = periodicity(x, mask=m, window=window, threshold=fft_threshold)
+            regions = spectral.sobel_anomalies(x, threshold=sobel_threshold)[0]
+            diff = None
+            heat = None
+            if index > 0 and x.shape == first.shape:
+                heat = spectral.diff_heatmap(x, first, scale=heatmap_scale)[0].numpy()
+                mean_abs = float((x - first).abs().mean())
+                diff = {
+                    "against": loaded[0][0],
+                    "mean_abs_diff": mean_abs,
+                    "max_abs_diff": float((x - first).abs().max()),
+                    "saturated_share": float((heat >= 1.0).mean()),
+                }
+            table = {
+                "step": np.zeros(1, np.int64),
+                "peak_prominence": np.array([peak.prominence]),
+                **{k: np.array([v]) for k, v in metrics.items()},
+            }
+            causes = probable_causes({}, {name: table}, [0], sizes={name: (h, w)}, thresholds=th)
+            figure = None
+            if out is not None and index < max_images:
+                figure = _figure_name(index, name)
+                shown = {
+                    **metrics,
+                    **{f"value_{k}": v for k, v in stats.items()},
+                    "peak_prominence": peak.prominence,
+                    "peak_period_px": peak.period,
+                    "anomalies": regions.count,
+                }
+                if diff is not None:
+                    shown["mean_abs_diff"] = diff["mean_abs_diff"]
+                ref_r = metrics.get("ref_radius_bin", math.nan)
+                png = _image_figure(
+                    x,
+                    name,
+                    shown,
+                    regions.boxes,
+                    heat,
+                    f"|image − first| × {heatmap_scale:g}",
+                    ref_r if math.isfinite(ref_r) else None,
+                    m,
+                    window,
+                    [c.title for c in causes],
+                )
+                (out / figure).write_bytes(png)
+            results.append(
+                {
+                    "name": name,
+                    "shape": list(x.shape[1:]),
+                    "metrics": metrics,
+                    "stats": stats,
+                    "periodicity": dataclasses.asdict(peak),
+                    "anomalies": {
+                        "count": regions.count,
+                        "area_share": regions.area_share,
+                        "boxes": [list(b) for b in regions.boxes],
+                    },
+                    "diff": diff,
+                    "causes": [
+                        {"key": c.key, "title": c.title, "evidence": c.evidence} for c in causes
+                    ],
+                    "figure": figure,
+                }
+            )
+            bar.update()
+    finally:
+        bar.close()
+    doc = {
+        "format": "texwatch-diagnose",
+        "version": 1,
+        "settings": {
+            "ref": ref_name,
+            "mask": None
+            if mask is None
+            else "tensor"
+            if isinstance(mask, torch.Tensor)
+            else str(mask),
+            "heatmap_scale": heatmap_scale,
+            "fft_threshold": fft_threshold,
+            "max_images": max_images,
+            "sobel_threshold": sobel_threshold,
+            "window": window,
+            "thresholds": dataclasses.asdict(th),
+        },
+        "images": results,
+    }
+    if out is not None:
+        text = json.dumps(_jsonable(doc), indent=1, allow_nan=False)
+        (out / "diagnose.json").write_text(text, encoding="utf-8")
+    return doc
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    return v
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add the ``diagnose`` subcommand to the ``texwatch`` command."""
+    p = subparsers.add_parser(
+        "diagnose",
+        help="texture metrics, spectra, anomalies and diff heatmaps of single images",
+        description="Diagnose images: metrics and figures per image; every image after the "
+        "first is compared with the first (in.png out.png).",
+    )
+    p.add_argument(
+        "--images",
+        nargs="+",
+        required=True,
+        metavar="IMG",
+        help="images to diagnose (the first is the baseline)",
+    )
+    p.add_argument("--ref", metavar="TILE.png", help="reference tile: its f is the target")
+    p.add_argument("--mask", metavar="MASK.png", help="material mask applied to every image")
+    p.add_argument("--report", required=True, metavar="OUT", help="output folder")
+    p.add_argument(
+        "--heatmap-scale",
+        type=float,
+        default=DEFAULT_HEATMAP_SCALE,
+        help=f"gain of the difference heatmap ({DEFAULT_HEATMAP_SCALE:g})",
+    )
+    p.add_argument(
+        "--fft-threshold",
+        type=float,
+        default=DEFAULT_FFT_THRESHOLD,
+        help="periodic peak: a bin this many times its ring's noise floor "
+        f"({DEFAULT_FFT_THRESHOLD:g})",
+    )
+    p.add_argument(
+        "--max-images",
+        type=int,
+        default=DEFAULT_MAX_IMAGES,
+        help=f"images that get a figure ({DEFAULT_MAX_IMAGES})",
+    )
+    p.add_argument(
+        "--threshold",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="change a reading's threshold (as in texwatch report)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``texwatch diagnose``: 0 on success, 2 with one line on stderr for a bad input."""
+    from texwatch.report import ReportError, Thresholds
+
+    try:
+        thresholds = Thresholds.from_pairs(args.threshold)
+        diagnose(
+            args.images,
+            ref=args.ref,
+            mask=args.mask,
+            report_dir=args.report,
+            heatmap_scale=args.heatmap_scale,
+            fft_threshold=args.fft_threshold,
+            max_images=args.max_images,
+            thresholds=thresholds,
+            quiet=args.quiet,
+        )
+    except (_InputError, ReportError) as err:
+        print(f"{_PROG}: error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
+    return 0

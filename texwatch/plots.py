@@ -1,0 +1,528 @@
+"""Matplotlib figures shared by the daemon's snapshots, ``texwatch report`` and ``diagnose``.
+
+Every figure is a :class:`matplotlib.figure.Figure` on its own Agg canvas: nothing here touches
+``pyplot``, so no global figure registry grows and no GUI backend is ever loaded, which keeps the
+daemon's long-lived process and threaded callers safe. Panels (``draw_*``) draw onto one
+``Axes`` from plain numpy arrays; figure builders lay panels out; :func:`figure_png` turns a
+figure into PNG bytes. The spectrum markers are the same everywhere: f* (red, solid),
+2f* (orange, dashed), f*/2 (violet, dashed) and the reference's f (black, dotted).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.gridspec import GridSpec
+from matplotlib.patches import Circle, Ellipse, Rectangle
+
+from texwatch import spectral
+from texwatch._images import to_display
+
+__all__ = [
+    "MARKERS",
+    "SpectrumPanel",
+    "draw_acf",
+    "draw_anomalies",
+    "draw_heatmap",
+    "draw_image_grid",
+    "draw_log_spectrum",
+    "draw_loss",
+    "draw_radial_profile",
+    "draw_series",
+    "draw_text_table",
+    "axes_grid",
+    "figure_png",
+    "grid_spec",
+    "image_grid",
+    "new_figure",
+    "snapshot_figure",
+    "spectrum_panel",
+]
+
+MARKERS: dict[str, tuple[str, str]] = {
+    "f*": ("tab:red", "-"),
+    "2f*": ("tab:orange", "--"),
+    "f*/2": ("tab:purple", "--"),
+    "ref": ("black", ":"),
+}
+"""Colour and line style of each spectral marker, shared by every panel and the report's legend."""
+
+
+@dataclass(frozen=True)
+class SpectrumPanel:
+    """What the spectrum, radial-profile and ACF panels draw for one image.
+
+    Radii are :mod:`texwatch.spectral`'s radius units: ``r = N·√((kx/W)² + (ky/H)²)`` with
+    ``N = max(H, W)``, so a period of T px sits at ``r = N/T`` at every angle.
+
+    Attributes:
+        log_power: (H, W) centred ``ln`` power spectrum, DC at ``(H // 2, W // 2)``.
+        radii: (R,) centre of each radial bin, radius units.
+        profile: (R,) ring sums of the power.
+        floor: (R,) ring sums of the noise floor the f* search compares against.
+        acf: (H, W) centred autocorrelation, 1 at lag 0 (at ``(H // 2, W // 2)``).
+        f_star: fundamental radius f*; NaN when none was found.
+        acf_period: the ACF's first-peak period in px; NaN when none was found.
+        ref_radius: the reference's f, or ``None`` without a reference.
+    """
+
+    log_power: np.ndarray
+    radii: np.ndarray
+    profile: np.ndarray
+    floor: np.ndarray
+    acf: np.ndarray
+    f_star: float
+    acf_period: float
+    ref_radius: float | None = None
+
+    @property
+    def n(self) -> int:
+        """N = max(H, W): radius units per cycle per pixel."""
+        return max(self.log_power.shape)
+
+    @property
+    def fft_period(self) -> float:
+        """The period in px that f* stands for, N / f* (NaN without f*)."""
+        return self.n / self.f_star if _finite(self.f_star) and self.f_star > 0 else math.nan
+
+
+def new_figure(width: float, height: float) -> Figure:
+    """A figure of ``width`` × ``height`` inches on its own Agg canvas (never pyplot).
+
+    No layout engine: :func:`axes_grid` sets fixed margins in inches, which costs a fraction of
+    constrained layout's text measuring on figures with dozens of axes.
+    """
+    fig = Figure(figsize=(width, height))
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def grid_spec(fig: Figure, rows: int, cols: int, *, title: bool = True) -> GridSpec:
+    """A rows × cols grid filling ``fig`` with margins in inches (room for titles and labels)."""
+    width, height = fig.get_size_inches()
+    top = (0.55 if title else 0.3) / height
+    cell_w = (width - 0.9) / cols
+    cell_h = (height - 0.55 - top * height) / rows
+    return fig.add_gridspec(
+        rows,
+        cols,
+        left=0.6 / width,
+        right=1 - 0.3 / width,
+        bottom=0.55 / height,
+        top=1 - top,
+        wspace=min(0.9 / max(cell_w - 0.9, 0.5), 1.0),
+        hspace=min(0.75 / max(cell_h - 0.75, 0.5), 1.0),
+    )
+
+
+def axes_grid(fig: Figure, rows: int, cols: int, *, title: bool = True) -> np.ndarray:
+    """A (rows, cols) array of axes on :func:`grid_spec`."""
+    spec = grid_spec(fig, rows, cols, title=title)
+    return np.array([[fig.add_subplot(spec[r, c]) for c in range(cols)] for r in range(rows)])
+
+
+def figure_png(fig: Figure, *, dpi: int = 100) -> bytes:
+    """Render ``fig`` to PNG bytes."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    return buf.getvalue()
+
+
+def _as_numpy(x: np.ndarray | torch.Tensor) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        return x.detach().to("cpu", torch.float32).numpy()
+    return np.asarray(x)
+
+
+def _finite(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)
+
+
+def spectrum_panel(
+    x: np.ndarray | torch.Tensor,
+    *,
+    mask: np.ndarray | torch.Tensor | None = None,
+    ref_radius: float | None = None,
+    window: str = "hann",
+    r_bins: int = 256,
+) -> SpectrumPanel:
+    """The spectrum views of the first image of ``x`` (B, C, H, W), for the panels.
+
+    Args:
+        x: the images; only ``x[0]`` is drawn (one image reads better than a blurred mean).
+        mask: optional (B|1, 1, H, W) mask, as for :func:`texwatch.spectral.texture_metrics`.
+        ref_radius: the reference's f, marked on the spectrum and the profile.
+        window: apodization window (:data:`texwatch.spectral.WINDOWS`).
+        r_bins: number of radial bins.
+    """
+    t = torch.as_tensor(_as_numpy(x)).float()
+    if t.ndim != 4:
+        raise ValueError(f"x has shape {tuple(t.shape)}, expected (B, C, H, W)")
+    m = None if mask is None else torch.as_tensor(_as_numpy(mask)).float()[:1]
+    views = spectral.spectrum_views(t[:1], mask=m, window=window, r_bins=r_bins)
+    return SpectrumPanel(
+        log_power=_as_numpy(views.log_power[0]),
+        radii=_as_numpy(views.radii),
+        profile=_as_numpy(views.radial_profile[0]),
+        floor=_as_numpy(views.radial_floor[0]),
+        acf=_as_numpy(views.acf_image[0]),
+        f_star=float(views.fundamental_radius[0]),
+        acf_period=float(views.acf_period[0]),
+        ref_radius=ref_radius if ref_radius is not None and _finite(ref_radius) else None,
+    )
+
+
+def image_grid(
+    images: np.ndarray | torch.Tensor, *, max_images: int = 16, gap: int = 2
+) -> np.ndarray:
+    """Tile up to ``max_images`` images (N, C, H, W) into one displayable (H', W'[, 3]) array."""
+    arr = _as_numpy(images)
+    if arr.ndim != 4 or arr.shape[0] == 0:
+        raise ValueError(f"images has shape {arr.shape}, expected (N, C, H, W) with N >= 1")
+    tiles = [to_display(a) for a in arr[:max_images]]
+    n = len(tiles)
+    cols = math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    h, w = tiles[0].shape[:2]
+    colour = any(t.ndim == 3 for t in tiles)
+    shape = (rows * h + (rows - 1) * gap, cols * w + (cols - 1) * gap) + ((3,) if colour else ())
+    out = np.ones(shape)
+    for i, tile in enumerate(tiles):
+        if colour and tile.ndim == 2:
+            tile = np.repeat(tile[:, :, None], 3, axis=2)
+        r, c = divmod(i, cols)
+        out[r * (h + gap) : r * (h + gap) + h, c * (w + gap) : c * (w + gap) + w] = tile
+    return out
+
+
+def draw_image_grid(
+    ax: Axes, images: np.ndarray | torch.Tensor, *, title: str = "samples", max_images: int = 16
+) -> None:
+    """Draw a grid of the first ``max_images`` images (N, C, H, W)."""
+    grid = image_grid(images, max_images=max_images)
+    ax.imshow(grid, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+    ax.set_title(title, fontsize=9)
+    ax.set_axis_off()
+
+
+def _marker_radii(f_star: float, ref_radius: float | None) -> list[tuple[str, float]]:
+    marks: list[tuple[str, float]] = []
+    if _finite(f_star) and f_star > 0:
+        marks += [("f*", f_star), ("2f*", 2.0 * f_star), ("f*/2", 0.5 * f_star)]
+    if ref_radius is not None and _finite(ref_radius) and ref_radius > 0:
+        marks.append(("ref", ref_radius))
+    return marks
+
+
+def draw_log_spectrum(ax: Axes, panel: SpectrumPanel, *, title: str = "log power spectrum") -> None:
+    """Draw the centred log spectrum, zoomed around the markers, with f*, 2f*, f*/2, ref rings.
+
+    Axes are FFT indices (kx, ky); on a non-square image a radius is an ellipse there.
+    """
+    lp = panel.log_power
+    h, w = lp.shape
+    cy, cx = h // 2, w // 2
+    n = panel.n
+    marks = _marker_radii(panel.f_star, panel.ref_radius)
+    reach = max([r for _, r in marks], default=n / 4)
+    half_x = int(min(max(1.3 * reach * w / n, 10.0), w / 2))
+    half_y = int(min(max(1.3 * reach * h / n, 10.0), h / 2))
+    y0, y1 = max(cy - half_y, 0), min(cy + half_y + 1, h)
+    x0, x1 = max(cx - half_x, 0), min(cx + half_x + 1, w)
+    crop = lp[y0:y1, x0:x1]
+    finite = crop[np.isfinite(crop)]
+    vmin, vmax = np.percentile(finite, [5.0, 99.9]) if finite.size else (0.0, 1.0)
+    extent = (x0 - cx - 0.5, x1 - cx - 0.5, y1 - cy - 0.5, y0 - cy - 0.5)
+    ax.imshow(
+        crop,
+        cmap="viridis",
+        vmin=vmin,
+        vmax=vmax,
+        extent=extent,
+        interpolation="nearest",
+        aspect="auto",
+    )
+    for name, r in marks:
+        colour, style = MARKERS[name]
+        ax.add_patch(
+            Ellipse(
+                (0.0, 0.0),
+                2 * r * w / n,
+                2 * r * h / n,
+                fill=False,
+                color=colour,
+                ls=style,
+                lw=1.2,
+                label=name,
+            )
+        )
+    ax.set_xlim(extent[0], extent[1])
+    ax.set_ylim(extent[2], extent[3])
+    ax.set_aspect("equal")
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel("kx (FFT index)", fontsize=8)
+    ax.set_ylabel("ky (FFT index)", fontsize=8)
+    ax.tick_params(labelsize=7)
+    if marks:
+        ax.legend(fontsize=7, loc="upper right", framealpha=0.6)
+
+
+def draw_radial_profile(ax: Axes, panel: SpectrumPanel, *, title: str = "radial profile") -> None:
+    """Draw the ring energy and its noise floor with f*, 2f*, f*/2 and ref lines."""
+    radii, prof, floor = panel.radii, panel.profile, panel.floor
+    good = np.isfinite(prof) & (prof > 0)
+    ax.plot(radii[good], prof[good], color="tab:blue", lw=1.0, label="ring energy")
+    fgood = np.isfinite(floor) & (floor > 0)
+    if fgood.any():
+        ax.plot(radii[fgood], floor[fgood], color="gray", lw=0.8, ls="--", label="noise floor")
+    if good.any():
+        ax.set_yscale("log")
+        beyond = prof[good & (radii >= 3.0)]
+        if beyond.size:  # the DC lobe's near-zero rings would squash the scale
+            ax.set_ylim(bottom=0.2 * float(np.percentile(beyond, 1.0)))
+    for name, r in _marker_radii(panel.f_star, panel.ref_radius):
+        colour, style = MARKERS[name]
+        ax.axvline(r, color=colour, ls=style, lw=1.1, label=f"{name} = {r:.1f}")
+    if radii.size:
+        ax.set_xlim(0.0, float(radii[-1]))
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel("radius (N / period px)", fontsize=8)
+    ax.set_ylabel("energy", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.legend(fontsize=7, loc="upper right", framealpha=0.6)
+
+
+def draw_acf(ax: Axes, panel: SpectrumPanel, *, title: str = "autocorrelation") -> None:
+    """Draw the centre of the 2-D ACF with rings at the ACF period and at the FFT period N/f*."""
+    acf = panel.acf
+    h, w = acf.shape
+    cy, cx = h // 2, w // 2
+    periods = [p for p in (panel.acf_period, panel.fft_period) if _finite(p) and p > 0]
+    reach = 2.2 * max(periods) if periods else min(h, w) / 8
+    half = int(min(max(reach, 8.0), min(h, w) / 2))
+    crop = acf[cy - half : cy + half + 1, cx - half : cx + half + 1]
+    ax.imshow(
+        crop,
+        cmap="RdBu_r",
+        vmin=-1.0,
+        vmax=1.0,
+        extent=(-half - 0.5, half + 0.5, half + 0.5, -half - 0.5),
+        interpolation="nearest",
+    )
+    if _finite(panel.acf_period) and panel.acf_period > 0:
+        ax.add_patch(
+            Circle(
+                (0.0, 0.0),
+                panel.acf_period,
+                fill=False,
+                color="tab:green",
+                lw=1.4,
+                label=f"ACF period {panel.acf_period:.1f} px",
+            )
+        )
+    if _finite(panel.fft_period):
+        ax.add_patch(
+            Circle(
+                (0.0, 0.0),
+                panel.fft_period,
+                fill=False,
+                color=MARKERS["f*"][0],
+                ls="--",
+                lw=1.0,
+                label=f"FFT period N/f* {panel.fft_period:.1f} px",
+            )
+        )
+    if periods:
+        ax.legend(fontsize=7, loc="upper right", framealpha=0.6)
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel("lag x (px)", fontsize=8)
+    ax.set_ylabel("lag y (px)", fontsize=8)
+    ax.tick_params(labelsize=7)
+
+
+def draw_loss(
+    ax: Axes,
+    steps: np.ndarray,
+    loss: np.ndarray,
+    *,
+    ema: np.ndarray | None = None,
+    spike_steps: Sequence[int] = (),
+    warn_steps: Sequence[int] = (),
+    title: str = "loss",
+) -> None:
+    """Draw the loss, its EMA, alarms (red triangles) and warnings (orange triangles)."""
+    steps = np.asarray(steps)
+    loss = np.asarray(loss, dtype=np.float64)
+    ax.plot(steps, loss, color="tab:blue", lw=0.7, alpha=0.6, label="loss")
+    if ema is not None:
+        ax.plot(steps, np.asarray(ema, dtype=np.float64), color="black", lw=1.2, label="EMA")
+    for marks, colour, label in (
+        (warn_steps, "tab:orange", "warning"),
+        (spike_steps, "tab:red", "spike"),
+    ):
+        idx = np.nonzero(np.isin(steps, np.asarray(list(marks), dtype=np.int64)))[0]
+        if idx.size:
+            ax.scatter(steps[idx], loss[idx], marker="v", color=colour, s=28, zorder=3, label=label)
+    finite = loss[np.isfinite(loss)]
+    if finite.size and finite.min() > 0 and finite.max() / finite.min() > 50:
+        ax.set_yscale("log")
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel("step", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.legend(fontsize=7, loc="upper right")
+
+
+def draw_series(
+    ax: Axes,
+    steps: np.ndarray,
+    series: Mapping[str, np.ndarray],
+    *,
+    title: str,
+    ylabel: str = "",
+    hlines: Mapping[str, float] | None = None,
+    logy: bool = False,
+    marker: str | None = None,
+) -> None:
+    """Draw several named series over the same steps, with optional labelled threshold lines."""
+    steps = np.asarray(steps)
+    for name, values in series.items():
+        ax.plot(
+            steps, np.asarray(values, dtype=np.float64), lw=1.0, marker=marker, ms=3, label=name
+        )
+    for name, y in (hlines or {}).items():
+        ax.axhline(y, color="gray", ls="--", lw=0.9, label=name)
+    if logy:
+        ax.set_yscale("symlog", linthresh=1e-6)
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel("step", fontsize=8)
+    ax.set_ylabel(ylabel, fontsize=8)
+    ax.tick_params(labelsize=7)
+    if series or hlines:
+        ax.legend(fontsize=7, loc="upper left", framealpha=0.6)
+
+
+def draw_heatmap(ax: Axes, heat: np.ndarray, *, title: str = "|difference|") -> None:
+    """Draw an (H, W) difference heatmap with its colour bar."""
+    im = ax.imshow(np.asarray(heat, dtype=np.float64), cmap="magma", interpolation="nearest")
+    bar = ax.figure.colorbar(im, ax=ax, shrink=0.8)
+    bar.ax.tick_params(labelsize=7)
+    ax.set_title(title, fontsize=9)
+    ax.set_axis_off()
+
+
+def draw_anomalies(
+    ax: Axes,
+    image: np.ndarray | torch.Tensor,
+    boxes: Sequence[Sequence[float]],
+    *,
+    title: str = "Sobel anomalies",
+) -> None:
+    """Draw one (C, H, W) image with each anomaly box ``(y0, x0, y1, x1)`` outlined in red."""
+    ax.imshow(
+        to_display(_as_numpy(image)), cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest"
+    )
+    for y0, x0, y1, x1 in boxes:
+        ax.add_patch(
+            Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, color="red", lw=1.0)
+        )
+    ax.set_title(title, fontsize=9)
+    ax.set_axis_off()
+
+
+def draw_text_table(ax: Axes, rows: Mapping[str, object], *, title: str = "metrics") -> None:
+    """Draw ``name: value`` pairs as a monospaced table (floats to 4 significant digits)."""
+    lines = []
+    for name, value in rows.items():
+        shown = f"{value:.4g}" if isinstance(value, float) else str(value)
+        lines.append(f"{name:<26} {shown}")
+    ax.text(
+        0.0,
+        1.0,
+        "\n".join(lines),
+        va="top",
+        ha="left",
+        family="monospace",
+        fontsize=7,
+        transform=ax.transAxes,
+    )
+    ax.set_title(title, fontsize=9)
+    ax.set_axis_off()
+
+
+def snapshot_figure(
+    *,
+    images: np.ndarray | torch.Tensor,
+    loss_steps: np.ndarray,
+    loss: np.ndarray,
+    loss_ema: np.ndarray | None = None,
+    spike_steps: Sequence[int] = (),
+    warn_steps: Sequence[int] = (),
+    target: np.ndarray | torch.Tensor | None = None,
+    ref_radius: float | None = None,
+    heatmap_scale: float = 4.0,
+    metrics: Mapping[str, object] | None = None,
+    title: str = "",
+    dpi: int = 100,
+) -> bytes:
+    """The daemon's snapshot for one run and interval, as PNG bytes.
+
+    Top row: sample grid of ``images``, log spectrum, radial profile (f*, 2f*, f*/2 and
+    ``ref_radius`` marked) and ACF of ``images[0]``. Bottom row: loss with EMA and spike marks,
+    the |images − target| heatmap when ``target`` (same shape) is given, and ``metrics``.
+
+    Args:
+        images: (N, C, H, W) rows of the stream to show (pred, else latents).
+        loss_steps: (S,) steps of the loss series.
+        loss: (S,) loss values.
+        loss_ema: (S,) EMA of the loss, or ``None``.
+        spike_steps: steps flagged as spikes (alarm).
+        warn_steps: steps flagged as warnings.
+        target: (N, C, H, W) targets matching ``images``; enables the diff heatmap.
+        ref_radius: the reference's f in FFT bins, or ``None``.
+        heatmap_scale: gain of the diff heatmap (the seed's ``--heatmap-scale``).
+        metrics: name → value shown as a table (the interval's derived metrics).
+        title: the figure's title (run name and step).
+        dpi: PNG resolution.
+    """
+    imgs = _as_numpy(images)
+    panel = spectrum_panel(imgs, ref_radius=ref_radius)
+    fig = new_figure(16.0, 8.0)
+    grid = grid_spec(fig, 2, 4)
+    draw_image_grid(fig.add_subplot(grid[0, 0]), imgs)
+    draw_log_spectrum(fig.add_subplot(grid[0, 1]), panel)
+    draw_radial_profile(fig.add_subplot(grid[0, 2]), panel)
+    draw_acf(fig.add_subplot(grid[0, 3]), panel)
+    draw_loss(
+        fig.add_subplot(grid[1, :2]),
+        np.asarray(loss_steps),
+        np.asarray(loss),
+        ema=loss_ema,
+        spike_steps=spike_steps,
+        warn_steps=warn_steps,
+    )
+    if target is not None:
+        tgt = _as_numpy(target)
+        if tgt.shape != imgs.shape:
+            raise ValueError(f"target has shape {tgt.shape}, expected images' shape {imgs.shape}")
+        heat = _as_numpy(
+            spectral.diff_heatmap(
+                torch.as_tensor(imgs[:1]), torch.as_tensor(tgt[:1]), scale=heatmap_scale
+            )
+        )
+        draw_heatmap(
+            fig.add_subplot(grid[1, 2]),
+            heat.reshape(heat.shape[-2:]),
+            title=f"|pred − target| × {heatmap_scale:g}",
+        )
+    draw_text_table(fig.add_subplot(grid[1, 3]), dict(metrics or {}))
+    if title:
+        fig.suptitle(title, fontsize=11)
+    return figure_png(fig, dpi=dpi)
