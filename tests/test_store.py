@@ -316,7 +316,10 @@ def test_reader_ranges_and_errors(store: Path) -> None:
         run.stream("pred")
     with pytest.raises(KeyError, match="no derived table"):
         run.derived("latents")
-    assert run.items() == {} and run.batch(3) == {} and run.checkpoint_steps() == []
+    assert run.items()["sample_id"].dtype == np.int64 and run.items()["step"].size == 0
+    assert run.batch(3)["loss"].size == 0 and run.checkpoint_steps() == []
+    empty = RunWriter.open(store.parent / "empty.zarr")
+    assert open_run(empty.path).scalars()["step"].dtype == np.int64
 
 
 def test_per_rank_container(store: Path) -> None:

@@ -770,6 +770,8 @@ class Run:
         """
         attrs = self.attrs
         cols = (attrs.get("tables") or {}).get(SCALARS, [])
+        if not cols:
+            return _empty(_SCALAR_BASE)
         if names is not None:
             wanted = set(names)
             unknown = wanted - set(cols)
@@ -816,6 +818,8 @@ class Run:
         """Per-item rows ``[start, stop)``: ``step``, ``loss``, ``timestep``, ``sample_id``."""
         attrs = self.attrs
         cols = (attrs.get("tables") or {}).get(ITEMS, [])
+        if not cols:
+            return _empty(_ITEM_BASE)
         return self._read(ITEMS, cols, attrs, start, stop)
 
     def batch(self, step: int) -> dict[str, np.ndarray]:
@@ -824,11 +828,11 @@ class Run:
         cols = (attrs.get("tables") or {}).get(ITEMS, [])
         n = int((attrs.get("committed") or {}).get(ITEMS, 0))
         if not cols or n == 0:
-            return {}
+            return _empty(_ITEM_BASE)
         steps = self._open(ITEMS, "step")[:n]
         rows = _latest_call_rows(steps, np.array([step], dtype=np.int64))
         if rows.size == 0:
-            return {c: np.zeros(0) for c in cols}
+            return _empty(_ITEM_BASE)
         return self._read(ITEMS, cols, attrs, int(rows[0]), int(rows[-1]) + 1)
 
     def checkpoint_steps(self) -> list[int]:
@@ -898,6 +902,14 @@ class Run:
         stop = n if stop is None else min(int(stop), n)
         start = min(int(start), stop)
         return {c: self._open(table, c)[start:stop] for c in cols}
+
+
+_SCALAR_BASE = {"step": np.int64, "time": np.float64}
+_ITEM_BASE = {"step": np.int64, "loss": np.float64, "timestep": np.float64, "sample_id": np.int64}
+
+
+def _empty(columns: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    return {name: np.zeros(0, dtype=dtype) for name, dtype in columns.items()}
 
 
 def _latest_call_rows(steps: np.ndarray, wanted: np.ndarray) -> np.ndarray:

@@ -1,0 +1,519 @@
+"""The in-process client: round trips, copies without syncs, sampling, back-pressure, errors."""
+
+from __future__ import annotations
+
+import errno
+import threading
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import zarr
+from integration._store_helpers import start_zarr_pools
+
+import texwatch.client as tw
+from texwatch.client import DEFAULT_EVERY, DEFAULT_MAX_ITEMS, Recorder, WriterError, detect_rank
+from texwatch.store import ITEMS, SCALARS, RunWriter, StoreFormatError, open_run, run_paths
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _zarr_pools() -> Iterator[None]:
+    start_zarr_pools()
+    yield
+
+
+@pytest.fixture()
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "runs" / "x.zarr"
+
+
+@pytest.fixture(autouse=True)
+def _no_default_recorder(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.delenv("TEXWATCH_STORE", raising=False)
+    monkeypatch.delenv("RANK", raising=False)
+    yield
+    tw.close()
+
+
+def test_round_trip_of_every_argument(path: Path) -> None:
+    rng = np.random.default_rng(0)
+    z0 = torch.randn(6, 4, 8, 8, generator=torch.Generator().manual_seed(0)).half()
+    pred = torch.randn(2, 3, 16, 16, dtype=torch.bfloat16, requires_grad=True) * 1
+    target = rng.random((3, 16, 16))  # (C, H, W) float64
+    per_item = torch.arange(1.0, 5.0, requires_grad=True) * 1  # (B,) per-item loss
+    with Recorder(path, run="rt", config={"a": 1}, every={"pred": 1, "target": 1}) as rec:
+        rec.record(
+            0,
+            per_item,
+            latents=z0,
+            pred=pred,
+            target=target,
+            images={"val/0": np.ones((1, 3, 4, 4), np.float32)},
+            terms={"v": torch.tensor(0.25), "lpips": 0.5},
+            weights={"v": 1, "lpips": np.float32(0.125)},
+            scalars={"lr": 1e-4, "grad_norm": torch.tensor(3.0, dtype=torch.float64)},
+            sample_ids=torch.tensor([10, 11, 12, 13]),
+            timesteps=np.array([1.0, 250.0, 500.0, 999.0]),
+            checkpoint=True,
+        )
+        rec.record(np.int64(1), 2.0)
+
+    run = open_run(path)
+    assert (run.name, run.config) == ("rt", {"a": 1})
+    assert run.committed() == {
+        SCALARS: 2, ITEMS: 4, "latents": 4, "pred": 2, "target": 1, "val/0": 1
+    }
+    cols = run.scalars()
+    np.testing.assert_array_equal(cols["step"], [0, 1])
+    np.testing.assert_array_equal(cols["loss"], [2.5, 2.0])
+    np.testing.assert_array_equal(cols["term/v"], [0.25, np.nan])
+    np.testing.assert_array_equal(cols["weight/lpips"], [0.125, np.nan])
+    np.testing.assert_array_equal(cols["scalars" if False else "lr"], [1e-4, np.nan])
+    np.testing.assert_array_equal(cols["grad_norm"], [3.0, np.nan])
+    np.testing.assert_array_equal(cols["checkpoint"], [1.0, np.nan])
+    assert run.checkpoint_steps() == [0]
+    items = run.items()
+    np.testing.assert_array_equal(items["step"], [0, 0, 0, 0])
+    np.testing.assert_array_equal(items["loss"], [1, 2, 3, 4])
+    np.testing.assert_array_equal(items["timestep"], [1, 250, 500, 999])
+    np.testing.assert_array_equal(items["sample_id"], [10, 11, 12, 13])
+    steps, data = run.stream("latents")
+    assert data.dtype == np.float16 and steps.tolist() == [0, 0, 0, 0]
+    np.testing.assert_array_equal(data, z0[:4].numpy())  # first max_items=4 items
+    _, data = run.stream("pred")
+    assert data.dtype == np.float32
+    np.testing.assert_array_equal(data, pred.detach().float().numpy())
+    _, data = run.stream("target")
+    assert data.shape == (1, 3, 16, 16) and data.dtype == np.float32
+    np.testing.assert_array_equal(data[0], target.astype(np.float32))
+    assert run.stream("val/0")[1].shape == (1, 3, 4, 4)
+
+
+def test_copies_are_taken_at_record_time(path: Path) -> None:
+    big = torch.ones(4, 4, 64, 64)  # 256 KiB: a pooled buffer
+    small = np.ones((1, 2, 4, 4), np.float32)
+    loss = torch.tensor(1.0)
+    with Recorder(path, flush_interval=60.0) as rec:
+        rec.record(0, loss, latents=big, images={"s": small})
+        big.fill_(7.0)
+        small[:] = 7.0
+        loss.fill_(7.0)
+        rec.record(1, loss, latents=big, images={"s": small})
+    run = open_run(path)
+    np.testing.assert_array_equal(run.scalars()["loss"], [1.0, 7.0])
+    _, data = run.stream("latents")
+    assert (data[:4] == 1.0).all() and (data[4:] == 7.0).all()
+    _, data = run.stream("s")
+    assert data[0].max() == 1.0 and data[1].min() == 7.0
+
+
+class _Spy(torch.Tensor):
+    """Logs every torch function called on it, with the calling thread."""
+
+    calls: list[tuple[str, int]] = []
+
+    @classmethod
+    def __torch_function__(cls, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        _Spy.calls.append((getattr(func, "__name__", str(func)), threading.get_ident()))
+        return super().__torch_function__(func, types, args, kwargs or {})
+
+
+def test_no_python_float_is_taken_on_the_training_thread(path: Path) -> None:
+    _Spy.calls.clear()
+    loss = torch.tensor(0.75).as_subclass(_Spy)
+    term = torch.tensor(0.5).as_subclass(_Spy)
+    with Recorder(path) as rec:
+        rec.record(0, loss, terms={"v": term})
+        on_caller = {name for name, thread in _Spy.calls if thread == threading.get_ident()}
+    assert on_caller and not on_caller & {"item", "__float__", "tolist", "__bool__", "__int__"}
+    cols = open_run(path).scalars()
+    assert (cols["loss"][0], cols["term/v"][0]) == (0.75, 0.5)
+
+
+def test_sampling_defaults_and_overrides(path: Path) -> None:
+    assert DEFAULT_EVERY == {"latents": 1, "pred": 100, "target": 100}
+    assert DEFAULT_MAX_ITEMS == {"latents": 4, "pred": 4, "target": 4}
+    pred = np.zeros((6, 3, 4, 4), np.float32)
+    latents = np.zeros((6, 4, 2, 2), np.float32)
+    user = np.zeros((6, 1, 2, 2), np.float32)
+    with Recorder(path) as rec:
+        for step in range(201):
+            rec.record(step, latents=latents, pred=pred, images={"u": user} if step < 3 else None)
+    run = open_run(path)
+    assert np.unique(run.stream("pred")[0]).tolist() == [0, 100, 200]
+    assert run.committed()["pred"] == 12 and run.committed()["latents"] == 201 * 4
+    assert run.committed()["u"] == 3 * 4
+
+    other = path.parent / "y.zarr"
+    with Recorder(other, every={"pred": 50, "u": 2}, max_items=1) as rec:
+        for step in range(101):
+            rec.record(step, latents=latents, pred=pred, images={"u": user})
+    run = open_run(other)
+    assert run.stream("pred")[0].tolist() == [0, 50, 100]
+    assert run.committed()["latents"] == 101 and run.committed()["u"] == 51
+
+    third = path.parent / "z.zarr"
+    with Recorder(third, max_items={"latents": 2}) as rec:
+        rec.record(0, latents=latents, pred=pred)
+    assert open_run(third).committed() == {SCALARS: 1, "latents": 2, "pred": 4}
+
+
+def _bad_calls() -> list[tuple[dict[str, Any], type[Exception], str]]:
+    x = np.zeros((1, 4, 8, 8), np.float32)
+    return [
+        ({"step": -1}, ValueError, "step must be >= 0"),
+        ({"step": 1.5}, TypeError, "step must be an int"),
+        ({"step": True}, TypeError, "step must be an int"),
+        ({"step": "3"}, TypeError, "step must be an int"),
+        ({"step": torch.tensor(3)}, TypeError, "Python int"),
+        ({"loss": "x"}, TypeError, "loss must be a torch.Tensor"),
+        ({"loss": True}, TypeError, "loss must be a number"),
+        ({"loss": torch.ones(2, 2)}, ValueError, r"loss must be a scalar or a 1-D"),
+        ({"loss": torch.zeros(0)}, ValueError, "loss is empty"),
+        ({"loss": np.array([1 + 2j])}, TypeError, "real numbers"),
+        ({"latents": torch.zeros(8, 8)}, ValueError, r"\(B, C, H, W\) or \(C, H, W\)"),
+        ({"latents": torch.zeros(0, 4, 8, 8)}, ValueError, "latents is empty"),
+        ({"latents": torch.zeros(1, 4, 4, 4)}, ValueError, r"created with \(4, 8, 8\)"),
+        ({"latents": torch.zeros(1, 4, 8, 8, dtype=torch.bool)}, TypeError, "float or integer"),
+        ({"latents": "img"}, TypeError, "latents must be a torch.Tensor"),
+        ({"images": [x]}, TypeError, "images must be a dict"),
+        ({"images": {"latents": x}}, ValueError, "reserved; pass latents="),
+        ({"images": {"scalars/x": x}}, ValueError, "may not start with"),
+        ({"images": {"a b": x}}, ValueError, "segments"),
+        ({"terms": [1.0]}, TypeError, "terms must be a dict"),
+        ({"terms": {"v": torch.ones(2, 2)}}, ValueError, r"terms\['v'\] must be a scalar"),
+        ({"weights": {"v": torch.ones(3)}}, ValueError, r"weights\['v'\] must be a scalar \(0-d\)"),
+        ({"scalars": {"loss": 1.0}}, ValueError, "reserved"),
+        ({"scalars": {"term/x": 1.0}}, ValueError, "reserved"),
+        ({"scalars": {3: 1.0}}, TypeError, "scalars key must be a str"),
+        ({"scalars": {"x": "high"}}, TypeError, r"scalars\['x'\] must be"),
+        ({"sample_ids": np.array([0.5, 1.5])}, TypeError, "sample_ids must hold integers"),
+        ({"sample_ids": np.zeros((2, 2), int)}, ValueError, "sample_ids must be a non-empty 1-D"),
+        ({"sample_ids": np.arange(4), "timesteps": np.arange(3)}, ValueError, "disagree"),
+        ({"loss": torch.ones(3), "sample_ids": np.arange(4)}, ValueError, "disagree"),
+        ({"checkpoint": "yes"}, TypeError, "checkpoint must be a bool"),
+    ]
+
+
+def test_bad_input_raises_and_records_nothing(path: Path) -> None:
+    good = np.zeros((2, 4, 8, 8), np.float32)
+    with Recorder(path) as rec:
+        rec.record(0, 1.0, latents=good)
+        for call, error, match in _bad_calls():
+            kwargs = {"step": 1, "loss": 2.0, "latents": good, "scalars": {"fresh": 1.0}} | call
+            with pytest.raises(error, match=match):
+                rec.record(**kwargs)
+        rec.flush()
+        assert rec.stats.recorded == 1
+    run = open_run(path)
+    assert run.committed() == {SCALARS: 1, "latents": 2}
+    assert run.scalar_names() == ["loss"]  # 'fresh' was never registered
+
+
+def test_name_clashes_are_rejected(path: Path) -> None:
+    with Recorder(path) as rec:
+        rec.record(0, scalars={"lr": 1.0}, images={"val": np.zeros((3, 2, 2))})
+        with pytest.raises(ValueError, match="clashes with 'lr'"):
+            rec.record(1, scalars={"lr/warm": 1.0})
+        with pytest.raises(ValueError, match="clashes with 'val'"):
+            rec.record(1, images={"val/0": np.zeros((3, 2, 2))})
+        with pytest.raises(ValueError, match="reserved"):
+            rec.record(1, scalars={"loss/x": 1.0})
+    assert open_run(path).committed() == {SCALARS: 1, "val": 1}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"every": {"pred": 0}}, ValueError, r"every\['pred'\] must be >= 1"),
+        ({"every": 5}, TypeError, "every must be a dict"),
+        ({"every": {"pred": 1.5}}, TypeError, r"every\['pred'\] must be an int"),
+        ({"max_items": 0}, ValueError, "max_items must be >= 1"),
+        ({"max_items": {"a b": 1}}, ValueError, "segments"),
+        ({"flush_interval": 0}, ValueError, "flush_interval must be finite and > 0"),
+        ({"flush_interval": "1"}, TypeError, "flush_interval must be a number"),
+        ({"max_wait": -1.0}, ValueError, "max_wait must be finite and >= 0"),
+        ({"queue_size": 0}, ValueError, "queue_size must be >= 1"),
+        ({"all_ranks": "yes"}, TypeError, "all_ranks must be a bool"),
+        ({"run": ""}, TypeError, "run must be a non-empty str"),
+        ({"config": {"x": object()}}, TypeError, "config must be JSON"),
+    ],
+)
+def test_bad_init_arguments(path: Path, kwargs: dict[str, Any], error: type, match: str) -> None:
+    with pytest.raises(error, match=match):
+        Recorder(path, **kwargs)
+    assert not path.exists()
+
+
+def test_bad_store_paths(path: Path) -> None:
+    with pytest.raises(ValueError, match="TEXWATCH_STORE is not set"):
+        Recorder()
+    with pytest.raises(TypeError, match="path must be a str or os.PathLike"):
+        Recorder(3)  # type: ignore[arg-type]
+    path.parent.mkdir(parents=True)
+    path.write_text("x")
+    with pytest.raises(StoreFormatError, match="is a file"):
+        Recorder(path)
+    assert path.read_text() == "x"
+    other = path.parent / "v2.zarr"
+    zarr.open_group(other, mode="w", attributes={"schema_version": 2})
+    with pytest.raises(ValueError, match="schema_version 2"):
+        tw.init(other)
+
+
+def test_nonfinite_values_are_recorded_faithfully_and_counted(path: Path) -> None:
+    latents = np.zeros((3, 2, 2, 2), np.float32)
+    latents[1, 0, 0, 0] = np.nan
+    latents[2, 1, 1, 1] = np.inf
+    with Recorder(path) as rec:
+        rec.record(0, float("nan"), terms={"v": float("inf")}, latents=latents)
+        rec.record(1, torch.tensor(float("-inf")), terms={"v": 1.0})
+        rec.record(2, torch.tensor([1.0, float("nan")]))
+    run = open_run(path)
+    loss = run.scalars()["loss"]
+    assert np.isnan(loss[0]) and loss[1] == -np.inf and np.isnan(loss[2])
+    assert run.scalars()["term/v"][0] == np.inf
+    data = run.stream("latents")[1]
+    assert np.isnan(data[1, 0, 0, 0]) and data[2, 1, 1, 1] == np.inf
+    assert run.nonfinite() == {"loss": 3, "term/v": 1, "latents": 2}
+    assert np.isnan(run.items()["loss"][1])
+
+
+def test_memory_budget_drops_images_but_keeps_scalars(path: Path) -> None:
+    with pytest.warns(RuntimeWarning, match="max_pending_bytes") as warned, Recorder(
+        path, max_pending_bytes=0
+    ) as rec:
+        for step in range(3):
+            rec.record(step, 1.0, latents=np.ones((2, 4, 8, 8), np.float32))
+    assert len([w for w in warned if "texwatch" in str(w.message)]) == 1
+    run = open_run(path)
+    assert run.committed() == {SCALARS: 3}
+    assert run.drops() == {"latents": 6} and rec.stats.drops == {"latents": 6}
+
+
+@pytest.fixture()
+def gate(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[threading.Event, threading.Event]]:
+    """Hold the writer thread inside its first ``RunWriter.append`` until ``gate`` opens."""
+    entered, gate = threading.Event(), threading.Event()
+    original = RunWriter.append
+
+    def held(self: RunWriter, table: str, columns: Any) -> None:
+        entered.set()
+        gate.wait(10.0)
+        original(self, table, columns)
+
+    monkeypatch.setattr(RunWriter, "append", held)
+    yield entered, gate
+    gate.set()
+
+
+def test_full_queue_drops_images_first_then_scalars(
+    path: Path, gate: tuple[threading.Event, threading.Event]
+) -> None:
+    entered, release = gate
+    rec = Recorder(path, queue_size=2, max_wait=0.0, flush_interval=0.01)
+    rec.record(0, 1.0)
+    assert entered.wait(5.0)  # the writer is stuck writing row 0
+    with pytest.warns(RuntimeWarning, match="queue is full") as warned:
+        for step in range(1, 6):
+            rec.record(step, 1.0, latents=np.ones((2, 4, 8, 8), np.float32),
+                       sample_ids=[2 * step, 2 * step + 1])
+    assert len([w for w in warned if "texwatch" in str(w.message)]) == 1
+    with pytest.raises(TimeoutError, match="flush"):
+        rec.flush(timeout=0.05)
+    release.set()
+    rec.close()
+    run = open_run(path)
+    assert run.scalars()["step"].tolist() == [0, 1, 2]
+    assert run.stream("latents")[0].tolist() == [1, 1, 2, 2]
+    assert run.drops() == {"latents": 6, SCALARS: 3, ITEMS: 6}
+
+
+def test_writer_error_is_counted_warned_once_and_raised_by_flush_and_close(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    original = RunWriter.append
+
+    def no_space_for_images(self: RunWriter, table: str, columns: Any) -> None:
+        if table == "latents":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        original(self, table, columns)
+
+    monkeypatch.setattr(RunWriter, "append", no_space_for_images)
+    rec = Recorder(path)
+    latents = np.ones((2, 4, 8, 8), np.float32)
+    rec.record(0, 1.0, latents=latents)
+    with pytest.raises(WriterError, match="1 write") as raised:
+        rec.flush()
+    assert isinstance(raised.value.__cause__, OSError)
+    assert raised.value.__cause__.errno == errno.ENOSPC
+    rec.flush()  # nothing new: no error
+    with pytest.warns(RuntimeWarning, match="failed; training continues") as warned:
+        rec.record(1, 2.0, latents=latents)
+        rec.record(2, 3.0, latents=latents)
+    assert len([w for w in warned if "texwatch" in str(w.message)]) == 1
+    with pytest.raises(WriterError, match="close"):
+        rec.close()
+    rec.close()  # a second close neither raises nor hangs
+    run = open_run(path)
+    assert run.scalars()["step"].tolist() == [0, 1, 2]  # scalars survived without the images
+    assert run.drops() == {"latents": 6} and run.errors() == 2
+    assert "latents" not in run.committed()
+
+
+def test_total_write_failure_never_reaches_the_training_thread(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rec = Recorder(path)
+    for step in range(10):
+        rec.record(step, float(step))
+    rec.flush()
+
+    def full(*args: Any, **kwargs: Any) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(RunWriter, "append", full)
+    monkeypatch.setattr(RunWriter, "commit", full)
+    for step in range(10, 20):
+        rec.record(step, float(step))
+    with pytest.raises(WriterError):
+        rec.flush()
+    with pytest.warns(RuntimeWarning, match="failed"):
+        rec.record(20, 1.0)
+    with pytest.raises(WriterError):
+        rec.close()
+    assert rec.stats.errors >= 1 and rec.stats.drops[SCALARS] >= 10
+    run = open_run(path)
+    np.testing.assert_array_equal(run.scalars()["loss"], np.arange(10.0))
+
+
+def test_resume_continues_the_run_and_its_counters(path: Path) -> None:
+    small = np.zeros((1, 2, 4, 4), np.float32)
+    with Recorder(path, run="r") as rec:
+        for step in range(100):
+            rec.record(step, float(step), latents=small)
+        rec.record(100, float("nan"))
+    with Recorder(path, run="r") as rec:
+        for step in range(50, 150):
+            rec.record(step, -float(step))
+        rec.record(150, float("inf"))
+        with pytest.raises(ValueError, match="created with"):
+            rec.record(151, latents=np.zeros((1, 2, 8, 8)))
+    with pytest.raises(ValueError, match="holds run 'r'"):
+        Recorder(path, run="other")
+    run = open_run(path)
+    cols = run.scalars()
+    np.testing.assert_array_equal(cols["step"], np.arange(151))
+    np.testing.assert_array_equal(cols["loss"][:50], np.arange(50.0))
+    np.testing.assert_array_equal(cols["loss"][50:150], -np.arange(50.0, 150.0))
+    assert run.nonfinite() == {"loss": 2} and run.committed()["latents"] == 100
+
+
+def test_two_threads_record_into_one_recorder(path: Path) -> None:
+    with Recorder(path, queue_size=100_000) as rec:
+
+        def work(parity: int) -> None:
+            for step in range(parity, 2000, 2):
+                rec.record(step, float(step), scalars={"thread": float(parity)},
+                           latents=np.full((1, 2, 4, 4), step, np.float32))
+
+        threads = [threading.Thread(target=work, args=(p,)) for p in (0, 1)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    run = open_run(path)
+    cols = run.scalars()
+    np.testing.assert_array_equal(cols["step"], np.arange(2000))
+    np.testing.assert_array_equal(cols["loss"], np.arange(2000.0))
+    np.testing.assert_array_equal(cols["thread"], np.arange(2000) % 2)
+    steps, data = run.stream("latents")
+    np.testing.assert_array_equal(data[:, 0, 0, 0], steps)
+    assert sorted(steps.tolist()) == list(range(2000)) and run.drops() == {}
+
+
+def test_rows_become_visible_within_the_flush_interval(path: Path) -> None:
+    with Recorder(path, flush_interval=0.05) as rec:
+        for step in range(50):
+            rec.record(step, 1.0)
+        deadline = time.monotonic() + 10.0
+        while open_run(path).committed().get(SCALARS, 0) < 50 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert open_run(path).committed()[SCALARS] == 50
+        for step in range(50, 1000):
+            rec.record(step, 1.0)
+        rec.flush()
+        assert open_run(path).committed()[SCALARS] == 1000
+        assert rec.stats.committed[SCALARS] == 1000
+
+
+def test_module_api_lazy_init_and_close(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(RuntimeError, match="before init"):
+        tw.record(0, 1.0)
+    monkeypatch.setenv("TEXWATCH_STORE", str(path))
+    tw.record(0, 1.0)
+    recorder = tw.get_recorder()
+    assert recorder is not None and recorder.path == path
+    tw.flush()
+    assert open_run(path).committed() == {SCALARS: 1}
+    second = path.parent / "second.zarr"
+    replaced = tw.init(second, run="second", config={"k": 1})
+    assert recorder.closed and tw.get_recorder() is replaced
+    tw.record(0, 2.0)
+    tw.close()
+    tw.close()
+    assert tw.get_recorder() is None and open_run(second).name == "second"
+    tw.flush()  # nothing to flush: no error
+
+
+def test_close_is_idempotent_and_record_after_close_fails(path: Path) -> None:
+    with Recorder(path) as rec:
+        rec.record(0, 1.0)
+    assert rec.closed and rec.stats.committed == {SCALARS: 1}
+    rec.close()
+    rec.flush()
+    with pytest.raises(RuntimeError, match="closed"):
+        rec.record(1, 1.0)
+    assert "closed" in repr(rec)
+
+
+def test_only_rank_zero_records_unless_all_ranks(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RANK", "1")
+    assert detect_rank() == 1
+    with Recorder(path) as rec:
+        assert not rec.active
+        rec.record(0, 1.0)
+        rec.flush()
+    assert not path.exists()
+    with Recorder(path, all_ranks=True) as rec:
+        rec.record(0, 1.0)
+    assert run_paths(path) == [path / "rank1"] and open_run(path / "rank1").rank == 1
+    monkeypatch.setenv("RANK", "0")
+    other = path.parent / "zero.zarr"
+    with Recorder(other) as rec:
+        rec.record(0, 1.0)
+    assert open_run(other).rank == 0
+    monkeypatch.setenv("RANK", "x")
+    with pytest.raises(ValueError, match="RANK must be an int"):
+        Recorder(other)
+    with Recorder(other, rank=0) as rec:
+        assert rec.active
+
+
+def test_stats_snapshot(path: Path) -> None:
+    with Recorder(path) as rec:
+        rec.record(0, 1.0, latents=np.zeros((1, 1, 2, 2)))
+        rec.flush()
+        stats = rec.stats
+    assert stats.recorded == 1 and stats.committed == {SCALARS: 1, "latents": 1}
+    assert stats.errors == 0 and stats.drops == {} and stats.pending_bytes == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert "Recorder(" in repr(rec)

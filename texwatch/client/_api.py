@@ -1,0 +1,128 @@
+"""The module-level API: one default ``Recorder`` per process, created by ``init()`` or lazily."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+from ._recorder import ENV_STORE, Recorder
+
+__all__ = ["close", "flush", "get_recorder", "init", "record"]
+
+_lock = threading.Lock()
+_default: Recorder | None = None
+
+
+def init(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    run: str | None = None,
+    config: Mapping[str, Any] | None = None,
+    every: Mapping[str, int] | None = None,
+    max_items: Mapping[str, int] | int | None = None,
+    all_ranks: bool = False,
+    flush_interval: float = 1.0,
+    queue_size: int = 8192,
+    max_wait: float = 0.005,
+    max_pending_bytes: int = 256 << 20,
+) -> Recorder:
+    """Start recording into ``path`` (or ``$TEXWATCH_STORE``); closes a previous default recorder.
+
+    Arguments are those of :class:`Recorder`. Calling ``init()`` is optional: ``record()`` starts
+    a default recorder from ``$TEXWATCH_STORE``.
+
+    Example:
+        >>> import texwatch.client as tw                                   # doctest: +SKIP
+        >>> tw.init("runs/x.zarr", run="flux-lora-brick", config={"lr": 1e-4})
+    """
+    global _default
+    with _lock:
+        previous, _default = _default, None
+    if previous is not None:
+        previous.close()
+    recorder = Recorder(
+        path,
+        run=run,
+        config=config,
+        every=every,
+        max_items=max_items,
+        all_ranks=all_ranks,
+        flush_interval=flush_interval,
+        queue_size=queue_size,
+        max_wait=max_wait,
+        max_pending_bytes=max_pending_bytes,
+    )
+    with _lock:
+        _default = recorder
+    return recorder
+
+
+def get_recorder() -> Recorder | None:
+    """The default recorder, or None before ``init()`` / the first ``record()``."""
+    return _default
+
+
+def _recorder() -> Recorder:
+    global _default
+    recorder = _default
+    if recorder is not None:
+        return recorder
+    with _lock:
+        if _default is None:
+            if not os.environ.get(ENV_STORE):
+                raise RuntimeError(
+                    f"texwatch.client.record() before init(): call "
+                    f"texwatch.client.init('runs/x.zarr') or set ${ENV_STORE}"
+                )
+            _default = Recorder()
+        return _default
+
+
+def record(
+    step: int,
+    loss: Any = None,
+    *,
+    latents: Any = None,
+    pred: Any = None,
+    target: Any = None,
+    images: Mapping[str, Any] | None = None,
+    terms: Mapping[str, Any] | None = None,
+    weights: Mapping[str, Any] | None = None,
+    scalars: Mapping[str, Any] | None = None,
+    sample_ids: Any = None,
+    timesteps: Any = None,
+    checkpoint: bool = False,
+) -> None:
+    """Record one step with the default recorder; see :meth:`Recorder.record`."""
+    _recorder().record(
+        step,
+        loss,
+        latents=latents,
+        pred=pred,
+        target=target,
+        images=images,
+        terms=terms,
+        weights=weights,
+        scalars=scalars,
+        sample_ids=sample_ids,
+        timesteps=timesteps,
+        checkpoint=checkpoint,
+    )
+
+
+def flush(timeout: float | None = None) -> None:
+    """Block until the default recorder's rows are committed; see :meth:`Recorder.flush`."""
+    recorder = _default
+    if recorder is not None:
+        recorder.flush(timeout)
+
+
+def close() -> None:
+    """Close the default recorder (a later ``record()`` starts a new one from the env)."""
+    global _default
+    with _lock:
+        recorder, _default = _default, None
+    if recorder is not None:
+        recorder.close()

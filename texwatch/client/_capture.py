@@ -1,0 +1,222 @@
+"""Host copies of what ``record()`` is given, taken on the training thread without a device sync.
+
+Torch is never imported here: a tensor is recognised through ``sys.modules["torch"]``, which is
+present whenever a tensor exists. CUDA tensors are copied with ``non_blocking=True`` into pinned
+host buffers and one event per device is recorded after the copies on the tensor's current
+stream; only the writer thread waits on that event. CPU tensors and numpy arrays are copied too,
+so later in-place changes never leak into the store.
+
+Large copies go into buffers recycled through a ``BufferPool``: a fresh multi-MiB allocation per
+call costs page faults that would dominate the copy itself.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from typing import Any
+
+import numpy as np
+
+__all__ = ["POOL_MIN_BYTES", "BufferPool", "Capture", "Captured", "Meta", "describe", "is_tensor"]
+
+POOL_MIN_BYTES = 1 << 16
+"""Copies at least this large use recycled buffers; smaller ones are plain clones."""
+
+_TORCH_FACTS: dict[Any, tuple[str, int, bool]] = {}  # torch dtype -> (kind, itemsize, is fp16)
+
+
+def is_tensor(value: object) -> bool:
+    """True for a ``torch.Tensor``, without importing torch."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(value, torch.Tensor)
+
+
+def _torch_facts(dtype: Any) -> tuple[str, int, bool]:
+    facts = _TORCH_FACTS.get(dtype)
+    if facts is None:
+        torch = sys.modules["torch"]
+        if dtype == torch.bool:
+            kind = "b"
+        elif dtype.is_complex:
+            kind = "c"
+        elif dtype.is_floating_point:
+            kind = "f"
+        else:
+            kind = "i"
+        facts = (kind, dtype.itemsize, dtype == torch.float16)
+        _TORCH_FACTS[dtype] = facts
+    return facts
+
+
+class Meta:
+    """Shape and dtype facts about an array-like input, read without touching its data."""
+
+    __slots__ = ("half", "itemsize", "kind", "shape", "tensor", "value")
+
+    def __init__(
+        self, value: Any, shape: tuple[int, ...], facts: tuple[str, int, bool], tensor: bool
+    ) -> None:
+        self.value = value  # a torch.Tensor or numpy.ndarray
+        self.shape = shape
+        self.kind, self.itemsize, self.half = facts  # numpy dtype kind: "f", "i", "u", "b", "c"
+        self.tensor = tensor
+
+    @property
+    def size(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n
+
+
+def describe(value: Any, what: str) -> Meta:
+    """Shape/dtype of a tensor, ndarray, list or tuple; TypeError naming ``what`` otherwise."""
+    if is_tensor(value):
+        return Meta(value, tuple(value.shape), _torch_facts(value.dtype), True)
+    if isinstance(value, (list, tuple)):
+        value = np.asarray(value)
+    if isinstance(value, np.ndarray):
+        dtype = value.dtype
+        if dtype.kind not in "biufc":
+            raise TypeError(f"{what} must hold numbers, got a numpy array of dtype {dtype}")
+        return Meta(value, value.shape, (dtype.kind, dtype.itemsize, dtype == np.float16), False)
+    raise TypeError(
+        f"{what} must be a torch.Tensor, numpy.ndarray or sequence of numbers, "
+        f"got {type(value).__name__}"
+    )
+
+
+class BufferPool:
+    """Recycles host buffers by (shape, dtype, pinned) between the training and writer threads.
+
+    Buffers come back only after the writer has copied their rows out, so a buffer is never
+    refilled while its data is still needed. At most ``max_bytes`` of idle buffers are kept.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self._lock = threading.Lock()
+        self._free: dict[tuple[Any, ...], list[Any]] = {}
+        self._bytes = 0
+        self._max = max_bytes
+
+    def take(self, key: tuple[Any, ...], nbytes: int) -> Any:
+        """A buffer for ``key`` = ("torch", shape, dtype, pinned) or ("numpy", shape, dtype)."""
+        with self._lock:
+            free = self._free.get(key)
+            if free:
+                self._bytes -= nbytes
+                return free.pop()
+        if key[0] == "numpy":
+            return np.empty(key[1], dtype=key[2])
+        torch = sys.modules["torch"]
+        return torch.empty(key[1], dtype=key[2], device="cpu", pin_memory=key[3])
+
+    def give(self, key: tuple[Any, ...], buffer: Any, nbytes: int) -> None:
+        with self._lock:
+            if self._bytes + nbytes <= self._max:
+                self._free.setdefault(key, []).append(buffer)
+                self._bytes += nbytes
+
+
+class Captured:
+    """A host copy (or a pending device-to-host copy) of one input."""
+
+    __slots__ = ("_event", "_key", "_pool", "_value", "nbytes")
+
+    def __init__(self, value: Any, nbytes: int) -> None:
+        self._value = value  # numpy array or CPU torch tensor (pinned for CUDA copies)
+        self.nbytes = nbytes
+        self._event: Any = None
+        self._pool: BufferPool | None = None
+        self._key: tuple[Any, ...] = ()
+
+    def resolve(self) -> np.ndarray:
+        """The copied values as numpy (valid until ``release``); waits for a pending CUDA copy."""
+        value = self._value
+        if isinstance(value, np.ndarray):
+            return value
+        if self._event is not None:
+            self._event.synchronize()
+            self._event = None
+        if value.dtype == sys.modules["torch"].bfloat16:
+            return value.float().numpy()
+        return value.numpy()
+
+    def release(self) -> None:
+        """Give a pooled buffer back; the values must not be used afterwards."""
+        if self._pool is not None:
+            self._pool.give(self._key, self._value, self.nbytes)
+            self._pool = None
+
+
+class Capture:
+    """The copies of one ``record()`` call; ``seal()`` records the CUDA events after them."""
+
+    __slots__ = ("_cuda", "_pool")
+
+    def __init__(self, pool: BufferPool) -> None:
+        self._pool = pool
+        self._cuda: dict[Any, list[Captured]] | None = None
+
+    def copy(self, meta: Meta, items: int | None = None) -> Captured:
+        """Copy ``meta.value`` (its first ``items`` rows when given) to the host."""
+        value = meta.value
+        shape = meta.shape
+        if items is not None and items < shape[0]:
+            value = value[:items]
+            shape = (items, *shape[1:])
+        nbytes = meta.itemsize
+        for s in shape:
+            nbytes *= s
+        if not meta.tensor:
+            return self._copy_array(value, shape, nbytes)
+        value = value.detach()
+        if value.is_cuda:
+            key = ("torch", shape, value.dtype, True)
+            buffer = self._pool.take(key, nbytes)
+            buffer.copy_(value, non_blocking=True)
+            captured = self._pooled(buffer, key, nbytes)
+            if self._cuda is None:
+                self._cuda = {}
+            self._cuda.setdefault(value.device, []).append(captured)
+            return captured
+        if not value.is_cpu:  # other accelerators: a plain synchronous copy
+            return Captured(value.to("cpu", copy=True), nbytes)
+        try:
+            # numpy's single-threaded memcpy: torch's intra-op threads stall on a busy machine
+            return self._copy_array(value.numpy(), shape, nbytes)
+        except (TypeError, RuntimeError):  # bfloat16 and other dtypes numpy lacks
+            pass
+        if nbytes < POOL_MIN_BYTES:
+            torch = sys.modules["torch"]
+            return Captured(value.clone(memory_format=torch.contiguous_format), nbytes)
+        key = ("torch", shape, value.dtype, False)
+        buffer = self._pool.take(key, nbytes)
+        buffer.copy_(value)
+        return self._pooled(buffer, key, nbytes)
+
+    def _copy_array(self, value: np.ndarray, shape: tuple[int, ...], nbytes: int) -> Captured:
+        if nbytes < POOL_MIN_BYTES:
+            return Captured(np.array(value, copy=True, order="C"), nbytes)
+        key: tuple[Any, ...] = ("numpy", shape, value.dtype)
+        buffer = self._pool.take(key, nbytes)
+        np.copyto(buffer, value)
+        return self._pooled(buffer, key, nbytes)
+
+    def _pooled(self, buffer: Any, key: tuple[Any, ...], nbytes: int) -> Captured:
+        captured = Captured(buffer, nbytes)
+        captured._pool, captured._key = self._pool, key
+        return captured
+
+    def seal(self) -> None:
+        """Record, per CUDA device, one event after this call's copies on its current stream."""
+        if not self._cuda:
+            return
+        torch = sys.modules["torch"]
+        for device, copies in self._cuda.items():
+            event = torch.cuda.Event()
+            event.record(torch.cuda.current_stream(device))
+            for captured in copies:
+                captured._event = event
+        self._cuda = None

@@ -1,0 +1,263 @@
+"""The background writer thread: batches queued rows into blocks and commits them to the store.
+
+Like TensorBoard's ``_AsyncWriter``: a bounded queue, a daemon worker, a sentinel to stop it,
+flush markers the caller waits on, and a worker exception kept for the caller. Unlike it, an
+error never stops the worker: it is counted, the failed block is retried without its image
+streams (so scalars survive a full disk), and the rest is dropped and counted.
+"""
+
+from __future__ import annotations
+
+import math
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from texwatch.store import ITEMS, RESERVED_TABLES, SCALARS, RunWriter
+
+from ._capture import Captured
+from ._stats import Counters
+
+__all__ = ["Flush", "Row", "STOP", "Writer"]
+
+STOP = object()
+"""Sentinel: commit what is pending and end the thread."""
+
+_ITEM_COLUMNS = {"loss": np.float64, "timestep": np.float64, "sample_id": np.int64}
+_MAX_BLOCK_ROWS = 1 << 16
+
+
+@dataclass(slots=True)
+class Row:
+    """One ``record()`` call, as copied on the training thread."""
+
+    step: int
+    time: float
+    loss: float | Captured | None = None
+    scalars: dict[str, float | Captured] | None = None
+    items: dict[str, Captured] | None = None  # timestep, sample_id
+    images: dict[str, tuple[Captured, np.dtype[Any]]] | None = None
+    nbytes: int = 0  # image bytes reserved from the memory budget
+
+    def copies(self) -> list[Captured]:
+        """Every copy the row holds, to release once its rows are written or dropped."""
+        out = [self.loss] if isinstance(self.loss, Captured) else []
+        out += [v for v in (self.scalars or {}).values() if isinstance(v, Captured)]
+        out += list((self.items or {}).values())
+        out += [captured for captured, _ in (self.images or {}).values()]
+        return out
+
+
+class Flush:
+    """Marker: commit everything queued before it, then set ``done``."""
+
+    __slots__ = ("done",)
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+
+
+def _as_float(value: float | Captured) -> float:
+    if isinstance(value, float):
+        return value
+    array = value.resolve()
+    return float(array) if array.ndim == 0 else float(array.astype(np.float64).mean())
+
+
+class _Batch:
+    """Rows taken from the queue and not yet committed, kept as columns."""
+
+    def __init__(self) -> None:
+        self.rows = 0
+        self.nbytes = 0
+        self._steps: list[int] = []
+        self._times: list[float] = []
+        self._scalars: dict[str, list[tuple[int, float]]] = {}
+        self._items: dict[str, list[np.ndarray]] = {k: [] for k in ("step", *_ITEM_COLUMNS)}
+        self._streams: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {}
+        self.nonfinite: dict[str, int] = {}
+        self._copies: list[Captured] = []
+
+    def release(self) -> None:
+        """Give the rows' buffers back (after their blocks were written or dropped)."""
+        for captured in self._copies:
+            captured.release()
+        self._copies = []
+
+    def add(self, row: Row) -> None:
+        """Resolve the row's copies (waiting on CUDA events) and add it to the columns.
+
+        Everything is resolved before the batch changes, so a row that fails leaves no trace.
+        """
+        columns: dict[str, float | Captured] = {}
+        item_values = dict(row.items or {})
+        if row.loss is not None:
+            columns["loss"] = row.loss
+            if isinstance(row.loss, Captured) and row.loss.resolve().ndim == 1:
+                item_values["loss"] = row.loss
+        columns.update(row.scalars or {})
+        numbers = {name: _as_float(value) for name, value in columns.items()}
+        items: dict[str, np.ndarray] = {}
+        if item_values:
+            arrays = {k: v.resolve().reshape(-1) for k, v in item_values.items()}
+            n = next(iter(arrays.values())).shape[0]
+            items["step"] = np.full(n, row.step, dtype=np.int64)
+            for key, dtype in _ITEM_COLUMNS.items():
+                values = arrays.get(key)
+                fill = -1 if key == "sample_id" else np.nan
+                items[key] = (
+                    np.full(n, fill, dtype=dtype) if values is None else values.astype(dtype)
+                )
+        images: dict[str, np.ndarray] = {}
+        for name, (captured, dtype) in (row.images or {}).items():
+            data = captured.resolve()
+            images[name] = (data[None] if data.ndim == 3 else data).astype(dtype, copy=False)
+
+        self._copies += row.copies()
+        index = self.rows
+        self.rows += 1
+        self.nbytes += row.nbytes
+        self._steps.append(row.step)
+        self._times.append(row.time)
+        for name, number in numbers.items():
+            if not math.isfinite(number):
+                self.nonfinite[name] = self.nonfinite.get(name, 0) + 1
+            self._scalars.setdefault(name, []).append((index, number))
+        for key, values in items.items():
+            self._items[key].append(values)
+        for name, data in images.items():
+            bad = int((~np.isfinite(data).reshape(data.shape[0], -1).all(axis=1)).sum())
+            if bad:
+                self.nonfinite[name] = self.nonfinite.get(name, 0) + bad
+            steps, blocks = self._streams.setdefault(name, ([], []))
+            steps.append(np.full(data.shape[0], row.step, dtype=np.int64))
+            blocks.append(data)
+
+    def tables(self, images: bool = True) -> dict[str, dict[str, np.ndarray]]:
+        """The batch as ``{table: {column: block}}``; without image streams if ``images=False``."""
+        out: dict[str, dict[str, np.ndarray]] = {}
+        if self.rows:
+            scalars = {
+                "step": np.asarray(self._steps, dtype=np.int64),
+                "time": np.asarray(self._times, dtype=np.float64),
+            }
+            for name, pairs in self._scalars.items():
+                column = np.full(self.rows, np.nan)
+                index, values = zip(*pairs, strict=True)
+                column[list(index)] = values
+                scalars[name] = column
+            out[SCALARS] = scalars
+        if self._items["step"]:
+            out[ITEMS] = {k: np.concatenate(v) for k, v in self._items.items()}
+        if images:
+            for name, (steps, blocks) in self._streams.items():
+                out[name] = {"step": np.concatenate(steps), "data": np.concatenate(blocks)}
+        return out
+
+    def row_counts(self, images: bool = True) -> dict[str, int]:
+        return {
+            t: len(next(iter(cols.values())))
+            for t, cols in self.tables(images).items()
+            if images or t in RESERVED_TABLES
+        }
+
+    def stream_rows(self) -> dict[str, int]:
+        return {name: sum(len(s) for s in steps) for name, (steps, _) in self._streams.items()}
+
+
+class Writer(threading.Thread):
+    """Takes rows from ``inbox``, commits them on a size or time policy, and on flush markers."""
+
+    def __init__(
+        self,
+        store: RunWriter,
+        inbox: queue.SimpleQueue[Any],
+        counters: Counters,
+        flush_interval: float,
+        block_bytes: int,
+    ) -> None:
+        super().__init__(name=f"texwatch-writer[{store.name}]", daemon=True)
+        self._store = store
+        self._inbox = inbox
+        self._counters = counters
+        self._interval = flush_interval
+        self._block_bytes = block_bytes
+        self._published = -1  # counters version last written
+
+    def run(self) -> None:
+        batch = _Batch()
+        deadline: float | None = None
+        while True:
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                item = self._inbox.get(timeout=timeout)
+            except queue.Empty:
+                item = None
+            if isinstance(item, Row):
+                self._add(batch, item)
+                if deadline is None:
+                    deadline = time.monotonic() + self._interval
+                if batch.nbytes < self._block_bytes and batch.rows < _MAX_BLOCK_ROWS:
+                    continue
+            if batch.rows or isinstance(item, Flush) or item is STOP:
+                self._commit(batch)
+                batch, deadline = _Batch(), None
+            if isinstance(item, Flush):
+                item.done.set()
+            elif item is STOP:
+                return
+
+    def _add(self, batch: _Batch, row: Row) -> None:
+        try:
+            batch.add(row)
+        except Exception as err:  # a failed CUDA copy, a bad value: count it, keep going
+            self._counters.fail(err)
+            self._counters.drop(SCALARS, 1)
+            self._counters.release(row.nbytes)
+            for captured in row.copies():
+                captured.release()
+
+    def _commit(self, batch: _Batch) -> None:
+        """Write the batch and publish it; on failure retry without images, then drop.
+
+        Never raises: every failure is counted and kept for flush()/close().
+        """
+        failed = False
+        try:
+            if batch.nonfinite:
+                self._counters.add_nonfinite(batch.nonfinite)
+            for images in (True, False) if batch.stream_rows() else (False,):
+                if not batch.rows:
+                    break
+                try:
+                    for table, columns in batch.tables(images).items():
+                        self._store.append(table, columns)
+                    self._publish(force=True)
+                    return
+                except Exception as err:
+                    self._store.rollback()
+                    self._counters.fail(err)
+                    failed = True
+                    dropped = batch.stream_rows() if images else batch.row_counts(images=False)
+                    for table, rows in dropped.items():
+                        self._counters.drop(table, rows)
+            self._publish()  # counters only: readers see the drops and errors
+        except Exception as err:
+            self._store.rollback()
+            if not failed:  # else the same failure again, already counted
+                self._counters.fail(err)
+        finally:
+            batch.release()
+            self._counters.release(batch.nbytes)
+
+    def _publish(self, force: bool = False) -> None:
+        drops, nonfinite, errors, version = self._counters.published()
+        if not force and version == self._published:
+            return
+        committed = self._store.commit(drops, nonfinite, errors)
+        self._published = version
+        self._counters.set_committed(committed)
