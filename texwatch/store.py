@@ -304,18 +304,15 @@ class _Tables:
     def table_names(self) -> list[str]:
         return list(self._columns)
 
-    def pending(self) -> dict[str, int]:
-        return dict(self._rows)
-
-    def column(self, table: str, name: str) -> _Column | None:
-        """The open column, opening a listed one on first use; None if it does not exist yet."""
+    def column(self, table: str, name: str) -> _Column:
+        """The open column ``name`` of ``table`` (created or listed), opened on first use."""
         key = (table, name)
-        if key not in self._open and name in self._columns.get(table, []):
+        if key not in self._open:
             array = zarr.open_array(self._store, path=self.path(table, name), mode="r+")
             self._open[key] = _Column(
                 array, np.dtype(array.dtype), tuple(array.shape[1:]), int(array.shape[0])
             )
-        return self._open.get(key)
+        return self._open[key]
 
     def append(self, table: str, columns: Mapping[str, Any]) -> None:
         """Write ``columns`` (sharing their leading length) as the table's next rows."""
@@ -337,15 +334,14 @@ class _Tables:
             self._check_block(table, name, block)
         start = self._rows.get(table, 0)
         stop = start + n
-        for name in self._columns.get(table, []) + [
-            k for k in blocks if k not in self._columns.get(table, [])
-        ]:
-            block = blocks.get(name)
+        known = self._columns.setdefault(table, [])
+        for name, block in blocks.items():
+            if name not in known:
+                self._create(table, name, block, stop)
+                known.append(name)
+        for name in known:  # every column gets these rows, so no killed writer's debris shows
             col = self.column(table, name)
-            if col is None:
-                assert block is not None
-                col = self._create(table, name, block, stop)
-                self._columns.setdefault(table, []).append(name)
+            block = blocks.get(name)
             if block is None:
                 block = np.full((n, *col.inner), _fill(col.dtype), dtype=col.dtype)
             self._grow(col, stop)
@@ -372,8 +368,10 @@ class _Tables:
     def _check_block(self, table: str, name: str, block: np.ndarray) -> None:
         what = f"column {table}/{name}"
         _storage_dtype(block.dtype, what)
+        if name not in self._columns.get(table, []):
+            return
         col = self.column(table, name)
-        if col is not None and tuple(block.shape[1:]) != col.inner:
+        if tuple(block.shape[1:]) != col.inner:
             raise ValueError(
                 f"{what} has rows of shape {col.inner}, got rows of shape {tuple(block.shape[1:])}"
             )
@@ -544,8 +542,10 @@ class RunWriter:
 
     def stream_spec(self, name: str) -> StreamSpec | None:
         """C, H, W and dtype of an existing image stream, or None."""
-        col = self._tables.column(name, "data") if name not in RESERVED_TABLES else None
-        if col is None or len(col.inner) != 3:
+        if name in RESERVED_TABLES or "data" not in self._tables.columns(name):
+            return None
+        col = self._tables.column(name, "data")
+        if len(col.inner) != 3:
             return None
         c, h, w = col.inner
         return StreamSpec((c, h, w), col.dtype)
