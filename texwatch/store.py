@@ -62,6 +62,7 @@ from typing import Any
 
 import numpy as np
 import zarr
+from zarr.abc.store import Store
 from zarr.codecs import BloscCodec
 from zarr.storage import LocalStore
 
@@ -96,7 +97,7 @@ RESERVED_TABLES = frozenset({SCALARS, ITEMS, DERIVED})
 """Root table names that are not image streams."""
 
 _MAX_CHUNK_ROWS = 1 << 17
-_CHUNK_KEYS = {"name": "default", "separator": "."}
+_CHUNK_KEYS: dict[str, Any] = {"name": "default", "separator": "."}
 _SEGMENT = re.compile(r"(?!__)[A-Za-z0-9_][A-Za-z0-9_.\-]*")
 _MAX_NAME = 200
 
@@ -282,7 +283,7 @@ class _Tables:
 
     def __init__(
         self,
-        store: LocalStore,
+        store: Store,
         prefix: str,
         committed: Mapping[str, int],
         tables: Mapping[str, Sequence[str]],
@@ -341,11 +342,11 @@ class _Tables:
                 known.append(name)
         for name in known:  # every column gets these rows, so no killed writer's debris shows
             col = self.column(table, name)
-            block = blocks.get(name)
-            if block is None:
-                block = np.full((n, *col.inner), _fill(col.dtype), dtype=col.dtype)
+            given = blocks.get(name)
+            if given is None:
+                given = np.full((n, *col.inner), _fill(col.dtype), dtype=col.dtype)
             self._grow(col, stop)
-            col.array[start:stop] = block.astype(col.dtype, copy=False)
+            col.array[start:stop] = given.astype(col.dtype, copy=False)
         self._rows[table] = stop
 
     def _check_new_names(self, table: str, new: list[str]) -> None:
@@ -484,17 +485,17 @@ class RunWriter:
         if root.exists() and not root.is_dir():
             raise StoreFormatError(f"run store {str(root)!r} is a file, expected a folder")
         if (root / "zarr.json").exists():
-            attrs = _check_run_dir(root)
-            if run is not None and attrs.get("run") != run:
+            stored = _check_run_dir(root)
+            if run is not None and stored.get("run") != run:
                 raise ValueError(
-                    f"run={run!r} but the store at {str(root)!r} holds run {attrs.get('run')!r}; "
+                    f"run={run!r} but the store at {str(root)!r} holds run {stored.get('run')!r}; "
                     f"use another path or the stored name"
                 )
             group = zarr.open_group(LocalStore(root), mode="r+", zarr_format=3)
             if config_json is not None:
                 group.attrs.update({"config": config_json})
-                attrs["config"] = config_json
-            return cls(root, group, attrs)
+                stored["config"] = config_json
+            return cls(root, group, stored)
         if root.exists() and any(root.iterdir()):
             raise StoreFormatError(
                 f"{str(root)!r} exists, is not empty and holds no zarr.json: not a run store"
@@ -623,7 +624,7 @@ class DerivedWriter:
         _check_run_dir(self.path)
         store = LocalStore(self.path)
         self._group = zarr.open_group(store, path=DERIVED, mode="a", zarr_format=3)
-        self._attrs = dict(self._group.attrs.asdict())
+        self._attrs = _read_attrs(self.path / DERIVED)
         self._tables = _Tables(
             store,
             DERIVED,
@@ -805,13 +806,13 @@ class Run:
         attrs = self.attrs
         self._require(name, attrs)
         n = int(attrs["committed"][name])
-        all_steps = self._open(name, "step")[:n]
+        all_steps = self._rows(name, "step", 0, n)
         wanted = np.unique(np.asarray(list(steps), dtype=np.int64))
         rows = _latest_call_rows(all_steps, wanted)
         if rows.size == 0:
             spec = self.stream_spec(name)
             return np.zeros(0, np.int64), np.zeros((0, *spec.shape), spec.dtype)
-        data = self._open(name, "data").get_orthogonal_selection((rows,))
+        data = np.asarray(self._open(name, "data").get_orthogonal_selection((rows,)))
         return all_steps[rows], data
 
     def items(self, start: int = 0, stop: int | None = None) -> dict[str, np.ndarray]:
@@ -829,7 +830,7 @@ class Run:
         n = int((attrs.get("committed") or {}).get(ITEMS, 0))
         if not cols or n == 0:
             return _empty(_ITEM_BASE)
-        steps = self._open(ITEMS, "step")[:n]
+        steps = self._rows(ITEMS, "step", 0, n)
         rows = _latest_call_rows(steps, np.array([step], dtype=np.int64))
         if rows.size == 0:
             return _empty(_ITEM_BASE)
@@ -901,7 +902,10 @@ class Run:
         n = int((attrs.get("committed") or {}).get(key or table, 0))
         stop = n if stop is None else min(int(stop), n)
         start = min(int(start), stop)
-        return {c: self._open(table, c)[start:stop] for c in cols}
+        return {c: self._rows(table, c, start, stop) for c in cols}
+
+    def _rows(self, table: str, column: str, start: int, stop: int) -> np.ndarray:
+        return np.asarray(self._open(table, column)[start:stop])
 
 
 _SCALAR_BASE = {"step": np.int64, "time": np.float64}

@@ -14,11 +14,24 @@ from __future__ import annotations
 
 import sys
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-__all__ = ["POOL_MIN_BYTES", "BufferPool", "Capture", "Captured", "Meta", "describe", "is_tensor"]
+__all__ = [
+    "POOL_MIN_BYTES",
+    "BufferPool",
+    "Capture",
+    "Captured",
+    "Copy",
+    "Meta",
+    "describe",
+    "is_tensor",
+    "release",
+    "resolve",
+    "torch_kind",
+]
 
 POOL_MIN_BYTES = 1 << 16
 """Copies at least this large use recycled buffers; smaller ones are plain clones."""
@@ -30,6 +43,11 @@ def is_tensor(value: object) -> bool:
     """True for a ``torch.Tensor``, without importing torch."""
     torch = sys.modules.get("torch")
     return torch is not None and isinstance(value, torch.Tensor)
+
+
+def torch_kind(dtype: Any) -> str:
+    """The numpy dtype kind ("f", "i", "b", "c") of a torch dtype."""
+    return _torch_facts(dtype)[0]
 
 
 def _torch_facts(dtype: Any) -> tuple[str, int, bool]:
@@ -70,19 +88,23 @@ class Meta:
         return n
 
 
-def describe(value: Any, what: str) -> Meta:
-    """Shape/dtype of a tensor, ndarray, list or tuple; TypeError naming ``what`` otherwise."""
-    if is_tensor(value):
+def describe(value: Any, what: Callable[[], str]) -> Meta:
+    """Shape/dtype of a tensor, ndarray, list or tuple; TypeError naming ``what()`` otherwise.
+
+    ``what`` builds the argument's name only when there is an error to report.
+    """
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(value, torch.Tensor):
         return Meta(value, tuple(value.shape), _torch_facts(value.dtype), True)
     if isinstance(value, (list, tuple)):
         value = np.asarray(value)
     if isinstance(value, np.ndarray):
         dtype = value.dtype
         if dtype.kind not in "biufc":
-            raise TypeError(f"{what} must hold numbers, got a numpy array of dtype {dtype}")
+            raise TypeError(f"{what()} must hold numbers, got a numpy array of dtype {dtype}")
         return Meta(value, value.shape, (dtype.kind, dtype.itemsize, dtype == np.float16), False)
     raise TypeError(
-        f"{what} must be a torch.Tensor, numpy.ndarray or sequence of numbers, "
+        f"{what()} must be a torch.Tensor, numpy.ndarray or sequence of numbers, "
         f"got {type(value).__name__}"
     )
 
@@ -150,6 +172,21 @@ class Captured:
             self._pool = None
 
 
+Copy = np.ndarray | Captured
+"""A host copy: a plain array for small CPU values, else a ``Captured`` buffer."""
+
+
+def resolve(copy: Copy) -> np.ndarray:
+    """The values of a copy (writer side)."""
+    return copy if isinstance(copy, np.ndarray) else copy.resolve()
+
+
+def release(copy: Copy) -> None:
+    """Give a copy's pooled buffer back, if it has one."""
+    if isinstance(copy, Captured):
+        copy.release()
+
+
 class Capture:
     """The copies of one ``record()`` call; ``seal()`` records the CUDA events after them."""
 
@@ -159,7 +196,18 @@ class Capture:
         self._pool = pool
         self._cuda: dict[Any, list[Captured]] | None = None
 
-    def copy(self, meta: Meta, items: int | None = None) -> Captured:
+    def copy_value(self, value: Any) -> Copy:
+        """Copy a small tensor or array (a loss, a term, a scalar) to the host."""
+        if isinstance(value, np.ndarray):
+            return value.copy()
+        if value.is_cpu:
+            try:
+                return value.numpy(force=True).copy()  # on CPU, force only detaches
+            except (TypeError, RuntimeError):  # bfloat16 and other dtypes numpy lacks
+                pass
+        return self.copy(Meta(value, tuple(value.shape), _torch_facts(value.dtype), True))
+
+    def copy(self, meta: Meta, items: int | None = None) -> Copy:
         """Copy ``meta.value`` (its first ``items`` rows when given) to the host."""
         value = meta.value
         shape = meta.shape
@@ -196,9 +244,9 @@ class Capture:
         buffer.copy_(value)
         return self._pooled(buffer, key, nbytes)
 
-    def _copy_array(self, value: np.ndarray, shape: tuple[int, ...], nbytes: int) -> Captured:
+    def _copy_array(self, value: np.ndarray, shape: tuple[int, ...], nbytes: int) -> Copy:
         if nbytes < POOL_MIN_BYTES:
-            return Captured(np.array(value, copy=True, order="C"), nbytes)
+            return np.array(value, order="C")
         key: tuple[Any, ...] = ("numpy", shape, value.dtype)
         buffer = self._pool.take(key, nbytes)
         np.copyto(buffer, value)

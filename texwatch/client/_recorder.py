@@ -33,7 +33,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -42,7 +42,7 @@ import numpy as np
 
 from texwatch.store import ITEMS, RESERVED_TABLES, SCALARS, RunWriter, check_name
 
-from ._capture import BufferPool, Capture, Meta, describe, is_tensor
+from ._capture import BufferPool, Capture, Meta, describe, is_tensor, release, torch_kind
 from ._stats import Counters, RecorderStats, WriterError
 from ._writer import STOP, Flush, Row, Writer
 
@@ -168,25 +168,42 @@ def _check_step(step: Any) -> int:
     raise TypeError(f"record(): step must be an int >= 0, got {type(step).__name__} {step!r}")
 
 
-def _number(value: Any, what: str, batch_ok: bool) -> float | Meta:
-    """A Python float, or the Meta of a 0-d (or, if ``batch_ok``, 1-D) numeric array."""
+def _number(value: Any, arg: str, key: str | None, batch_ok: bool) -> Any:
+    """A Python float, or a 0-d (or, if ``batch_ok``, 1-D) numeric tensor or ndarray.
+
+    Errors name ``arg`` (``loss``) or ``arg[key]`` (``terms['v']``).
+    """
     kind = type(value)
     if kind is float:
         return value
     if kind is int or (isinstance(value, np.number) and not isinstance(value, np.complexfloating)):
         return float(value)
-    if kind is bool or isinstance(value, np.bool_):
-        raise TypeError(f"record(): {what} must be a number or tensor, got bool")
-    meta = describe(value, f"record(): {what}")
-    if meta.kind not in "fiu":
-        raise TypeError(f"record(): {what} must hold real numbers, got dtype kind {meta.kind!r}")
-    ndim = len(meta.shape)
-    if ndim > (1 if batch_ok else 0):
+
+    def what() -> str:
+        return f"record(): {arg}" if key is None else f"record(): {arg}[{key!r}]"
+
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(value, torch.Tensor):
+        shape = value.shape
+        dtype_kind = torch_kind(value.dtype)
+    elif kind is bool or isinstance(value, np.bool_):
+        raise TypeError(f"{what()} must be a number or tensor, got bool")
+    else:
+        value = describe(value, what).value  # an ndarray from here on
+        shape, dtype_kind = value.shape, value.dtype.kind
+    if dtype_kind not in "fiu":
+        raise TypeError(f"{what()} must hold real numbers, got dtype kind {dtype_kind!r}")
+    if len(shape) > (1 if batch_ok else 0):
         want = "a scalar or a 1-D (B,) tensor" if batch_ok else "a scalar (0-d)"
-        raise ValueError(f"record(): {what} must be {want}, got shape {meta.shape}")
-    if meta.size == 0:
-        raise ValueError(f"record(): {what} is empty (shape {meta.shape})")
-    return meta
+        raise ValueError(f"{what()} must be {want}, got shape {tuple(shape)}")
+    if len(shape) and shape[0] == 0:
+        raise ValueError(f"{what()} is empty (shape {tuple(shape)})")
+    return value
+
+
+def _label(what: str) -> Callable[[], str]:
+    """An error label for ``describe``, formatted only when an error is raised."""
+    return lambda: f"record(): {what}"
 
 
 def _mapping(value: Any, what: str) -> Mapping[str, Any]:
@@ -382,22 +399,22 @@ class Recorder:
         batch: dict[str, int] | None = None
         loss_value = None
         if loss is not None:
-            loss_value = _number(loss, "loss", batch_ok=True)
-            if type(loss_value) is not float and loss_value.shape:
+            loss_value = _number(loss, "loss", None, batch_ok=True)
+            if type(loss_value) is not float and loss_value.ndim:
                 batch = {"loss": loss_value.shape[0]}
-        values: list[tuple[str, float | Meta]] = []
+        values: list[tuple[str, Any]] = []
         if terms is not None:
             for name, value in _mapping(terms, "terms").items():
                 column = self._column("term/", name, "terms")
-                values.append((column, _number(value, f"terms[{name!r}]", batch_ok=True)))
+                values.append((column, _number(value, "terms", name, batch_ok=True)))
         if weights is not None:
             for name, value in _mapping(weights, "weights").items():
                 column = self._column("weight/", name, "weights")
-                values.append((column, _number(value, f"weights[{name!r}]", False)))
+                values.append((column, _number(value, "weights", name, batch_ok=False)))
         if scalars is not None:
             for name, value in _mapping(scalars, "scalars").items():
                 column = self._column("", name, "scalars")
-                values.append((column, _number(value, f"scalars[{name!r}]", batch_ok=False)))
+                values.append((column, _number(value, "scalars", name, batch_ok=False)))
         if checkpoint is not False and checkpoint is not True:
             if not isinstance(checkpoint, np.bool_):
                 raise TypeError(
@@ -431,10 +448,10 @@ class Recorder:
         # 3. copy
         capture = Capture(self._pool)
         if loss_value is not None:
-            row.loss = loss_value if isinstance(loss_value, float) else capture.copy(loss_value)
+            row.loss = loss_value if type(loss_value) is float else capture.copy_value(loss_value)
         if values or checkpoint:
             row.scalars = {
-                name: value if isinstance(value, float) else capture.copy(value)
+                name: value if type(value) is float else capture.copy_value(value)
                 for name, value in values
             }
             if checkpoint:
@@ -479,7 +496,7 @@ class Recorder:
         ):
             if value is None:
                 continue
-            meta = describe(value, f"record(): {what}")
+            meta = describe(value, _label(what))
             if meta.kind not in kinds:
                 want = "integers" if kinds == "iu" else "real numbers"
                 raise TypeError(f"record(): {what} must hold {want}, got dtype kind {meta.kind!r}")
@@ -562,7 +579,7 @@ class Recorder:
                     given.append((name, value, f"images[{name!r}]"))
         plans = []
         for name, value, what in given:
-            meta = describe(value, f"record(): {what}")
+            meta = describe(value, _label(what))
             if meta.kind not in "fiu":
                 raise TypeError(
                     f"record(): {what} must be a float or integer image, got dtype kind "
@@ -649,8 +666,8 @@ class Recorder:
         # closed, or the writer is behind: image rows go first, then wait a little for the rest
         if row.images:
             rows = {p.name: p.rows for p in plans}
-            for name, (captured, _) in row.images.items():
-                captured.release()
+            for name, (copy, _) in row.images.items():
+                release(copy)
                 if not self._closed:
                     self._drop(name, rows[name], "the queue is full", 4)
             row.images = None

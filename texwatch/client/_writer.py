@@ -19,7 +19,7 @@ import numpy as np
 
 from texwatch.store import ITEMS, RESERVED_TABLES, SCALARS, RunWriter
 
-from ._capture import Captured
+from ._capture import Captured, Copy, resolve
 from ._stats import Counters
 
 __all__ = ["Flush", "Row", "STOP", "Writer"]
@@ -37,18 +37,18 @@ class Row:
 
     step: int
     time: float
-    loss: float | Captured | None = None
-    scalars: dict[str, float | Captured] | None = None
-    items: dict[str, Captured] | None = None  # timestep, sample_id
-    images: dict[str, tuple[Captured, np.dtype[Any]]] | None = None
+    loss: float | Copy | None = None
+    scalars: dict[str, float | Copy] | None = None
+    items: dict[str, Copy] | None = None  # timestep, sample_id
+    images: dict[str, tuple[Copy, np.dtype[Any]]] | None = None
     nbytes: int = 0  # image bytes reserved from the memory budget
 
     def copies(self) -> list[Captured]:
         """Every copy the row holds, to release once its rows are written or dropped."""
         out = [self.loss] if isinstance(self.loss, Captured) else []
         out += [v for v in (self.scalars or {}).values() if isinstance(v, Captured)]
-        out += list((self.items or {}).values())
-        out += [captured for captured, _ in (self.images or {}).values()]
+        out += [v for v in (self.items or {}).values() if isinstance(v, Captured)]
+        out += [c for c, _ in (self.images or {}).values() if isinstance(c, Captured)]
         return out
 
 
@@ -61,10 +61,10 @@ class Flush:
         self.done = threading.Event()
 
 
-def _as_float(value: float | Captured) -> float:
+def _as_float(value: float | Copy) -> float:
     if isinstance(value, float):
         return value
-    array = value.resolve()
+    array = resolve(value)
     return float(array) if array.ndim == 0 else float(array.astype(np.float64).mean())
 
 
@@ -93,17 +93,17 @@ class _Batch:
 
         Everything is resolved before the batch changes, so a row that fails leaves no trace.
         """
-        columns: dict[str, float | Captured] = {}
+        columns: dict[str, float | Copy] = {}
         item_values = dict(row.items or {})
         if row.loss is not None:
             columns["loss"] = row.loss
-            if isinstance(row.loss, Captured) and row.loss.resolve().ndim == 1:
+            if not isinstance(row.loss, float) and resolve(row.loss).ndim == 1:
                 item_values["loss"] = row.loss
         columns.update(row.scalars or {})
         numbers = {name: _as_float(value) for name, value in columns.items()}
         items: dict[str, np.ndarray] = {}
         if item_values:
-            arrays = {k: v.resolve().reshape(-1) for k, v in item_values.items()}
+            arrays = {k: resolve(v).reshape(-1) for k, v in item_values.items()}
             n = next(iter(arrays.values())).shape[0]
             items["step"] = np.full(n, row.step, dtype=np.int64)
             for key, dtype in _ITEM_COLUMNS.items():
@@ -113,9 +113,9 @@ class _Batch:
                     np.full(n, fill, dtype=dtype) if values is None else values.astype(dtype)
                 )
         images: dict[str, np.ndarray] = {}
-        for name, (captured, dtype) in (row.images or {}).items():
-            data = captured.resolve()
-            images[name] = (data[None] if data.ndim == 3 else data).astype(dtype, copy=False)
+        for name, (captured, stored) in (row.images or {}).items():
+            data = resolve(captured)
+            images[name] = (data[None] if data.ndim == 3 else data).astype(stored, copy=False)
 
         self._copies += row.copies()
         index = self.rows
