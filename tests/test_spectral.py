@@ -1,0 +1,492 @@
+"""texwatch.spectral against references nobody here tuned: gratings of known period, bricks,
+Odena's checkerboards, exact ring-sum ratios, the FFT axis cross, aliasing, and an independent
+numpy implementation of every definition (tests/_spectral_reference.py)."""
+
+from __future__ import annotations
+
+import math
+
+import _spectral_reference as reference
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from texwatch.spectral import (
+    HEALTH_KEYS,
+    LOCAL_MAP_KEYS,
+    METRIC_KEYS,
+    AnomalyRegions,
+    band_scores,
+    diff_heatmap,
+    latent_health,
+    local_period_map,
+    power_spectrum,
+    ring_energy,
+    sobel_anomalies,
+    spectrum_views,
+    texture_metrics,
+)
+
+PERIODS = (4, 6, 8, 12, 16, 24, 32, 48, 64)
+ANGLES = (0.0, 30.0, 45.0)
+
+
+def coords(h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+    yy, xx = torch.meshgrid(
+        torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij"
+    )
+    return yy, xx
+
+
+def grating(h: int, w: int, period: float, angle: float, *, square: bool = False) -> torch.Tensor:
+    """Cosine (or square-wave tile) grating in [0.25, 0.75], float64 (H, W)."""
+    yy, xx = coords(h, w)
+    t = xx * math.cos(math.radians(angle)) + yy * math.sin(math.radians(angle))
+    wave = torch.cos(2 * math.pi * t / period)
+    if square:
+        wave = torch.sign(wave)
+    return 0.5 + 0.25 * wave
+
+
+def bin_width(h: int, w: int, r_bins: int = 256) -> float:
+    return max(h, w) / math.sqrt(2) / r_bins
+
+
+# ----------------------------------------------------------------------------- known periods
+
+
+@pytest.mark.parametrize("shape", [(256, 256), (384, 512)])
+def test_gratings_and_tiles_give_their_period(shape: tuple[int, int]) -> None:
+    h, w = shape
+    gen = torch.Generator().manual_seed(h)
+    cases = [(p, a, False) for p in PERIODS for a in ANGLES] + [(p, 0.0, True) for p in (8, 16, 32)]
+    images = torch.stack(
+        [
+            grating(h, w, p, a, square=sq)
+            + 0.1 * torch.randn(h, w, generator=gen, dtype=torch.float64)
+            for p, a, sq in cases
+        ]
+    )
+    rgb = images[:, None].expand(-1, 3, -1, -1).float()  # grey RGB: exercises the luma path
+    m = texture_metrics(rgb)
+    n = max(h, w)
+    f_star = m["fundamental_radius_bin"]
+    period = m["acf_first_peak_radius_bin"]
+    for i, (p, a, sq) in enumerate(cases):
+        assert abs(float(f_star[i]) - n / p) <= bin_width(h, w), (p, a, sq, float(f_star[i]))
+        assert abs(float(period[i]) - p) <= 1.0, (p, a, sq, float(period[i]))
+
+
+def bricks(h: int, w: int, *, noise: float = 0.05) -> torch.Tensor:
+    """Running-bond bricks 32×16 px, 2-px mortar, rows offset by half a brick."""
+    yy, xx = coords(h, w)
+    row = torch.div(yy, 16, rounding_mode="floor")
+    x_in_brick = torch.remainder(xx + row.remainder(2) * 16, 32)
+    mortar = (yy.remainder(16) < 2) | (x_in_brick < 2)
+    gen = torch.Generator().manual_seed(7)
+    return torch.where(mortar, 0.8, 0.3) + noise * torch.randn(
+        h, w, generator=gen, dtype=torch.float64
+    )
+
+
+@pytest.mark.parametrize("shape", [(256, 256), (384, 512)])
+def test_bricks_give_one_of_their_lattice_periods(shape: tuple[int, int]) -> None:
+    h, w = shape
+    m = texture_metrics(bricks(h, w)[None, None].float())
+    # Reciprocal lattice of the brick lattice a1 = (32, 0), a2 = (16, 16): b1 = (1/32, -1/32),
+    # b2 = (0, 1/16); its shortest vectors give the lattice periods 16 px and 22.6 px.
+    lattice = {
+        math.hypot(mx / 32, (-mx + 2 * ny) / 32) for mx, ny in [(0, 1), (1, 0), (1, 1), (2, 1)]
+    }
+    f_star = float(m["fundamental_radius_bin"][0])
+    n = max(h, w)
+    assert min(abs(f_star - n * g) for g in lattice) <= bin_width(h, w)
+    # Along that direction the ACF repeats at the row height or the lattice's full repeat.
+    period = float(m["acf_first_peak_radius_bin"][0])
+    assert min(abs(period - p) for p in (16.0, 32.0, 1 / min(lattice))) <= 1.0
+
+
+def test_energy_ratios_flag_a_model_on_the_wrong_harmonic() -> None:
+    n = 256
+    target = grating(n, n, 16, 20.0)[None, None].float()
+    gen = torch.Generator().manual_seed(3)
+    preds = torch.stack(
+        [
+            grating(n, n, p, 20.0) + 0.05 * torch.randn(n, n, generator=gen, dtype=torch.float64)
+            for p in (8, 16, 32)
+        ]
+    )[:, None].float()
+    m = texture_metrics(preds, ref=target)
+    assert torch.allclose(m["ref_radius_bin"], torch.full((3,), 16.0), atol=bin_width(n, n))
+    e2, ehalf = m["E2f_over_Ef"], m["Ehalf_over_Ef"]
+    assert e2[0] > 1 and ehalf[2] > 1  # energy at 2f (period 8) / at f/2 (period 32)
+    assert e2[1] < 1 and ehalf[1] < 1  # the faithful one
+    # A known radius works the same way as a reference image.
+    by_radius = texture_metrics(preds, ref=16.0)
+    assert torch.allclose(by_radius["E2f_over_Ef"], e2, rtol=1e-2)
+
+
+def test_energy_ratios_are_ring_sums_not_means() -> None:
+    n = 256
+    yy, xx = coords(n, n)
+    t = xx * math.cos(0.5) + yy * math.sin(0.5)
+    wave = torch.cos(2 * math.pi * t / 16) + 0.5 * torch.cos(2 * math.pi * t / 32)
+    m = texture_metrics(wave[None, None].float())
+    assert float(m["fundamental_radius_bin"][0]) == pytest.approx(16.0, abs=bin_width(n, n))
+    assert float(m["Ehalf_over_Ef"][0]) == pytest.approx(0.25, abs=2e-3)
+    # The same rings divided by their weight (a ring mean) are biased by the circumference.
+    p = reference.power(reference.prepare(wave[None].numpy(), None, "hann"))
+    ones = np.ones_like(p)
+    mean_ratio = (reference.ring_sum(p, 8.0, 6.0)[0] / reference.ring_sum(ones, 8.0, 6.0)[0]) / (
+        reference.ring_sum(p, 16.0, 6.0)[0] / reference.ring_sum(ones, 16.0, 6.0)[0]
+    )
+    assert mean_ratio > 0.45
+
+    square = torch.where(xx.remainder(16) < 8, 1.0, 0.0)[None, None].float()
+    sq = texture_metrics(square)
+    assert float(sq["fundamental_radius_bin"][0]) == pytest.approx(16.0, abs=1e-3)
+    assert float(sq["E2f_over_Ef"][0]) < 1e-6  # a square wave has no even harmonics
+    energy = ring_energy(square, torch.tensor([16.0, 48.0]))[0]
+    expected = (math.sin(math.pi / 16) / math.sin(3 * math.pi / 16)) ** 2  # discrete square wave
+    assert float(energy[1] / energy[0]) == pytest.approx(expected, rel=1e-3)
+
+
+def axis_share(p: torch.Tensor) -> float:
+    """Share of the non-DC power on the two axes of a centred spectrum."""
+    p = p.double()
+    cy, cx = p.shape[0] // 2, p.shape[1] // 2
+    on_axes = p[cy, :].sum() + p[:, cx].sum() - 2 * p[cy, cx]
+    return float(on_axes / (p.sum() - p[cy, cx]))
+
+
+def test_axis_cross_and_the_windows_that_remove_it() -> None:
+    n = 256
+    gen = torch.Generator().manual_seed(0)
+    _, xx = coords(n, n)
+    ramp = (xx / n + 0.05 * torch.randn(n, n, generator=gen, dtype=torch.float64))[None, None]
+    shares = {
+        w: axis_share(power_spectrum(ramp, window=w)[0])
+        for w in ("none", "hann", "periodic_smooth")
+    }
+    assert shares["none"] == pytest.approx(0.97, abs=0.01)
+    assert shares["hann"] == pytest.approx(0.59, abs=0.02)
+    assert shares["periodic_smooth"] == pytest.approx(0.008, abs=0.002)
+    white = torch.randn(1, 1, n, n, generator=gen, dtype=torch.float64)
+    assert axis_share(power_spectrum(white, window="none")[0]) == pytest.approx(2 / n, abs=0.001)
+
+
+def test_aliasing_moves_f_star_and_antialiasing_does_not() -> None:
+    n = 256
+    _, xx = coords(n, n)
+    # A coarse texture (period 32) under a stronger fine one (period 2.4 px) that no 2x
+    # downsample can represent.
+    image = (0.5 * torch.cos(2 * math.pi * xx / 32) + torch.cos(2 * math.pi * xx / 2.4))[
+        None, None
+    ].float()
+    naive = image[..., ::2, ::2]
+    smooth = F.interpolate(image, scale_factor=0.5, mode="bicubic", antialias=True)
+    half = n // 2
+    f_naive = float(texture_metrics(naive)["fundamental_radius_bin"][0])
+    f_smooth = float(texture_metrics(smooth)["fundamental_radius_bin"][0])
+    assert f_smooth == pytest.approx(half / 16, abs=bin_width(half, half))  # the true texture
+    assert f_naive == pytest.approx(
+        half / 6, abs=bin_width(half, half)
+    )  # moire: 1 - 1/1.2 cycles/px
+    # resize_delta_r sees the same thing inside one image.
+    m = texture_metrics(image)
+    assert abs(float(m["resize_delta_r"][0])) > 50
+    coarse = texture_metrics(grating(n, n, 32, 0.0)[None, None].float())
+    assert abs(float(coarse["resize_delta_r"][0])) < 0.1
+
+
+# ----------------------------------------------------------------------------- checkerboard
+
+
+def test_odena_checkerboards() -> None:
+    ones = torch.ones(1, 1, 64, 64)
+    k3 = nn.ConvTranspose2d(1, 1, 3, stride=2, bias=False)
+    k4 = nn.ConvTranspose2d(1, 1, 4, stride=2, bias=False)
+    conv = nn.Conv2d(1, 1, 3, bias=False)
+    for layer in (k3, k4, conv):
+        nn.init.ones_(layer.weight)
+    with torch.no_grad():
+        out3 = k3(ones)[..., 1:-2, 1:-2]  # even-sized interior, away from the borders
+        out4 = k4(ones)[..., 2:-2, 2:-2]
+        resize_conv = conv(F.interpolate(ones, scale_factor=2, mode="nearest"))
+    assert set(out3.unique().tolist()) == {1.0, 2.0, 4.0}
+    assert float(texture_metrics(out3)["checkerboard_energy"][0]) == pytest.approx(1.0, abs=1e-6)
+    assert float(texture_metrics(out4)["checkerboard_energy"][0]) == 0.0
+    assert float(texture_metrics(resize_conv)["checkerboard_energy"][0]) == 0.0
+
+    torch.manual_seed(0)
+    deconv = nn.ConvTranspose2d(8, 3, 3, stride=2, padding=1, output_padding=1)
+    upconv = nn.Sequential(
+        nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(8, 3, 3, padding=1)
+    )
+    gen = torch.Generator().manual_seed(1)
+    latent = F.avg_pool2d(torch.randn(4, 8, 38, 38, generator=gen), 7, stride=1)
+    with torch.no_grad():
+        a = texture_metrics(deconv(latent))["checkerboard_energy"]
+        b = texture_metrics(upconv(latent))["checkerboard_energy"]
+    assert bool((a > 0.2).all() and (a > 20 * b).all()), (a, b)
+
+
+# ----------------------------------------------------------------------------- the numpy reference
+
+
+def random_texture(rng: np.random.Generator, c: int, h: int, w: int) -> np.ndarray:
+    """A few random gratings (one dominant), a ramp and noise: textured, with a clear f*."""
+    yy, xx = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+    img = np.zeros((c, h, w))
+    for k in range(int(rng.integers(1, 4))):
+        period = rng.uniform(4, min(h, w) / 4)
+        angle = rng.uniform(0, np.pi)
+        amp = rng.uniform(0.4, 1.0) * (1.0 if k == 0 else 0.3)
+        wave = np.cos(
+            2 * np.pi * (xx * np.cos(angle) + yy * np.sin(angle)) / period + rng.uniform(0, 6)
+        )
+        img += amp * wave[None] * rng.uniform(0.5, 1.0, (c, 1, 1))
+    return img + 0.1 * rng.standard_normal((c, h, w)) + rng.uniform(0, 1) * (xx / w)[None]
+
+
+REFERENCE_CASES = [
+    # (channels, H, W, window, masked, ref, local_window)
+    (3, 48, 64, "hann", False, None, 16),
+    (1, 45, 57, "tukey", True, "image", None),
+    (4, 64, 64, "periodic_smooth", False, "radius", None),
+    (1, 40, 72, "none", True, None, None),
+    (3, 45, 57, "hann", True, "image", 16),
+    (4, 33, 40, "hann", False, None, None),
+]
+
+
+@pytest.mark.parametrize(
+    ("c", "h", "w", "window", "masked", "ref", "local_window"), REFERENCE_CASES
+)
+def test_every_metric_matches_the_numpy_reference(
+    c: int, h: int, w: int, window: str, masked: bool, ref: str | None, local_window: int | None
+) -> None:
+    rng = np.random.default_rng(h * 100 + w + c)
+    batch = 2
+    images = np.stack([random_texture(rng, c, h, w) for _ in range(batch)])
+    mask = None
+    if masked:
+        _, xx = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+        edge = rng.uniform(0.2, 0.4) * w
+        mask = np.stack([1 / (1 + np.exp(-(xx - edge * (1 + i * 0.3)) / 3)) for i in range(batch)])[
+            :, None
+        ]
+    ref_value: np.ndarray | float | None = None
+    if ref == "image":
+        ref_value = random_texture(rng, 3, 32, 40)
+    elif ref == "radius":
+        ref_value = 7.5
+    assert_matches_reference(images, mask, ref_value, window, local_window)
+
+
+def assert_matches_reference(
+    images: np.ndarray,
+    mask: np.ndarray | None,
+    ref: np.ndarray | float | None,
+    window: str,
+    local_window: int | None,
+) -> None:
+    """The one comparison helper: every key, every image, torch float32 vs numpy float64."""
+    x = torch.from_numpy(images).float()
+    torch_ref = torch.from_numpy(ref).float()[None] if isinstance(ref, np.ndarray) else ref
+    got = texture_metrics(
+        x,
+        mask=None if mask is None else torch.from_numpy(mask).float(),
+        ref=torch_ref,
+        window=window,
+        local_map=local_window is not None,
+        local_window=local_window,
+    )
+    expected_keys = set(METRIC_KEYS) | (set(LOCAL_MAP_KEYS) if local_window else set())
+    assert set(got) == expected_keys
+    for i in range(images.shape[0]):
+        want = reference.metrics(
+            images[i].astype(np.float32).astype(np.float64),
+            mask=None if mask is None else mask[i, 0],
+            ref=ref,
+            window=window,
+            local_window=local_window,
+        )
+        for key, value in want.items():
+            actual = float(got[key][i])
+            if math.isnan(value):
+                assert math.isnan(actual), (key, i, actual)
+                continue
+            atol = 2e-3 if key == "resize_delta_r" else 1e-5
+            assert actual == pytest.approx(value, rel=2e-3, abs=atol), (key, i, actual, value)
+
+
+def test_latent_health_matches_the_reference_and_counts_nonfinite_first() -> None:
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(4, 4, 64, 64, generator=gen)
+    x[1, 0, 0, :3] = torch.tensor([math.nan, math.inf, -math.inf])
+    x[2] = math.nan
+    x[3] *= 2.0
+    got = latent_health(x)
+    assert tuple(got) == HEALTH_KEYS
+    for i in range(4):
+        want = reference.health(x[i].numpy())
+        for key in HEALTH_KEYS:
+            actual, value = float(got[key][i]), want[key]
+            if math.isnan(value):
+                assert math.isnan(actual), key
+            else:
+                assert actual == pytest.approx(value, rel=1e-4, abs=1e-6), key
+    assert float(got["nonfinite"][1]) == 3
+    assert float(got["clip_fraction"][0]) == pytest.approx(0.0027, abs=0.0008)  # unit variance
+    assert float(got["clip_fraction"][3]) > 0.1
+
+
+# ----------------------------------------------------------------------------- local period map
+
+
+def test_doubled_period_zone_raises_band_score() -> None:
+    h, w = 256, 384
+    yy, xx = coords(h, w)
+    t = xx * math.cos(0.5) + yy * math.sin(0.5)
+    base, doubled = torch.cos(2 * math.pi * t / 12), torch.cos(2 * math.pi * t / 24)
+    gen = torch.Generator().manual_seed(2)
+    images = torch.stack(
+        [base, torch.where(xx >= 0.6 * w, doubled, base), torch.where(yy >= 0.6 * h, doubled, base)]
+    )[:, None] + 0.05 * torch.randn(3, 1, h, w, generator=gen, dtype=torch.float64)
+    m = texture_metrics(images.float(), local_map=True)
+    score, run = m["band_score"], m["band_max_run"]
+    assert float(score[0]) == 0.0 and float(run[0]) == 0.0
+    assert float(score[1]) > 0.9 and float(run[1]) >= 3
+    assert float(score[2]) > 0.9 and float(run[2]) >= 2
+
+    periods = local_period_map(images.float())
+    assert periods.shape == (3, (h - 96) // 32 + 1, (w - 96) // 32 + 1)
+    assert torch.allclose(periods[0], torch.full_like(periods[0], 12.0), atol=0.3)
+    assert band_scores(periods)[0].tolist() == score.tolist()
+
+
+def test_local_map_is_nan_where_the_mask_is_missing() -> None:
+    image = grating(128, 128, 8, 0.0)[None, None].float()
+    mask = torch.zeros(1, 1, 128, 128)
+    mask[..., :, :64] = 1.0
+    periods = local_period_map(image, mask=mask, window_size=32, stride=32)
+    assert torch.isnan(periods[0, :, 2:]).all()
+    assert torch.allclose(periods[0, :, :2], torch.full((4, 2), 8.0), atol=0.2)
+    assert torch.isnan(band_scores(torch.full((1, 3, 3), math.nan))[0]).all()
+
+
+# ----------------------------------------------------------------------------- robustness
+
+
+def test_nonfinite_image_gets_nan_without_poisoning_the_batch() -> None:
+    good = torch.stack([grating(64, 64, p, 0.0) for p in (8, 16)])[:, None].float()
+    batch = torch.cat([good[:1], torch.full_like(good[:1], math.nan), good[1:]])
+    batch[1, 0, 0, 0] = 0.0
+    m = texture_metrics(batch, local_map=True)
+    alone = texture_metrics(good, local_map=True)
+    for key, value in m.items():
+        assert value.dtype == torch.float32 and value.shape == (3,)
+        assert math.isnan(float(value[1])), key
+        both = torch.stack([value[0], value[2]])
+        assert torch.allclose(both, alone[key], equal_nan=True), key
+
+
+def test_half_precision_and_autocast_compute_in_float32() -> None:
+    x = (grating(64, 64, 8, 30.0)[None, None] + 0.1).to(torch.bfloat16)
+    base = texture_metrics(x.float())
+    for value in (texture_metrics(x), texture_metrics(x.half())):
+        for key in METRIC_KEYS:
+            assert value[key].dtype == torch.float32
+            assert torch.allclose(value[key], base[key], rtol=1e-2, atol=1e-4, equal_nan=True), key
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = texture_metrics(x.float())
+    for key in METRIC_KEYS:
+        assert torch.allclose(inside[key], base[key], equal_nan=True), key
+
+
+def test_constant_or_empty_images_have_no_period() -> None:
+    flat = torch.full((1, 1, 32, 32), 0.5)
+    m = texture_metrics(flat)
+    assert math.isnan(float(m["fundamental_radius_bin"][0]))
+    assert math.isnan(float(m["E2f_over_Ef"][0]))
+    assert float(m["checkerboard_energy"][0]) == 0.0
+    assert float(m["shift_mse_dx1"][0]) == 0.0
+    masked = texture_metrics(
+        grating(32, 32, 8, 0.0)[None, None].float(), mask=torch.zeros(1, 1, 32, 32)
+    )
+    assert math.isnan(float(masked["fundamental_radius_bin"][0]))
+    assert math.isnan(float(masked["shift_mse_dx1"][0]))
+
+
+def test_bad_inputs_raise_clear_errors() -> None:
+    x = torch.rand(2, 3, 32, 32)
+    with pytest.raises(ValueError, match="`x` must have shape"):
+        texture_metrics(torch.rand(3, 32, 32))
+    with pytest.raises(TypeError, match="floating-point"):
+        texture_metrics(torch.ones(1, 1, 32, 32, dtype=torch.int64))
+    with pytest.raises(ValueError, match="at least 8x8"):
+        texture_metrics(torch.rand(1, 1, 4, 32))
+    with pytest.raises(ValueError, match="`mask` must have shape"):
+        texture_metrics(x, mask=torch.ones(2, 3, 32, 32))
+    with pytest.raises(ValueError, match="`mask` must match"):
+        texture_metrics(x, mask=torch.ones(2, 1, 16, 16))
+    with pytest.raises(ValueError, match="`window` must be one of"):
+        texture_metrics(x, window="kaiser")
+    with pytest.raises(ValueError, match="`ref` must hold 1 or 2 images"):
+        texture_metrics(x, ref=torch.rand(3, 3, 32, 32))
+    with pytest.raises(ValueError, match="`r_bins`"):
+        texture_metrics(x, r_bins=0)
+    with pytest.raises(ValueError, match="same shape"):
+        diff_heatmap(x, torch.rand(2, 3, 16, 16))
+    with pytest.raises(ValueError, match="`period_map`"):
+        band_scores(torch.rand(4, 4))
+    with pytest.raises(ValueError, match="`clip_range`"):
+        latent_health(x, clip_range=0.0)
+
+
+# ----------------------------------------------------------------------------- views and pixels
+
+
+def test_spectrum_views_agree_with_the_metrics() -> None:
+    h, w = 96, 128
+    x = torch.stack([grating(h, w, 8, 30.0), grating(h, w, 16, 0.0)])[:, None].float()
+    views = spectrum_views(x, r_bins=128)
+    m = texture_metrics(x, r_bins=128)
+    assert views.log_power.shape == (2, h, w) and views.acf_image.shape == (2, h, w)
+    assert views.radii.shape == (128,) and views.radial_profile.shape == (2, 128)
+    assert torch.allclose(views.fundamental_radius, m["fundamental_radius_bin"])
+    assert torch.allclose(views.acf_period, m["acf_first_peak_radius_bin"], equal_nan=True)
+    assert torch.allclose(views.acf_image[:, h // 2, w // 2], torch.ones(2))
+    strongest = views.radii[views.radial_profile.argmax(dim=1)]
+    assert torch.allclose(strongest, views.fundamental_radius, atol=2 * float(views.radii[0]) + 0.5)
+    assert torch.allclose(views.direction.norm(dim=1), torch.ones(2))
+    assert views.acf_profile.shape == (2, views.acf_lags.shape[0])
+    peak = views.log_power[1].flatten().argmax()
+    assert abs(int(peak % w) - w // 2) == round(max(h, w) / 16)  # the 0° grating's peak column
+
+
+def test_diff_heatmap_scales_and_clamps() -> None:
+    a = torch.zeros(1, 3, 16, 16)
+    b = a.clone()
+    b[..., :4, :4] = 0.1
+    b[..., 8:, 8:] = 1.0
+    heat = diff_heatmap(a, b, scale=4.0)
+    assert heat.shape == (1, 16, 16)
+    assert float(heat[0, 0, 0]) == pytest.approx(0.4)
+    assert float(heat[0, 10, 10]) == 1.0 and float(heat[0, 6, 6]) == 0.0
+
+
+def test_sobel_anomalies_find_a_planted_region() -> None:
+    gen = torch.Generator().manual_seed(4)
+    image = 0.5 + 0.01 * torch.randn(2, 1, 64, 64, generator=gen)
+    image[0, 0, 20:30, 40:52] += 0.5
+    found = sobel_anomalies(image, threshold=8.0)
+    assert len(found) == 2 and isinstance(found[0], AnomalyRegions)
+    assert found[0].count == 1
+    y0, x0, y1, x1 = found[0].boxes[0]
+    assert (y0, x0, y1, x1) == (19, 39, 31, 53)  # the step's edges, one px either side
+    assert 0 < found[0].area_share < (12 * 14) / 64**2
+    assert found[1].count == 0 and found[1].boxes == ()

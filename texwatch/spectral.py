@@ -1,0 +1,1273 @@
+r"""Spectral texture metrics: batched torch functions on ``(B, C, H, W)`` images, any device.
+
+Everything is computed in float32 (float64 when the input is float64), whatever the input dtype
+(fp16/bf16 latents included), and returned as float32 ``(B,)`` tensors on the input's device.
+An image holding a NaN or an infinity gets NaN metrics; the rest of the batch is untouched.
+
+Definitions (enough to check any number by hand)
+------------------------------------------------
+**Signal.** RGB (C = 3) becomes Rec.709 luma ``0.2126 R + 0.7152 G + 0.0722 B``; any other C is
+kept per channel (latents) and the *power spectra* of the channels are averaged. The mask
+``m`` (``B×1×H×W`` or ``1×1×H×W``, values in [0, 1], default ones) and the window ``w`` form the
+weight ``v = m·w``; ``y = (luma − mean_v(luma))·v`` where ``mean_v`` is the ``v``-weighted mean,
+so ``y`` has exactly zero DC. Windows: ``"hann"`` (periodic 2-D Hann, default), ``"tukey"``
+(periodic, α = 0.5), ``"none"`` (rectangular) and ``"periodic_smooth"`` (no window; Moisan's
+periodic component ``p = y − s`` of ``y``, whose spectrum has no boundary "axis cross").
+
+**Spectrum.** ``P = |FFT2(y)|²`` (mean over channels). Frequency indices ``kx ∈ [−W/2, W/2)``,
+``ky ∈ [−H/2, H/2)``; the *radius* of a bin is ``r = N·√((kx/W)² + (ky/H)²)`` with
+``N = max(H, W)``: FFT-index pixels, so a grating of period T px peaks at ``r = N/T`` at every
+angle (on a square image, exactly the FFT index). ``r_max = N/√2`` (the corner); ``r_bins`` rings
+from centre to corner (never narrower than one radius unit) carry the noise floor below, and
+"one bin" means ``r_max / r_bins``. Bins within ``√(kx² + ky²) < 2.5`` of DC (the Hann main
+lobe, ±2 bins, plus margin) are the *DC lobe*: excluded from every peak search and ring sum.
+
+**f\*** (``fundamental_radius_bin``, radius units). The reference's soft-argmax of ring *means*
+lands on the DC lobe; texwatch looks for 2-D peaks over a noise floor instead:
+
+1. noise floor per ring: ``F = exp(mean(ln(P + ε)) + γ)`` over the ring's non-lobe bins
+   (γ = 0.5772 is Euler's constant: for exponentially distributed noise power this is the mean
+   power, while a texture's few peak bins barely move a mean of logarithms);
+   ``ε = 1e-9 × mean non-lobe power``;
+2. ``S(k)`` = power summed over the 3×3 bins around ``k`` (lobe bins count as 0), which also
+   undoes the scalloping of off-bin peaks; prominence ``S / 9F``, excess ``S − 9F``;
+3. the peak is the bin of largest excess among bins with prominence ≥ 10 (significant peaks),
+   or, when there is none, the bin of largest prominence;
+4. sub-bin refinement: a parabola through ``ln P`` at the peak and its two neighbours, along
+   ``kx`` and along ``ky`` separately (offsets clamped to ±1 bin);
+5. ``f* = N·√((kx*/W)² + (ky*/H)²)``. NaN when the image has no non-lobe power (constant image,
+   empty mask). Periods longer than ``N/2.5`` px cannot be seen (they sit in the DC lobe).
+
+``ref_radius_bin``: the same estimator on the reference batch, converted to *x's* radius units
+(``f_ref · N_x / N_ref``, i.e. the same period in px), or the radius given directly.
+
+**Energy ratios.** ``E(r) = Σ_k P(k)·g(|k| − r)``: a ring *sum* (no division by the ring's
+circumference) with a Gaussian profile ``g(d) = exp(−d²/2σ²)``, ``σ = ring_width / 2.3548``
+(FWHM = ``ring_width``), cut to ``|d| ≤ ring_width``. ``E2f_over_Ef = E(2f)/E(f)``,
+``Ehalf_over_Ef = E(f/2)/E(f)``, with ``f`` = ``ref_radius_bin`` when a reference is given
+(then > 1 means the model put more energy on a harmonic than where it should be), else f\*.
+``axis_ratio_at_f``: the share of ``E(f)`` in bins on the two axes (``kx = 0`` or ``ky = 0``,
+i.e. less than one bin from an axis): the FFT boundary "axis cross".
+
+**ACF period** (``acf_first_peak_radius_bin``, in px). ``ACF = IFFT2(|FFT2(y, 2H×2W)|²)`` — the
+zero-padded, linear (not circular) autocorrelation (Wiener–Khinchin) — divided by the same
+autocorrelation of the weight ``v`` (so the window's decay does not pull peaks toward 0) and
+normalised to 1 at lag 0. It is sampled every 1 px along the direction of the f\* peak (a radial
+average fails on anisotropic textures such as bricks) while the weight's overlap stays ≥ 10 %
+of its lag-0 value. The period is the first local maximum whose topographic prominence (height
+above the higher of the two lowest points that separate it from higher ground) is ≥ 0.1,
+refined with a parabola through its neighbours; NaN when there is none.
+
+**Pixel-domain aliasing** (on the un-windowed luma / channels, mask as weight, a 2-px border
+excluded): ``shift_mse_dx1`` = weighted mean of ``(y[i, j+1] − y[i, j])²`` with weight
+``m[i, j]·m[i, j+1]``, ``shift_mse_dy1`` likewise along rows; ``resize_mse_downUp`` = weighted
+MSE between the image and the image resized to ``(H//2, W//2)`` and back with antialiased
+bicubic resampling (Keys a = −0.5, as PIL and ``torch.nn.functional.interpolate(...,
+antialias=True)``); ``resize_delta_r`` = f\*(resized) − f\*(image).
+
+**checkerboard_energy**: share of the non-DC power in the Nyquist band ``|kx| ≥ W//2 − 1`` or
+``|ky| ≥ H//2 − 1`` (where transposed-convolution checkerboards put theirs); 0 for an image
+with no power at all.
+
+**Local period map** (``local_map=True``): f\* on sliding windows (``window_size`` px, default
+``min(96, min(H, W)//2)``, stride ``window_size//3``), each with its own mask/mean/Hann, all in
+one batched FFT; period = ``window_size / f*``; NaN where the window's mask mean is < 0.3.
+``band_scores``: windows whose period is within ±20 % of twice the map's median are "doubled";
+their share per map row and per map column is smoothed with a 3-tap mean; the axis whose
+row- (column-) mean period has the larger spread is the trend axis; ``band_score`` is the
+largest smoothed share along it and ``band_max_run`` the longest run of smoothed shares ≥ 0.35
+(in windows).
+
+Examples:
+    >>> import torch
+    >>> from texwatch.spectral import texture_metrics
+    >>> yy, xx = torch.meshgrid(torch.arange(256.0), torch.arange(256.0), indexing="ij")
+    >>> grating = (0.5 + 0.5 * torch.cos(2 * torch.pi * xx / 16)).expand(1, 1, 256, 256)
+    >>> round(float(texture_metrics(grating)["fundamental_radius_bin"][0]))  # 256 / 16
+    16
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "HEALTH_KEYS",
+    "LOCAL_MAP_KEYS",
+    "METRIC_KEYS",
+    "WINDOWS",
+    "AnomalyRegions",
+    "SpectrumViews",
+    "band_scores",
+    "diff_heatmap",
+    "latent_health",
+    "local_period_map",
+    "power_spectrum",
+    "ring_energy",
+    "sobel_anomalies",
+    "sobel_magnitude",
+    "spectrum_views",
+    "texture_metrics",
+]
+
+METRIC_KEYS: tuple[str, ...] = (
+    "fundamental_radius_bin",
+    "acf_first_peak_radius_bin",
+    "E2f_over_Ef",
+    "Ehalf_over_Ef",
+    "axis_ratio_at_f",
+    "shift_mse_dx1",
+    "shift_mse_dy1",
+    "resize_mse_downUp",
+    "resize_delta_r",
+    "ref_radius_bin",
+    "checkerboard_energy",
+)
+"""Keys of :func:`texture_metrics`, always present."""
+
+LOCAL_MAP_KEYS: tuple[str, ...] = ("band_score", "band_max_run")
+"""Extra keys of :func:`texture_metrics` with ``local_map=True``."""
+
+HEALTH_KEYS: tuple[str, ...] = (
+    "mean",
+    "std",
+    "min",
+    "max",
+    "nonfinite",
+    "clip_fraction",
+    "clip_excess",
+)
+"""Keys of :func:`latent_health`."""
+
+WINDOWS: tuple[str, ...] = ("hann", "tukey", "periodic_smooth", "none")
+"""Accepted ``window`` names."""
+
+_LUMA = (0.2126, 0.7152, 0.0722)
+_MIN_SIZE = 8
+_LOBE_RADIUS = 2.5  # FFT-index bins around DC that belong to the window's main lobe
+_PEAK_PROMINENCE = 10.0  # 3x3 power over 9 x noise floor for a significant spectral peak
+_EULER_GAMMA = 0.5772156649015329
+_FLOOR_EPS = 1e-9  # relative to the mean non-lobe power
+_TUKEY_ALPHA = 0.5
+_ACF_PROMINENCE = 0.1
+_ACF_MIN_OVERLAP = 0.1
+_BORDER = 2
+_LOCAL_WINDOW = 96
+_LOCAL_MIN_MASK = 0.3
+_BAND_TOLERANCE = 0.2
+_BAND_RUN_SHARE = 0.35
+_FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
+
+
+# ----------------------------------------------------------------------------- input checks
+
+
+def _check_images(x: object, name: str) -> Tensor:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"`{name}` must be a torch.Tensor, got {type(x).__name__}")
+    if x.ndim != 4:
+        raise ValueError(f"`{name}` must have shape (B, C, H, W), got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise TypeError(f"`{name}` must be a floating-point tensor, got dtype {x.dtype}")
+    b, c, h, w = x.shape
+    if b == 0 or c == 0:
+        raise ValueError(f"`{name}` needs at least one image and one channel, got {tuple(x.shape)}")
+    if h < _MIN_SIZE or w < _MIN_SIZE:
+        raise ValueError(f"`{name}` must be at least {_MIN_SIZE}x{_MIN_SIZE} px, got {h}x{w}")
+    return x
+
+
+def _check_window(window: object) -> str:
+    if window not in WINDOWS:
+        raise ValueError(f"`window` must be one of {WINDOWS}, got {window!r}")
+    return str(window)
+
+
+def _check_positive_int(value: object, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"`{name}` must be a positive int, got {value!r}")
+    return value
+
+
+def _check_positive_float(value: object, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"`{name}` must be a positive number, got {value!r}")
+    return float(value)
+
+
+def _work_dtype(x: Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _prepare_mask(mask: object, x: Tensor, dtype: torch.dtype, name: str = "mask") -> Tensor | None:
+    """Validate a ``(B|1, 1, H, W)`` mask against ``x`` and cast it to the working dtype."""
+    if mask is None:
+        return None
+    if not isinstance(mask, Tensor):
+        raise TypeError(f"`{name}` must be a torch.Tensor or None, got {type(mask).__name__}")
+    b, _, h, w = x.shape
+    if mask.ndim != 4 or mask.shape[1] != 1 or mask.shape[0] not in (1, b):
+        raise ValueError(
+            f"`{name}` must have shape ({b} or 1, 1, {h}, {w}), got {tuple(mask.shape)}"
+        )
+    if tuple(mask.shape[-2:]) != (h, w):
+        raise ValueError(f"`{name}` must match the images' {h}x{w} pixels, got {tuple(mask.shape)}")
+    return mask.to(device=x.device, dtype=dtype)
+
+
+@contextmanager
+def _full_precision(device: torch.device) -> Iterator[None]:
+    """Disable autocast: FFTs, logarithms and ratios here need float32 or better."""
+    with torch.autocast(device_type=device.type, enabled=False):
+        yield
+
+
+def _finite_images(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Images with any NaN/inf replaced by zeros (so they cannot poison batched ops) + flags."""
+    finite = torch.isfinite(x).flatten(1).all(dim=1)  # (B,)
+    clean = torch.where(
+        finite[:, None, None, None], x, torch.zeros((), dtype=x.dtype, device=x.device)
+    )
+    return clean, finite
+
+
+def _channels(x: Tensor, dtype: torch.dtype) -> Tensor:
+    """(B, C, H, W) -> (B, C', H, W): Rec.709 luma for RGB, the channels themselves otherwise."""
+    x = x.to(dtype)
+    if x.shape[1] == 3:
+        weights = torch.tensor(_LUMA, dtype=dtype, device=x.device)
+        return (x * weights[:, None, None]).sum(dim=1, keepdim=True)
+    return x
+
+
+# ----------------------------------------------------------------------------- windows
+
+
+@lru_cache(maxsize=64)
+def _window_1d(kind: str, n: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    t = torch.arange(n, dtype=torch.float64) / n
+    if kind == "hann":
+        w = 0.5 - 0.5 * torch.cos(2 * math.pi * t)
+    elif kind == "tukey":
+        a = _TUKEY_ALPHA
+        w = torch.ones(n, dtype=torch.float64)
+        left = t < a / 2
+        right = t > 1 - a / 2
+        w[left] = 0.5 - 0.5 * torch.cos(2 * math.pi * t[left] / a)
+        w[right] = 0.5 - 0.5 * torch.cos(2 * math.pi * (1 - t[right]) / a)
+    else:
+        w = torch.ones(n, dtype=torch.float64)
+    return w.to(device=device, dtype=dtype)
+
+
+def _window_2d(kind: str, h: int, w: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    return _window_1d(kind, h, device, dtype)[:, None] * _window_1d(kind, w, device, dtype)[None, :]
+
+
+def _periodic_component(u: Tensor) -> Tensor:
+    """Moisan's periodic-plus-smooth decomposition of (..., H, W): return the periodic part.
+
+    The smooth part ``s`` solves ``Δs = v`` (periodic discrete Laplacian), ``v`` being the jumps
+    across the image's opposite borders; only 1-D FFTs of the borders and one inverse FFT.
+    """
+    h, w = u.shape[-2:]
+    a = u[..., -1, :] - u[..., 0, :]  # (..., W) jump between last and first row
+    b = u[..., :, -1] - u[..., :, 0]  # (..., H) jump between last and first column
+    a_hat = torch.fft.rfft(a, dim=-1)  # (..., W//2+1)
+    b_hat = torch.fft.fft(b, dim=-1)  # (..., H)
+    q = torch.arange(h, device=u.device, dtype=u.dtype)
+    r = torch.arange(w // 2 + 1, device=u.device, dtype=u.dtype)
+    one_q = 1 - torch.exp(2j * math.pi * q / h)  # (H,)
+    one_r = 1 - torch.exp(2j * math.pi * r / w)  # (W//2+1,)
+    v_hat = a_hat[..., None, :] * one_q[:, None] + b_hat[..., :, None] * one_r[None, :]
+    lap = (
+        2 * torch.cos(2 * math.pi * q / h)[:, None]
+        + 2 * torch.cos(2 * math.pi * r / w)[None, :]
+        - 4
+    )
+    lap[0, 0] = 1.0
+    s_hat = v_hat / lap
+    s_hat[..., 0, 0] = 0
+    return u - torch.fft.irfft2(s_hat, s=(h, w))
+
+
+def _apodize(ch: Tensor, mask: Tensor | None, window: str) -> Tensor:
+    """(B, C, H, W) -> weighted-mean-free, masked, windowed signal ``y`` (same shape)."""
+    h, w = ch.shape[-2:]
+    weight: Tensor | None = mask
+    if window in ("hann", "tukey"):
+        win = _window_2d(window, h, w, ch.device, ch.dtype)
+        weight = win[None, None] if weight is None else weight * win
+    if weight is None:
+        y = ch - ch.mean(dim=(-2, -1), keepdim=True)
+    else:
+        total = weight.sum(dim=(-2, -1), keepdim=True)
+        mean = (ch * weight).sum(dim=(-2, -1), keepdim=True) / total.clamp_min(1e-30)
+        y = (ch - mean) * weight
+    if window == "periodic_smooth":
+        y = _periodic_component(y)
+    return y
+
+
+def _power(y: Tensor, padded: bool) -> Tensor:
+    """Half-plane power ``|rfft2|²`` averaged over channels: (B, H', W'//2+1), H' = 2H if padded."""
+    h, w = y.shape[-2:]
+    spec = torch.fft.rfft2(y, s=(2 * h, 2 * w) if padded else (h, w))
+    return (spec.real.square() + spec.imag.square()).mean(dim=1)
+
+
+# ----------------------------------------------------------------------------- frequency grid
+
+
+@dataclass(frozen=True)
+class _Grid:
+    """Half-plane frequency geometry of an H×W image (rfft layout: rows = ky in FFT order)."""
+
+    h: int
+    w: int
+    n: int  # max(H, W): radius unit
+    r_max: float  # corner radius
+    ky: Tensor  # (H,) signed row frequency index
+    radius: Tensor  # (H, Wh)
+    weight: Tensor  # (H, Wh) multiplicity (1 or 2) of a half-plane bin in the full plane, 0 in lobe
+    mult: Tensor  # (H, Wh) multiplicity including lobe bins
+    lobe: Tensor  # (H, Wh) bool
+    axis: Tensor  # (H, Wh) bool
+    nyquist: Tensor  # (H, Wh) bool
+    ring: Tensor  # (H*Wh,) floor ring of each bin
+    ring_count: Tensor  # (n_rings,) non-lobe bins per ring (with multiplicity)
+    n_rings: int
+    profile_bin: Tensor  # (H*Wh,) index of the r_bins profile bin (clamped)
+    r_bins: int
+    splat_lo: Tensor  # (H*Wh,) lower profile bin of the linear splat
+    splat_hi: Tensor  # (H*Wh,) upper profile bin
+    splat_frac: Tensor  # (H*Wh,) share going to the upper bin
+    smooth_kernel: Tensor  # (1, 1, K) Gaussian of one radius unit, in profile bins
+    ext_rows: Tensor  # (H+2, Wh+2) indices of the half-plane extended by one bin on each side
+    ext_cols: Tensor
+    full_rows: Tensor  # (H, W) indices that rebuild the full plane (FFT order) from the half
+    full_cols: Tensor
+
+
+@lru_cache(maxsize=64)
+def _grid(h: int, w: int, r_bins: int, device: torch.device, dtype: torch.dtype) -> _Grid:
+    wh = w // 2 + 1
+    n = max(h, w)
+    rows_k = torch.arange(h)
+    ky = torch.where(rows_k <= (h - 1) // 2, rows_k, rows_k - h).to(torch.float64)  # FFT order
+    kx = torch.arange(wh, dtype=torch.float64)
+    radius = n * torch.sqrt((kx[None, :] / w) ** 2 + (ky[:, None] / h) ** 2)
+    lobe = (kx[None, :] ** 2 + ky[:, None] ** 2) < _LOBE_RADIUS**2
+    mult = torch.full((h, wh), 2.0, dtype=torch.float64)
+    mult[:, 0] = 1.0
+    if w % 2 == 0:
+        mult[:, -1] = 1.0
+    weight = mult * (~lobe)
+    r_max = n / math.sqrt(2.0)
+    ring_width = max(r_max / r_bins, 1.0)
+    n_rings = int(r_max // ring_width) + 1
+    # + 1e-9: a bin exactly on a ring edge belongs to the outer ring despite rounding
+    ring = torch.clamp((radius / ring_width + 1e-9).floor().long(), max=n_rings - 1).flatten()
+    ring_count = torch.zeros(n_rings, dtype=torch.float64).index_add_(0, ring, weight.flatten())
+    profile_bin = torch.clamp(
+        (radius / (r_max / r_bins) + 1e-9).floor().long(), max=r_bins - 1
+    ).flatten()
+    bin_width = r_max / r_bins
+    pos = (radius / bin_width - 0.5).clamp(0, r_bins - 1).flatten()
+    splat_lo = pos.floor().long()
+    splat_frac = pos - splat_lo
+    splat_hi = (splat_lo + 1).clamp(max=r_bins - 1)
+    sigma_bins = max(1.0 / bin_width, 0.5)
+    half = int(math.ceil(3 * sigma_bins))
+    taps = torch.exp(
+        -(torch.arange(-half, half + 1, dtype=torch.float64) ** 2) / (2 * sigma_bins**2)
+    )
+    smooth_kernel = (taps / taps.sum()).view(1, 1, -1)
+    axis = (kx[None, :] == 0) | (ky[:, None] == 0)
+    nyquist = (kx[None, :] >= w // 2 - 1) | (ky[:, None].abs() >= h // 2 - 1)
+    # Extended half plane: one more row above/below (circular) and one column each side,
+    # mirrored through the origin (P(kx, ky) = P(-kx, -ky)) to stay inside the half plane.
+    rows = torch.arange(-1, h + 1) % h
+    flipped = (-rows) % h
+    ext_rows = rows[:, None].repeat(1, wh + 2)
+    ext_cols = torch.arange(-1, wh + 1)[None, :].repeat(h + 2, 1)
+    ext_rows[:, 0] = flipped
+    ext_cols[:, 0] = 1
+    ext_rows[:, -1] = flipped
+    ext_cols[:, -1] = w - (w // 2 + 1)
+    full_k = torch.arange(w)
+    mirror = full_k > w // 2
+    full_cols = torch.where(mirror, w - full_k, full_k)[None, :].repeat(h, 1)
+    rows_h = torch.arange(h)[:, None].repeat(1, w)
+    full_rows = torch.where(mirror[None, :], (-rows_h) % h, rows_h)
+
+    def put(t: Tensor) -> Tensor:
+        return t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype)
+
+    return _Grid(
+        h=h,
+        w=w,
+        n=n,
+        r_max=r_max,
+        ky=put(ky),
+        radius=put(radius),
+        weight=put(weight),
+        mult=put(mult),
+        lobe=put(lobe),
+        axis=put(axis),
+        nyquist=put(nyquist),
+        ring=put(ring),
+        ring_count=put(ring_count),
+        n_rings=n_rings,
+        profile_bin=put(profile_bin),
+        r_bins=r_bins,
+        splat_lo=put(splat_lo),
+        splat_hi=put(splat_hi),
+        splat_frac=put(splat_frac),
+        smooth_kernel=put(smooth_kernel),
+        ext_rows=put(ext_rows),
+        ext_cols=put(ext_cols),
+        full_rows=put(full_rows),
+        full_cols=put(full_cols),
+    )
+
+
+def _noise_floor(power: Tensor, g: _Grid) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-bin noise floor (N, H, Wh), the log epsilon (N,) and the non-lobe energy (N,)."""
+    n = power.shape[0]
+    total = (power * g.weight).sum(dim=(-2, -1))
+    eps = _FLOOR_EPS * total / g.weight.sum() + torch.finfo(power.dtype).tiny
+    logp = torch.log(power + eps[:, None, None])
+    ring_log = torch.zeros(n, g.n_rings, dtype=power.dtype, device=power.device)
+    ring_log.index_add_(1, g.ring, (logp * g.weight).flatten(1))
+    ring_log = ring_log / g.ring_count.clamp_min(1.0)
+    floor = torch.exp(ring_log + _EULER_GAMMA)[:, g.ring].view_as(power)
+    return floor, eps, total
+
+
+def _peak(power: Tensor, g: _Grid) -> tuple[Tensor, Tensor, Tensor]:
+    """Robust spectral peak of half-plane spectra (N, H, Wh).
+
+    Returns f* (radius units) and the refined peak frequency (fx, fy) in cycles/px, each (N,);
+    NaN for spectra without non-lobe power.
+    """
+    n, h, wh = power.shape
+    floor, eps, total = _noise_floor(power, g)
+    keep = ~g.lobe
+    ext = (power * keep)[:, g.ext_rows, g.ext_cols]  # (N, H+2, Wh+2)
+    box = F.avg_pool2d(ext[:, None], kernel_size=3, stride=1)[:, 0] * 9.0  # (N, H, Wh)
+    floor9 = 9.0 * floor
+    prominence = box / floor9
+    significant = keep & (prominence >= _PEAK_PROMINENCE)
+    neg_inf = torch.tensor(-math.inf, dtype=power.dtype, device=power.device)
+    by_excess = torch.where(significant, box - floor9, neg_inf).flatten(1).argmax(dim=1)
+    by_prominence = torch.where(keep, prominence, neg_inf).flatten(1).argmax(dim=1)
+    idx = torch.where(significant.flatten(1).any(dim=1), by_excess, by_prominence)
+    iy = idx // wh
+    ix = idx % wh
+    batch = torch.arange(n, device=power.device)
+
+    def log_at(dy: int, dx: int) -> Tensor:
+        rows = g.ext_rows[iy + 1 + dy, ix + 1 + dx]
+        cols = g.ext_cols[iy + 1 + dy, ix + 1 + dx]
+        return torch.log(power[batch, rows, cols] + eps)
+
+    centre = log_at(0, 0)
+    dx = _parabola_vertex(log_at(0, -1), centre, log_at(0, 1))
+    dy = _parabola_vertex(log_at(-1, 0), centre, log_at(1, 0))
+    fx = (ix.to(power.dtype) + dx) / g.w
+    fy = (g.ky[iy] + dy) / g.h
+    radius = g.n * torch.sqrt(fx.square() + fy.square())
+    nan = torch.tensor(math.nan, dtype=power.dtype, device=power.device)
+    empty = total <= 0
+    return (
+        torch.where(empty, nan, radius),
+        torch.where(empty, nan, fx),
+        torch.where(empty, nan, fy),
+    )
+
+
+def _smooth_radial_sums(values: Tensor, g: _Grid) -> Tensor:
+    """Differentiable ring sums (N, r_bins) of half-plane values (N, H, Wh), DC lobe left out.
+
+    Each bin's value is split linearly between the two nearest ring centres, then the profile is
+    smoothed by a Gaussian of one radius unit: rings thinner than the FFT lattice would otherwise
+    hold a varying handful of bins each and make the profile spiky.
+    """
+    flat = (values * g.weight).flatten(1)
+    sums = torch.zeros(values.shape[0], g.r_bins, dtype=values.dtype, device=values.device)
+    sums = sums.index_add(1, g.splat_lo, flat * (1 - g.splat_frac))
+    sums = sums.index_add(1, g.splat_hi, flat * g.splat_frac)
+    half = g.smooth_kernel.shape[-1] // 2
+    return F.conv1d(sums[:, None], g.smooth_kernel, padding=half)[:, 0]
+
+
+def _parabola_vertex(left: Tensor, centre: Tensor, right: Tensor, limit: float = 1.0) -> Tensor:
+    """Offset of the vertex of the parabola through (-1, left), (0, centre), (1, right)."""
+    curvature = left - 2 * centre + right
+    safe = torch.where(curvature < 0, curvature, torch.ones_like(curvature))
+    offset = 0.5 * (left - right) / safe
+    return torch.where(curvature < 0, offset, torch.zeros_like(offset)).clamp(-limit, limit)
+
+
+def _ring_energy(power: Tensor, g: _Grid, radii: Tensor, width: float) -> tuple[Tensor, Tensor]:
+    """Gaussian ring sums E(r) of half-plane spectra (N, H, Wh) at radii (N, R).
+
+    Returns (E, E on the axes), each (N, R). NaN radii give NaN.
+    """
+    sigma = width / _FWHM_PER_SIGMA
+    d = g.radius[None, None] - radii[:, :, None, None]  # (N, R, H, Wh)
+    ring = torch.exp(-d.square() / (2 * sigma**2)) * (d.abs() <= width)
+    ring = torch.where(torch.isnan(d), d, ring) * g.weight
+    weighted = power[:, None] * ring
+    return weighted.sum(dim=(-2, -1)), (weighted * g.axis).sum(dim=(-2, -1))
+
+
+# ----------------------------------------------------------------------------- ACF
+
+
+@lru_cache(maxsize=32)
+def _plain_weight_acf(
+    window: str, h: int, w: int, device: torch.device, dtype: torch.dtype
+) -> Tensor:
+    """Linear autocorrelation (1, 2H, 2W) of the window alone (no mask)."""
+    kind = window if window in ("hann", "tukey") else "none"
+    win = _window_2d(kind, h, w, device, dtype)[None, None]
+    return torch.fft.irfft2(_power(win, padded=True), s=(2 * h, 2 * w))
+
+
+def _weight_acf(mask: Tensor | None, window: str, h: int, w: int, like: Tensor) -> Tensor:
+    if mask is None:
+        return _plain_weight_acf(window, h, w, like.device, like.dtype)
+    weight = mask
+    if window in ("hann", "tukey"):
+        weight = mask * _window_2d(window, h, w, like.device, like.dtype)
+    return torch.fft.irfft2(_power(weight, padded=True), s=(2 * h, 2 * w))
+
+
+def _sample_lags(img: Tensor, lag_y: Tensor, lag_x: Tensor) -> Tensor:
+    """Bilinear samples of circular lag images (N|1, H2, W2) at lags (N, L) -> (N, L)."""
+    n = lag_y.shape[0]
+    h2, w2 = img.shape[-2:]
+    flat = img.reshape(img.shape[0], -1).expand(n, -1)
+    y0 = lag_y.floor()
+    x0 = lag_x.floor()
+    wy = lag_y - y0
+    wx = lag_x - x0
+    y0 = y0.long()
+    x0 = x0.long()
+
+    def at(yy: Tensor, xx: Tensor) -> Tensor:
+        return flat.gather(1, (yy % h2) * w2 + (xx % w2))
+
+    return (
+        (1 - wy) * (1 - wx) * at(y0, x0)
+        + (1 - wy) * wx * at(y0, x0 + 1)
+        + wy * (1 - wx) * at(y0 + 1, x0)
+        + wy * wx * at(y0 + 1, x0 + 1)
+    )
+
+
+def _acf_ray(
+    acf: Tensor, wacf: Tensor, fx: Tensor, fy: Tensor, lags: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Unbiased, normalised ACF sampled at ``lags`` px along the direction of (fx, fy).
+
+    Returns the profile (N, L) (+inf where the weight overlap is < 10 %, and after it), the
+    valid flag per image (a direction exists) and the overlap ratio (N, L).
+    """
+    norm = torch.sqrt(fx.square() + fy.square())
+    ok = torch.isfinite(norm) & (norm > 0)
+    one = torch.ones_like(norm)
+    ux = torch.where(ok, fx / torch.where(ok, norm, one), one)
+    uy = torch.where(ok, fy / torch.where(ok, norm, one), torch.zeros_like(norm))
+    lag_x = lags[None, :] * ux[:, None]
+    lag_y = lags[None, :] * uy[:, None]
+    a = _sample_lags(acf, lag_y, lag_x)
+    wa = _sample_lags(wacf, lag_y, lag_x)
+    # Denominators are made safe before dividing (an empty image has zero ACF and weight), so
+    # that no 0/0 exists even in branches torch.where discards: their gradients would be NaN.
+    w0 = wa[:, :1]
+    overlap = wa / torch.where(w0 > 0, w0, torch.ones_like(w0))
+    inside = torch.cumprod((overlap >= _ACF_MIN_OVERLAP).to(a.dtype), dim=1) > 0
+    unbiased = a / torch.where(inside, wa, torch.ones_like(wa))
+    a0 = unbiased[:, :1]
+    profile = unbiased / torch.where(a0 > 0, a0, torch.ones_like(a0))
+    inf = torch.tensor(math.inf, dtype=a.dtype, device=a.device)
+    return torch.where(inside, profile, inf), ok, overlap
+
+
+def _first_prominent_peak(profile: Tensor, first: int, threshold: float) -> tuple[Tensor, Tensor]:
+    """Index (N,) of the first local maximum at index >= ``first`` whose topographic prominence
+    is >= ``threshold``, and whether there is one. ``profile`` is +inf past its valid part."""
+    n, length = profile.shape
+    idx = torch.arange(length, device=profile.device)
+    here = profile[:, :, None]  # (N, L_j, 1)
+    there = profile[:, None, :]  # (N, 1, L_i)
+    higher = there > here
+    after = idx[None, None, :] > idx[None, :, None]
+    before = idx[None, None, :] < idx[None, :, None]
+    right_hit = higher & after
+    left_hit = higher & before
+    right_stop = torch.where(
+        right_hit.any(dim=-1), right_hit.to(torch.int8).argmax(dim=-1), length - 1
+    )
+    left_stop = torch.where(
+        left_hit.any(dim=-1),
+        length - 1 - left_hit.flip(-1).to(torch.int8).argmax(dim=-1),
+        0,
+    )
+    inf = torch.tensor(math.inf, dtype=profile.dtype, device=profile.device)
+    i = idx[None, None, :]
+    j = idx[None, :, None]
+    right_base = torch.where((i >= j) & (i <= right_stop[..., None]), there, inf).amin(dim=-1)
+    left_base = torch.where((i <= j) & (i >= left_stop[..., None]), there, inf).amin(dim=-1)
+    prominence = profile - torch.maximum(left_base, right_base)
+    prev = torch.cat([profile[:, :1], profile[:, :-1]], dim=1)
+    nxt = torch.cat([profile[:, 1:], profile[:, -1:]], dim=1)
+    is_max = (profile > prev) & (profile >= nxt) & torch.isfinite(profile)
+    is_max = is_max & (idx[None, :] >= max(first, 1)) & (idx[None, :] < length - 1)
+    good = is_max & (prominence >= threshold)
+    return good.to(torch.int8).argmax(dim=1), good.any(dim=1)
+
+
+def _acf_period(acf: Tensor, wacf: Tensor, fx: Tensor, fy: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """ACF period in px (N,), plus the lags (L,) and the profile (N, L) it was read from."""
+    h2, w2 = acf.shape[-2:]
+    length = int(math.ceil(math.hypot(h2, w2) / 4)) + 2
+    lags = torch.arange(length, dtype=acf.dtype, device=acf.device)
+    profile, ok, _ = _acf_ray(acf, wacf, fx, fy, lags)
+    j, found = _first_prominent_peak(profile, first=1, threshold=_ACF_PROMINENCE)
+    rows = torch.arange(profile.shape[0], device=acf.device)
+    jj = j.clamp(1, length - 2)
+    offset = _parabola_vertex(profile[rows, jj - 1], profile[rows, jj], profile[rows, jj + 1], 0.5)
+    period = jj.to(acf.dtype) + offset
+    nan = torch.tensor(math.nan, dtype=acf.dtype, device=acf.device)
+    period = torch.where(found & ok, period, nan)
+    return period, lags, torch.where(torch.isfinite(profile), profile, nan)
+
+
+# ----------------------------------------------------------------------------- analysis
+
+
+@dataclass
+class _Analysis:
+    ch: Tensor  # (B, C', H, W) clean channels
+    mask: Tensor | None
+    finite: Tensor  # (B,)
+    grid: _Grid
+    power: Tensor  # (B, H, Wh)
+    padded: Tensor  # (B, 2H, W+1)
+    radius: Tensor  # (B,) f*
+    fx: Tensor
+    fy: Tensor
+
+
+def _analyse(x: Tensor, mask: object, window: str, r_bins: int) -> _Analysis:
+    dtype = _work_dtype(x)
+    clean, finite = _finite_images(x)
+    ch = _channels(clean, dtype)
+    m = _prepare_mask(mask, x, dtype)
+    h, w = x.shape[-2:]
+    padded = _power(_apodize(ch, m, window), padded=True)  # the one FFT of each image
+    power = padded[:, ::2, ::2]  # even bins of the padded transform = the plain transform
+    g = _grid(h, w, r_bins, x.device, dtype)
+    radius, fx, fy = _peak(power, g)
+    return _Analysis(ch, m, finite, g, power, padded, radius, fx, fy)
+
+
+def _radius_of(img: Tensor, mask: Tensor | None, window: str, r_bins: int, unit: int) -> Tensor:
+    """f* of each image of ``img`` (already clean channels), in units of ``unit`` px."""
+    h, w = img.shape[-2:]
+    power = _power(_apodize(img, mask, window), padded=False)
+    radius, _, _ = _peak(power, _grid(h, w, r_bins, img.device, img.dtype))
+    return radius * (unit / max(h, w))
+
+
+def _reference_radius(
+    ref: object, ref_mask: object, x: Tensor, window: str, r_bins: int, dtype: torch.dtype
+) -> Tensor:
+    b = x.shape[0]
+    if isinstance(ref, bool):
+        raise TypeError("`ref` must be a tensor, a number or None, got bool")
+    if isinstance(ref, (int, float)):
+        return torch.full((b,), float(ref), dtype=dtype, device=x.device)
+    if not isinstance(ref, Tensor):
+        raise TypeError(f"`ref` must be a tensor, a number or None, got {type(ref).__name__}")
+    if ref.ndim in (0, 1):
+        if ref.ndim == 1 and ref.shape[0] not in (1, b):
+            raise ValueError(f"`ref` radii must have shape ({b},) or (1,), got {tuple(ref.shape)}")
+        return ref.to(device=x.device, dtype=dtype).expand(b).clone()
+    _check_images(ref, "ref")
+    if ref.shape[0] not in (1, b):
+        raise ValueError(
+            f"`ref` must hold 1 or {b} images (one per image of x), got {ref.shape[0]}"
+        )
+    clean, finite = _finite_images(ref)
+    ch = _channels(clean, dtype)
+    m = _prepare_mask(ref_mask, ref, dtype, name="ref_mask")
+    radius = _radius_of(ch, m, window, r_bins, max(x.shape[-2:]))
+    radius = torch.where(finite, radius, torch.full_like(radius, math.nan))
+    return radius.expand(b).clone()
+
+
+def _default_ref_mask(ref: object, mask: Tensor | None, h: int, w: int) -> Tensor | None:
+    """x's mask also measures a reference of x's size (the target of a masked prediction)."""
+    if mask is None or not isinstance(ref, Tensor) or ref.ndim != 4:
+        return None
+    if tuple(ref.shape[-2:]) != (h, w) or mask.shape[0] not in (1, ref.shape[0]):
+        return None
+    return mask
+
+
+def _masked_mse(diff_sq: Tensor, weight: Tensor | None) -> Tensor:
+    """Weighted mean over (C, H, W) of squared differences; ``weight`` is (B|1, 1, H, W)."""
+    c = diff_sq.shape[1]
+    if weight is None:
+        return diff_sq.mean(dim=(1, 2, 3))
+    total = (diff_sq * weight).sum(dim=(1, 2, 3))
+    count = weight.expand(diff_sq.shape[0], -1, -1, -1).sum(dim=(1, 2, 3)) * c
+    return total / count  # 0/0 = NaN for an empty mask
+
+
+def _shift_mse(ch: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
+    h, w = ch.shape[-2:]
+    lo, hi_y, hi_x = _BORDER, h - _BORDER, w - _BORDER
+    dx = ch[..., lo:hi_y, lo + 1 : hi_x] - ch[..., lo:hi_y, lo : hi_x - 1]
+    dy = ch[..., lo + 1 : hi_y, lo:hi_x] - ch[..., lo : hi_y - 1, lo:hi_x]
+    wx = wy = None
+    if mask is not None:
+        wx = mask[..., lo:hi_y, lo + 1 : hi_x] * mask[..., lo:hi_y, lo : hi_x - 1]
+        wy = mask[..., lo + 1 : hi_y, lo:hi_x] * mask[..., lo : hi_y - 1, lo:hi_x]
+    return _masked_mse(dx.square(), wx), _masked_mse(dy.square(), wy)
+
+
+def _down_up(ch: Tensor) -> Tensor:
+    h, w = ch.shape[-2:]
+    down = F.interpolate(
+        ch, size=(h // 2, w // 2), mode="bicubic", antialias=True, align_corners=False
+    )
+    return F.interpolate(down, size=(h, w), mode="bicubic", antialias=True, align_corners=False)
+
+
+# ----------------------------------------------------------------------------- public API
+
+
+@torch.no_grad()
+def texture_metrics(
+    x: Tensor,
+    *,
+    mask: Tensor | None = None,
+    ref: Tensor | float | None = None,
+    window: str = "hann",
+    r_bins: int = 256,
+    ring_width: float = 6.0,
+    local_map: bool = False,
+    ref_mask: Tensor | None = None,
+    local_window: int | None = None,
+) -> dict[str, Tensor]:
+    """All texture metrics of a batch (see the module docstring for the definitions).
+
+    Args:
+        x: Images or latents, ``(B, C, H, W)``, any float dtype and device; H, W >= 8.
+        mask: Material region, ``(B|1, 1, H, W)`` in [0, 1]; apodizes the spectra and weights
+            the pixel-domain MSEs. None = everywhere.
+        ref: Reference/target images ``(B|1, C', H', W')`` (their f* becomes
+            ``ref_radius_bin`` and the energy ratios are taken around it), or a known radius
+            in x's radius units (a number or a ``(B,)`` tensor). None: ratios around f*.
+        window: One of :data:`WINDOWS`.
+        r_bins: Radial rings from centre to corner for the noise floor (at least 1 px wide).
+        ring_width: FWHM, in radius units, of the Gaussian rings of the energy ratios.
+        local_map: Also compute the local period map and its band scores.
+        ref_mask: Mask for ``ref`` images; defaults to ``mask`` when ``ref`` has x's size.
+        local_window: Window of the local map; default ``min(96, min(H, W) // 2)``.
+
+    Returns:
+        float32 ``(B,)`` tensors on x's device for :data:`METRIC_KEYS` (and
+        :data:`LOCAL_MAP_KEYS` with ``local_map=True``). Non-finite images get NaN.
+
+    Raises:
+        ValueError, TypeError: wrong shapes, dtypes or options.
+    """
+    _check_images(x, "x")
+    window = _check_window(window)
+    r_bins = _check_positive_int(r_bins, "r_bins")
+    ring_width = _check_positive_float(ring_width, "ring_width")
+    if local_window is not None:
+        _check_positive_int(local_window, "local_window")
+    with _full_precision(x.device):
+        a = _analyse(x, mask, window, r_bins)
+        dtype = a.power.dtype
+        h, w = x.shape[-2:]
+        acf = torch.fft.irfft2(a.padded, s=(2 * h, 2 * w))
+        wacf = _weight_acf(a.mask, window, h, w, acf)
+        period, _, _ = _acf_period(acf, wacf, a.fx, a.fy)
+
+        if ref is None:
+            ref_radius = torch.full_like(a.radius, math.nan)
+            centre = a.radius
+        else:
+            if ref_mask is None:
+                ref_mask = _default_ref_mask(ref, mask, h, w)
+            ref_radius = _reference_radius(ref, ref_mask, x, window, r_bins, dtype)
+            centre = ref_radius
+        radii = torch.stack([centre, 2 * centre, centre / 2], dim=1)
+        energy, on_axis = _ring_energy(a.power, a.grid, radii, ring_width)
+        e_f = energy[:, 0]
+        nan = torch.full_like(e_f, math.nan)
+        e_f_safe = torch.where(e_f > 0, e_f, nan)
+        mult = a.grid.mult
+        everything = (a.power * mult).sum(dim=(-2, -1)) - a.power[:, 0, 0]
+        nyquist = (a.power * mult * a.grid.nyquist).sum(dim=(-2, -1))
+        has_power = everything > 0
+        checker = torch.where(
+            has_power, nyquist / torch.where(has_power, everything, 1.0), torch.zeros_like(nyquist)
+        )
+
+        dx1, dy1 = _shift_mse(a.ch, a.mask)
+        resized = _down_up(a.ch)
+        border = _BORDER
+        inner = (slice(None), slice(None), slice(border, h - border), slice(border, w - border))
+        inner_mask = None if a.mask is None else a.mask[inner]
+        resize_mse = _masked_mse((resized[inner] - a.ch[inner]).square(), inner_mask)
+        resized_radius = _radius_of(resized, a.mask, window, r_bins, max(h, w))
+
+        out = {
+            "fundamental_radius_bin": a.radius,
+            "acf_first_peak_radius_bin": period,
+            "E2f_over_Ef": energy[:, 1] / e_f_safe,
+            "Ehalf_over_Ef": energy[:, 2] / e_f_safe,
+            "axis_ratio_at_f": on_axis[:, 0] / e_f_safe,
+            "shift_mse_dx1": dx1,
+            "shift_mse_dy1": dy1,
+            "resize_mse_downUp": resize_mse,
+            "resize_delta_r": resized_radius - a.radius,
+            "ref_radius_bin": ref_radius,
+            "checkerboard_energy": checker,
+        }
+        if local_map:
+            size = local_window or min(_LOCAL_WINDOW, min(h, w) // 2)
+            size = max(size, _MIN_SIZE)
+            stride = max(1, size // 3)
+            periods = _local_periods(a.ch, a.mask, size, stride, r_bins, "local_window")
+            out["band_score"], out["band_max_run"] = band_scores(periods)
+        finite = a.finite
+        return {
+            key: torch.where(
+                finite, value.to(dtype), torch.full_like(value.to(dtype), math.nan)
+            ).float()
+            for key, value in out.items()
+        }
+
+
+def _local_periods(
+    ch: Tensor, mask: Tensor | None, size: int, stride: int, r_bins: int, name: str
+) -> Tensor:
+    b, c, h, w = ch.shape
+    if size > h or size > w:
+        raise ValueError(f"`{name}` must fit in the {h}x{w} images, got {size}")
+    tiles = ch.unfold(2, size, stride).unfold(3, size, stride)  # (B, C, nH, nW, s, s)
+    n_h, n_w = tiles.shape[2], tiles.shape[3]
+    tiles = tiles.permute(0, 2, 3, 1, 4, 5).reshape(b * n_h * n_w, c, size, size)
+    if mask is None:
+        tile_mask = None
+        coverage = torch.ones(b, n_h, n_w, dtype=ch.dtype, device=ch.device)
+    else:
+        mt = mask.expand(b, -1, -1, -1).unfold(2, size, stride).unfold(3, size, stride)
+        coverage = mt.mean(dim=(-2, -1))[:, 0]  # (B, nH, nW)
+        tile_mask = mt.permute(0, 2, 3, 1, 4, 5).reshape(b * n_h * n_w, 1, size, size)
+    power = _power(_apodize(tiles, tile_mask, "hann"), padded=False)
+    radius, _, _ = _peak(power, _grid(size, size, r_bins, ch.device, ch.dtype))
+    periods = (size / radius).view(b, n_h, n_w)
+    return torch.where(coverage >= _LOCAL_MIN_MASK, periods, torch.full_like(periods, math.nan))
+
+
+@torch.no_grad()
+def local_period_map(
+    x: Tensor,
+    *,
+    mask: Tensor | None = None,
+    window_size: int = 96,
+    stride: int = 32,
+    r_bins: int = 256,
+) -> Tensor:
+    """Local texture period (px) on sliding windows: ``(B, nH, nW)``, NaN where mask mean < 0.3.
+
+    Each window gets its own weighted-mean removal, mask and Hann window; all windows go through
+    one batched FFT. ``nH = (H - window_size)//stride + 1``.
+    """
+    _check_images(x, "x")
+    window_size = _check_positive_int(window_size, "window_size")
+    stride = _check_positive_int(stride, "stride")
+    r_bins = _check_positive_int(r_bins, "r_bins")
+    if window_size < _MIN_SIZE:
+        raise ValueError(f"`window_size` must be at least {_MIN_SIZE}, got {window_size}")
+    with _full_precision(x.device):
+        dtype = _work_dtype(x)
+        clean, finite = _finite_images(x)
+        ch = _channels(clean, dtype)
+        m = _prepare_mask(mask, x, dtype)
+        periods = _local_periods(ch, m, window_size, stride, r_bins, "window_size")
+        periods = torch.where(finite[:, None, None], periods, torch.full_like(periods, math.nan))
+        return periods.float()
+
+
+def _smooth3(share: Tensor) -> Tensor:
+    """3-tap moving mean along the last axis, renormalised at the ends."""
+    n = share.shape[-1]
+    flat = share.reshape(-1, 1, n)
+    ones = torch.ones(1, 1, 3, dtype=share.dtype, device=share.device)
+    total = F.conv1d(flat, ones, padding=1)
+    count = F.conv1d(torch.ones_like(flat), ones, padding=1)
+    return (total / count).reshape(share.shape)
+
+
+def _longest_run(flags: Tensor) -> Tensor:
+    """Longest run of True along the last axis."""
+    count = torch.cumsum(flags.to(torch.int64), dim=-1)
+    reset = torch.cummax(torch.where(flags, torch.zeros_like(count), count), dim=-1).values
+    return (count - reset).amax(dim=-1)
+
+
+def band_scores(period_map: Tensor) -> tuple[Tensor, Tensor]:
+    """Doubling-band scores of a local period map ``(B, nH, nW)``: ``(band_score, band_max_run)``.
+
+    See the module docstring; both are float32 ``(B,)`` and NaN for a map with no valid window.
+    """
+    if not isinstance(period_map, Tensor) or period_map.ndim != 3:
+        got = (
+            tuple(period_map.shape) if isinstance(period_map, Tensor) else type(period_map).__name__
+        )
+        raise ValueError(f"`period_map` must be a (B, nH, nW) tensor, got {got}")
+    p = period_map.to(torch.float64)
+    valid = torch.isfinite(p)
+    median = torch.nanmedian(
+        torch.where(valid, p, torch.full_like(p, math.nan)).flatten(1), dim=1
+    ).values
+    target = 2 * median[:, None, None]
+    doubled = valid & ((p - target).abs() <= _BAND_TOLERANCE * target)
+
+    def shares(dim: int) -> tuple[Tensor, Tensor]:
+        n_valid = valid.sum(dim=dim)
+        share = doubled.sum(dim=dim) / n_valid.clamp_min(1)
+        mean_p = torch.where(valid, p, torch.zeros_like(p)).sum(dim=dim) / n_valid.clamp_min(1)
+        has = n_valid > 0
+        spread = torch.where(has, mean_p, torch.full_like(mean_p, -math.inf)).amax(
+            dim=-1
+        ) - torch.where(has, mean_p, torch.full_like(mean_p, math.inf)).amin(dim=-1)
+        return _smooth3(share), spread
+
+    by_row, row_spread = shares(dim=2)  # one share per map row: (B, nH)
+    by_col, col_spread = shares(dim=1)  # one share per map column: (B, nW)
+    use_cols = col_spread > row_spread
+    score = torch.where(use_cols, by_col.amax(dim=-1), by_row.amax(dim=-1))
+    run = torch.where(
+        use_cols,
+        _longest_run(by_col >= _BAND_RUN_SHARE),
+        _longest_run(by_row >= _BAND_RUN_SHARE),
+    ).to(torch.float64)
+    empty = ~valid.flatten(1).any(dim=1)
+    nan = torch.full_like(score, math.nan)
+    return torch.where(empty, nan, score).float(), torch.where(empty, nan, run).float()
+
+
+@torch.no_grad()
+def latent_health(x: Tensor, *, clip_range: float = 3.0) -> dict[str, Tensor]:
+    """Value health of a batch ``(B, ...)``: :data:`HEALTH_KEYS`, each float32 ``(B,)``.
+
+    ``nonfinite`` counts NaN/inf values *first* (a clamp passes NaN through); the other
+    statistics use the finite values only (NaN when there is none). ``std`` is the population
+    standard deviation. ``clip_fraction`` is the share of ``|x| > clip_range`` (for x̂0 before
+    any clamp: a unit-variance latent gives 0.27 % at the DDIM range 3), ``clip_excess`` is
+    ``mean(relu(|x| - clip_range)) / clip_range``.
+    """
+    if not isinstance(x, Tensor) or x.ndim < 1 or not x.is_floating_point():
+        got = f"{x.dtype} {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
+        raise TypeError(f"`x` must be a floating-point (B, ...) tensor, got {got}")
+    r = _check_positive_float(clip_range, "clip_range")
+    with _full_precision(x.device):
+        v = x.reshape(x.shape[0], -1).to(_work_dtype(x))
+        finite = torch.isfinite(v)
+        n = finite.sum(dim=1).to(v.dtype)
+        zero = torch.zeros((), dtype=v.dtype, device=v.device)
+        z = torch.where(finite, v, zero)
+        mean = z.sum(dim=1) / n
+        var = torch.where(finite, v - mean[:, None], zero).square().sum(dim=1) / n
+        mag = z.abs()
+        nan = torch.full_like(mean, math.nan)
+        has = n > 0
+        out = {
+            "mean": mean,
+            "std": var.sqrt(),
+            "min": torch.where(has, torch.where(finite, v, math.inf).amin(dim=1), nan),
+            "max": torch.where(has, torch.where(finite, v, -math.inf).amax(dim=1), nan),
+            "nonfinite": (~finite).sum(dim=1).to(v.dtype),
+            "clip_fraction": ((mag > r) & finite).sum(dim=1) / n,
+            "clip_excess": torch.relu(mag - r).sum(dim=1) / n / r,
+        }
+        return {key: value.float() for key, value in out.items()}
+
+
+def power_spectrum(x: Tensor, *, mask: Tensor | None = None, window: str = "hann") -> Tensor:
+    """Centred power spectrum ``(B, H, W)`` (DC at ``[H//2, W//2]``) of the prepared signal.
+
+    The same signal every metric sees: luma or the channel mean of power spectra, mask, weighted
+    mean removal and window (see the module docstring).
+    """
+    _check_images(x, "x")
+    window = _check_window(window)
+    with torch.no_grad(), _full_precision(x.device):
+        dtype = _work_dtype(x)
+        clean, _ = _finite_images(x)
+        ch = _channels(clean, dtype)
+        h, w = x.shape[-2:]
+        power = _power(_apodize(ch, _prepare_mask(mask, x, dtype), window), padded=False)
+        g = _grid(h, w, 1, x.device, dtype)
+        full = power[:, g.full_rows, g.full_cols]
+        return torch.fft.fftshift(full, dim=(-2, -1)).float()
+
+
+def ring_energy(
+    x: Tensor,
+    radii: Tensor | float,
+    *,
+    mask: Tensor | None = None,
+    window: str = "hann",
+    ring_width: float = 6.0,
+) -> Tensor:
+    """Gaussian ring sums ``E(r)`` (module docstring) at ``radii`` ``(R,)`` or ``(B, R)``.
+
+    Returns:
+        ``(B, R)`` float32; NaN rows for non-finite images.
+    """
+    _check_images(x, "x")
+    window = _check_window(window)
+    ring_width = _check_positive_float(ring_width, "ring_width")
+    with torch.no_grad(), _full_precision(x.device):
+        dtype = _work_dtype(x)
+        b, _, h, w = x.shape
+        r = torch.as_tensor(radii, dtype=dtype, device=x.device)
+        if r.ndim == 0:
+            r = r[None]
+        if r.ndim == 1:
+            r = r[None].expand(b, -1)
+        if r.ndim != 2 or r.shape[0] != b:
+            raise ValueError(f"`radii` must have shape (R,) or ({b}, R), got {tuple(r.shape)}")
+        clean, finite = _finite_images(x)
+        power = _power(
+            _apodize(_channels(clean, dtype), _prepare_mask(mask, x, dtype), window), padded=False
+        )
+        energy, _ = _ring_energy(power, _grid(h, w, 1, x.device, dtype), r, ring_width)
+        return torch.where(finite[:, None], energy, torch.full_like(energy, math.nan)).float()
+
+
+@dataclass(frozen=True)
+class SpectrumViews:
+    """Tensors for plotting one batch's spectral analysis (all float32, on the input's device).
+
+    Attributes:
+        log_power: ``(B, H, W)`` centred ``ln(P + ε)`` (DC at ``[H//2, W//2]``).
+        radii: ``(r_bins,)`` centres of the radial bins, radius units.
+        radial_profile: ``(B, r_bins)`` ring *sums* of P (energy per ring; lobe included).
+        radial_floor: ``(B, r_bins)`` ring sums of the noise floor the f* search compares to.
+        acf_image: ``(B, H, W)`` centred linear ACF normalised to 1 at lag 0 (lag 0 at
+            ``[H//2, W//2]``; window decay not divided out).
+        acf_lags: ``(L,)`` lags in px along the peak direction.
+        acf_profile: ``(B, L)`` unbiased ACF along the peak direction (NaN past the part the
+            period search uses).
+        fundamental_radius: ``(B,)`` f*, radius units.
+        acf_period: ``(B,)`` ACF period, px.
+        direction: ``(B, 2)`` unit vector ``(x, y)`` of the peak frequency.
+    """
+
+    log_power: Tensor
+    radii: Tensor
+    radial_profile: Tensor
+    radial_floor: Tensor
+    acf_image: Tensor
+    acf_lags: Tensor
+    acf_profile: Tensor
+    fundamental_radius: Tensor
+    acf_period: Tensor
+    direction: Tensor
+
+
+@torch.no_grad()
+def spectrum_views(
+    x: Tensor, *, mask: Tensor | None = None, window: str = "hann", r_bins: int = 256
+) -> SpectrumViews:
+    """The spectrum, radial profile, ACF and f* of a batch, for snapshots, reports and diagnose."""
+    _check_images(x, "x")
+    window = _check_window(window)
+    r_bins = _check_positive_int(r_bins, "r_bins")
+    with _full_precision(x.device):
+        a = _analyse(x, mask, window, r_bins)
+        g = a.grid
+        b = x.shape[0]
+        h, w = x.shape[-2:]
+        floor, eps, _ = _noise_floor(a.power, g)
+        full = a.power[:, g.full_rows, g.full_cols]
+        log_power = torch.fft.fftshift(torch.log(full + eps[:, None, None]), dim=(-2, -1))
+        profile = torch.zeros(b, r_bins, dtype=a.power.dtype, device=x.device)
+        profile.index_add_(1, g.profile_bin, (a.power * g.mult).flatten(1))
+        floor_profile = torch.zeros_like(profile)
+        floor_profile.index_add_(1, g.profile_bin, (floor * g.mult).flatten(1))
+        width = g.r_max / r_bins
+        radii = (torch.arange(r_bins, dtype=a.power.dtype, device=x.device) + 0.5) * width
+        acf = torch.fft.irfft2(a.padded, s=(2 * h, 2 * w))
+        period, lags, acf_profile = _acf_period(
+            acf, _weight_acf(a.mask, window, h, w, acf), a.fx, a.fy
+        )
+        centred = torch.roll(acf, shifts=(h // 2, w // 2), dims=(-2, -1))[:, :h, :w]
+        centred = centred / acf[:, :1, :1].clamp_min(torch.finfo(acf.dtype).tiny)
+        norm = torch.sqrt(a.fx.square() + a.fy.square())
+        direction = torch.stack([a.fx / norm, a.fy / norm], dim=1)
+        nan = math.nan
+        keep = a.finite
+
+        def guard(t: Tensor) -> Tensor:
+            shape = (b,) + (1,) * (t.ndim - 1)
+            return torch.where(keep.view(shape), t, torch.full_like(t, nan)).float()
+
+        return SpectrumViews(
+            log_power=guard(log_power),
+            radii=radii.float(),
+            radial_profile=guard(profile),
+            radial_floor=guard(floor_profile),
+            acf_image=guard(centred),
+            acf_lags=lags.float(),
+            acf_profile=guard(acf_profile),
+            fundamental_radius=guard(a.radius),
+            acf_period=guard(period),
+            direction=guard(direction),
+        )
+
+
+# ----------------------------------------------------------------------------- pixel helpers
+
+
+def _pixel_channels(x: Tensor) -> Tensor:
+    """(B, H, W) single plane: luma for RGB, the channel mean otherwise."""
+    return _channels(x, _work_dtype(x)).mean(dim=1)
+
+
+@torch.no_grad()
+def diff_heatmap(a: Tensor, b: Tensor, *, scale: float = 4.0) -> Tensor:
+    """Difference heatmap ``(B, H, W)`` in [0, 1]: ``clamp(scale · mean_c |a − b|, 0, 1)``.
+
+    ``scale`` is the seed's ``--heatmap-scale`` gain: with images in [0, 1] and the default 4,
+    a difference of 0.25 saturates. NaN pixels stay NaN.
+    """
+    _check_images(a, "a")
+    _check_images(b, "b")
+    if a.shape != b.shape:
+        raise ValueError(
+            f"`a` and `b` must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}"
+        )
+    gain = _check_positive_float(scale, "scale")
+    dtype = _work_dtype(a)
+    diff = (a.to(dtype) - b.to(device=a.device, dtype=dtype)).abs().mean(dim=1)
+    return (diff * gain).clamp(0.0, 1.0).float()
+
+
+@torch.no_grad()
+def sobel_magnitude(x: Tensor) -> Tensor:
+    """Sobel gradient magnitude ``(B, H, W)`` of luma / channel mean, per px (kernel / 8).
+
+    A unit step gives 0.5 on each of the two pixels that straddle it; borders are replicated.
+    """
+    _check_images(x, "x")
+    plane = _pixel_channels(x)[:, None]
+    smooth = torch.tensor([1.0, 2.0, 1.0], dtype=plane.dtype, device=plane.device)
+    deriv = torch.tensor([-1.0, 0.0, 1.0], dtype=plane.dtype, device=plane.device)
+    kx = (smooth[:, None] * deriv[None, :] / 8.0)[None, None]
+    ky = kx.transpose(-2, -1)
+    padded = F.pad(plane, (1, 1, 1, 1), mode="replicate")
+    gx = F.conv2d(padded, kx)
+    gy = F.conv2d(padded, ky)
+    return torch.sqrt(gx.square() + gy.square())[:, 0].float()
+
+
+@dataclass(frozen=True)
+class AnomalyRegions:
+    """Sobel anomaly regions of one image.
+
+    Attributes:
+        count: Connected regions (8-connectivity) of at least ``min_area`` px.
+        area_share: Share of the image's pixels inside those regions.
+        boxes: One ``(y0, x0, y1, x1)`` half-open box per region, largest region first.
+    """
+
+    count: int
+    area_share: float
+    boxes: tuple[tuple[int, int, int, int], ...]
+
+
+def _connected_components(hot: Tensor) -> Tensor:
+    """8-connected labels (B, H, W) int64 of a boolean map; 0 = background."""
+    b, h, w = hot.shape
+    seeds = torch.arange(1, h * w + 1, dtype=torch.float64, device=hot.device).view(1, h, w)
+    labels = torch.where(hot, seeds, torch.zeros((), dtype=torch.float64, device=hot.device))
+    for _ in range(h * w):
+        grown = F.max_pool2d(labels[:, None], kernel_size=3, stride=1, padding=1)[:, 0]
+        grown = torch.where(hot, grown, labels)
+        if torch.equal(grown, labels):
+            break
+        labels = grown
+    return labels.long()
+
+
+@torch.no_grad()
+def sobel_anomalies(
+    x: Tensor, *, threshold: float = 6.0, min_area: int = 4
+) -> list[AnomalyRegions]:
+    """Regions whose Sobel magnitude is an outlier for the image: one result per image.
+
+    A pixel is anomalous when its magnitude exceeds the image's median by more than
+    ``threshold`` robust standard deviations (1.4826 × median absolute deviation); anomalous
+    pixels are grouped into 8-connected regions and regions under ``min_area`` px dropped.
+    Apply it to a prediction, or to ``pred - target`` to localise where they differ.
+    """
+    thr = _check_positive_float(threshold, "threshold")
+    min_area = _check_positive_int(min_area, "min_area")
+    mag = sobel_magnitude(x).to(torch.float64)
+    b, h, w = mag.shape
+    flat = mag.flatten(1)
+    median = flat.nanmedian(dim=1).values
+    mad = (flat - median[:, None]).abs().nanmedian(dim=1).values * 1.4826
+    z = (mag - median[:, None, None]) / mad.clamp_min(1e-12)[:, None, None]
+    labels = _connected_components(z > thr)
+    results: list[AnomalyRegions] = []
+    ys = torch.arange(h, device=mag.device)[:, None].expand(h, w).flatten()
+    xs = torch.arange(w, device=mag.device)[None, :].expand(h, w).flatten()
+    for i in range(b):
+        lab = labels[i].flatten()
+        ids, counts = torch.unique(lab[lab > 0], return_counts=True)
+        keep = counts >= min_area
+        ids, counts = ids[keep], counts[keep]
+        order = torch.argsort(counts, descending=True, stable=True)
+        boxes = []
+        for region in ids[order].tolist():
+            inside = lab == region
+            boxes.append(
+                (
+                    int(ys[inside].min()),
+                    int(xs[inside].min()),
+                    int(ys[inside].max()) + 1,
+                    int(xs[inside].max()) + 1,
+                )
+            )
+        results.append(
+            AnomalyRegions(
+                count=len(boxes), area_share=float(counts.sum()) / (h * w), boxes=tuple(boxes)
+            )
+        )
+    return results
