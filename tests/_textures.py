@@ -69,16 +69,20 @@ def write_run(
     *,
     name: str,
     faulty: bool,
-    steps: int = 260,
-    checkpoints: tuple[int, ...] = (100, 150, 200, 250),
+    steps: int = 90,
+    checkpoints: tuple[int, ...] = (40, 80),
+    spike_step: int = 70,
+    size: int = 64,
+    period: int = 8,
 ) -> Path:
     """Write a run store through the client: a clean run, or one with every planted fault.
 
-    Both runs: loss ~ 1 with light noise, terms ``v`` and ``edge`` with weights, ``lr``,
-    sample ids, ``pred`` (2 items) and ``target`` at the checkpoint steps, ``latents`` every
-    10 steps, ``val/0`` every 50 steps. The faulty run adds: a loss spike at step 200 whose
-    batch holds sample 777; a dead ``edge`` term (weight 0.06, value always 0); ``pred`` with
-    the tile period doubled (32 px) at checkpoints from step 200; latents 3× out of range.
+    Both runs: loss ~ 1 with light noise, terms ``v`` and ``edge`` with weights, ``lr``, sample
+    ids, ``pred`` (2 items) and ``target`` at the checkpoint steps, ``latents`` every 10 steps,
+    ``val/0`` every 20 steps. The faulty run adds: a loss spike at ``spike_step`` whose batch
+    holds sample 777; a dead ``edge`` term (weight 0.06, value always 0); ``pred`` with the tile
+    period doubled at the checkpoints after ``steps // 2``; latents 3× out of range.
+    Derive it with a spike window and dead window shorter than ``spike_step`` (e.g. 32 and 30).
     """
     import texwatch.client as tw
 
@@ -94,23 +98,24 @@ def write_run(
         for step in range(steps):
             loss = 1.0 + 0.02 * rng.standard_normal()
             ids = np.arange(4 * step, 4 * step + 4)
-            if faulty and step == 200:
+            if faulty and step == spike_step:
                 loss, ids = 8.0, np.array([777, 5, 6, 7])
             edge = 0.0 if faulty else 0.1 + 0.01 * rng.standard_normal()
             kwargs: dict[str, object] = {}
             if step in checkpoints:
-                period = 2 * PERIOD if faulty and step >= 200 else PERIOD
+                p = 2 * period if faulty and step > steps // 2 else period
                 kwargs["pred"] = torch.cat(
-                    [grating(period, seed=step), grating(period, seed=step + 1)]
+                    [grating(p, size=size, seed=step), grating(p, size=size, seed=step + 1)]
                 )
-                kwargs["target"] = torch.cat([grating(seed=500 + step), grating(seed=501 + step)])
+                # both items share one target: a pred item's reference is then unambiguous
+                kwargs["target"] = grating(period, size=size, seed=500 + step).expand(2, -1, -1, -1)
             if step % 10 == 0:
-                scale = 3.0 if faulty else 0.8
-                kwargs["latents"] = scale * torch.randn(
-                    2, 4, 32, 32, generator=torch.Generator().manual_seed(step)
+                gen = torch.Generator().manual_seed(step)
+                kwargs["latents"] = (3.0 if faulty else 0.8) * torch.randn(
+                    2, 4, 16, 16, generator=gen
                 )
-            if step % 50 == 0:
-                kwargs["images"] = {"val/0": grating(seed=9)}
+            if step % 20 == 0:
+                kwargs["images"] = {"val/0": grating(period, size=size, seed=9)}
             rec.record(
                 step,
                 loss,

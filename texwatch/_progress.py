@@ -16,5 +16,8 @@ class _Bar(tqdm):  # type: ignore[type-arg]
 
 
 def progress(total: int, desc: str, *, quiet: bool) -> tqdm:  # type: ignore[type-arg]
-    """A progress bar of ``total`` units on stderr; silent (and free) when ``quiet``."""
-    return _Bar(total=total, desc=desc, disable=quiet, file=sys.stderr, unit="step", leave=False)
+    """A progress bar of ``total`` units on stderr; silent (and free) when ``quiet`` or when
+    stderr is not a terminal (logs and pipes get the result lines only, not ``\r`` updates)."""
+    stream = sys.stderr
+    shown = not quiet and stream is not None and stream.isatty()
+    return _Bar(total=total, desc=desc, disable=not shown, file=stream, unit="step", leave=False)

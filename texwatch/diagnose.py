@@ -264,6 +264,12 @@ def diagnose(
     ]
     ref_name, ref_x = _load(ref, "--ref") if ref is not None else (None, None)
     m = _load_mask(mask) if mask is not None else None
+    for name, x in loaded:
+        if m is not None and tuple(m.shape[-2:]) != tuple(x.shape[-2:]):
+            raise _InputError(
+                f"--mask has size {m.shape[-2]}x{m.shape[-1]}, image {name!r} is "
+                f"{x.shape[-2]}x{x.shape[-1]}"
+            )
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
     first = loaded[0][1]
@@ -272,10 +278,6 @@ def diagnose(
     try:
         for index, (name, x) in enumerate(loaded):
             h, w = x.shape[-2:]
-            if m is not None and tuple(m.shape[-2:]) != (h, w):
-                raise _InputError(
-                    f"--mask has size {m.shape[-2]}x{m.shape[-1]}, image {name!r} is {h}x{w}"
-                )
             metrics = {
                 k: float(v[0])
                 for k, v in spectral.texture_metrics(

@@ -1,0 +1,300 @@
+"""texwatch report: real stores written through the client, numbers checked against spectral."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from _textures import write_run
+from pypdf import PdfReader
+
+from texwatch import spectral
+from texwatch.cli import main
+from texwatch.report import (
+    ProbableCause,
+    Thresholds,
+    probable_causes,
+    step_table,
+)
+from texwatch.store import open_run
+
+EVIL = "<script>alert(1)</script>"
+DERIVE = ["--window", "32", "--dead-window", "30"]  # the runs are 90 steps long
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("runs")
+    return {
+        "clean": write_run(root / "clean.zarr", name="clean", faulty=False),
+        "faulty": write_run(root / "faulty.zarr", name=EVIL, faulty=True),
+    }
+
+
+@pytest.fixture(scope="module")
+def report(runs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("report")
+    argv = ["report", str(runs["clean"]), str(runs["faulty"]), "-o", str(out), "--quiet"]
+    extra = ["--threshold", "lr_jump=1.6", "--fft-threshold", "25"]
+    assert main([*argv, "--checkpoints", *DERIVE, *extra]) == 0
+    return out
+
+
+def _doc(report: Path) -> dict:
+    return json.loads((report / "report.json").read_text())
+
+
+def _run(doc: dict, label: str) -> dict:
+    return next(r for r in doc["runs"] if r["label"] == label)
+
+
+def _causes(doc: dict, label: str) -> dict[str, dict]:
+    return {c["key"]: c for c in _run(doc, label)["causes"]}
+
+
+def test_outputs_are_written_and_the_pdf_opens(report: Path) -> None:
+    assert {"index.html", "report.pdf", "report.json"} <= {p.name for p in report.iterdir()}
+    pdf = PdfReader(report / "report.pdf")
+    assert len(pdf.pages) >= 10  # text pages and one page per figure
+    assert pdf.metadata.title == "texwatch report"
+    html = (report / "index.html").read_text()
+    assert html.count('src="data:image/png;base64,') >= 10  # self-contained: images inline
+    assert "http://" not in html and "https://" not in html
+
+
+def test_store_strings_are_escaped_in_the_html(report: Path) -> None:
+    html = (report / "index.html").read_text()
+    assert "<script" not in html.lower()
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+
+
+def test_checkpoint_numbers_match_the_spectral_functions(report: Path, runs: dict) -> None:
+    doc = _doc(report)
+    assert doc["steps"] == [40, 80]
+    run = open_run(runs["faulty"])
+    for entry in doc["checkpoints"]:
+        step = entry["step"]
+        column = next(c for c in entry["columns"] if c["run"] == EVIL and c["stream"] == "pred")
+        _, pred = run.stream_at("pred", [step])
+        _, target = run.stream_at("target", [step])
+        x, ref = torch.as_tensor(pred).float(), torch.as_tensor(target).float()
+        want = spectral.texture_metrics(x, ref=ref)
+        for key in spectral.METRIC_KEYS:
+            expected = float(want[key].double().mean())
+            got = column[key]
+            if math.isnan(expected):
+                assert got is None, key
+            else:
+                # float32 FFTs over batches of another size: equal to ~1e-5
+                assert got == pytest.approx(expected, rel=1e-4, abs=1e-5), key
+        health = spectral.latent_health(x)
+        assert column["std"] == pytest.approx(float(health["std"].double().mean()), rel=1e-5)
+        assert column["items"] == 2
+    # the doubled tile at step 80: f* half the reference's
+    last = next(
+        c for c in doc["checkpoints"][1]["columns"] if c["run"] == EVIL and c["stream"] == "pred"
+    )
+    assert last["fundamental_radius_bin"] == pytest.approx(last["ref_radius_bin"] / 2, rel=0.05)
+
+
+def test_probable_causes_fire_for_the_faults_and_not_for_the_clean_run(report: Path) -> None:
+    doc = _doc(report)
+    assert _causes(doc, "clean") == {}
+    causes = _causes(doc, EVIL)
+    assert set(causes) == {"harmonic_lock", "value_range", "loss_spike_bad_batch", "dead_term"}
+    lock = causes["harmonic_lock"]
+    assert all(v["step"] == 80 and v["stream"] == "pred" for v in lock["values"])
+    assert {v["metric"] for v in lock["values"]} == {"Ehalf_over_Ef", "tile_scale"}
+    assert lock["thresholds"] == {"harmonic_ratio": 1.0, "scale_tolerance": 0.25}
+    spike = causes["loss_spike_bad_batch"]["values"][0]
+    assert spike["step"] == 70 and spike["rule"] == "sigma" and 777 in spike["sample_ids"]
+    dead = causes["dead_term"]["values"]
+    assert [d["term"] for d in dead] == ["edge"] and dead[0]["weight"] == pytest.approx(0.06)
+    assert causes["value_range"]["values"][0]["stream"] == "latents"
+
+
+def test_json_holds_loss_terms_and_health(report: Path) -> None:
+    faulty = _run(_doc(report), EVIL)
+    assert faulty["loss"]["spikes"] == 1 and faulty["loss"]["max_loss"] == pytest.approx(8.0)
+    assert [s["step"] for s in faulty["spikes"]] == [70]
+    assert faulty["terms"]["edge"]["dead"] and not faulty["terms"]["v"]["dead"]
+    assert faulty["terms"]["edge"]["last_weight"] == pytest.approx(0.06)
+    series = faulty["series"]["scalars"]
+    weighted = np.array(series["weighted/v"], dtype=float)
+    assert np.allclose(weighted, np.array(series["term/v"], dtype=float) * 1.0)
+    assert faulty["health"]["latents"]["max_clip_fraction"] > 0.1
+    assert faulty["checkpoint_steps"] == [40, 80]
+    assert _doc(report)["validation"][0]["stream"] == "val/0"
+
+
+def test_thresholds_given_on_the_command_line_are_used_and_recorded(report: Path) -> None:
+    thresholds = _doc(report)["thresholds"]
+    assert thresholds["lr_jump"] == 1.6  # --threshold lr_jump=1.6
+    assert thresholds["periodic_peak"] == 25.0  # --fft-threshold 25
+    assert thresholds["harmonic_ratio"] == Thresholds().harmonic_ratio
+
+
+def _one_line_error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("texwatch report: error: ")
+    return err
+
+
+def test_bad_inputs_exit_2_with_one_line(runs: dict, tmp_path: Path, capsys) -> None:
+    out = str(tmp_path / "out")
+    clean = str(runs["clean"])
+    assert "does not exist" in _one_line_error(
+        capsys, ["report", str(tmp_path / "nope.zarr"), "-o", out]
+    )
+    afile = tmp_path / "file.zarr"
+    afile.write_text("x")
+    assert "is a file" in _one_line_error(capsys, ["report", str(afile), "-o", out])
+    assert "not a Zarr" in _one_line_error(capsys, ["report", str(tmp_path), "-o", out])
+    assert "step 12345 is not in run" in _one_line_error(
+        capsys, ["report", clean, "-o", out, "--steps", "40,12345"]
+    )
+    assert "not an integer" in _one_line_error(
+        capsys, ["report", clean, "-o", out, "--steps", "4x"]
+    )
+    assert "--threshold" in _one_line_error(
+        capsys, ["report", clean, "-o", out, "--threshold", "nonsense=1"]
+    )
+    assert "--every" in _one_line_error(capsys, ["report", clean, "-o", out, "--every", "0"])
+    assert "is a file" in _one_line_error(capsys, ["report", clean, "-o", str(afile)])
+    assert "--ref" in _one_line_error(
+        capsys, ["report", clean, "-o", out, "--ref", str(tmp_path / "missing.png")]
+    )
+
+
+def test_unknown_schema_and_empty_and_no_checkpoints_exit_2(tmp_path: Path, capsys) -> None:
+    import texwatch.client as tw
+
+    empty = tmp_path / "empty.zarr"
+    tw.Recorder(empty, run="empty").close()
+    out = str(tmp_path / "out")
+    if (empty / "zarr.json").exists():
+        assert "no committed rows" in _one_line_error(capsys, ["report", str(empty), "-o", out])
+    plain = tmp_path / "plain.zarr"
+    rec = tw.Recorder(plain, run="plain")
+    for step in range(5):
+        rec.record(step, 1.0)
+    rec.close()
+    assert "no run marks checkpoint" in _one_line_error(
+        capsys, ["report", str(plain), "-o", out, "--checkpoints"]
+    )
+    meta = json.loads((plain / "zarr.json").read_text())
+    meta["attributes"]["schema_version"] = 99
+    (plain / "zarr.json").write_text(json.dumps(meta))
+    assert "schema_version 99" in _one_line_error(capsys, ["report", str(plain), "-o", out])
+
+
+# ---- the readings on their own: synthetic per-step tables -----------------------------------
+
+
+def _scalars(
+    n: int = 300,
+    spike: int | None = None,
+    after: float = 1.0,
+    lr_jump: bool = False,
+) -> dict[str, np.ndarray]:
+    steps = np.arange(n)
+    loss = np.ones(n)
+    flags = np.zeros(n)
+    rule = np.zeros(n)
+    lr = np.full(n, 1e-4)
+    if spike is not None:
+        loss[spike] = 10.0
+        loss[spike + 1 :] = after
+        flags[spike], rule[spike] = 1, 1
+        if lr_jump:
+            lr[spike - 5 :] = 1e-3
+    return {
+        "step": steps,
+        "loss": loss,
+        "loss_ema": np.ones(n),
+        "loss_zscore": np.zeros(n),
+        "spike": flags,
+        "spike_rule": rule,
+        "lr": lr,
+    }
+
+
+def test_spike_readings_tell_bad_batch_lr_and_ema_break_apart() -> None:
+    def keys(scal: dict, ids: dict | None = None) -> list[str]:
+        return [c.key for c in probable_causes(scal, {}, [], sizes={}, sample_ids=ids)]
+
+    assert keys(_scalars()) == []
+    assert keys(_scalars(spike=200), {200: [1, 2]}) == ["loss_spike_bad_batch"]
+    assert keys(_scalars(spike=200, after=3.0)) == ["loss_spike_ema_break"]
+    assert keys(_scalars(spike=200, lr_jump=True)) == ["loss_spike_learning_rate"]
+
+
+def test_a_sample_in_several_spiking_batches_is_named() -> None:
+    scal = _scalars()
+    for s in (100, 200):
+        scal["loss"][s], scal["spike"][s], scal["spike_rule"][s] = 10.0, 1, 1
+    (cause,) = probable_causes(scal, {}, [], sizes={}, sample_ids={100: [3, 9], 200: [9, 4]})
+    assert isinstance(cause, ProbableCause)
+    assert "9 (×2)" in cause.evidence[-1]
+
+
+def _stream(**values: float) -> dict[str, dict[str, np.ndarray]]:
+    table = {"step": np.array([10]), **{k: np.array([v]) for k, v in values.items()}}
+    return {"pred": table}
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ({"E2f_over_Ef": 1.5, "fundamental_radius_bin": 16.0}, "harmonic_lock"),
+        ({"fundamental_radius_bin": 8.0, "ref_radius_bin": 16.0}, "harmonic_lock"),
+        ({"fundamental_radius_bin": 8.0, "acf_first_peak_radius_bin": 16.0}, "acf_fft_disagree"),
+        ({"fundamental_radius_bin": 8.0, "axis_ratio_at_f": 0.8}, "banding"),
+        ({"fundamental_radius_bin": 8.0, "band_score": 0.9}, "banding"),
+        ({"checkerboard_energy": 0.5}, "checkerboard"),
+        ({"fundamental_radius_bin": 8.0, "resize_delta_r": -5.0}, "resize_aliasing"),
+        ({"clip_fraction": 0.2}, "value_range"),
+        ({"nonfinite": 3.0}, "value_range"),
+    ],
+)
+def test_each_texture_reading_fires_on_its_metric(values: dict, expected: str) -> None:
+    causes = probable_causes({}, _stream(**values), [10], sizes={"pred": (64, 64)})
+    assert [c.key for c in causes] == [expected]
+    assert causes[0].values and causes[0].values[0]["stream"] == "pred"
+
+
+def test_thresholds_move_the_readings_and_no_periodic_peak_skips_them() -> None:
+    stream = _stream(E2f_over_Ef=1.5, fundamental_radius_bin=16.0)
+    assert (
+        probable_causes(
+            {}, stream, [10], sizes={"pred": (64, 64)}, thresholds=Thresholds(harmonic_ratio=2.0)
+        )
+        == []
+    )
+    stream["pred"]["peak_prominence"] = np.array([5.0])  # noise: f* means nothing
+    assert probable_causes({}, stream, [10], sizes={"pred": (64, 64)}) == []
+    with pytest.raises(ValueError, match="NAME=VALUE"):
+        Thresholds.from_pairs(["harmonic_ratio"])
+    assert Thresholds.from_pairs(["axis_ratio=0.5"]).axis_ratio == 0.5
+
+
+def test_step_table_means_items_and_keeps_the_latest_call_of_a_resumed_step() -> None:
+    # two items per record() call; the job resumed after step 5 and recorded 3 and 5 again
+    table = {
+        "step": np.array([0, 0, 5, 5, 3, 3, 5, 5]),
+        "E2f_over_Ef": np.array([1.0, 3.0, 9.0, 9.0, 2.0, 2.0, 0.5, np.nan]),
+        "min": np.array([-1.0, -2.0, -9.0, -9.0, -3.0, -1.0, -4.0, -5.0]),
+        "nonfinite": np.array([0.0, 0.0, 7.0, 7.0, 0.0, 0.0, 1.0, 2.0]),
+    }
+    out = step_table(table)
+    assert out["step"].tolist() == [0, 3, 5]
+    assert out["E2f_over_Ef"].tolist() == [2.0, 2.0, 0.5]  # mean over items, NaN ignored
+    assert out["min"].tolist() == [-2.0, -3.0, -5.0]
+    assert out["nonfinite"].tolist() == [0.0, 0.0, 3.0]
+    assert out["items"].tolist() == [2, 2, 2]
