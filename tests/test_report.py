@@ -23,6 +23,7 @@ from texwatch.report import (
 from texwatch.store import open_run
 
 EVIL = "<script>alert(1)</script>"
+CLEAN = "clean $\\frac{$ run"  # dollar signs: drawn literally, never parsed as mathtext
 DERIVE = ["--window", "32", "--dead-window", "30"]  # the runs are 90 steps long
 
 
@@ -30,7 +31,7 @@ DERIVE = ["--window", "32", "--dead-window", "30"]  # the runs are 90 steps long
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("runs")
     return {
-        "clean": write_run(root / "clean.zarr", name="clean", faulty=False),
+        "clean": write_run(root / "clean.zarr", name=CLEAN, faulty=False),
         "faulty": write_run(root / "faulty.zarr", name=EVIL, faulty=True),
     }
 
@@ -103,7 +104,7 @@ def test_checkpoint_numbers_match_the_spectral_functions(report: Path, runs: dic
 
 def test_probable_causes_fire_for_the_faults_and_not_for_the_clean_run(report: Path) -> None:
     doc = _doc(report)
-    assert _causes(doc, "clean") == {}
+    assert _causes(doc, CLEAN) == {}
     causes = _causes(doc, EVIL)
     assert set(causes) == {"harmonic_lock", "value_range", "loss_spike_bad_batch", "dead_term"}
     lock = causes["harmonic_lock"]

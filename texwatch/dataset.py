@@ -404,18 +404,29 @@ def _summary_png(doc: dict[str, Any], base: Path, fft_threshold: float, outlier_
     flagged_paths = [r["path"] for r in doc["tiling"]] + [o["path"] for o in doc["outliers"]]
     flagged_paths += [m["image"] for m in doc["masks"]["invalid"]]
     shown = list(dict.fromkeys(flagged_paths))[:_SHOWN]
-    fig = plots.new_figure(15.0, 8.5 if shown else 5.0)
-    spec = plots.grid_spec(fig, 2 if shown else 1, max(4, len(shown)))
-    cols = max(4, len(shown))
-    width = cols // 4
-    axes = [fig.add_subplot(spec[0, k * width : (k + 1) * width]) for k in range(4)]
-    s = doc["summary"]
-    fig.suptitle(
-        f"{doc['root']}: {s['images']} images, {s['unreadable']} unreadable, {s['tiling']} tiling, "
-        f"{s['invalid_masks']} invalid / {s['missing_masks']} missing masks, "
-        f"{s['outliers']} outliers",
-        fontsize=10,
+    height = 8.5 if shown else 4.6
+    fig = plots.new_figure(15.0, height)
+    split = 1 - 4.3 / height  # the distributions take the top 4.3 in, thumbnails the rest
+    top = fig.add_gridspec(
+        1, 4, left=0.05, right=0.98, top=1 - 0.8 / height, bottom=split + 0.5 / height, wspace=0.3
     )
+    axes = [fig.add_subplot(top[0, k]) for k in range(4)]
+    thumbs = fig.add_gridspec(
+        1,
+        max(len(shown), 4),
+        left=0.05,
+        right=0.98,
+        top=split - 0.5 / height,
+        bottom=0.2 / height,
+        wspace=0.15,
+    )
+    s = doc["summary"]
+    text = (
+        f"{doc['root']}: {s['images']} images, {s['unreadable']} unreadable, "
+        f"{s['tiling']} tiling, {s['invalid_masks']} invalid / {s['missing_masks']} missing "
+        f"masks, {s['outliers']} outliers"
+    )
+    plots.set_title(fig, plots.literal(text), fontsize=10)
     if images:
         out_paths = {(o["path"], o["metric"]) for o in doc["outliers"]}
         for ax, key in zip(axes[:2], ("brightness", "contrast"), strict=True):
@@ -453,7 +464,7 @@ def _summary_png(doc: dict[str, Any], base: Path, fft_threshold: float, outlier_
         axes[3].tick_params(labelsize=7)
         axes[3].legend(fontsize=7)
     for k, rel in enumerate(shown):
-        ax = fig.add_subplot(spec[1, k])
+        ax = fig.add_subplot(thumbs[0, k])
         reasons = []
         if rel in {r["path"] for r in doc["tiling"]}:
             hit = next(r for r in doc["tiling"] if r["path"] == rel)
@@ -463,7 +474,7 @@ def _summary_png(doc: dict[str, Any], base: Path, fft_threshold: float, outlier_
         reasons += ["bad mask" for m in doc["masks"]["invalid"] if m["image"] == rel]
         x = load_image(base / rel)
         ax.imshow(to_display(x[0].numpy()), cmap="gray", vmin=0, vmax=1)
-        ax.set_title(f"{Path(rel).name[:24]}\n{', '.join(reasons)}", fontsize=7)
+        ax.set_title(plots.literal(f"{Path(rel).name[:24]}\n{', '.join(reasons)}"), fontsize=7)
         ax.set_axis_off()
     return plots.figure_png(fig)
 

@@ -198,7 +198,8 @@ def _image_figure(
         axes[1, 1].set_title("no difference heatmap (first image, or other size)", fontsize=9)
     plots.draw_text_table(axes[1, 2], metrics, title="metrics")
     said = "; ".join(readings) if readings else "no probable cause"
-    fig.suptitle(f"{name}  ({x.shape[1]}×{x.shape[2]}×{x.shape[3]}) — {said}", fontsize=11)
+    shape = f"{x.shape[1]}×{x.shape[2]}×{x.shape[3]}"
+    plots.set_title(fig, plots.literal(f"{name}  ({shape}) — {said}"))
     return plots.figure_png(fig)
 
 

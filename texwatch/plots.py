@@ -42,7 +42,9 @@ __all__ = [
     "figure_png",
     "grid_spec",
     "image_grid",
+    "literal",
     "new_figure",
+    "set_title",
     "snapshot_figure",
     "spectrum_panel",
 ]
@@ -94,6 +96,12 @@ class SpectrumPanel:
         return self.n / self.f_star if _finite(self.f_star) and self.f_star > 0 else math.nan
 
 
+def literal(text: str) -> str:
+    """``text`` as matplotlib must draw it literally: ``$`` escaped, so a run name or a path
+    holding dollar signs is never parsed as mathtext (which can fail at draw time)."""
+    return text.replace("$", r"\$")
+
+
 def new_figure(width: float, height: float) -> Figure:
     """A figure of ``width`` × ``height`` inches on its own Agg canvas (never pyplot).
 
@@ -108,7 +116,7 @@ def new_figure(width: float, height: float) -> Figure:
 def grid_spec(fig: Figure, rows: int, cols: int, *, title: bool = True) -> GridSpec:
     """A rows × cols grid filling ``fig`` with margins in inches (room for titles and labels)."""
     width, height = fig.get_size_inches()
-    top = (0.55 if title else 0.3) / height
+    top = (0.8 if title else 0.3) / height
     cell_w = (width - 0.9) / cols
     cell_h = (height - 0.55 - top * height) / rows
     return fig.add_gridspec(
@@ -121,6 +129,12 @@ def grid_spec(fig: Figure, rows: int, cols: int, *, title: bool = True) -> GridS
         wspace=min(0.9 / max(cell_w - 0.9, 0.5), 1.0),
         hspace=min(0.75 / max(cell_h - 0.75, 0.5), 1.0),
     )
+
+
+def set_title(fig: Figure, text: str, *, fontsize: float = 11) -> None:
+    """The figure's title, 0.12 in below its top edge (in the room :func:`grid_spec` leaves)."""
+    height = fig.get_size_inches()[1]
+    fig.suptitle(text, fontsize=fontsize, y=1 - 0.12 / height, va="top")
 
 
 def axes_grid(fig: Figure, rows: int, cols: int, *, title: bool = True) -> np.ndarray:
@@ -524,5 +538,5 @@ def snapshot_figure(
         )
     draw_text_table(fig.add_subplot(grid[1, 3]), dict(metrics or {}))
     if title:
-        fig.suptitle(title, fontsize=11)
+        set_title(fig, title)
     return figure_png(fig, dpi=dpi)

@@ -632,7 +632,7 @@ def probable_causes(
 
 @dataclass
 class _RunData:
-    label: str
+    label: str  # for HTML (escaped there) and JSON
     path: Path
     run: Run
     scalars: dict[str, np.ndarray]
@@ -640,6 +640,13 @@ class _RunData:
     sizes: dict[str, tuple[int, int]]
     all_steps: np.ndarray
     checkpoints: list[int]
+
+    @property
+    def shown(self) -> str:
+        """The label as figures draw it (``$`` escaped for matplotlib)."""
+        from texwatch.plots import literal
+
+        return literal(self.label)
 
 
 def _open(path: Path) -> Run:
@@ -892,7 +899,7 @@ class _Document:
         """
         from PIL import Image
 
-        from texwatch.plots import figure_png, new_figure
+        from texwatch.plots import figure_png, literal, new_figure
 
         png = figure_png(fig, dpi=_DPI)
         data = base64.b64encode(png).decode("ascii")
@@ -907,7 +914,7 @@ class _Document:
         h, w = pixels.shape[:2]
         page = new_figure(w / _DPI, h / _DPI + 0.3)
         page.figimage(pixels, xo=0, yo=0)
-        page.text(0.01, 1.0 - 0.2 / (h / _DPI + 0.3), caption, fontsize=8, va="top")
+        page.text(0.01, 1.0 - 0.2 / (h / _DPI + 0.3), literal(caption), fontsize=8, va="top")
         self._pdf.savefig(page, dpi=_DPI)
 
     def raw(self, markup: str) -> None:
@@ -915,7 +922,7 @@ class _Document:
         self._html.append(markup)
 
     def _flush_text(self) -> None:
-        from texwatch.plots import new_figure
+        from texwatch.plots import literal, new_figure
 
         sizes = {"h2": 12, "h3": 10, "text": 7.5, "mono": 7, "blank": 7}
         while any(style != "blank" for style, _ in self._lines):
@@ -928,7 +935,7 @@ class _Document:
                 fig.text(
                     0.05,
                     0.97 - k * (0.94 / self._LINES_PER_PAGE),
-                    text,
+                    literal(text),
                     fontsize=sizes.get(style, 7.5),
                     family="monospace" if style == "mono" else "sans-serif",
                     weight="bold" if style.startswith("h") else "normal",
@@ -985,7 +992,7 @@ def _loss_section(
         ema=ema,
         spike_steps=steps[spike].tolist(),
         warn_steps=steps[warn].tolist(),
-        title=f"{rd.label}: loss",
+        title=f"{rd.shown}: loss",
     )
     draw_series(
         a1,
@@ -1043,7 +1050,7 @@ def _loss_section(
 
 
 def _terms_section(doc: _Document, rd: _RunData, out: dict[str, Any]) -> None:
-    from texwatch.plots import axes_grid, draw_series, new_figure
+    from texwatch.plots import axes_grid, draw_series, new_figure, set_title
 
     scal = rd.scalars
     terms = sorted(k[len("term/") :] for k in scal if k.startswith("term/"))
@@ -1055,7 +1062,7 @@ def _terms_section(doc: _Document, rd: _RunData, out: dict[str, Any]) -> None:
     doc.heading("Loss terms: unweighted, weighted, weights, shares", 3)
     fig = new_figure(13.0, 7.0)
     axes = axes_grid(fig, 2, 2)
-    fig.suptitle(f"{rd.label}: loss terms", fontsize=11)
+    set_title(fig, f"{rd.shown}: loss terms")
     draw_series(
         axes[0, 0], steps, {label[t]: scal[f"term/{t}"] for t in terms}, title="unweighted value"
     )
@@ -1099,7 +1106,7 @@ def _terms_section(doc: _Document, rd: _RunData, out: dict[str, Any]) -> None:
 
 
 def _health_section(doc: _Document, rd: _RunData, th: Thresholds, out: dict[str, Any]) -> None:
-    from texwatch.plots import axes_grid, draw_series, new_figure
+    from texwatch.plots import axes_grid, draw_series, new_figure, set_title
 
     streams = {n: t for n, t in rd.streams.items() if t["step"].size}
     if not streams:
@@ -1107,7 +1114,7 @@ def _health_section(doc: _Document, rd: _RunData, th: Thresholds, out: dict[str,
     doc.heading("Stream health: value range, clip fraction, non-finite", 3)
     fig = new_figure(15.0, 2.8 * len(streams) + 0.5)
     axes = axes_grid(fig, len(streams), 4)
-    fig.suptitle(f"{rd.label}: stream health", fontsize=11)
+    set_title(fig, f"{rd.shown}: stream health")
     for row, (name, t) in zip(axes, streams.items(), strict=True):
         nan = np.full(t["step"].size, np.nan)
         draw_series(
@@ -1151,7 +1158,7 @@ def _health_section(doc: _Document, rd: _RunData, th: Thresholds, out: dict[str,
 
 
 def _texture_section(doc: _Document, rd: _RunData, th: Thresholds) -> None:
-    from texwatch.plots import axes_grid, draw_series, new_figure
+    from texwatch.plots import axes_grid, draw_series, new_figure, set_title
 
     streams = {n: t for n, t in rd.streams.items() if t["step"].size}
     if not streams:
@@ -1159,7 +1166,7 @@ def _texture_section(doc: _Document, rd: _RunData, th: Thresholds) -> None:
     doc.heading("Texture metrics over time", 3)
     fig = new_figure(15.0, 2.8 * len(streams) + 0.5)
     axes = axes_grid(fig, len(streams), 4)
-    fig.suptitle(f"{rd.label}: texture metrics", fontsize=11)
+    set_title(fig, f"{rd.shown}: texture metrics")
     for row, (name, t) in zip(axes, streams.items(), strict=True):
         nan = np.full(t["step"].size, np.nan)
         s = t["step"]
@@ -1258,7 +1265,7 @@ def _checkpoint_section(
             _, data = rd.run.stream_at(name, [row_step])
             ref = _value(t, "ref_radius_bin", i)
             panel = spectrum_panel(data, ref_radius=ref if math.isfinite(ref) else None)
-            where = f"{rd.label} · {name} @ {row_step}"
+            where = f"{rd.shown} · {name} @ {row_step}"
             draw_image_grid(
                 ax[0], data, title=f"{where} ({data.shape[0]} items)", max_images=max_images
             )
@@ -1282,7 +1289,7 @@ def _checkpoint_section(
 
 
 def _summary_section(doc: _Document, runs: Sequence[_RunData], steps: Sequence[int]) -> None:
-    from texwatch.plots import axes_grid, draw_series, new_figure
+    from texwatch.plots import axes_grid, new_figure
 
     if len(steps) < 2:
         return
@@ -1296,19 +1303,40 @@ def _summary_section(doc: _Document, runs: Sequence[_RunData], steps: Sequence[i
         "resize_delta_r",
         "clip_fraction",
     )
-    fig = new_figure(16.0, 7.0)
-    axes = axes_grid(fig, 2, 4, title=False).ravel()
-    for ax, key in zip(axes, keys, strict=True):
-        series: dict[str, np.ndarray] = {}
-        for rd in runs:
-            for name, t in rd.streams.items():
-                if name == "target" or key not in t or not t["step"].size:
-                    continue
+    fig = new_figure(16.0, 7.8)
+    axes = axes_grid(fig, 2, 4)
+    colours = [f"C{k % 10}" for k in range(len(runs))]
+    styles = ("-", "--", ":", "-.")
+    for ax, key in zip(axes.ravel(), keys, strict=True):
+        for colour, rd in zip(colours, runs, strict=True):
+            names = [n for n, t in rd.streams.items() if n != "target" and key in t]
+            for k, name in enumerate(names):
+                t = rd.streams[name]
                 idx = [_row_at(t, s) for s in steps]
-                series[f"{rd.label} · {name}"] = np.array(
-                    [t[key][i] if i is not None else np.nan for i in idx]
+                values = [t[key][i] if i is not None else np.nan for i in idx]
+                ax.plot(
+                    steps,
+                    values,
+                    color=colour,
+                    ls=styles[k % len(styles)],
+                    marker="o",
+                    ms=3,
+                    lw=1.1,
+                    label=f"{rd.shown} · {name}",
                 )
-        draw_series(ax, np.asarray(steps), series, title=key, marker="o")
+        ax.set_title(key, fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.tick_params(labelsize=7)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(
+        handles,
+        labels,
+        loc="upper center",
+        ncol=min(len(labels), 4),
+        fontsize=7,
+        bbox_to_anchor=(0.5, 1 - 0.05 / 7.8),
+        frameon=False,
+    )
     doc.figure(fig, "metrics at each selected step, every run and stream")
 
 
@@ -1316,7 +1344,7 @@ def _validation_section(
     doc: _Document, runs: Sequence[_RunData], steps: Sequence[int], max_images: int
 ) -> list[dict[str, Any]]:
     from texwatch._images import to_display
-    from texwatch.plots import axes_grid, new_figure
+    from texwatch.plots import axes_grid, new_figure, set_title
 
     rows = [
         (rd, n, t)
@@ -1346,7 +1374,7 @@ def _validation_section(
             ax.imshow(to_display(data[j]), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
             ax.set_title(f"step {s}", fontsize=8)
             ax.set_axis_off()
-        fig.suptitle(f"{rd.label} · {name}", fontsize=10)
+        set_title(fig, f"{rd.shown} · {name}", fontsize=10)
         doc.figure(fig, f"{rd.label} · {name}: the same validation input at each step")
     return out
 
