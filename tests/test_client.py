@@ -205,7 +205,8 @@ def test_bad_input_raises_and_records_nothing(path: Path) -> None:
     with Recorder(path) as rec:
         rec.record(0, 1.0, latents=good)
         for call, error, match in _bad_calls():
-            kwargs = {"step": 1, "loss": 2.0, "latents": good, "scalars": {"fresh": 1.0}} | call
+            kwargs: dict[str, Any] = {"step": 1, "loss": 2.0, "latents": good,
+                                      "scalars": {"fresh": 1.0}} | call
             with pytest.raises(error, match=match):
                 rec.record(**kwargs)
         rec.flush()

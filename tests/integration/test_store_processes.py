@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorstore as ts
-from _store_helpers import check_rows, latents_of, loss_of, start_zarr_pools
+from integration._store_helpers import check_rows, latents_of, loss_of, start_zarr_pools
 
 from texwatch.store import ITEMS, SCALARS, open_run
 
@@ -81,6 +81,7 @@ def test_reader_polling_a_writer_sees_monotone_complete_rows(tmp_path: Path) -> 
                 break
     finally:
         writer.wait(timeout=60)
+    assert writer.stdout is not None
     assert writer.returncode == 0 and json.loads(writer.stdout.read()) == {}  # no drops
     assert seen[-1] == steps and len(set(seen)) > 3  # it really read while rows were arriving
 

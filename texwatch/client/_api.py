@@ -7,6 +7,8 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
+
 from ._recorder import ENV_STORE, Recorder
 
 __all__ = ["close", "flush", "get_recorder", "init", "record"]
@@ -81,7 +83,7 @@ def _recorder() -> Recorder:
 
 
 def record(
-    step: int,
+    step: int | np.integer[Any],
     loss: Any = None,
     *,
     latents: Any = None,

@@ -178,27 +178,29 @@ def _number(value: Any, arg: str, key: str | None, batch_ok: bool) -> Any:
         return value
     if kind is int or (isinstance(value, np.number) and not isinstance(value, np.complexfloating)):
         return float(value)
-
-    def what() -> str:
-        return f"record(): {arg}" if key is None else f"record(): {arg}[{key!r}]"
-
     torch = sys.modules.get("torch")
     if torch is not None and isinstance(value, torch.Tensor):
         shape = value.shape
         dtype_kind = torch_kind(value.dtype)
     elif kind is bool or isinstance(value, np.bool_):
-        raise TypeError(f"{what()} must be a number or tensor, got bool")
+        raise TypeError(f"{_arg_name(arg, key)} must be a number or tensor, got bool")
     else:
-        value = describe(value, what).value  # an ndarray from here on
+        value = describe(value, lambda: _arg_name(arg, key)).value  # an ndarray from here on
         shape, dtype_kind = value.shape, value.dtype.kind
     if dtype_kind not in "fiu":
-        raise TypeError(f"{what()} must hold real numbers, got dtype kind {dtype_kind!r}")
+        raise TypeError(
+            f"{_arg_name(arg, key)} must hold real numbers, got dtype kind {dtype_kind!r}"
+        )
     if len(shape) > (1 if batch_ok else 0):
         want = "a scalar or a 1-D (B,) tensor" if batch_ok else "a scalar (0-d)"
-        raise ValueError(f"{what()} must be {want}, got shape {tuple(shape)}")
+        raise ValueError(f"{_arg_name(arg, key)} must be {want}, got shape {tuple(shape)}")
     if len(shape) and shape[0] == 0:
-        raise ValueError(f"{what()} is empty (shape {tuple(shape)})")
+        raise ValueError(f"{_arg_name(arg, key)} is empty (shape {tuple(shape)})")
     return value
+
+
+def _arg_name(arg: str, key: str | None) -> str:
+    return f"record(): {arg}" if key is None else f"record(): {arg}[{key!r}]"
 
 
 def _label(what: str) -> Callable[[], str]:
@@ -352,7 +354,7 @@ class Recorder:
 
     def record(
         self,
-        step: int,
+        step: int | np.integer[Any],
         loss: Any = None,
         *,
         latents: Any = None,
