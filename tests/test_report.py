@@ -95,6 +95,7 @@ def test_checkpoint_numbers_match_the_spectral_functions(report: Path, runs: dic
         health = spectral.latent_health(x)
         assert column["std"] == pytest.approx(float(health["std"].double().mean()), rel=1e-5)
         assert column["items"] == 2
+        assert column["fft_period_px"] == pytest.approx(64 / column["fundamental_radius_bin"])
     # the doubled tile at step 80: f* half the reference's
     last = next(
         c for c in doc["checkpoints"][1]["columns"] if c["run"] == EVIL and c["stream"] == "pred"
@@ -299,3 +300,10 @@ def test_step_table_means_items_and_keeps_the_latest_call_of_a_resumed_step() ->
     assert out["min"].tolist() == [-2.0, -3.0, -5.0]
     assert out["nonfinite"].tolist() == [0.0, 0.0, 3.0]
     assert out["items"].tolist() == [2, 2, 2]
+
+
+def test_shown_keys_are_the_spectral_modules_keys() -> None:
+    from texwatch.report import HEALTH_KEYS, TEXTURE_KEYS
+
+    assert TEXTURE_KEYS == spectral.METRIC_KEYS + spectral.LOCAL_MAP_KEYS
+    assert set(HEALTH_KEYS) <= set(spectral.HEALTH_KEYS)

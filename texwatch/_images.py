@@ -56,9 +56,9 @@ def _read_array(path: Path) -> np.ndarray:
             out /= 255.0 if arr.dtype.itemsize == 1 else 65535.0
         return out
     try:
-        with Image.open(path) as img:
-            img.load()
-            img = ImageOps.exif_transpose(img)
+        with Image.open(path) as opened:
+            opened.load()
+            img = ImageOps.exif_transpose(opened)
             mode = img.mode
             if mode in _SIXTEEN_BIT_MODES:
                 return np.asarray(img, dtype=np.float64)[:, :, None] / 65535.0

@@ -9,13 +9,13 @@ from tqdm import tqdm
 __all__ = ["progress"]
 
 
-class _Bar(tqdm):  # type: ignore[type-arg]
+class _Bar(tqdm):
     """tqdm without its monitor thread: the commands refresh often enough, and no thread leaks."""
 
     monitor_interval = 0
 
 
-def progress(total: int, desc: str, *, quiet: bool) -> tqdm:  # type: ignore[type-arg]
+def progress(total: int, desc: str, *, quiet: bool) -> tqdm:
     """A progress bar of ``total`` units on stderr; silent (and free) when ``quiet`` or when
     stderr is not a terminal (logs and pipes get the result lines only, not ``\r`` updates)."""
     stream = sys.stderr

@@ -457,7 +457,7 @@ def _summary_png(doc: dict[str, Any], base: Path, fft_threshold: float, outlier_
         prom = prom[np.isfinite(prom) & (prom > 0)]
         if prom.size:
             edges = np.logspace(np.log10(prom.min()) - 0.1, np.log10(prom.max()) + 0.1, 30)
-            axes[3].hist(prom, bins=edges, color="tab:blue")
+            axes[3].hist(prom, bins=edges.tolist(), color="tab:blue")
             axes[3].set_xscale("log")
         axes[3].axvline(fft_threshold, color="tab:red", ls="--", label="--fft-threshold")
         axes[3].set_title("spectral peak prominence (× noise floor)", fontsize=9)
@@ -479,7 +479,7 @@ def _summary_png(doc: dict[str, Any], base: Path, fft_threshold: float, outlier_
     return plots.figure_png(fig)
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``dataset`` subcommand to the ``texwatch`` command."""
     p = subparsers.add_parser(
         "dataset",

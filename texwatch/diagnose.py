@@ -22,7 +22,7 @@ import json
 import math
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -173,7 +173,7 @@ def _figure_name(index: int, name: str) -> str:
 def _image_figure(
     x: torch.Tensor,
     name: str,
-    metrics: dict[str, float],
+    metrics: Mapping[str, object],
     boxes: Sequence[Sequence[int]],
     heat: np.ndarray | None,
     heat_title: str,
@@ -316,7 +316,7 @@ def diagnose(
             figure = None
             if out is not None and index < max_images:
                 figure = _figure_name(index, name)
-                shown = {
+                shown: dict[str, object] = {
                     **metrics,
                     **{f"value_{k}": v for k, v in stats.items()},
                     "peak_prominence": peak.prominence,
@@ -396,7 +396,7 @@ def _jsonable(v: Any) -> Any:
     return v
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``diagnose`` subcommand to the ``texwatch`` command."""
     p = subparsers.add_parser(
         "diagnose",

@@ -460,7 +460,7 @@ def draw_text_table(ax: Axes, rows: Mapping[str, object], *, title: str = "metri
     ax.text(
         0.0,
         1.0,
-        "\n".join(lines),
+        literal("\n".join(lines)),
         va="top",
         ha="left",
         family="monospace",
@@ -503,7 +503,7 @@ def snapshot_figure(
         ref_radius: the reference's f in FFT bins, or ``None``.
         heatmap_scale: gain of the diff heatmap (the seed's ``--heatmap-scale``).
         metrics: name → value shown as a table (the interval's derived metrics).
-        title: the figure's title (run name and step).
+        title: the figure's title (run name and step), drawn literally (``$`` included).
         dpi: PNG resolution.
     """
     imgs = _as_numpy(images)
@@ -538,5 +538,5 @@ def snapshot_figure(
         )
     draw_text_table(fig.add_subplot(grid[1, 3]), dict(metrics or {}))
     if title:
-        set_title(fig, title)
+        set_title(fig, literal(title))
     return figure_png(fig, dpi=dpi)

@@ -77,6 +77,9 @@ TEXTURE_KEYS: tuple[str, ...] = (
 HEALTH_KEYS: tuple[str, ...] = ("mean", "std", "min", "max", "nonfinite", "clip_fraction")
 """Stream value-health columns shown per stream."""
 
+FFT_PERIOD_KEY = "fft_period_px"
+"""Checkpoint-table row beside the ACF period: the period f* stands for, max(H, W) / f*."""
+
 PEAK_KEY = "peak_prominence"
 """Column added at the judged rows: :func:`texwatch.diagnose.periodicity`'s prominence."""
 
@@ -528,13 +531,14 @@ def _spike_causes(
             f"rule {rule})"
         )
         lr_base = math.nan
+        lr_now = float(lr[i]) if lr is not None else math.nan
         if lr is not None:
             window = lr[max(0, i - _LR_LOOKBACK) : i]
             window = window[np.isfinite(window)]
             lr_base = float(np.median(window)) if window.size else math.nan
-        if _finite(lr_base) and lr_base > 0 and _finite(lr[i]) and lr[i] > th.lr_jump * lr_base:
-            record["lr"], record["lr_before"] = float(lr[i]), lr_base
-            lr_cause.evidence.append(f"{text}; lr {float(lr[i]):.3g} vs {lr_base:.3g} before")
+        if _finite(lr_base) and lr_base > 0 and _finite(lr_now) and lr_now > th.lr_jump * lr_base:
+            record["lr"], record["lr_before"] = lr_now, lr_base
+            lr_cause.evidence.append(f"{text}; lr {lr_now:.3g} vs {lr_base:.3g} before")
             lr_cause.values.append(record)
         elif (after.size and not finite_after.size) or (
             _finite(level) and _finite(pre) and level > th.ema_break_ratio * pre
@@ -638,7 +642,6 @@ class _RunData:
     scalars: dict[str, np.ndarray]
     streams: dict[str, dict[str, np.ndarray]]
     sizes: dict[str, tuple[int, int]]
-    all_steps: np.ndarray
     checkpoints: list[int]
 
     @property
@@ -687,8 +690,6 @@ def _load(path: Path, run: Run, label: str, settings: Any) -> _RunData:
     names = sorted((n for n in derived if n != "scalars"), key=lambda n: (order.get(n, 3), n))
     streams = {name: step_table(derived[name]) for name in names}
     sizes = {name: tuple(int(s) for s in run.stream_spec(name).shape[1:]) for name in streams}
-    every = [scal["step"], *(t["step"] for t in streams.values())]
-    all_steps = np.unique(np.concatenate(every)) if every else np.zeros(0, np.int64)
     return _RunData(
         label=label,
         path=path,
@@ -696,7 +697,6 @@ def _load(path: Path, run: Run, label: str, settings: Any) -> _RunData:
         scalars=scal,
         streams=streams,
         sizes=sizes,  # type: ignore[arg-type]
-        all_steps=all_steps,
         checkpoints=run.checkpoint_steps(),
     )
 
@@ -738,28 +738,39 @@ def _labels(runs: Sequence[Run], paths: Sequence[Path]) -> list[str]:
     return labels
 
 
-def _select_steps(
-    runs: Sequence[_RunData], steps: Sequence[int] | None, checkpoints: bool, every: int | None
-) -> tuple[list[int], str]:
-    """The steps the checkpoint sections compare, and how they were chosen."""
+def _check_requested(
+    runs: Sequence[Run], labels: Sequence[str], steps: Sequence[int] | None, checkpoints: bool
+) -> list[int] | None:
+    """The steps given with ``--steps`` or ``--checkpoints``, checked against the store before
+    anything is derived (so a typo fails in a second, not after a long derivation)."""
     if steps:
-        for rd in runs:
-            missing = [s for s in steps if s not in set(rd.all_steps.tolist())]
-            if missing:
-                first, last = int(rd.all_steps[0]), int(rd.all_steps[-1])
-                raise ReportError(
-                    f"step {missing[0]} is not in run {rd.label!r} ({str(rd.path)!r}; its steps "
-                    f"run {first}..{last})"
-                )
-        return sorted(set(steps)), "--steps"
+        for run, label in zip(runs, labels, strict=True):
+            have = (
+                set(run.scalars(names=[])["step"].tolist())
+                if run.committed().get("scalars")
+                else set()
+            )
+            for step in steps:
+                if step in have or any(
+                    run.stream_at(n, [step])[0].size for n in run.stream_names()
+                ):
+                    continue
+                span = f"; its scalar steps run {min(have)}..{max(have)}" if have else ""
+                raise ReportError(f"step {step} is not in run {label!r} ({str(run.path)!r}{span})")
+        return sorted(set(steps))
     if checkpoints:
-        found = sorted({s for rd in runs for s in rd.checkpoints})
+        found = sorted({s for run in runs for s in run.checkpoint_steps()})
         if not found:
             raise ReportError(
                 "--checkpoints: no run marks checkpoint steps (record(..., checkpoint=True)); "
                 "give --steps instead"
             )
-        return found, "--checkpoints"
+        return found
+    return None
+
+
+def _select_steps(runs: Sequence[_RunData], every: int | None) -> tuple[list[int], str]:
+    """The steps compared without ``--steps``/``--checkpoints``, and how they were chosen."""
     image_steps = sorted({int(s) for rd in runs for t in rd.streams.values() for s in t["step"]})
     if every is not None:
         chosen = [s for s in image_steps if s % every == 0]
@@ -1002,7 +1013,7 @@ def _loss_section(
         hlines={f"{sigma:g}σ alarm": sigma},
     )
     doc.figure(fig, f"{rd.label}: loss, EMA, spikes (red) and warnings (orange)")
-    spikes = []
+    spikes: list[dict[str, Any]] = []
     rules = scal.get("spike_rule", np.zeros(steps.size))
     for i in np.flatnonzero(spike):
         code = int(rules[i])
@@ -1255,6 +1266,10 @@ def _checkpoint_section(
                 **{k: float(t[k][i]) for k in (*TEXTURE_KEYS, PEAK_KEY, *HEALTH_KEYS) if k in t},
             }
         )
+        f_star = columns[-1].get("fundamental_radius_bin", math.nan)
+        columns[-1][FFT_PERIOD_KEY] = (
+            _fft_period(f_star, rd.sizes[name]) if _finite(f_star) else math.nan
+        )
     pictured = [r for r in rows if not r[1].startswith(_VAL_PREFIX)]
     if pictured:
         fig = new_figure(16.0, 3.6 * len(pictured) + 0.4)
@@ -1278,7 +1293,8 @@ def _checkpoint_section(
             "reference black) and ACF, runs side by side",
         )
     if columns:
-        keys = [k for k in (*TEXTURE_KEYS, PEAK_KEY, *HEALTH_KEYS) if any(k in c for c in columns)]
+        order = (*TEXTURE_KEYS[:2], FFT_PERIOD_KEY, *TEXTURE_KEYS[2:], PEAK_KEY, *HEALTH_KEYS)
+        keys = [k for k in order if any(k in c for c in columns)]
         doc.table(
             ["metric", *(f"{c['run']} · {c['stream']} @ {c['row_step']}" for c in columns)],
             [[k, *(c.get(k) for c in columns)] for k in ["items", *keys]],
@@ -1434,6 +1450,7 @@ def build_report(
     store_paths = [Path(p) for p in paths]
     opened = [_open(p) for p in store_paths]
     labels = _labels(opened, store_paths)
+    requested = _check_requested(opened, labels, steps, checkpoints)
     bar = progress(total=2 * len(opened) + 1, desc="report", quiet=quiet)
     try:
         runs = []
@@ -1441,7 +1458,10 @@ def build_report(
             bar.set_postfix_str(f"deriving {label}"[:40])
             runs.append(_load(path, run_, label, settings))
             bar.update()
-        chosen, how = _select_steps(runs, steps, checkpoints, every)
+        if requested is not None:
+            chosen, how = requested, "--steps" if steps else "--checkpoints"
+        else:
+            chosen, how = _select_steps(runs, every)
         bar.total = 2 * len(runs) + len(chosen) + 1
         bar.refresh()
         out.mkdir(parents=True, exist_ok=True)
@@ -1547,7 +1567,7 @@ def build_report(
 # Command line
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``report`` subcommand to the ``texwatch`` command."""
     names = ", ".join(f.name for f in dataclasses.fields(Thresholds))
     p = subparsers.add_parser(
