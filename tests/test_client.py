@@ -18,7 +18,15 @@ from integration._store_helpers import start_zarr_pools
 
 import texwatch.client as tw
 from texwatch.client import DEFAULT_EVERY, DEFAULT_MAX_ITEMS, Recorder, WriterError, detect_rank
-from texwatch.store import ITEMS, SCALARS, RunWriter, StoreFormatError, open_run, run_paths
+from texwatch.store import (
+    ITEMS,
+    LOSS_NAN,
+    SCALARS,
+    RunWriter,
+    StoreFormatError,
+    open_run,
+    run_paths,
+)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -66,7 +74,12 @@ def test_round_trip_of_every_argument(path: Path) -> None:
     run = open_run(path)
     assert (run.name, run.config) == ("rt", {"a": 1})
     assert run.committed() == {
-        SCALARS: 2, ITEMS: 4, "latents": 4, "pred": 2, "target": 1, "val/0": 1
+        SCALARS: 2,
+        ITEMS: 4,
+        "latents": 4,
+        "pred": 2,
+        "target": 1,
+        "val/0": 1,
     }
     cols = run.scalars()
     np.testing.assert_array_equal(cols["step"], [0, 1])
@@ -205,8 +218,12 @@ def test_bad_input_raises_and_records_nothing(path: Path) -> None:
     with Recorder(path) as rec:
         rec.record(0, 1.0, latents=good)
         for call, error, match in _bad_calls():
-            kwargs: dict[str, Any] = {"step": 1, "loss": 2.0, "latents": good,
-                                      "scalars": {"fresh": 1.0}} | call
+            kwargs: dict[str, Any] = {
+                "step": 1,
+                "loss": 2.0,
+                "latents": good,
+                "scalars": {"fresh": 1.0},
+            } | call
             with pytest.raises(error, match=match):
                 rec.record(**kwargs)
         rec.flush()
@@ -283,12 +300,17 @@ def test_nonfinite_values_are_recorded_faithfully_and_counted(path: Path) -> Non
     assert np.isnan(data[1, 0, 0, 0]) and data[2, 1, 1, 1] == np.inf
     assert run.nonfinite() == {"loss": 3, "term/v": 1, "latents": 2}
     assert np.isnan(run.items()["loss"][1])
+    # A given NaN loss is marked, so readers can tell it from a row recorded without a loss.
+    with Recorder(path) as rec:
+        rec.record(3, scalars={"lr": 0.1})
+    np.testing.assert_array_equal(run.scalars()[LOSS_NAN], [1.0, np.nan, 1.0, np.nan])
 
 
 def test_memory_budget_drops_images_but_keeps_scalars(path: Path) -> None:
-    with pytest.warns(RuntimeWarning, match="max_pending_bytes") as warned, Recorder(
-        path, max_pending_bytes=0
-    ) as rec:
+    with (
+        pytest.warns(RuntimeWarning, match="max_pending_bytes") as warned,
+        Recorder(path, max_pending_bytes=0) as rec,
+    ):
         for step in range(3):
             rec.record(step, 1.0, latents=np.ones((2, 4, 8, 8), np.float32))
     assert len([w for w in warned if "texwatch" in str(w.message)]) == 1
@@ -322,8 +344,12 @@ def test_full_queue_drops_images_first_then_scalars(
     assert entered.wait(5.0)  # the writer is stuck writing row 0
     with pytest.warns(RuntimeWarning, match="queue is full") as warned:
         for step in range(1, 6):
-            rec.record(step, 1.0, latents=np.ones((2, 4, 8, 8), np.float32),
-                       sample_ids=[2 * step, 2 * step + 1])
+            rec.record(
+                step,
+                1.0,
+                latents=np.ones((2, 4, 8, 8), np.float32),
+                sample_ids=[2 * step, 2 * step + 1],
+            )
     assert len([w for w in warned if "texwatch" in str(w.message)]) == 1
     with pytest.raises(TimeoutError, match="flush"):
         rec.flush(timeout=0.05)
@@ -420,8 +446,12 @@ def test_two_threads_record_into_one_recorder(path: Path) -> None:
 
         def work(parity: int) -> None:
             for step in range(parity, 2000, 2):
-                rec.record(step, float(step), scalars={"thread": float(parity)},
-                           latents=np.full((1, 2, 4, 4), step, np.float32))
+                rec.record(
+                    step,
+                    float(step),
+                    scalars={"thread": float(parity)},
+                    latents=np.full((1, 2, 4, 4), step, np.float32),
+                )
 
         threads = [threading.Thread(target=work, args=(p,)) for p in (0, 1)]
         for thread in threads:

@@ -19,6 +19,8 @@ Layout of ``runs/x.zarr`` (schema version 1)::
     scalars/loss             float64 step loss (mean of per-item losses); NaN where not given
     scalars/<name>           float64 lr, term/<name>, weight/<name>, user scalars, checkpoint
                              (1.0 at checkpoint steps); NaN for rows without a value
+    scalars/nonfinite/loss   1.0 where the loss was given and NaN (which ``loss`` alone cannot
+                             tell from a row recorded without a loss), else NaN
     items/{step,loss,timestep,sample_id}   one row per batch item (int64, float64, float64, int64;
                              sample_id -1 when unknown), the rows of one record() call adjacent
     <stream>/step            int64, one row per kept image item (stream: latents, pred, target,
@@ -70,6 +72,7 @@ __all__ = [
     "CHUNK_TARGET_BYTES",
     "DERIVED",
     "ITEMS",
+    "LOSS_NAN",
     "RESERVED_TABLES",
     "SCALARS",
     "SCHEMA_VERSION",
@@ -93,6 +96,8 @@ CHUNK_TARGET_BYTES = 1 << 20
 SCALARS = "scalars"
 ITEMS = "items"
 DERIVED = "derived"
+LOSS_NAN = "nonfinite/loss"
+"""Scalar column marking rows whose given loss was NaN."""
 RESERVED_TABLES = frozenset({SCALARS, ITEMS, DERIVED})
 """Root table names that are not image streams."""
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from texwatch.store import ITEMS, RESERVED_TABLES, SCALARS, RunWriter
+from texwatch.store import ITEMS, LOSS_NAN, RESERVED_TABLES, SCALARS, RunWriter
 
 from ._capture import Captured, Copy, resolve
 from ._stats import Counters
@@ -101,6 +101,9 @@ class _Batch:
                 item_values["loss"] = row.loss
         columns.update(row.scalars or {})
         numbers = {name: _as_float(value) for name, value in columns.items()}
+        if math.isnan(numbers.get("loss", 0.0)):
+            # A NaN loss reads like a row without a loss; this marks it as given (and non-finite).
+            numbers[LOSS_NAN] = 1.0
         items: dict[str, np.ndarray] = {}
         if item_values:
             arrays = {k: resolve(v).reshape(-1) for k, v in item_values.items()}
