@@ -1,13 +1,16 @@
-"""The Prometheus metrics texwatchd exports: the one list dashboards, alerts and the exporter share.
+"""The Prometheus series texwatchd exports, as dashboards and alert rules may name them.
 
-Dashboards and alert rules may only name series listed here (tests enforce it), and the daemon's
-exporter is tested against the same list, so a rename breaks a test instead of a dashboard.
+Built from the exporter's own contract (:mod:`texwatch.metric_names`), so a rename there breaks
+a dashboard test instead of a dashboard.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
+
+from texwatch.detectors import SPIKE_RULES
+from texwatch.metric_names import ERROR_KINDS, FAMILIES, SCRAPE_JOB, TEXTURE_LOSSES
 
 __all__ = [
     "ERROR_KINDS",
@@ -23,30 +26,6 @@ __all__ = [
 ]
 
 MetricType = Literal["gauge", "counter", "histogram"]
-
-#: The Prometheus ``job`` that scrapes texwatchd, in every shipped config and alert rule.
-SCRAPE_JOB = "texwatch"
-
-#: Values of the ``rule`` label of ``texwatch_loss_spikes_total``.
-SPIKE_RULES: tuple[str, ...] = ("sigma", "hard_max", "sustained", "nonfinite")
-
-#: Values of the ``kind`` label of ``texwatch_errors_total``.
-ERROR_KINDS: tuple[str, ...] = (
-    "corrupt_chunk",
-    "store_missing",
-    "schema",
-    "read",
-    "compute",
-    "snapshot",
-)
-
-#: Values of the ``loss`` label of ``texwatch_texture_loss``.
-TEXTURE_LOSSES: tuple[str, ...] = (
-    "spectral_period",
-    "log_polar_align",
-    "scale_consistency",
-    "acf_period",
-)
 
 #: Series Prometheus adds itself for every scrape target (not exported by texwatchd).
 PROMETHEUS_SYNTHETIC: frozenset[str] = frozenset({"up"})
@@ -69,84 +48,15 @@ class MetricSpec:
     help: str
 
 
-def _stream_gauge(name: str, help_text: str) -> MetricSpec:
-    return MetricSpec(name, "gauge", ("run", "stream"), help_text)
-
-
-METRICS: tuple[MetricSpec, ...] = (
-    # Spectral texture metrics per image stream (newest derived row).
-    _stream_gauge("texwatch_fundamental_radius_bin", "f*: radius bin of the spectral peak."),
-    _stream_gauge("texwatch_acf_first_peak_radius_bin", "Radius of the first ACF peak."),
-    _stream_gauge("texwatch_e2f_over_ef", "Energy at 2f over energy at f (f = reference f*)."),
-    _stream_gauge("texwatch_ehalf_over_ef", "Energy at f/2 over energy at f."),
-    _stream_gauge("texwatch_axis_ratio_at_f", "Axis-aligned over diagonal energy at f*."),
-    _stream_gauge("texwatch_shift_mse_dx1", "MSE between the image and itself shifted 1 px in x."),
-    _stream_gauge("texwatch_shift_mse_dy1", "MSE between the image and itself shifted 1 px in y."),
-    _stream_gauge("texwatch_resize_mse_down_up", "MSE of a down-then-up resize round trip."),
-    _stream_gauge("texwatch_resize_delta_r", "Shift of f* after a resize round trip."),
-    _stream_gauge("texwatch_ref_radius_bin", "f* of the reference or target tile."),
-    _stream_gauge("texwatch_checkerboard_energy", "Share of energy at the Nyquist corners."),
-    _stream_gauge("texwatch_band_score", "Period-doubling band score of the local period map."),
-    _stream_gauge("texwatch_band_max_run", "Longest run of windows at the doubled period."),
-    # Stream value health.
-    _stream_gauge("texwatch_stream_mean", "Mean value of the stream."),
-    _stream_gauge("texwatch_stream_std", "Standard deviation of the stream."),
-    _stream_gauge("texwatch_stream_min", "Minimum value of the stream."),
-    _stream_gauge("texwatch_stream_max", "Maximum value of the stream."),
-    _stream_gauge("texwatch_stream_clip_fraction", "Share of values with |x| > 3."),
-    _stream_gauge("texwatch_stream_clip_excess", "How far values go past the clip range."),
+#: The exporter's families (:data:`texwatch.metric_names.FAMILIES`) as exposed on /metrics.
+METRICS: tuple[MetricSpec, ...] = tuple(
     MetricSpec(
-        "texwatch_texture_loss",
-        "gauge",
-        ("run", "stream", "loss"),
-        "Texture loss of the stream against its target or reference tile.",
-    ),
-    # Loss.
-    MetricSpec("texwatch_loss", "gauge", ("run",), "Newest training loss."),
-    MetricSpec("texwatch_loss_ema", "gauge", ("run",), "Exponential moving average of the loss."),
-    MetricSpec("texwatch_loss_zscore", "gauge", ("run",), "Loss z-score in its rolling window."),
-    MetricSpec(
-        "texwatch_loss_spikes_total", "counter", ("run", "rule"), "Loss spikes, by detector rule."
-    ),
-    MetricSpec(
-        "texwatch_loss_spike_warnings_total", "counter", ("run",), "Loss excursions past 4 sigma."
-    ),
-    # Loss terms.
-    MetricSpec("texwatch_loss_term", "gauge", ("run", "term"), "Unweighted value of a loss term."),
-    MetricSpec("texwatch_loss_term_weight", "gauge", ("run", "term"), "Weight of a loss term."),
-    MetricSpec(
-        "texwatch_loss_term_share", "gauge", ("run", "term"), "Share of the weighted total loss."
-    ),
-    MetricSpec("texwatch_loss_term_dead", "gauge", ("run", "term"), "1 when a term is dead."),
-    MetricSpec("texwatch_dead_loss_terms", "gauge", ("run",), "Number of dead loss terms."),
-    # User scalars and progress.
-    MetricSpec("texwatch_scalar", "gauge", ("run", "name"), "A user scalar (lr, grad_norm, ...)."),
-    MetricSpec(
-        "texwatch_nonfinite_total",
-        "counter",
-        ("run", "stream"),
-        "Non-finite values seen (stream: image stream, 'loss' or 'term/<name>').",
-    ),
-    MetricSpec("texwatch_last_step", "gauge", ("run",), "Newest committed training step."),
-    # Daemon health.
-    MetricSpec("texwatch_daemon_lag_rows", "gauge", ("run",), "Committed rows not yet derived."),
-    MetricSpec(
-        "texwatch_last_processed_timestamp_seconds",
-        "gauge",
-        ("run",),
-        "Unix time of the last derived batch.",
-    ),
-    MetricSpec(
-        "texwatch_processing_seconds", "histogram", ("run",), "Processing time of one wake."
-    ),
-    MetricSpec("texwatch_errors_total", "counter", ("kind",), "Daemon errors, by kind."),
-    MetricSpec(
-        "texwatch_client_dropped_rows_total",
-        "counter",
-        ("run", "stream"),
-        "Rows the client dropped (counted in the store's attributes).",
-    ),
-    MetricSpec("texwatch_runs", "gauge", (), "Runs being served."),
+        f.name + "_total" if f.kind == "counter" else f.name,
+        cast(MetricType, f.kind),
+        f.labels,
+        f.doc,
+    )
+    for f in FAMILIES.values()
 )
 
 #: Every family name in :data:`METRICS`.

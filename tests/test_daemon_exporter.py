@@ -14,12 +14,12 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from texwatch.daemon._exporter import (
-    FAMILIES,
     MetricsBoard,
     Sample,
     read_basic_auth_file,
     serve_metrics,
 )
+from texwatch.metric_names import FAMILIES
 
 
 def _board() -> tuple[CollectorRegistry, MetricsBoard]:

@@ -20,6 +20,7 @@ import yaml
 from dashboards import build
 from dashboards.alerts import DATASOURCE_UID
 from dashboards.metrics import SCRAPE_JOB
+from texwatch.daemon import build_parser as texwatchd_parser
 
 ROOT = build.REPO_ROOT
 DEPLOY = ROOT / "deploy"
@@ -29,22 +30,13 @@ RULE_TESTS = sorted((DEPLOY / "prometheus" / "tests").glob("*.yml"))
 PROVISIONING = DEPLOY / "grafana" / "provisioning"
 PROMTOOL = shutil.which("promtool")
 
-# texwatchd's command line (texwatch/daemon): flag -> whether it takes a value.
+# texwatchd's real command line: flag -> whether it takes a value.
+_PARSER = texwatchd_parser()
 TEXWATCHD_FLAGS = {
-    "--store": True,
-    "--root": True,
-    "--port": True,
-    "--bind": True,
-    "--device": True,
-    "--poll": True,
-    "--snapshot-dir": True,
-    "--snapshot-every": True,
-    "--spike-sigma": True,
-    "--window": True,
-    "--once": False,
-    "--tls-cert": True,
-    "--tls-key": True,
-    "--basic-auth-file": True,
+    option: action.nargs != 0
+    for action in _PARSER._actions
+    for option in action.option_strings
+    if option.startswith("--")
 }
 
 
@@ -73,6 +65,7 @@ def _texwatchd_flags(args: list[str]) -> dict[str, str | None]:
         else:
             flags[flag] = None
             i += 1
+    _PARSER.parse_args(args)  # types and choices, exactly as texwatchd checks them
     assert ("--root" in flags) != ("--store" in flags), "texwatchd needs --root or --store"
     if "--port" in flags:
         assert 0 < int(str(flags["--port"])) < 65536

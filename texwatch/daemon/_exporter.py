@@ -28,130 +28,15 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import ThreadingWSGIServer, _SilentHandler
 from prometheus_client.registry import Collector
 
+from texwatch.metric_names import ERROR_KINDS, FAMILIES
+
 __all__ = [
-    "FAMILIES",
-    "ERROR_KINDS",
-    "Family",
     "MetricsBoard",
     "MetricsServer",
     "Sample",
     "read_basic_auth_file",
     "serve_metrics",
 ]
-
-
-@dataclass(frozen=True)
-class Family:
-    """One exported metric family: its name (without a counter's ``_total``), type and labels."""
-
-    name: str
-    kind: str  # "gauge" | "counter" | "histogram"
-    labels: tuple[str, ...]
-    doc: str
-
-
-_STREAM = ("run", "stream")
-_RUN = ("run",)
-_TERM = ("run", "term")
-
-#: Per-stream texture metrics: derived key (spectral.py) -> exported family name.
-STREAM_METRIC_NAMES: dict[str, str] = {
-    "fundamental_radius_bin": "texwatch_fundamental_radius_bin",
-    "acf_first_peak_radius_bin": "texwatch_acf_first_peak_radius_bin",
-    "E2f_over_Ef": "texwatch_e2f_over_ef",
-    "Ehalf_over_Ef": "texwatch_ehalf_over_ef",
-    "axis_ratio_at_f": "texwatch_axis_ratio_at_f",
-    "shift_mse_dx1": "texwatch_shift_mse_dx1",
-    "shift_mse_dy1": "texwatch_shift_mse_dy1",
-    "resize_mse_downUp": "texwatch_resize_mse_down_up",
-    "resize_delta_r": "texwatch_resize_delta_r",
-    "ref_radius_bin": "texwatch_ref_radius_bin",
-    "checkerboard_energy": "texwatch_checkerboard_energy",
-    "band_score": "texwatch_band_score",
-    "band_max_run": "texwatch_band_max_run",
-}
-
-#: Per-stream value health: derived key (spectral.latent_health) -> exported family name.
-STREAM_HEALTH_NAMES: dict[str, str] = {
-    "mean": "texwatch_stream_mean",
-    "std": "texwatch_stream_std",
-    "min": "texwatch_stream_min",
-    "max": "texwatch_stream_max",
-    "clip_fraction": "texwatch_stream_clip_fraction",
-    "clip_excess": "texwatch_stream_clip_excess",
-}
-
-_STREAM_DOCS: dict[str, str] = {
-    "texwatch_fundamental_radius_bin": "Radius (FFT-index px) of the dominant spectral peak, f*.",
-    "texwatch_acf_first_peak_radius_bin": "Texture period (px) from the first ACF peak.",
-    "texwatch_e2f_over_ef": "Energy at 2f over energy at f (f = reference f* when known).",
-    "texwatch_ehalf_over_ef": "Energy at f/2 over energy at f (f = reference f* when known).",
-    "texwatch_axis_ratio_at_f": "Share of the ring-at-f energy within 1 px of the axes.",
-    "texwatch_shift_mse_dx1": "Masked MSE between the image and itself shifted 1 px in x.",
-    "texwatch_shift_mse_dy1": "Masked MSE between the image and itself shifted 1 px in y.",
-    "texwatch_resize_mse_down_up": "Masked MSE after a 0.5x antialiased down-and-up resize.",
-    "texwatch_resize_delta_r": "f* after the down-and-up resize minus f* before.",
-    "texwatch_ref_radius_bin": "f* of the reference tile or target.",
-    "texwatch_checkerboard_energy": "Share of non-DC energy at the Nyquist corners and edges.",
-    "texwatch_band_score": "Strongest row/column share of doubled-period windows.",
-    "texwatch_band_max_run": "Longest run of rows/columns with a doubled-period share >= 0.35.",
-    "texwatch_stream_mean": "Mean of the finite values of the stream's newest row.",
-    "texwatch_stream_std": "Standard deviation of the finite values of the newest row.",
-    "texwatch_stream_min": "Minimum finite value of the newest row.",
-    "texwatch_stream_max": "Maximum finite value of the newest row.",
-    "texwatch_stream_clip_fraction": "Share of values with |x| above the clip range (3).",
-    "texwatch_stream_clip_excess": "mean(relu(|x| - r)) / r with r the clip range.",
-}
-
-FAMILIES: dict[str, Family] = {
-    f.name: f
-    for f in [
-        *(Family(n, "gauge", _STREAM, d) for n, d in _STREAM_DOCS.items()),
-        Family(
-            "texwatch_texture_loss",
-            "gauge",
-            ("run", "stream", "loss"),
-            "Texture losses between the stream and the target or reference tile.",
-        ),
-        Family("texwatch_loss", "gauge", _RUN, "Training loss of the newest step."),
-        Family("texwatch_loss_ema", "gauge", _RUN, "Exponential moving average of the loss."),
-        Family("texwatch_loss_zscore", "gauge", _RUN, "Loss z-score against the rolling window."),
-        Family("texwatch_loss_spikes", "counter", ("run", "rule"), "Loss spikes, by the rule."),
-        Family("texwatch_loss_spike_warnings", "counter", _RUN, "Loss values over the warn level."),
-        Family("texwatch_loss_term", "gauge", _TERM, "Unweighted value of a loss term."),
-        Family("texwatch_loss_term_weight", "gauge", _TERM, "Weight of a loss term."),
-        Family("texwatch_loss_term_share", "gauge", _TERM, "Share of the weighted loss total."),
-        Family("texwatch_loss_term_dead", "gauge", _TERM, "1 while a weighted term is dead."),
-        Family("texwatch_dead_loss_terms", "gauge", _RUN, "Number of dead loss terms."),
-        Family("texwatch_scalar", "gauge", ("run", "name"), "User scalars (lr, grad_norm, ...)."),
-        Family("texwatch_nonfinite", "counter", _STREAM, "Non-finite values seen, by stream."),
-        Family("texwatch_last_step", "gauge", _RUN, "Newest committed step derived."),
-        Family("texwatch_daemon_lag_rows", "gauge", _RUN, "Committed rows not yet derived."),
-        Family(
-            "texwatch_last_processed_timestamp_seconds",
-            "gauge",
-            _RUN,
-            "Unix time of the last derived batch.",
-        ),
-        Family(
-            "texwatch_client_dropped_rows",
-            "counter",
-            _STREAM,
-            "Rows the client dropped under back-pressure, as counted in the store.",
-        ),
-        Family("texwatch_runs", "gauge", (), "Runs being served."),
-        Family("texwatch_errors", "counter", ("kind",), "Daemon errors, by kind."),
-        Family(
-            "texwatch_processing_seconds",
-            "histogram",
-            _RUN,
-            "Time one wake spent deriving a run's new rows.",
-        ),
-    ]
-}
-
-#: Values of the ``kind`` label of ``texwatch_errors_total``.
-ERROR_KINDS = ("corrupt_chunk", "store_missing", "schema", "read", "compute", "snapshot")
 
 
 @dataclass(frozen=True)

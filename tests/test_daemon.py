@@ -1,0 +1,298 @@
+"""texwatchd in-process: incremental derivation, export, snapshots, restarts and faults."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry
+
+from texwatch.daemon import Daemon, DaemonOptions, main
+from texwatch.daemon._exporter import MetricsBoard
+from texwatch.derive import DeriveSettings, derive_all
+from texwatch.store import ITEMS, LOSS_NAN, SCALARS, RunWriter, open_run
+
+SIZE = 64
+PERIOD = 8
+
+
+def _grating(period: float, rows: int, rng: np.random.Generator) -> np.ndarray:
+    """(rows, 1, SIZE, SIZE) vertical gratings in [0, 1] with light noise."""
+    x = np.arange(SIZE, dtype=np.float32)
+    wave = 0.5 + 0.4 * np.sin(2 * np.pi * x / period)[None, :].repeat(SIZE, 0)
+    noise = 0.02 * rng.standard_normal((rows, 1, SIZE, SIZE)).astype(np.float32)
+    return (wave[None, None] + noise).astype(np.float32)
+
+
+def write_run(
+    path: Path,
+    steps: range,
+    *,
+    spike_at: int | None = None,
+    pred_period: float = PERIOD,
+    name: str | None = None,
+    image_every: int = 25,
+    seed: int = 0,
+    commit_every: int = 20,
+) -> None:
+    """Write rows the way the client's writer does: blocks of rows, then a commit."""
+    rng = np.random.default_rng(seed)
+    writer = RunWriter.open(path, run=name)
+    for first in range(steps.start, steps.stop, commit_every):
+        block = np.arange(first, min(first + commit_every, steps.stop))
+        n = len(block)
+        loss = 1.0 + 0.05 * rng.standard_normal(n)
+        loss[block == spike_at] = 80.0
+        writer.append(
+            SCALARS,
+            {
+                "step": block,
+                "time": 1.7e9 + block.astype(np.float64),
+                "loss": loss,
+                "lr": np.full(n, 1e-4),
+                "term/v": loss,
+                "weight/v": np.ones(n),
+                "term/edge": np.zeros(n),
+                "weight/edge": np.full(n, 0.5),
+            },
+        )
+        writer.append(
+            ITEMS,
+            {"step": np.repeat(block, 2), "sample_id": np.arange(2 * first, 2 * first + 2 * n)},
+        )
+        kept = block[block % image_every == 0]
+        if len(kept):
+            k = len(kept)
+            writer.append("target", {"step": kept, "data": _grating(PERIOD, k, rng)})
+            writer.append("pred", {"step": kept, "data": _grating(pred_period, k, rng)})
+            latents = rng.standard_normal((k, 4, 16, 16)).astype(np.float32)
+            writer.append("latents", {"step": kept, "data": latents})
+        writer.commit()
+
+
+def _daemon(
+    stores: list[Path], registry: CollectorRegistry, tmp_path: Path, snapshot_every: int = 1000
+) -> Daemon:
+    opts = DaemonOptions(
+        stores=tuple(stores),
+        rescan=0.05,
+        batch_rows=64,
+        snapshot_dir=tmp_path / "snaps",
+        snapshot_every=snapshot_every,
+    )
+    return Daemon(opts, DeriveSettings(window=64, dead_window=20), MetricsBoard(registry))
+
+
+def _value(registry: CollectorRegistry, metric: str, **labels: str) -> float:
+    value = registry.get_sample_value(metric, labels)
+    assert value is not None, f"{metric}{labels} not exported"
+    return value
+
+
+def test_derives_every_committed_row_once_and_exports(tmp_path: Path) -> None:
+    store = tmp_path / "doubled.zarr"
+    write_run(store, range(300), spike_at=250, pred_period=2 * PERIOD)
+    registry = CollectorRegistry()
+    daemon = _daemon([store], registry, tmp_path)
+    try:
+        daemon.pass_once()
+    finally:
+        daemon.close()
+    run = open_run(store)
+    committed = run.committed()
+    assert run.derived_cursor() == committed
+    derived = run.derived_committed()
+    for table in (SCALARS, "pred", "target", "latents"):
+        assert derived[table] == committed[table]
+    np.testing.assert_array_equal(run.derived(SCALARS)["step"], np.arange(300))
+    np.testing.assert_array_equal(run.derived("pred")["step"], np.arange(0, 300, 25))
+
+    labels = {"run": "doubled"}
+    assert _value(registry, "texwatch_last_step", **labels) == 299
+    assert _value(registry, "texwatch_daemon_lag_rows", **labels) == 0
+    assert _value(registry, "texwatch_loss_spikes_total", run="doubled", rule="hard_max") == 1
+    assert run.derived(SCALARS)["spike"].sum() == 1
+    assert _value(registry, "texwatch_ehalf_over_ef", run="doubled", stream="pred") > 1
+    assert _value(registry, "texwatch_ehalf_over_ef", run="doubled", stream="target") < 1
+    assert _value(
+        registry, "texwatch_ref_radius_bin", run="doubled", stream="pred"
+    ) == pytest.approx(SIZE / PERIOD, abs=1)
+    assert _value(registry, "texwatch_loss_term_dead", run="doubled", term="edge") == 1
+    assert _value(registry, "texwatch_loss_term_dead", run="doubled", term="v") == 0
+    assert _value(registry, "texwatch_dead_loss_terms", **labels) == 1
+    assert _value(registry, "texwatch_scalar", run="doubled", name="lr") == pytest.approx(1e-4)
+    assert (
+        _value(
+            registry, "texwatch_texture_loss", run="doubled", stream="pred", loss="spectral_period"
+        )
+        >= 0
+    )
+
+
+def test_a_faithful_pred_does_not_look_harmonic(tmp_path: Path) -> None:
+    store = tmp_path / "clean.zarr"
+    write_run(store, range(100))
+    registry = CollectorRegistry()
+    daemon = _daemon([store], registry, tmp_path)
+    try:
+        daemon.pass_once()
+    finally:
+        daemon.close()
+    assert _value(registry, "texwatch_ehalf_over_ef", run="clean", stream="pred") < 1
+    assert _value(registry, "texwatch_e2f_over_ef", run="clean", stream="pred") < 1
+
+
+def test_restart_resumes_from_the_cursor_without_gap_or_duplicate(tmp_path: Path) -> None:
+    store = tmp_path / "r.zarr"
+    write_run(store, range(150))
+    first = _daemon([store], CollectorRegistry(), tmp_path)
+    try:
+        first.pass_once()
+    finally:
+        first.close()
+    write_run(store, range(150, 260), seed=1)
+    registry = CollectorRegistry()
+    second = _daemon([store], registry, tmp_path)
+    try:
+        # Before deriving anything new the restarted daemon exports the stored newest values.
+        second.pass_once()
+    finally:
+        second.close()
+    run = open_run(store)
+    np.testing.assert_array_equal(run.derived(SCALARS)["step"], np.arange(260))
+    assert _value(registry, "texwatch_last_step", run="r") == 259
+
+
+def test_derive_all_matches_the_daemon_and_fills_the_rest_in_memory(tmp_path: Path) -> None:
+    store = tmp_path / "d.zarr"
+    write_run(store, range(200), spike_at=150)
+    daemon = _daemon([store], CollectorRegistry(), tmp_path)
+    try:
+        daemon.pass_once()
+    finally:
+        daemon.close()
+    stored = {t: open_run(store).derived(t) for t in (SCALARS, "pred")}
+    write_run(store, range(200, 240), seed=2)
+    everything = derive_all(store, DeriveSettings(window=64, dead_window=20))
+    for table, cols in stored.items():
+        for key, values in cols.items():
+            np.testing.assert_array_equal(everything[table][key][: len(values)], values)
+    assert len(everything[SCALARS]["step"]) == 240
+    assert everything[SCALARS]["spike"].sum() == 1
+    # Nothing was written by the report path.
+    assert open_run(store).derived_committed()[SCALARS] == 200
+
+
+def test_snapshots_are_written_per_interval_atomically(tmp_path: Path) -> None:
+    store = tmp_path / "s.zarr"
+    write_run(store, range(260), spike_at=200)
+    daemon = _daemon([store], CollectorRegistry(), tmp_path, snapshot_every=100)
+    try:
+        daemon.pass_once()
+        daemon.snapshot_all()
+    finally:
+        daemon.close()
+    folder = tmp_path / "snaps" / "s"
+    names = sorted(p.name for p in folder.iterdir())
+    assert not [n for n in names if n.endswith(".tmp")]
+    pngs = [n for n in names if n.endswith(".png")]
+    assert len(pngs) >= 2 and "259.png" in pngs
+    for png in pngs:
+        assert (folder / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = json.loads((folder / "259.json").read_text())
+    assert summary["run"] == "s" and summary["step"] == 259
+    assert "pred" in summary["streams"] and "E2f_over_Ef" in summary["streams"]["pred"]
+    every_spike = [
+        s
+        for f in names
+        if f.endswith(".json")
+        for s in json.loads((folder / f).read_text())["loss"]["spikes"]
+    ]
+    assert [s["step"] for s in every_spike] == [200]
+
+
+def _corrupt_a_chunk(store: Path) -> None:
+    chunk = next(p for p in sorted((store / "pred" / "data").iterdir()) if p.name.startswith("c."))
+    chunk.write_bytes(b"\x00garbage" * 8)
+
+
+def test_faults_are_counted_once_and_other_runs_keep_being_served(tmp_path: Path) -> None:
+    good, corrupt, gone, alien = (
+        tmp_path / f"{n}.zarr" for n in ("good", "corrupt", "gone", "alien")
+    )
+    for store in (good, corrupt, gone, alien):
+        write_run(store, range(60))
+    _corrupt_a_chunk(corrupt)
+    root_json = alien / "zarr.json"
+    meta = json.loads(root_json.read_text())
+    meta["attributes"]["schema_version"] = 99
+    root_json.write_text(json.dumps(meta))
+    registry = CollectorRegistry()
+    daemon = _daemon([good, corrupt, gone, alien], registry, tmp_path)
+    try:
+        daemon.pass_once()
+        assert _value(registry, "texwatch_last_step", run="gone") == 59
+        for p in sorted(gone.rglob("*"), reverse=True):
+            p.unlink() if p.is_file() else p.rmdir()
+        gone.rmdir()
+        write_run(good, range(60, 80), seed=3)
+        daemon.pass_once()
+        daemon.pass_once()
+    finally:
+        daemon.close()
+    assert _value(registry, "texwatch_errors_total", kind="corrupt_chunk") == 1
+    assert _value(registry, "texwatch_errors_total", kind="schema") == 1
+    assert _value(registry, "texwatch_errors_total", kind="store_missing") == 1
+    assert registry.get_sample_value("texwatch_last_step", {"run": "gone"}) is None
+    assert _value(registry, "texwatch_last_step", run="good") == 79
+
+
+def test_once_cli_derives_snapshots_and_exits(tmp_path: Path) -> None:
+    store = tmp_path / "cli.zarr"
+    write_run(store, range(120))
+    snaps = tmp_path / "out"
+    code = main(["--store", str(store), "--once", "--snapshot-dir", str(snaps), "--device", "cpu"])
+    assert code == 0
+    assert (snaps / "cli" / "119.png").exists()
+    assert open_run(store).derived_cursor()[SCALARS] == 120
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        ([], "--store"),
+        (["--store", "x.zarr", "--poll", "0"], "--poll"),
+        (["--store", "x.zarr", "--device", "nonsense"], "--device"),
+        (["--root", "/nonexistent/folder"], "--root"),
+    ],
+)
+def test_bad_arguments_exit_2_with_a_message(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_nonfinite_loss_is_counted_and_flagged(tmp_path: Path) -> None:
+    store = tmp_path / "nan.zarr"
+    writer = RunWriter.open(store)
+    losses = [1.0] * 10 + [math.nan] + [1.0] * 5
+    marker = np.where(np.isnan(losses), 1.0, np.nan)
+    writer.append(
+        SCALARS,
+        {"step": np.arange(16), "time": np.zeros(16), "loss": np.array(losses), LOSS_NAN: marker},
+    )
+    writer.commit()
+    registry = CollectorRegistry()
+    daemon = _daemon([store], registry, tmp_path)
+    try:
+        daemon.pass_once()
+    finally:
+        daemon.close()
+    assert _value(registry, "texwatch_nonfinite_total", run="nan", stream="loss") == 1
+    assert _value(registry, "texwatch_loss_spikes_total", run="nan", rule="nonfinite") == 1

@@ -1,0 +1,237 @@
+"""``texwatchd``: watches run stores, derives texture metrics and loss detectors incrementally,
+serves them to Prometheus and writes snapshots.
+
+Example:
+    texwatchd --store runs/x.zarr
+    texwatchd --root runs/ --port 9400 --device cuda
+    texwatchd --store runs/x.zarr --once
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+from ._daemon import Daemon, DaemonOptions
+
+__all__ = ["Daemon", "DaemonOptions", "build_parser", "main"]
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0 but got {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1 but got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The texwatchd command line."""
+    p = argparse.ArgumentParser(
+        prog="texwatchd",
+        description="Watch texwatch run stores and serve their metrics to Prometheus.",
+    )
+    what = p.add_argument_group("what to watch")
+    what.add_argument(
+        "--store",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="PATH",
+        help="a run store (repeatable)",
+    )
+    what.add_argument(
+        "--root", type=Path, metavar="DIR", help="serve every *.zarr in DIR, picking up new ones"
+    )
+    what.add_argument(
+        "--poll",
+        type=_positive_float,
+        metavar="SECONDS",
+        help="poll the file system instead of inotify (NFS, CIFS, FUSE)",
+    )
+    what.add_argument(
+        "--rescan",
+        type=_positive_float,
+        default=5.0,
+        metavar="SECONDS",
+        help="look at every run at least this often (default 5)",
+    )
+    what.add_argument(
+        "--once", action="store_true", help="derive the backlog, write snapshots, and exit"
+    )
+    derive = p.add_argument_group("derivation")
+    derive.add_argument(
+        "--device",
+        default=None,
+        help="torch device for the spectral metrics (default: cuda if available)",
+    )
+    derive.add_argument(
+        "--ref",
+        type=Path,
+        metavar="IMAGE",
+        help="reference tile: its f* anchors the energy ratios and texture losses",
+    )
+    derive.add_argument(
+        "--spike-sigma",
+        type=_positive_float,
+        default=6.0,
+        help="alarm when the loss is this many rolling σ above the mean (default 6)",
+    )
+    derive.add_argument(
+        "--warn-sigma", type=_positive_float, default=4.0, help="warn at this many σ (default 4)"
+    )
+    derive.add_argument(
+        "--window",
+        type=_positive_int,
+        default=128,
+        help="rolling window of the spike detector, in steps (default 128)",
+    )
+    derive.add_argument(
+        "--dead-window",
+        type=_positive_int,
+        default=100,
+        help="steps a weighted term may stay 0/constant/absent before it is dead",
+    )
+    derive.add_argument(
+        "--batch-rows",
+        type=_positive_int,
+        default=256,
+        help="most rows per table derived and committed at once (default 256)",
+    )
+    serve = p.add_argument_group("serving")
+    serve.add_argument("--port", type=int, default=9400, help="/metrics port (default 9400)")
+    serve.add_argument("--bind", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS with this certificate")
+    serve.add_argument("--tls-key", metavar="FILE", help="the certificate's private key")
+    serve.add_argument(
+        "--basic-auth-file",
+        type=Path,
+        metavar="FILE",
+        help="require HTTP Basic auth; FILE holds one line user:password",
+    )
+    serve.add_argument(
+        "--forget-after",
+        type=_positive_float,
+        default=24 * 3600.0,
+        metavar="SECONDS",
+        help="drop a run's series after this long without a commit (default 1 day)",
+    )
+    snap = p.add_argument_group("snapshots")
+    snap.add_argument(
+        "--snapshot-dir",
+        type=Path,
+        metavar="DIR",
+        help="where <run>/<step>.png|.json go (default: snapshots/ beside the store)",
+    )
+    snap.add_argument(
+        "--snapshot-every",
+        type=_positive_int,
+        default=1000,
+        metavar="STEPS",
+        help="steps between snapshots (default 1000)",
+    )
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run texwatchd; the exit code (0, or 2 for bad arguments)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level, format="%(asctime)s texwatchd %(levelname)s %(message)s"
+    )
+    if not args.store and args.root is None:
+        parser.error("one of --store PATH or --root DIR is required")
+    # Heavy imports only once the arguments are known to be good.
+    import prometheus_client
+    import torch
+
+    from texwatch.derive import DeriveSettings
+
+    from ._exporter import MetricsBoard, read_basic_auth_file, serve_metrics
+
+    prometheus_client.disable_created_metrics()
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        torch.empty(1, device=device)
+    except (RuntimeError, AssertionError) as err:
+        parser.error(f"argument --device: cannot use {device!r} ({err})")
+    ref = None
+    if args.ref is not None:
+        from texwatch._images import load_image
+
+        try:
+            ref = load_image(args.ref).numpy()
+        except (OSError, ValueError) as err:
+            parser.error(f"argument --ref: {err}")
+    settings = DeriveSettings(
+        device=device,
+        window=args.window,
+        spike_sigma=args.spike_sigma,
+        warn_sigma=args.warn_sigma,
+        dead_window=args.dead_window,
+        ref=ref,
+    )
+    options = DaemonOptions(
+        stores=tuple(args.store),
+        root=args.root,
+        poll=args.poll,
+        rescan=args.rescan,
+        batch_rows=args.batch_rows,
+        snapshot_dir=args.snapshot_dir,
+        snapshot_every=args.snapshot_every,
+        forget_after=args.forget_after,
+    )
+    registry = prometheus_client.CollectorRegistry()
+    board = MetricsBoard(registry)
+    try:
+        daemon = Daemon(options, settings, board)
+        auth = read_basic_auth_file(args.basic_auth_file) if args.basic_auth_file else None
+    except (ValueError, OSError) as err:
+        parser.error(str(err))
+    server = None
+    if not args.once:
+        try:
+            server = serve_metrics(
+                registry,
+                bind=args.bind,
+                port=args.port,
+                certfile=args.tls_cert,
+                keyfile=args.tls_key,
+                basic_auth=auth,
+            )
+        except (OSError, ValueError) as err:
+            daemon.close()
+            parser.error(f"cannot serve /metrics on {args.bind}:{args.port}: {err}")
+        logging.getLogger("texwatch.daemon").info(
+            "serving /metrics on %s:%d (device %s)", args.bind, server.port, device
+        )
+
+    def _terminate(signum: int, frame: FrameType | None) -> None:
+        daemon.stop()
+
+    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGINT, _terminate)
+    try:
+        daemon.run(once=args.once)
+    finally:
+        daemon.close()
+        if server is not None:
+            server.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
