@@ -296,7 +296,8 @@ class Deriver:
                         key = f"term/{t}"
                         self._nonfinite[key] = self._nonfinite.get(key, 0) + 1
             self._last_step = step
-        self._cursor[ITEMS] = item_start + j
+        if j:
+            self._cursor[ITEMS] = item_start + j
         return out
 
     def _update_loss(

@@ -132,11 +132,8 @@ def test_daemon_follows_a_live_writer_exactly_once(tmp_path: Path) -> None:
         assert writer.wait(timeout=120) == 0
         text = _wait_for(port, "texwatch_last_step", 2999, run="proc")
         _wait_for(port, "texwatch_daemon_lag_rows", 0, run="proc")
-        spikes = sum(
-            _sample(text, "texwatch_loss_spikes_total", run="proc", rule=r) or 0
-            for r in ("sigma", "hard_max", "sustained", "nonfinite")
-        )
-        assert spikes == 1
+        # One spike; its counter is per rule that fired on it (hard_max is certain at 80x).
+        assert _sample(text, "texwatch_loss_spikes_total", run="proc", rule="hard_max") == 1
         assert (_sample(text, "texwatch_ehalf_over_ef", run="proc", stream="pred") or 0) > 1
         assert _sample(text, "texwatch_dead_loss_terms", run="proc") == 1
         checked = subprocess.run(
@@ -151,19 +148,28 @@ def test_daemon_follows_a_live_writer_exactly_once(tmp_path: Path) -> None:
         code = daemon.wait(timeout=30)
     assert code == 0, daemon.stderr.read().decode() if daemon.stderr else ""
     _assert_exactly_once(store)
+    assert open_run(store).derived(SCALARS)["spike"].sum() == 1
 
 
 def test_kill_9_at_random_moments_leaves_no_gap_and_no_duplicate(tmp_path: Path) -> None:
     store = tmp_path / "k.zarr"
-    _write(store, 2000)
+    _write(store, 1000)
     rng = random.Random(7)
+    seen = [0]
     for _ in range(5):
         daemon = _daemon(store, _free_port(), "--batch-rows", "16")
-        time.sleep(rng.uniform(1.0, 3.0))
+        # Wait for fresh progress, then kill at a random moment of the batches that follow.
+        deadline = time.monotonic() + 120
+        while open_run(store).derived_cursor().get(SCALARS, 0) <= seen[-1]:
+            assert time.monotonic() < deadline, "texwatchd made no progress"
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.0, 0.5))
         os.kill(daemon.pid, signal.SIGKILL)
         daemon.wait(timeout=30)
         if daemon.stderr:
             daemon.stderr.close()
+        seen.append(open_run(store).derived_cursor().get(SCALARS, 0))
+    assert seen[-1] < 1000, "the last kill came after the backlog was done; nothing was tested"
     done = subprocess.run(
         [
             sys.executable,
