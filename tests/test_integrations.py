@@ -72,9 +72,15 @@ def _fit(
     callback: TexwatchCallback, tmp_path: Path, item_losses: bool = True, **trainer_args: Any
 ) -> None:
     args: dict[str, Any] = {
-        "accelerator": "cpu", "devices": 1, "max_steps": STEPS, "logger": False,
-        "enable_checkpointing": False, "enable_progress_bar": False,
-        "enable_model_summary": False, "default_root_dir": tmp_path, "callbacks": [callback],
+        "accelerator": "cpu",
+        "devices": 1,
+        "max_steps": STEPS,
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "default_root_dir": tmp_path,
+        "callbacks": [callback],
     }
     args.update(trainer_args)
     trainer = pl.Trainer(**args)
@@ -98,9 +104,17 @@ def _by_hand(path: Path) -> None:
             out["loss"].backward()
             opt.step()
             sched.step()
-            tw.record(step, out["item_losses"], latents=out["latents"], pred=out["pred"],
-                      terms=out["terms"], weights=out["weights"], sample_ids=out["sample_ids"],
-                      timesteps=out["timesteps"], scalars={"lr": lr})
+            tw.record(
+                step,
+                out["item_losses"],
+                latents=out["latents"],
+                pred=out["pred"],
+                terms=out["terms"],
+                weights=out["weights"],
+                sample_ids=out["sample_ids"],
+                timesteps=out["timesteps"],
+                scalars={"lr": lr},
+            )
     finally:
         tw.close()
 
@@ -109,8 +123,12 @@ def _contents(path: Path) -> dict[str, Any]:
     run = open_run(path)
     scalars = {k: v for k, v in run.scalars().items() if k != "time"}
     streams = {name: run.stream(name) for name in run.stream_names()}
-    return {"scalars": scalars, "streams": streams, "items": run.items(),
-            "committed": run.committed()}
+    return {
+        "scalars": scalars,
+        "streams": streams,
+        "items": run.items(),
+        "committed": run.committed(),
+    }
 
 
 def test_lightning_callback_records_the_same_rows_as_record_by_hand(tmp_path: Path) -> None:
@@ -119,8 +137,10 @@ def test_lightning_callback_records_the_same_rows_as_record_by_hand(tmp_path: Pa
     got, want = _contents(tmp_path / "cb.zarr"), _contents(tmp_path / "hand.zarr")
 
     assert got["committed"] == want["committed"]
-    assert sorted(got["scalars"]) == sorted(want["scalars"]) == sorted(
-        ["step", "loss", "lr", "term/mse", "term/l1", "weight/mse", "weight/l1"]
+    assert (
+        sorted(got["scalars"])
+        == sorted(want["scalars"])
+        == sorted(["step", "loss", "lr", "term/mse", "term/l1", "weight/mse", "weight/l1"])
     )
     np.testing.assert_array_equal(got["scalars"]["step"], np.arange(STEPS))
     np.testing.assert_allclose(got["scalars"]["lr"], [0.1, 0.1, 0.05, 0.05, 0.025, 0.025])
@@ -137,12 +157,21 @@ def test_lightning_callback_records_the_same_rows_as_record_by_hand(tmp_path: Pa
 def test_lightning_callback_marks_checkpoints_and_one_row_per_optimizer_step(
     tmp_path: Path,
 ) -> None:
-    saver = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=2,
-                                         save_top_k=-1)
+    saver = pl.callbacks.ModelCheckpoint(
+        dirpath=tmp_path / "ckpt", every_n_train_steps=2, save_top_k=-1
+    )
     callback = TexwatchCallback(tmp_path / "acc.zarr", flush_interval=0.05)
     # 2 micro-batches per optimizer step: the dataset's 6 batches make 3 optimizer steps.
-    _fit(callback, tmp_path, item_losses=False, callbacks=[callback, saver],
-         enable_checkpointing=True, accumulate_grad_batches=2, max_epochs=1, max_steps=-1)
+    _fit(
+        callback,
+        tmp_path,
+        item_losses=False,
+        callbacks=[callback, saver],
+        enable_checkpointing=True,
+        accumulate_grad_batches=2,
+        max_epochs=1,
+        max_steps=-1,
+    )
     run = open_run(tmp_path / "acc.zarr")
     cols = run.scalars()
     np.testing.assert_array_equal(cols["step"], [0, 1, 2])
@@ -179,8 +208,9 @@ def test_accelerate_helper_records_one_row_per_optimizer_step(tmp_path: Path) ->
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     model, opt = accelerator.prepare(model, opt)
     recorded = []
-    with AcceleratorRecorder(accelerator, tmp_path / "acc.zarr", run="acc",
-                             flush_interval=0.05) as rec:
+    with AcceleratorRecorder(
+        accelerator, tmp_path / "acc.zarr", run="acc", flush_interval=0.05
+    ) as rec:
         assert rec.active
         step = 0
         for i in range(6):
@@ -238,12 +268,25 @@ def test_accelerate_helper_records_on_the_main_process_only(tmp_path: Path) -> N
     port = str(_free_port())
     procs = []
     for rank in (0, 1):
-        env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
-                   LOCAL_WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=port,
-                   OMP_NUM_THREADS="1")
-        procs.append(subprocess.Popen([sys.executable, str(script), str(store)], env=env,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                      text=True))
+        env = dict(
+            os.environ,
+            RANK=str(rank),
+            LOCAL_RANK=str(rank),
+            WORLD_SIZE="2",
+            LOCAL_WORLD_SIZE="2",
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=port,
+            OMP_NUM_THREADS="1",
+        )
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, str(script), str(store)],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
     outputs = [p.communicate(timeout=120)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
     assert "active 0 True" in outputs[0] and "active 1 False" in outputs[1], outputs

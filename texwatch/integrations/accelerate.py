@@ -59,19 +59,28 @@ class AcceleratorRecorder:
         per_optimizer_step: bool = True,
     ) -> None:
         if not isinstance(accelerator, Accelerator):
-            raise TypeError(f"Expected argument `accelerator` to be an accelerate.Accelerator but "
-                            f"got {type(accelerator).__name__}")
+            raise TypeError(
+                f"Expected argument `accelerator` to be an accelerate.Accelerator but "
+                f"got {type(accelerator).__name__}"
+            )
         if not isinstance(per_optimizer_step, bool):
-            raise TypeError(f"Expected argument `per_optimizer_step` to be a bool but got "
-                            f"{type(per_optimizer_step).__name__}")
+            raise TypeError(
+                f"Expected argument `per_optimizer_step` to be a bool but got "
+                f"{type(per_optimizer_step).__name__}"
+            )
         self.accelerator = accelerator
         self.per_optimizer_step = per_optimizer_step
         self._recorder: Recorder | None = None
         if accelerator.is_main_process:
             # rank=0: accelerate already decided this process records, whatever $RANK says.
             self._recorder = Recorder(
-                path, run=run, config=config, every=every, max_items=max_items,
-                flush_interval=flush_interval, rank=0,
+                path,
+                run=run,
+                config=config,
+                every=every,
+                max_items=max_items,
+                flush_interval=flush_interval,
+                rank=0,
             )
 
     @property

@@ -33,8 +33,16 @@ from texwatch.client import Recorder
 __all__ = ["RECORDED_KEYS", "TexwatchCallback"]
 
 RECORDED_KEYS: tuple[str, ...] = (
-    "latents", "pred", "target", "images", "terms", "weights", "scalars", "sample_ids",
-    "timesteps", "checkpoint",
+    "latents",
+    "pred",
+    "target",
+    "images",
+    "terms",
+    "weights",
+    "scalars",
+    "sample_ids",
+    "timesteps",
+    "checkpoint",
 )
 """Keys of ``training_step``'s output dict passed on to ``record()`` under the same name.
 
@@ -86,11 +94,15 @@ class TexwatchCallback(pl.Callback):
                 f"{type(recorder).__name__}"
             )
         if path is not None and not isinstance(path, (str, os.PathLike)):
-            raise TypeError(f"Expected argument `path` to be a str or os.PathLike but got "
-                            f"{type(path).__name__}")
+            raise TypeError(
+                f"Expected argument `path` to be a str or os.PathLike but got {type(path).__name__}"
+            )
         self._path = path
         self._options: dict[str, Any] = {
-            "run": run, "config": config, "every": every, "max_items": max_items,
+            "run": run,
+            "config": config,
+            "every": every,
+            "max_items": max_items,
             "flush_interval": flush_interval,
         }
         self._recorder = recorder
