@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import math
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -74,11 +77,16 @@ def write_run(
 
 
 def _daemon(
-    stores: list[Path], registry: CollectorRegistry, tmp_path: Path, snapshot_every: int = 1000
+    stores: list[Path],
+    registry: CollectorRegistry,
+    tmp_path: Path,
+    snapshot_every: int = 1000,
+    **options: Any,
 ) -> Daemon:
     opts = DaemonOptions(
         stores=tuple(stores),
-        rescan=0.05,
+        rescan=options.pop("rescan", 0.05),
+        **options,
         batch_rows=64,
         snapshot_dir=tmp_path / "snaps",
         snapshot_every=snapshot_every,
@@ -296,3 +304,51 @@ def test_nonfinite_loss_is_counted_and_flagged(tmp_path: Path) -> None:
         daemon.close()
     assert _value(registry, "texwatch_nonfinite_total", run="nan", stream="loss") == 1
     assert _value(registry, "texwatch_loss_spikes_total", run="nan", rule="nonfinite") == 1
+
+
+@pytest.mark.parametrize("poll", [None, 0.1])
+def test_the_loop_wakes_on_commits_and_stops_on_request(tmp_path: Path, poll: float | None) -> None:
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    write_run(runs / "a.zarr", range(40))
+    registry = CollectorRegistry()
+    # A long rescan: only the watcher (inotify or polling) can wake the loop in time.
+    daemon = _daemon([], registry, tmp_path, root=runs, poll=poll, rescan=60.0)
+    loop = threading.Thread(target=daemon.run)
+    loop.start()
+    try:
+
+        def wait_for(run: str, step: float) -> None:
+            deadline = time.monotonic() + 30
+            while registry.get_sample_value("texwatch_last_step", {"run": run}) != step:
+                assert time.monotonic() < deadline, f"{run} never reached step {step}"
+                time.sleep(0.05)
+
+        wait_for("a", 39)
+        write_run(runs / "a.zarr", range(40, 60), seed=1)
+        wait_for("a", 59)
+        write_run(runs / "b.zarr", range(10))  # a new run under --root is picked up
+        wait_for("b", 9)
+    finally:
+        daemon.stop()
+        loop.join(timeout=30)
+        daemon.close()
+    assert not loop.is_alive()
+
+
+def test_runs_idle_for_long_drop_out_of_the_exposition(tmp_path: Path) -> None:
+    store = tmp_path / "idle.zarr"
+    write_run(store, range(30))
+    registry = CollectorRegistry()
+    daemon = _daemon([store], registry, tmp_path, forget_after=0.2)
+    try:
+        daemon.pass_once()
+        assert _value(registry, "texwatch_last_step", run="idle") == 29
+        time.sleep(0.3)
+        daemon.pass_once()
+        assert registry.get_sample_value("texwatch_last_step", {"run": "idle"}) is None
+        write_run(store, range(30, 40), seed=1)
+        daemon.pass_once()
+        assert _value(registry, "texwatch_last_step", run="idle") == 39
+    finally:
+        daemon.close()

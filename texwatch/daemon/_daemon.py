@@ -156,8 +156,11 @@ class Daemon:
                 continue
             self._failures.pop(path, None)
             self._board.observe_processing(worker.name, time.perf_counter() - started)
-            if time.time() - worker.last_commit_seen > self._options.forget_after:
-                self._board.forget(worker.name)
+            idle = time.time() - worker.last_activity
+            if idle > self._options.forget_after:
+                if worker.name in self._board.runs():
+                    _log.info("%s: no commit for %.0f s; its series are dropped", path, idle)
+                    self._board.forget(worker.name)
             else:
                 self._board.publish(worker.name, worker.samples())
         for path in [p for p in self._workers if not p.exists()]:

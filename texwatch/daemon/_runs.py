@@ -57,7 +57,7 @@ class RunWorker:
         self._lag = 0
         self._drops: dict[str, int] = {}
         self._processed_at = math.nan
-        self.last_commit_seen = time.time()
+        self.last_activity = time.time()  # last new commit or derived batch: idle runs are dropped
         self._committed: dict[str, int] = {}
         self._load_tail(run, cursor)
 
@@ -87,7 +87,7 @@ class RunWorker:
         run = open_run(self.path)
         committed = run.committed()
         if committed != self._committed:
-            self.last_commit_seen = time.time()
+            self.last_activity = time.time()
             self._committed = dict(committed)
         self._drops = {str(k): int(v) for k, v in (run.attrs.get("drops") or {}).items()}
         backlog = self._deriver.lag(committed)
@@ -112,6 +112,8 @@ class RunWorker:
             if self._on_batch is not None:
                 self._on_batch(self, batch)
         self._lag = self._deriver.lag(committed)
+        if done:
+            self.last_activity = time.time()
         return done
 
     def _remember(self, table: str, cols: Mapping[str, np.ndarray]) -> None:
