@@ -77,26 +77,33 @@ def main() -> None:
         store = Path(tmp) / "bench.zarr"
         marks = _write(store, ks[-1])
         build_report([store], Path(tmp) / "warm", steps=marks[:1], quiet=True)  # imports, caches
-        times: dict[int, list[float]] = {k: [] for k in ks}
+        wall: dict[int, list[float]] = {k: [] for k in ks}
+        cpu: dict[int, list[float]] = {k: [] for k in ks}
         for r in range(args.repeats):  # interleaved, so load drift touches every K alike
             for k in ks:
-                t0 = time.perf_counter()
+                w0, c0 = time.perf_counter(), time.process_time()
                 build_report([store], Path(tmp) / f"k{k}-{r}", steps=marks[:k], quiet=True)
-                times[k].append(time.perf_counter() - t0)
-        rows = [(k, float(np.median(t)), float(np.percentile(t, 99))) for k, t in times.items()]
-    med = np.array([m for _, m, _ in rows])
-    kk = np.array([k for k, _, _ in rows], dtype=float)
-    b, a = np.polyfit(kk, med, 1)
-    base = rows[0][1]
-    print(f"report time vs checkpoints compared ({args.repeats} repeats; baseline K = 1)")
-    head = ("K", "median s", "p99 s", "× K=1", "s / extra ckpt", "linear fit")
-    print(" ".join(f"{h:>{w}}" for h, w in zip(head, (4, 9, 8, 7, 15, 11), strict=True)))
-    for k, m, p in rows:
-        extra = (m - base) / (k - 1) if k > 1 else float("nan")
-        fit = a + b * k
-        print(f"{k:>4} {m:>9.2f} {p:>8.2f} {m / base:>7.2f} {extra:>15.2f} {fit:>10.2f}s")
-    worst = float(np.max(np.abs(med - (a + b * kk)) / med))
-    print(f"fit t(K) = {a:.2f} s + {b:.2f} s × K; worst relative residual {worst:.1%}")
+                wall[k].append(time.perf_counter() - w0)
+                cpu[k].append(time.process_time() - c0)
+    print(
+        f"report time vs checkpoints compared ({args.repeats} repeats, interleaved; baseline K = 1)"
+    )
+    for what, times in (("wall", wall), ("CPU", cpu)):
+        med = np.array([np.median(times[k]) for k in ks])
+        p99 = np.array([np.percentile(times[k], 99) for k in ks])
+        slope, icpt = np.polyfit(np.array(ks, dtype=float), med, 1)
+        fit = icpt + slope * np.array(ks, dtype=float)
+        print(f"\n{what} seconds")
+        head = ("K", "median", "p99", "× K=1", "per extra ckpt", "linear fit")
+        print(" ".join(f"{h:>{w}}" for h, w in zip(head, (4, 8, 8, 7, 15, 11), strict=True)))
+        for j, k in enumerate(ks):
+            extra = (med[j] - med[0]) / (k - 1) if k > 1 else float("nan")
+            print(
+                f"{k:>4} {med[j]:>8.2f} {p99[j]:>8.2f} {med[j] / med[0]:>7.2f} {extra:>15.2f} "
+                f"{fit[j]:>11.2f}"
+            )
+        worst = float(np.max(np.abs(med - fit) / med))
+        print(f"fit: {icpt:.2f} s + {slope:.2f} s × K; worst relative residual {worst:.1%}")
 
 
 if __name__ == "__main__":

@@ -246,7 +246,7 @@ def diagnose(
 
     from texwatch import spectral
     from texwatch._progress import progress
-    from texwatch.report import Thresholds, probable_causes
+    from texwatch.report import PEAK_KEY, Thresholds, probable_causes
 
     if not images:
         raise _InputError("no image given")
@@ -263,7 +263,7 @@ def diagnose(
         _load(item, f"image {i}" if isinstance(item, torch.Tensor) else "--images")
         for i, item in enumerate(images)
     ]
-    ref_name, ref_x = _load(ref, "--ref") if ref is not None else (None, None)
+    ref_x = _load(ref, "--ref")[1] if ref is not None else None
     m = _load_mask(mask) if mask is not None else None
     for name, x in loaded:
         if m is not None and tuple(m.shape[-2:]) != tuple(x.shape[-2:]):
@@ -309,7 +309,7 @@ def diagnose(
                 }
             table = {
                 "step": np.zeros(1, np.int64),
-                "peak_prominence": np.array([peak.prominence]),
+                PEAK_KEY: np.array([peak.prominence]),
                 **{k: np.array([v]) for k, v in metrics.items()},
             }
             causes = probable_causes({}, {name: table}, [0], sizes={name: (h, w)}, thresholds=th)
@@ -365,12 +365,8 @@ def diagnose(
         "format": "texwatch-diagnose",
         "version": 1,
         "settings": {
-            "ref": ref_name,
-            "mask": None
-            if mask is None
-            else "tensor"
-            if isinstance(mask, torch.Tensor)
-            else str(mask),
+            "ref": _source(ref),
+            "mask": _source(mask),
             "heatmap_scale": heatmap_scale,
             "fft_threshold": fft_threshold,
             "max_images": max_images,
@@ -384,6 +380,15 @@ def diagnose(
         text = json.dumps(_jsonable(doc), indent=1, allow_nan=False)
         (out / "diagnose.json").write_text(text, encoding="utf-8")
     return doc
+
+
+def _source(item: str | Path | torch.Tensor | None) -> str | None:
+    """How the JSON names an optional input: its path, ``"tensor"``, or None."""
+    import torch
+
+    if item is None:
+        return None
+    return "tensor" if isinstance(item, torch.Tensor) else str(item)
 
 
 def _jsonable(v: Any) -> Any:

@@ -783,7 +783,7 @@ def _select_steps(runs: Sequence[_RunData], every: int | None) -> tuple[list[int
     if not image_steps:
         return [], "no image streams"
     picks = np.unique(np.linspace(0, len(image_steps) - 1, num=min(6, len(image_steps))).round())
-    return [image_steps[int(i)] for i in picks], "6 evenly spaced image steps"
+    return [image_steps[int(i)] for i in picks], "up to 6 evenly spaced image steps"
 
 
 # --------------------------------------------------------------------------------------------
