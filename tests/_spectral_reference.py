@@ -74,6 +74,8 @@ def prepare(ch: np.ndarray, mask: np.ndarray | None, window: str) -> np.ndarray:
         out[i] = (ch[i] - mean) * weight
         if window == "periodic_smooth":
             out[i] = periodic_component(out[i])
+    if np.abs(out).max() <= 64 * np.finfo(np.float64).eps * np.abs(ch).max():
+        out[:] = 0.0  # blank: only rounding error of the mean removal is left
     return out
 
 

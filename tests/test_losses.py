@@ -112,7 +112,7 @@ def test_images_without_signal_do_not_count_in_the_mean() -> None:
     for loss in all_losses():
         both = loss(preds, targets, mask)
         first = loss(preds[:1], targets[:1], mask[:1])
-        assert float(both) == pytest.approx(float(first), rel=1e-5), type(loss).__name__
+        assert float(both) == pytest.approx(float(first), rel=1e-3), type(loss).__name__
 
 
 def test_scalar_float32_output_also_under_autocast_and_for_half_inputs() -> None:

@@ -43,6 +43,7 @@ from torch import Tensor, nn
 
 from texwatch.spectral import (
     _ACF_PROMINENCE,
+    _acf_half,
     _acf_ray,
     _apodize,
     _channels,
@@ -313,9 +314,10 @@ class LogPolarAlignLoss(nn.Module):
     """MSE between log-polar maps of the pred's and target's amplitude spectra: a change of
     scale (angle) is a shift along the map's radius (angle) axis.
 
-    Map: amplitude ``A = √P`` of the apodized signal, divided by its mean (gain-invariant),
-    ``ln(A + 1e-3)``, resampled bilinearly at ``out_r`` radii from ``r_min`` to 1 (fraction of the
-    Nyquist radius along each axis, geometric spacing) × ``out_t`` angles over [0, π).
+    Map: amplitude ``A = √P`` of the apodized signal, divided by its maximum (gain-invariant),
+    ``ln(A + 1e-3)`` (60 dB of range, so float rounding in near-empty bins cannot matter),
+    resampled bilinearly at ``out_r`` radii from ``r_min`` to 1 (fraction of the Nyquist radius
+    along each axis, geometric spacing) × ``out_t`` angles over [0, π).
 
     Args:
         out_r: Radial samples.
@@ -348,8 +350,8 @@ class LogPolarAlignLoss(nn.Module):
         eps = _EPS * power.mean(dim=(-2, -1)) + torch.finfo(dtype).tiny
         amp = torch.sqrt(power[:, g.full_rows, g.full_cols] + eps[:, None, None])
         amp = torch.fft.fftshift(amp, dim=(-2, -1))
-        amp = amp / amp.mean(dim=(-2, -1), keepdim=True)
-        logamp = torch.log(amp + 1e-3)[:, None]
+        amp = amp / amp.amax(dim=(-2, -1), keepdim=True)
+        logamp = torch.log(amp + 1e-3)[:, None]  # 60 dB of range: float FFT noise stays below
         grid = _log_polar_grid(h, w, self.out_r, self.out_t, self.r_min, x.device, dtype)
         grid = grid.expand(logamp.shape[0], -1, -1, -1)
         maps = F.grid_sample(
@@ -410,7 +412,7 @@ class ACFPeriodLoss(nn.Module):
             # The refined peak direction moves continuously with the image: keep it in the graph.
             _, fx, fy = _peak(padded[:, ::2, ::2], g)
             total = (padded.detach()[:, ::2, ::2] * g.weight).sum(dim=(-2, -1))
-            acf = torch.fft.irfft2(padded, s=(2 * h, 2 * w))
+            acf = _acf_half(padded, w)
             wacf = _weight_acf(m, "hann", h, w, acf)
             step = math.hypot(h, w) / 2 / self.r_bins
             lags = torch.arange(self.r_bins, dtype=dtype, device=x.device) * step

@@ -13,6 +13,8 @@ weight ``v = m·w``; ``y = (luma − mean_v(luma))·v`` where ``mean_v`` is the 
 so ``y`` has exactly zero DC. Windows: ``"hann"`` (periodic 2-D Hann, default), ``"tukey"``
 (periodic, α = 0.5), ``"none"`` (rectangular) and ``"periodic_smooth"`` (no window; Moisan's
 periodic component ``p = y − s`` of ``y``, whose spectrum has no boundary "axis cross").
+An image with ``max|y| ≤ 64·ε·max|luma|`` (ε of the working dtype: a constant image, an
+empty mask) is *blank*: ``y = 0``, no power at all.
 
 **Spectrum.** ``P = |FFT2(y)|²`` (mean over channels). Frequency indices ``kx ∈ [−W/2, W/2)``,
 ``ky ∈ [−H/2, H/2)``; the *radius* of a bin is ``r = N·√((kx/W)² + (ky/H)²)`` with
@@ -157,6 +159,7 @@ _PEAK_PROMINENCE = 10.0  # 3x3 power over 9 x noise floor for a significant spec
 _EULER_GAMMA = 0.5772156649015329
 _FLOOR_EPS = 1e-9  # relative to the mean non-lobe power
 _TUKEY_ALPHA = 0.5
+_BLANK_EPS = 64.0  # a prepared signal under 64 ε of the image's level is rounding error
 _ACF_PROMINENCE = 0.1
 _ACF_MIN_OVERLAP = 0.1
 _BORDER = 2
@@ -231,20 +234,37 @@ def _full_precision(device: torch.device) -> Iterator[None]:
 
 
 def _finite_images(x: Tensor) -> tuple[Tensor, Tensor]:
-    """Images with any NaN/inf replaced by zeros (so they cannot poison batched ops) + flags."""
-    finite = torch.isfinite(x).flatten(1).all(dim=1)  # (B,)
+    """Images with any NaN/inf replaced by zeros (so they cannot poison batched ops) + flags.
+
+    amin/amax propagate NaN (and are much faster than ``aminmax`` on CPU); the copy is only
+    made when something is non-finite.
+    """
+    flat = x.reshape(x.shape[0], -1)
+    low, high = flat.amin(dim=1), flat.amax(dim=1)
+    finite = torch.isfinite(low) & torch.isfinite(high)  # (B,)
+    if bool(finite.all()):
+        return x, finite
     clean = torch.where(
         finite[:, None, None, None], x, torch.zeros((), dtype=x.dtype, device=x.device)
     )
     return clean, finite
 
 
+def _clean_channels(x: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """Luma / channels of ``x`` with non-finite images zeroed, and the finite flags (B,).
+
+    Checked after the luma (a third of the data for RGB): its weights are all positive, so a
+    NaN or infinity in any channel shows there.
+    """
+    return _finite_images(_channels(x, dtype))
+
+
 def _channels(x: Tensor, dtype: torch.dtype) -> Tensor:
     """(B, C, H, W) -> (B, C', H, W): Rec.709 luma for RGB, the channels themselves otherwise."""
     x = x.to(dtype)
     if x.shape[1] == 3:
-        weights = torch.tensor(_LUMA, dtype=dtype, device=x.device)
-        return (x * weights[:, None, None]).sum(dim=1, keepdim=True)
+        weights = torch.tensor(_LUMA, dtype=dtype, device=x.device).view(1, 3, 1, 1)
+        return F.conv2d(x, weights)  # one fused pass
     return x
 
 
@@ -309,11 +329,29 @@ def _apodize(ch: Tensor, mask: Tensor | None, window: str) -> Tensor:
     if weight is None:
         y = ch - ch.mean(dim=(-2, -1), keepdim=True)
     else:
-        total = weight.sum(dim=(-2, -1), keepdim=True)
-        mean = (ch * weight).sum(dim=(-2, -1), keepdim=True) / total.clamp_min(1e-30)
-        y = (ch - mean) * weight
+        # weighted mean as a (batched) matrix-vector product: no full-size temporary
+        flat_w = weight.reshape(weight.shape[0], h * w, 1)  # (B|1, HW, 1)
+        total = flat_w.sum(dim=1, keepdim=True).clamp_min(1e-30)  # (B|1, 1, 1)
+        mean = torch.matmul(ch.reshape(ch.shape[0], -1, h * w), flat_w) / total  # (B, C, 1)
+        y = (ch - mean[..., None]) * weight
     if window == "periodic_smooth":
         y = _periodic_component(y)
+    return _blank_rounding(y, ch)
+
+
+def _blank_rounding(y: Tensor, ch: Tensor) -> Tensor:
+    """Zero the images whose prepared signal is only rounding error of the mean removal.
+
+    A constant image or an empty mask leaves ``|y| <= 64·ε·max|luma|``; zeroing it makes such
+    an image have no power at all (f* NaN) instead of a spectrum of float noise.
+    """
+    n = y.shape[0]
+    flat_y, flat_ch = y.reshape(n, -1), ch.reshape(n, -1)
+    residual = torch.maximum(flat_y.amax(dim=1).abs(), flat_y.amin(dim=1).abs())
+    level = torch.maximum(flat_ch.amax(dim=1).abs(), flat_ch.amin(dim=1).abs())
+    blank = residual <= _BLANK_EPS * torch.finfo(y.dtype).eps * level
+    if bool(blank.any()):
+        y = torch.where(blank.view(n, *([1] * (y.ndim - 1))), torch.zeros_like(y), y)
     return y
 
 
@@ -321,7 +359,8 @@ def _power(y: Tensor, padded: bool) -> Tensor:
     """Half-plane power ``|rfft2|²`` averaged over channels: (B, H', W'//2+1), H' = 2H if padded."""
     h, w = y.shape[-2:]
     spec = torch.fft.rfft2(y, s=(2 * h, 2 * w) if padded else (h, w))
-    return (spec.real.square() + spec.imag.square()).mean(dim=1)
+    power = spec.real.square() + spec.imag.square()
+    return power[:, 0] if power.shape[1] == 1 else power.mean(dim=1)
 
 
 # ----------------------------------------------------------------------------- frequency grid
@@ -338,6 +377,9 @@ class _Grid:
     ky: Tensor  # (H,) signed row frequency index
     radius: Tensor  # (H, Wh)
     weight: Tensor  # (H, Wh) multiplicity (1 or 2) of a half-plane bin in the full plane, 0 in lobe
+    weight_flat: Tensor  # (H*Wh,)
+    weight_sum: float
+    keep: Tensor  # (H, Wh) 1.0 outside the DC lobe, 0.0 inside
     mult: Tensor  # (H, Wh) multiplicity including lobe bins
     lobe: Tensor  # (H, Wh) bool
     axis: Tensor  # (H, Wh) bool
@@ -355,6 +397,10 @@ class _Grid:
     ext_cols: Tensor
     full_rows: Tensor  # (H, W) indices that rebuild the full plane (FFT order) from the half
     full_cols: Tensor
+    sorted_radius: Tensor  # (M,) radii of the non-lobe bins, ascending
+    sorted_index: Tensor  # (M,) their flat half-plane index
+    sorted_mult: Tensor  # (M,) their multiplicity
+    sorted_axis: Tensor  # (M,) 1.0 on the axes
 
 
 @lru_cache(maxsize=64)
@@ -408,6 +454,9 @@ def _grid(h: int, w: int, r_bins: int, device: torch.device, dtype: torch.dtype)
     full_cols = torch.where(mirror, w - full_k, full_k)[None, :].repeat(h, 1)
     rows_h = torch.arange(h)[:, None].repeat(1, w)
     full_rows = torch.where(mirror[None, :], (-rows_h) % h, rows_h)
+    outside = (~lobe).flatten()
+    by_radius = torch.argsort(radius.flatten()[outside], stable=True)
+    sorted_index = torch.nonzero(outside).flatten()[by_radius]
 
     def put(t: Tensor) -> Tensor:
         return t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype)
@@ -420,6 +469,9 @@ def _grid(h: int, w: int, r_bins: int, device: torch.device, dtype: torch.dtype)
         ky=put(ky),
         radius=put(radius),
         weight=put(weight),
+        weight_flat=put(weight.flatten()),
+        weight_sum=float(weight.sum()),
+        keep=put((~lobe).to(torch.float64)),
         mult=put(mult),
         lobe=put(lobe),
         axis=put(axis),
@@ -437,19 +489,24 @@ def _grid(h: int, w: int, r_bins: int, device: torch.device, dtype: torch.dtype)
         ext_cols=put(ext_cols),
         full_rows=put(full_rows),
         full_cols=put(full_cols),
+        sorted_radius=put(radius.flatten()[sorted_index]),
+        sorted_index=put(sorted_index),
+        sorted_mult=put(mult.flatten()[sorted_index]),
+        sorted_axis=put(axis.flatten()[sorted_index].to(torch.float64)),
     )
 
 
 def _noise_floor(power: Tensor, g: _Grid) -> tuple[Tensor, Tensor, Tensor]:
     """Per-bin noise floor (N, H, Wh), the log epsilon (N,) and the non-lobe energy (N,)."""
     n = power.shape[0]
-    total = (power * g.weight).sum(dim=(-2, -1))
-    eps = _FLOOR_EPS * total / g.weight.sum() + torch.finfo(power.dtype).tiny
-    logp = torch.log(power + eps[:, None, None])
+    flat = power.reshape(n, -1)
+    total = flat @ g.weight_flat
+    eps = _FLOOR_EPS * total / g.weight_sum + torch.finfo(power.dtype).tiny
+    logp = torch.log(flat + eps[:, None]) * g.weight_flat
     ring_log = torch.zeros(n, g.n_rings, dtype=power.dtype, device=power.device)
-    ring_log.index_add_(1, g.ring, (logp * g.weight).flatten(1))
-    ring_log = ring_log / g.ring_count.clamp_min(1.0)
-    floor = torch.exp(ring_log + _EULER_GAMMA)[:, g.ring].view_as(power)
+    ring_log = ring_log.index_add(1, g.ring, logp) / g.ring_count.clamp_min(1.0)
+    ring_floor = torch.exp(ring_log + _EULER_GAMMA)
+    floor = ring_floor.gather(1, g.ring[None].expand(n, -1)).view_as(power)
     return floor, eps, total
 
 
@@ -460,17 +517,18 @@ def _peak(power: Tensor, g: _Grid) -> tuple[Tensor, Tensor, Tensor]:
     NaN for spectra without non-lobe power.
     """
     n, h, wh = power.shape
-    floor, eps, total = _noise_floor(power, g)
-    keep = ~g.lobe
-    ext = (power * keep)[:, g.ext_rows, g.ext_cols]  # (N, H+2, Wh+2)
-    box = F.avg_pool2d(ext[:, None], kernel_size=3, stride=1)[:, 0] * 9.0  # (N, H, Wh)
-    floor9 = 9.0 * floor
-    prominence = box / floor9
-    significant = keep & (prominence >= _PEAK_PROMINENCE)
-    neg_inf = torch.tensor(-math.inf, dtype=power.dtype, device=power.device)
-    by_excess = torch.where(significant, box - floor9, neg_inf).flatten(1).argmax(dim=1)
-    by_prominence = torch.where(keep, prominence, neg_inf).flatten(1).argmax(dim=1)
-    idx = torch.where(significant.flatten(1).any(dim=1), by_excess, by_prominence)
+    with torch.no_grad():  # choosing the bin is piecewise constant: no graph needed
+        floor, eps, total = _noise_floor(power.detach(), g)
+        box = _box3(power.detach() * g.keep, g) / 9.0  # S / 9
+        prominence = box / floor  # S / 9F
+        significant = (prominence >= _PEAK_PROMINENCE) & ~g.lobe
+        excess = (box - floor).masked_fill_(~significant, -math.inf)  # (S - 9F) / 9
+        by_excess = excess.flatten(1).argmax(dim=1)
+        by_prominence = prominence.masked_fill_(g.lobe, -math.inf).flatten(1).argmax(dim=1)
+        idx = torch.where(significant.flatten(1).any(dim=1), by_excess, by_prominence)
+    # The refinement is differentiable (the ACF loss follows the peak's direction).
+    total = power.reshape(n, -1) @ g.weight_flat
+    eps = _FLOOR_EPS * total / g.weight_sum + torch.finfo(power.dtype).tiny
     iy = idx // wh
     ix = idx % wh
     batch = torch.arange(n, device=power.device)
@@ -510,6 +568,16 @@ def _smooth_radial_sums(values: Tensor, g: _Grid) -> Tensor:
     return F.conv1d(sums[:, None], g.smooth_kernel, padding=half)[:, 0]
 
 
+def _box3(values: Tensor, g: _Grid) -> Tensor:
+    """Sum over the 3x3 neighbourhood of every half-plane bin (N, H, Wh), mirrors included."""
+    left = values[:, g.ext_rows[:, 0], 1]  # kx = -1: P(1, -ky), for the H+2 extended rows
+    right = values[:, g.ext_rows[:, -1], g.ext_cols[0, -1]]
+    rows = torch.cat([values[:, -1:], values, values[:, :1]], dim=1)  # circular in ky
+    ext = torch.cat([left[..., None], rows, right[..., None]], dim=2)  # (N, H+2, Wh+2)
+    across = ext[:, :, :-2] + ext[:, :, 1:-1] + ext[:, :, 2:]
+    return across[:, :-2] + across[:, 1:-1] + across[:, 2:]
+
+
 def _parabola_vertex(left: Tensor, centre: Tensor, right: Tensor, limit: float = 1.0) -> Tensor:
     """Offset of the vertex of the parabola through (-1, left), (0, centre), (1, right)."""
     curvature = left - 2 * centre + right
@@ -521,27 +589,56 @@ def _parabola_vertex(left: Tensor, centre: Tensor, right: Tensor, limit: float =
 def _ring_energy(power: Tensor, g: _Grid, radii: Tensor, width: float) -> tuple[Tensor, Tensor]:
     """Gaussian ring sums E(r) of half-plane spectra (N, H, Wh) at radii (N, R).
 
-    Returns (E, E on the axes), each (N, R). NaN radii give NaN.
+    Returns (E, E on the axes), each (N, R); NaN radii give NaN. Only the bins within
+    ``width`` of each radius are visited (ranges of the radius-sorted bins).
     """
+    n, r = radii.shape
     sigma = width / _FWHM_PER_SIGMA
-    d = g.radius[None, None] - radii[:, :, None, None]  # (N, R, H, Wh)
-    ring = torch.exp(-d.square() / (2 * sigma**2)) * (d.abs() <= width)
-    ring = torch.where(torch.isnan(d), d, ring) * g.weight
-    weighted = power[:, None] * ring
-    return weighted.sum(dim=(-2, -1)), (weighted * g.axis).sum(dim=(-2, -1))
+    known = torch.isfinite(radii)
+    centre = torch.where(known, radii, torch.full_like(radii, -2.0 * width - 1.0)).contiguous()
+    lo = torch.searchsorted(g.sorted_radius, centre - width, side="left")
+    hi = torch.searchsorted(g.sorted_radius, centre + width, side="right")
+    span = int((hi - lo).max()) if lo.numel() else 0
+    if span == 0:
+        zero = torch.zeros_like(centre)
+        nan = torch.full_like(centre, math.nan)
+        return torch.where(known, zero, nan), torch.where(known, zero, nan)
+    j = lo[..., None] + torch.arange(span, device=power.device)  # (N, R, span)
+    inside = j < hi[..., None]
+    j = j.clamp(max=g.sorted_radius.numel() - 1)
+    d = g.sorted_radius[j] - centre[..., None]
+    ring = torch.exp(-d.square() / (2 * sigma**2)) * g.sorted_mult[j] * inside
+    values = power.reshape(n, -1).gather(1, g.sorted_index[j].reshape(n, -1)).view(n, r, span)
+    weighted = values * ring
+    energy = weighted.sum(dim=-1)
+    on_axis = (weighted * g.sorted_axis[j]).sum(dim=-1)
+    nan = torch.full_like(energy, math.nan)
+    return torch.where(known, energy, nan), torch.where(known, on_axis, nan)
 
 
 # ----------------------------------------------------------------------------- ACF
+
+
+def _acf_half(padded_power: Tensor, w: int) -> Tensor:
+    """Linear ACF (N, H+1, 2W) at lags ``τy ∈ [0, H]`` and every ``τx`` (circular index).
+
+    The input is the zero-padded power spectrum (N, 2H, W+1): real and point-symmetric, so its
+    ACF is too and half of the lags suffice — an rfft along y and an inverse rfft along x cost
+    a quarter of a full ``irfft2`` here.
+    """
+    two_h = padded_power.shape[-2]
+    along_y = torch.fft.rfft(padded_power, dim=-2).conj()
+    return torch.fft.irfft(along_y, n=2 * w, dim=-1) / two_h
 
 
 @lru_cache(maxsize=32)
 def _plain_weight_acf(
     window: str, h: int, w: int, device: torch.device, dtype: torch.dtype
 ) -> Tensor:
-    """Linear autocorrelation (1, 2H, 2W) of the window alone (no mask)."""
+    """Linear autocorrelation (1, H+1, 2W) of the window alone (no mask)."""
     kind = window if window in ("hann", "tukey") else "none"
     win = _window_2d(kind, h, w, device, dtype)[None, None]
-    return torch.fft.irfft2(_power(win, padded=True), s=(2 * h, 2 * w))
+    return _acf_half(_power(win, padded=True), w)
 
 
 def _weight_acf(mask: Tensor | None, window: str, h: int, w: int, like: Tensor) -> Tensor:
@@ -550,11 +647,14 @@ def _weight_acf(mask: Tensor | None, window: str, h: int, w: int, like: Tensor) 
     weight = mask
     if window in ("hann", "tukey"):
         weight = mask * _window_2d(window, h, w, like.device, like.dtype)
-    return torch.fft.irfft2(_power(weight, padded=True), s=(2 * h, 2 * w))
+    return _acf_half(_power(weight, padded=True), w)
 
 
 def _sample_lags(img: Tensor, lag_y: Tensor, lag_x: Tensor) -> Tensor:
-    """Bilinear samples of circular lag images (N|1, H2, W2) at lags (N, L) -> (N, L)."""
+    """Bilinear samples of half-plane lag images (N|1, H+1, 2W) at lags (N, L) -> (N, L).
+
+    ``lag_y >= 0``; rows past the last are clamped (they lie beyond any usable overlap).
+    """
     n = lag_y.shape[0]
     h2, w2 = img.shape[-2:]
     flat = img.reshape(img.shape[0], -1).expand(n, -1)
@@ -566,7 +666,7 @@ def _sample_lags(img: Tensor, lag_y: Tensor, lag_x: Tensor) -> Tensor:
     x0 = x0.long()
 
     def at(yy: Tensor, xx: Tensor) -> Tensor:
-        return flat.gather(1, (yy % h2) * w2 + (xx % w2))
+        return flat.gather(1, yy.clamp(max=h2 - 1) * w2 + (xx % w2))
 
     return (
         (1 - wy) * (1 - wx) * at(y0, x0)
@@ -589,6 +689,10 @@ def _acf_ray(
     one = torch.ones_like(norm)
     ux = torch.where(ok, fx / torch.where(ok, norm, one), one)
     uy = torch.where(ok, fy / torch.where(ok, norm, one), torch.zeros_like(norm))
+    # ACF(-τ) = ACF(τ): walk the ray with τy >= 0, the half the ACF is computed on.
+    flip = (uy < 0) | ((uy == 0) & (ux < 0))
+    ux = torch.where(flip, -ux, ux)
+    uy = torch.where(flip, -uy, uy)
     lag_x = lags[None, :] * ux[:, None]
     lag_y = lags[None, :] * uy[:, None]
     a = _sample_lags(acf, lag_y, lag_x)
@@ -641,10 +745,15 @@ def _first_prominent_peak(profile: Tensor, first: int, threshold: float) -> tupl
 
 def _acf_period(acf: Tensor, wacf: Tensor, fx: Tensor, fy: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """ACF period in px (N,), plus the lags (L,) and the profile (N, L) it was read from."""
-    h2, w2 = acf.shape[-2:]
-    length = int(math.ceil(math.hypot(h2, w2) / 4)) + 2
+    h = acf.shape[-2] - 1
+    w = acf.shape[-1] // 2
+    length = int(math.ceil(math.hypot(h, w) / 2)) + 2
     lags = torch.arange(length, dtype=acf.dtype, device=acf.device)
     profile, ok, _ = _acf_ray(acf, wacf, fx, fy, lags)
+    # The search is O(L²): stop at the longest valid prefix of the batch (+1 for its edge).
+    used = min(length, max(3, int(torch.isfinite(profile).sum(dim=1).max()) + 1))
+    lags, profile = lags[:used], profile[:, :used]
+    length = used
     j, found = _first_prominent_peak(profile, first=1, threshold=_ACF_PROMINENCE)
     rows = torch.arange(profile.shape[0], device=acf.device)
     jj = j.clamp(1, length - 2)
@@ -673,12 +782,11 @@ class _Analysis:
 
 def _analyse(x: Tensor, mask: object, window: str, r_bins: int) -> _Analysis:
     dtype = _work_dtype(x)
-    clean, finite = _finite_images(x)
-    ch = _channels(clean, dtype)
+    ch, finite = _clean_channels(x, dtype)
     m = _prepare_mask(mask, x, dtype)
     h, w = x.shape[-2:]
     padded = _power(_apodize(ch, m, window), padded=True)  # the one FFT of each image
-    power = padded[:, ::2, ::2]  # even bins of the padded transform = the plain transform
+    power = padded[:, ::2, ::2].contiguous()  # even bins of the padded FFT = the plain FFT
     g = _grid(h, w, r_bins, x.device, dtype)
     radius, fx, fy = _peak(power, g)
     return _Analysis(ch, m, finite, g, power, padded, radius, fx, fy)
@@ -711,8 +819,7 @@ def _reference_radius(
         raise ValueError(
             f"`ref` must hold 1 or {b} images (one per image of x), got {ref.shape[0]}"
         )
-    clean, finite = _finite_images(ref)
-    ch = _channels(clean, dtype)
+    ch, finite = _clean_channels(ref, dtype)
     m = _prepare_mask(ref_mask, ref, dtype, name="ref_mask")
     radius = _radius_of(ch, m, window, r_bins, max(x.shape[-2:]))
     radius = torch.where(finite, radius, torch.full_like(radius, math.nan))
@@ -807,7 +914,7 @@ def texture_metrics(
         a = _analyse(x, mask, window, r_bins)
         dtype = a.power.dtype
         h, w = x.shape[-2:]
-        acf = torch.fft.irfft2(a.padded, s=(2 * h, 2 * w))
+        acf = _acf_half(a.padded, w)
         wacf = _weight_acf(a.mask, window, h, w, acf)
         period, _, _ = _acf_period(acf, wacf, a.fx, a.fy)
 
@@ -912,8 +1019,7 @@ def local_period_map(
         raise ValueError(f"`window_size` must be at least {_MIN_SIZE}, got {window_size}")
     with _full_precision(x.device):
         dtype = _work_dtype(x)
-        clean, finite = _finite_images(x)
-        ch = _channels(clean, dtype)
+        ch, finite = _clean_channels(x, dtype)
         m = _prepare_mask(mask, x, dtype)
         periods = _local_periods(ch, m, window_size, stride, r_bins, "window_size")
         periods = torch.where(finite[:, None, None], periods, torch.full_like(periods, math.nan))
@@ -1026,8 +1132,7 @@ def power_spectrum(x: Tensor, *, mask: Tensor | None = None, window: str = "hann
     window = _check_window(window)
     with torch.no_grad(), _full_precision(x.device):
         dtype = _work_dtype(x)
-        clean, _ = _finite_images(x)
-        ch = _channels(clean, dtype)
+        ch, _ = _clean_channels(x, dtype)
         h, w = x.shape[-2:]
         power = _power(_apodize(ch, _prepare_mask(mask, x, dtype), window), padded=False)
         g = _grid(h, w, 1, x.device, dtype)
@@ -1061,10 +1166,8 @@ def ring_energy(
             r = r[None].expand(b, -1)
         if r.ndim != 2 or r.shape[0] != b:
             raise ValueError(f"`radii` must have shape (R,) or ({b}, R), got {tuple(r.shape)}")
-        clean, finite = _finite_images(x)
-        power = _power(
-            _apodize(_channels(clean, dtype), _prepare_mask(mask, x, dtype), window), padded=False
-        )
+        ch, finite = _clean_channels(x, dtype)
+        power = _power(_apodize(ch, _prepare_mask(mask, x, dtype), window), padded=False)
         energy, _ = _ring_energy(power, _grid(h, w, 1, x.device, dtype), r, ring_width)
         return torch.where(finite[:, None], energy, torch.full_like(energy, math.nan)).float()
 
@@ -1122,11 +1225,15 @@ def spectrum_views(
         floor_profile.index_add_(1, g.profile_bin, (floor * g.mult).flatten(1))
         width = g.r_max / r_bins
         radii = (torch.arange(r_bins, dtype=a.power.dtype, device=x.device) + 0.5) * width
-        acf = torch.fft.irfft2(a.padded, s=(2 * h, 2 * w))
+        acf = _acf_half(a.padded, w)
         period, lags, acf_profile = _acf_period(
             acf, _weight_acf(a.mask, window, h, w, acf), a.fx, a.fy
         )
-        centred = torch.roll(acf, shifts=(h // 2, w // 2), dims=(-2, -1))[:, :h, :w]
+        # Centred lags [-H/2, H/2) x [-W/2, W/2) from the τy >= 0 half: ACF(-τ) = ACF(τ).
+        lag_y = torch.arange(h, device=x.device) - h // 2
+        lag_x = torch.arange(w, device=x.device) - w // 2
+        cols = torch.where(lag_y[:, None] >= 0, lag_x[None, :], -lag_x[None, :]) % (2 * w)
+        centred = acf[:, lag_y.abs()[:, None], cols]
         centred = centred / acf[:, :1, :1].clamp_min(torch.finfo(acf.dtype).tiny)
         norm = torch.sqrt(a.fx.square() + a.fy.square())
         direction = torch.stack([a.fx / norm, a.fy / norm], dim=1)
