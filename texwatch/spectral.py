@@ -58,7 +58,9 @@ normalised to 1 at lag 0. It is sampled every 1 px along the direction of the f\
 average fails on anisotropic textures such as bricks) while the weight's overlap stays ≥ 10 %
 of its lag-0 value. The period is the first local maximum whose topographic prominence (height
 above the higher of the two lowest points that separate it from higher ground) is ≥ 0.1,
-refined with a parabola through its neighbours; NaN when there is none.
+refined with a parabola through its neighbours; NaN when there is none. Note the units: f\*
+is a frequency radius and this is a period, so for a clean texture it is ≈ ``N / f*``; when
+they disagree by 2× or ½×, a harmonic is mixed up.
 
 **Pixel-domain aliasing** (on the un-windowed luma / channels, mask as weight, a 2-px border
 excluded): ``shift_mse_dx1`` = weighted mean of ``(y[i, j+1] − y[i, j])²`` with weight
@@ -79,6 +81,10 @@ their share per map row and per map column is smoothed with a 3-tap mean; the ax
 row- (column-) mean period has the larger spread is the trend axis; ``band_score`` is the
 largest smoothed share along it and ``band_max_run`` the longest run of smoothed shares ≥ 0.35
 (in windows).
+
+**Cost.** One zero-padded FFT per image feeds every metric (its even bins are the plain
+spectrum; the ACF is taken from it), the resized copy needs one more, and the local map is one
+batched FFT over all windows. No Python loop runs over images or windows.
 
 Examples:
     >>> import torch
@@ -375,14 +381,12 @@ class _Grid:
     n: int  # max(H, W): radius unit
     r_max: float  # corner radius
     ky: Tensor  # (H,) signed row frequency index
-    radius: Tensor  # (H, Wh)
     weight: Tensor  # (H, Wh) multiplicity (1 or 2) of a half-plane bin in the full plane, 0 in lobe
     weight_flat: Tensor  # (H*Wh,)
     weight_sum: float
     keep: Tensor  # (H, Wh) 1.0 outside the DC lobe, 0.0 inside
     mult: Tensor  # (H, Wh) multiplicity including lobe bins
     lobe: Tensor  # (H, Wh) bool
-    axis: Tensor  # (H, Wh) bool
     nyquist: Tensor  # (H, Wh) bool
     ring: Tensor  # (H*Wh,) floor ring of each bin
     ring_count: Tensor  # (n_rings,) non-lobe bins per ring (with multiplicity)
@@ -467,14 +471,12 @@ def _grid(h: int, w: int, r_bins: int, device: torch.device, dtype: torch.dtype)
         n=n,
         r_max=r_max,
         ky=put(ky),
-        radius=put(radius),
         weight=put(weight),
         weight_flat=put(weight.flatten()),
         weight_sum=float(weight.sum()),
         keep=put((~lobe).to(torch.float64)),
         mult=put(mult),
         lobe=put(lobe),
-        axis=put(axis),
         nyquist=put(nyquist),
         ring=put(ring),
         ring_count=put(ring_count),

@@ -1,0 +1,160 @@
+"""Throughput of ``texture_metrics`` beside the bare FFT and the per-image numpy version.
+
+For a batch of 512×512 RGB images and a batch of 4×64×64 latents, in one run (median and p99
+wall time per batch, images/s):
+
+- ``fft2``: a bare ``torch.fft.fft2`` of the same batch (all channels) — the floor;
+- ``texture_metrics``: every metric of :data:`texwatch.spectral.METRIC_KEYS` together;
+- ``texture_metrics(local_map=True)``: plus the local period map and band scores;
+- ``numpy per image``: ``tests/_spectral_reference.py``, the straightforward per-image numpy
+  implementation of the same definitions (fewer repeats: it is slow), with and without the
+  local map.
+
+Targets on the CPU: all metrics ≤ 4× the bare FFT, with the local map ≤ 12×, and ≥ 25× the
+per-image version's throughput. With ``--device cuda`` the torch rows run on the GPU (the numpy
+rows stay on the CPU).
+
+Wall time and process CPU time are both reported: on a shared machine other processes inflate
+wall time (and torch's thread pool suffers most), while CPU time still measures the work done.
+
+Run: ``python benchmarks/spectral_throughput.py`` (``--quick`` for a shorter run, ``--threads 1``
+on a busy machine: a torch thread pool that shares its cores with other processes spin-waits,
+which inflates even its CPU time; the numpy rows are single-threaded either way).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from texwatch.spectral import texture_metrics
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+import _spectral_reference as reference  # noqa: E402  (the tests' numpy implementation)
+
+
+def _textures(b: int, c: int, n: int, seed: int) -> torch.Tensor:
+    """Gratings of random period/angle under noise: the work a real texture batch causes."""
+    gen = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(
+        torch.arange(n, dtype=torch.float32), torch.arange(n, dtype=torch.float32), indexing="ij"
+    )
+    periods = 4 + 28 * torch.rand(b, generator=gen)
+    angles = 3.14159 * torch.rand(b, generator=gen)
+    t = xx[None] * torch.cos(angles)[:, None, None] + yy[None] * torch.sin(angles)[:, None, None]
+    wave = torch.cos(2 * torch.pi * t / periods[:, None, None])[:, None]
+    return 0.5 + 0.25 * wave.expand(b, c, n, n) + 0.1 * torch.randn(b, c, n, n, generator=gen)
+
+
+Timing = tuple[np.ndarray, np.ndarray]  # wall ms, CPU ms per batch
+
+
+def _timed(call: Callable[[], object], repeats: int, sync: Callable[[], None]) -> Timing:
+    """Wall and process CPU time per call in milliseconds, after one warm-up call."""
+    call()
+    sync()
+    wall, cpu = np.empty(repeats), np.empty(repeats)
+    for i in range(repeats):
+        c0, t0 = time.process_time_ns(), time.perf_counter_ns()
+        call()
+        sync()
+        wall[i] = (time.perf_counter_ns() - t0) / 1e6
+        cpu[i] = (time.process_time_ns() - c0) / 1e6
+    return wall, cpu
+
+
+def _row(name: str, timing: Timing, batch: int, floor: Timing) -> str:
+    wall, cpu = timing
+    median, p99 = float(np.median(wall)), float(np.percentile(wall, 99))
+    rate = batch / (median / 1e3)
+    ratio = median / float(np.median(floor[0]))
+    cpu_median = float(np.median(cpu))
+    cpu_ratio = cpu_median / float(np.median(floor[1]))
+    return (
+        f"| {name} | {median:,.1f} | {p99:,.1f} | {rate:,.1f} | {ratio:.2f} "
+        f"| {cpu_median:,.1f} | {cpu_ratio:.2f} |"
+    )
+
+
+def _workload(
+    title: str, x: torch.Tensor, device: torch.device, repeats: int, ref_images: int
+) -> list[str]:
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    xd = x.to(device)
+    b = x.shape[0]
+    floor = _timed(lambda: torch.fft.fft2(xd), repeats, sync)
+    plain = _timed(lambda: texture_metrics(xd), repeats, sync)
+    local = _timed(lambda: texture_metrics(xd, local_map=True), repeats, sync)
+    size = min(96, min(x.shape[-2:]) // 2)
+    images = x.numpy().astype(np.float64)
+
+    def per_image(local_window: int | None, count: int) -> Timing:
+        wall, cpu = np.empty(count), np.empty(count)
+        for i in range(count):
+            c0, t0 = time.process_time_ns(), time.perf_counter_ns()
+            reference.metrics(images[i % b], local_window=local_window)
+            wall[i] = (time.perf_counter_ns() - t0) / 1e6 * b  # per batch of b images
+            cpu[i] = (time.process_time_ns() - c0) / 1e6 * b
+        return wall, cpu
+
+    numpy_plain = per_image(None, ref_images)
+    numpy_local = per_image(size, max(1, ref_images // 3))
+
+    def speedup(slow: Timing, fast: Timing, which: int) -> float:
+        return float(np.median(slow[which]) / np.median(fast[which]))
+
+    where = "GPU" if device.type == "cuda" else "CPU"
+    return [
+        f"**{title}** — batch of {b}, torch on the {where}",
+        "",
+        "| method | wall median ms/batch | wall p99 ms | images/s | × fft2 (wall) "
+        "| CPU median ms/batch | × fft2 (CPU) |",
+        "|---|---|---|---|---|---|---|",
+        _row("`torch.fft.fft2` (floor)", floor, b, floor),
+        _row("`texture_metrics`", plain, b, floor),
+        _row("`texture_metrics(local_map=True)`", local, b, floor),
+        _row(f"numpy per image ({ref_images} images)", numpy_plain, b, floor),
+        _row(f"numpy per image + local map ({max(1, ref_images // 3)})", numpy_local, b, floor),
+        "",
+        "speed-up over the per-image version (wall / CPU): "
+        f"{speedup(numpy_plain, plain, 0):,.0f}× / {speedup(numpy_plain, plain, 1):,.0f}× "
+        f"(all metrics), {speedup(numpy_local, local, 0):,.0f}× / "
+        f"{speedup(numpy_local, local, 1):,.0f}× (with the local map)",
+        "",
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repeats")
+    parser.add_argument("--device", default="cpu", help="torch device for the torch rows")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    args = parser.parse_args()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    repeats = 5 if args.quick else 20
+    ref_images = 3 if args.quick else 6
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads), load average at start {load:.2f}"
+    )
+    if device.type == "cuda":
+        print(f"GPU: {torch.cuda.get_device_name(device)}")
+    print()
+    lines = _workload("512×512 RGB images", _textures(8, 3, 512, 0), device, repeats, ref_images)
+    lines += _workload("4×64×64 latents", _textures(64, 4, 64, 1), device, repeats, ref_images * 4)
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
