@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import py_compile
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
 
@@ -21,6 +22,16 @@ import torch
 from texwatch.store import open_run
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """Train on one thread: two OpenMP threads on a 2-core machine spin-wait whenever another
+    process holds a core, and a 4 s loop then takes 40 s (measured on this machine)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 def _load(name: str, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
@@ -36,7 +47,10 @@ def _load(name: str, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
 
 
 def test_plain_loop_records_every_step(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    one_torch_thread: None,
 ) -> None:
     store = tmp_path / "plain.zarr"
     assert _load("plain_loop", monkeypatch).main(["--out", str(store), "--steps", "101"]) == 0

@@ -52,16 +52,19 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+if TYPE_CHECKING:
+    from texwatch.client import Recorder
 
 __all__ = [
     "DEFAULT_STEPS",
@@ -375,7 +378,7 @@ def _data(sources: torch.Tensor, variant: _Variant, seed: int) -> _Data:
 
 
 def _train(
-    variant: _Variant, data: _Data, plan: _Plan, recorder: Any, seed: int, log: IO[str]
+    variant: _Variant, data: _Data, plan: _Plan, recorder: Recorder, seed: int, log: IO[str]
 ) -> None:
     """Train one variant for ``plan.steps`` steps, recording every step through ``recorder``."""
     torch.manual_seed(seed)
@@ -557,7 +560,11 @@ class _Daemon:
         # One thread: the sidecar must not starve the training on a small machine.
         env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
         self._log = log.open("wb")
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env)
+        try:
+            self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env)
+        except OSError:
+            self._log.close()
+            raise
 
     def log_tail(self, lines: int = 5) -> str:
         text = self.log_path.read_text(encoding="utf-8", errors="replace").strip().splitlines()
@@ -622,39 +629,42 @@ class _Daemon:
         self._log.close()
 
 
+_HEADLINES = {  # sample name -> (short key, stream label required or None)
+    "texwatch_last_step": ("step", None),
+    "texwatch_loss_spikes_total": ("spikes", None),
+    "texwatch_dead_loss_terms": ("dead", None),
+    "texwatch_checkerboard_energy": ("checker", "pred"),
+    "texwatch_ehalf_over_ef": ("ehalf", "pred"),
+}
+
+
 def _metric_lines(exposition: str, runs: Sequence[str]) -> dict[str, str]:
-    """One line per run with the headline values texwatchd serves."""
+    """One line per run with the headline values texwatchd serves (spikes summed over rules)."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    values: dict[tuple[str, str], float] = {}
+    values = {
+        run: {
+            "step": math.nan,
+            "spikes": 0.0,
+            "dead": math.nan,
+            "checker": math.nan,
+            "ehalf": math.nan,
+        }
+        for run in runs
+    }
     for family in text_string_to_metric_families(exposition):
         for sample in family.samples:
-            run = sample.labels.get("run")
-            if run is None:
+            key, stream = _HEADLINES.get(sample.name, (None, None))
+            run = values.get(sample.labels.get("run", ""))
+            if key is None or run is None or sample.labels.get("stream") != stream:
                 continue
-            stream = sample.labels.get("stream")
-            if sample.name == "texwatch_loss_spikes_total":
-                values[(run, "spikes")] = values.get((run, "spikes"), 0.0) + sample.value
-            elif sample.name == "texwatch_dead_loss_terms":
-                values[(run, "dead")] = sample.value
-            elif sample.name == "texwatch_checkerboard_energy" and stream == "pred":
-                values[(run, "checker")] = sample.value
-            elif sample.name == "texwatch_ehalf_over_ef" and stream == "pred":
-                values[(run, "ehalf")] = sample.value
-            elif sample.name == "texwatch_last_step":
-                values[(run, "step")] = sample.value
-    lines = {}
-    for run in runs:
-
-        def get(key: str, run: str = run) -> float:
-            return values.get((run, key), math.nan)
-
-        lines[run] = (
-            f"last step {get('step'):.0f}, loss spikes {get('spikes'):.0f}, dead loss terms "
-            f"{get('dead'):.0f}, pred checkerboard_energy {get('checker'):.3g}, pred "
-            f"Ehalf_over_Ef {get('ehalf'):.3g}"
-        )
-    return lines
+            run[key] = run[key] + sample.value if key == "spikes" else sample.value
+    return {
+        name: f"last step {v['step']:.0f}, loss spikes {v['spikes']:.0f}, dead loss terms "
+        f"{v['dead']:.0f}, pred checkerboard_energy {v['checker']:.3g}, pred Ehalf_over_Ef "
+        f"{v['ehalf']:.3g}"
+        for name, v in values.items()
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -843,27 +853,25 @@ def _print_where(result: DemoResult, daemon: _Daemon, keep_serving: bool, log: I
 # Command line
 
 
-def _steps_arg(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer but got {text!r}") from None
-    if value < MIN_STEPS:
-        raise argparse.ArgumentTypeError(
-            f"expected at least {MIN_STEPS} steps (a full spike window before the corrupted "
-            f"batch) but got {value}"
-        )
-    return value
+def _int_in(low: int, high: int, what: str) -> Callable[[str], int]:
+    """An argparse type: an integer in [low, high], else an error that says ``what`` it is for."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer but got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"expected {what} but got {value}")
+        return value
+
+    return parse
 
 
-def _port_arg(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer but got {text!r}") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"expected a port in [0, 65535] but got {value}")
-    return value
+_steps_arg = _int_in(
+    MIN_STEPS, 10**9, f"at least {MIN_STEPS} steps (a full spike window before the corrupted batch)"
+)
+_port_arg = _int_in(0, 65535, "a port in [0, 65535]")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
