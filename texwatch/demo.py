@@ -566,15 +566,15 @@ class _Daemon:
             self._log.close()
             raise
 
-    def log_tail(self, lines: int = 5) -> str:
+    def last_log_line(self) -> str:
         text = self.log_path.read_text(encoding="utf-8", errors="replace").strip().splitlines()
-        return " | ".join(text[-lines:]) or "(empty log)"
+        return text[-1] if text else "(empty log)"
 
     def check_alive(self) -> None:
         code = self.proc.poll()
         if code is not None:
             raise DemoError(
-                f"texwatchd exited with code {code}: {self.log_tail()} (log: {self.log_path})"
+                f"texwatchd exited with code {code}: {self.last_log_line()} (log: {self.log_path})"
             )
 
     def scrape(self, timeout: float = 5.0) -> str:
@@ -584,7 +584,10 @@ class _Daemon:
     def wait_ready(self, timeout: float = _DAEMON_START_TIMEOUT) -> None:
         deadline = time.monotonic() + timeout
         while True:
-            self.check_alive()
+            try:
+                self.check_alive()
+            except DemoError as err:
+                raise DemoError(f"{err}; if the port is taken, --port 0 picks a free one") from None
             try:
                 self.scrape(timeout=1.0)
                 return
