@@ -71,7 +71,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--max-k", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: steadier)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     ks = [k for k in (1, 2, 4, 8, 16, 32) if k <= args.max_k]
     with tempfile.TemporaryDirectory() as tmp:
         store = Path(tmp) / "bench.zarr"

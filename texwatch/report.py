@@ -927,6 +927,8 @@ class _Document:
         page.figimage(pixels, xo=0, yo=0)
         page.text(0.01, 1.0 - 0.2 / (h / _DPI + 0.3), literal(caption), fontsize=8, va="top")
         self._pdf.savefig(page, dpi=_DPI)
+        fig.clear()  # break the artists' reference cycles now, not at some later GC pass
+        page.clear()
 
     def raw(self, markup: str) -> None:
         """Append trusted markup built here (never from a store)."""
