@@ -45,7 +45,9 @@ if TYPE_CHECKING:
     from texwatch.store import Run
 
 __all__ = [
+    "FFT_PERIOD_KEY",
     "HEALTH_KEYS",
+    "PEAK_KEY",
     "TEXTURE_KEYS",
     "ProbableCause",
     "ReportError",
