@@ -42,9 +42,9 @@ def _inspect(args: argparse.Namespace) -> int:
             },
             "scalars": run.scalar_names(),
             "checkpoints": run.checkpoint_steps(),
-            "drops": run.drops,
-            "nonfinite": run.nonfinite,
-            "writer_errors": run.errors,
+            "drops": run.drops(),
+            "nonfinite": run.nonfinite(),
+            "writer_errors": run.errors(),
             "derived_cursor": run.derived_cursor(),
             "config": run.config,
         }
