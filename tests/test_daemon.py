@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 
 from texwatch.daemon import Daemon, DaemonOptions, main
 from texwatch.daemon._exporter import MetricsBoard
-from texwatch.derive import DeriveSettings, derive_all
+from texwatch.derive import Deriver, DeriveSettings, derive_all
 from texwatch.store import ITEMS, LOSS_NAN, SCALARS, RunWriter, open_run
 
 SIZE = 64
@@ -352,3 +352,27 @@ def test_runs_idle_for_long_drop_out_of_the_exposition(tmp_path: Path) -> None:
         assert _value(registry, "texwatch_last_step", run="idle") == 39
     finally:
         daemon.close()
+
+
+def test_each_pred_item_is_measured_against_its_own_target(tmp_path: Path) -> None:
+    store = tmp_path / "pairs.zarr"
+    rng = np.random.default_rng(5)
+    writer = RunWriter.open(store)
+    steps = np.array([0, 0, 10, 10])
+    # Item 0 of each step has period 8, item 1 period 16; targets and preds agree item by item.
+    images = np.concatenate([_grating(p, 1, rng) for p in (8, 16, 8, 16)])
+    writer.append(SCALARS, {"step": np.array([0, 10]), "time": np.zeros(2), "loss": np.ones(2)})
+    writer.append("target", {"step": steps, "data": images})
+    writer.append("pred", {"step": steps, "data": images})
+    writer.commit()
+    settings = DeriveSettings(window=64, dead_window=20)
+    # One row per batch: the pred rows of a step are derived in other batches than their targets.
+    derived = derive_all(store, settings, batch_rows=1)
+    np.testing.assert_allclose(derived["pred"]["ref_radius_bin"], [8, 4, 8, 4], atol=0.5)
+    assert (derived["pred"]["Ehalf_over_Ef"] < 1).all()
+    assert (derived["pred"]["E2f_over_Ef"] < 1).all()
+    # After a restart past the targets (cursor at pred row 2), they are read back from the store.
+    resumed = Deriver(settings, cursor={"target": 4, "pred": 2, SCALARS: 2})
+    batch = resumed.advance(open_run(store), open_run(store).committed())
+    assert batch is not None
+    np.testing.assert_allclose(batch.tables["pred"]["ref_radius_bin"], [8, 4], atol=0.5)

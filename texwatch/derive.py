@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,7 @@ __all__ = [
 ]
 
 _log = logging.getLogger("texwatch.derive")
+_TARGET_STEPS = 64  # recent steps whose target items are kept for pairing with pred rows
 
 
 @dataclass(frozen=True)
@@ -126,6 +128,7 @@ class Deriver:
             if settings.ref is not None
             else None
         )
+        self._targets: OrderedDict[int, np.ndarray] = OrderedDict()
         self._losses = {
             "spectral_period": SpectralPeriodLoss(),
             "log_polar_align": LogPolarAlignLoss(),
@@ -178,7 +181,6 @@ class Deriver:
         streams = [t for t in committed if t not in (SCALARS, ITEMS)]
         # Targets first, so a pred row finds the target recorded at its step.
         streams.sort(key=lambda t: (t != "target", t))
-        targets: dict[int, np.ndarray] = {}
         for name in streams:
             start, stop = self._cursor.get(name, 0), committed[name]
             stop = min(stop, start + max_rows)
@@ -186,8 +188,9 @@ class Deriver:
                 continue
             steps, data = run.stream(name, start, stop)
             if name == "target":
-                targets = {int(s): data[i] for i, s in enumerate(steps)}
-            tables[name] = self._derive_stream(name, steps, data, targets)
+                self._remember_targets(steps, data)
+            pairs = self._targets_for(run, steps) if name == "pred" else None
+            tables[name] = self._derive_stream(name, steps, data, pairs)
             self._cursor[name] = stop
         if SCALARS in committed:
             start, stop = self._cursor.get(SCALARS, 0), committed[SCALARS]
@@ -199,12 +202,38 @@ class Deriver:
             return None
         return DerivedBatch(tables=tables, cursor=self.cursor, state=self.state())
 
+    def _remember_targets(self, steps: np.ndarray, data: np.ndarray) -> None:
+        """Keep the newest steps' target items, for the pred rows of the same steps."""
+        for step in np.unique(steps):
+            self._targets[int(step)] = data[steps == step]
+            self._targets.move_to_end(int(step))
+        while len(self._targets) > _TARGET_STEPS:
+            self._targets.popitem(last=False)
+
+    def _targets_for(self, run: Run, steps: np.ndarray) -> list[np.ndarray | None] | None:
+        """Each pred row's own target item: the item of the same index at the same step."""
+        missing = [int(s) for s in np.unique(steps) if int(s) not in self._targets]
+        if missing and "target" in run.committed():
+            # After a restart the cache is empty: read those steps' targets from the store.
+            self._remember_targets(*run.stream_at("target", missing))
+        if not any(int(s) in self._targets for s in steps):
+            return None
+        pairs: list[np.ndarray | None] = []
+        for i, step in enumerate(steps):
+            items = self._targets.get(int(step))
+            index = int(np.sum(steps[:i] == step))  # the row's item index within its step
+            pairs.append(items[index] if items is not None and index < len(items) else None)
+        return pairs
+
     def _derive_stream(
-        self, name: str, steps: np.ndarray, data: np.ndarray, targets: Mapping[int, np.ndarray]
+        self,
+        name: str,
+        steps: np.ndarray,
+        data: np.ndarray,
+        pairs: list[np.ndarray | None] | None,
     ) -> dict[str, np.ndarray]:
         x = torch.as_tensor(np.ascontiguousarray(data), device=self._device).float()  # (N,C,H,W)
-        pairs = [targets.get(int(s)) for s in steps] if name == "pred" else [None] * len(steps)
-        if any(p is not None for p in pairs):
+        if pairs is not None:
             ref = torch.stack(
                 [
                     torch.as_tensor(p, device=self._device).float()
