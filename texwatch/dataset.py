@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from texwatch._json import jsonable
 from texwatch.diagnose import DEFAULT_FFT_THRESHOLD
 
 if TYPE_CHECKING:
@@ -360,20 +361,10 @@ def dataset_health(
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         (out / "dataset.json").write_text(
-            json.dumps(_jsonable(doc), indent=1, allow_nan=False), encoding="utf-8"
+            json.dumps(jsonable(doc), indent=1, allow_nan=False), encoding="utf-8"
         )
         (out / "dataset.png").write_bytes(_summary_png(doc, base, fft_threshold, outlier_z))
     return doc
-
-
-def _jsonable(v: Any) -> Any:
-    if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, float):
-        return v if math.isfinite(v) else None
-    return v
 
 
 def _histogram(

@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from texwatch._json import jsonable
+
 if TYPE_CHECKING:
     import torch
 
@@ -377,7 +379,7 @@ def diagnose(
         "images": results,
     }
     if out is not None:
-        text = json.dumps(_jsonable(doc), indent=1, allow_nan=False)
+        text = json.dumps(jsonable(doc), indent=1, allow_nan=False)
         (out / "diagnose.json").write_text(text, encoding="utf-8")
     return doc
 
@@ -389,16 +391,6 @@ def _source(item: str | Path | torch.Tensor | None) -> str | None:
     if item is None:
         return None
     return "tensor" if isinstance(item, torch.Tensor) else str(item)
-
-
-def _jsonable(v: Any) -> Any:
-    if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, float):
-        return v if math.isfinite(v) else None
-    return v
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

@@ -36,7 +36,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from texwatch._json import jsonable
 from texwatch.diagnose import DEFAULT_FFT_THRESHOLD
+from texwatch.metric_names import STREAM_METRIC_NAMES
 
 if TYPE_CHECKING:
     from matplotlib.backends.backend_pdf import PdfPages
@@ -59,21 +61,7 @@ __all__ = [
     "step_table",
 ]
 
-TEXTURE_KEYS: tuple[str, ...] = (
-    "fundamental_radius_bin",
-    "acf_first_peak_radius_bin",
-    "E2f_over_Ef",
-    "Ehalf_over_Ef",
-    "axis_ratio_at_f",
-    "shift_mse_dx1",
-    "shift_mse_dy1",
-    "resize_mse_downUp",
-    "resize_delta_r",
-    "ref_radius_bin",
-    "checkerboard_energy",
-    "band_score",
-    "band_max_run",
-)
+TEXTURE_KEYS: tuple[str, ...] = tuple(STREAM_METRIC_NAMES)
 """Texture metric columns shown per stream (the seed's keys plus checkerboard and bands)."""
 
 HEALTH_KEYS: tuple[str, ...] = ("mean", "std", "min", "max", "nonfinite", "clip_fraction")
@@ -467,7 +455,7 @@ def _health_cause(
 def _spike_causes(
     scalars: Mapping[str, np.ndarray], sample_ids: Mapping[int, list[int]], th: Thresholds
 ) -> list[ProbableCause]:
-    from texwatch.derive import SPIKE_RULES
+    from texwatch.detectors import SPIKE_RULES
 
     spike = scalars.get("spike")
     if spike is None or not np.any(spike > 0):
@@ -805,23 +793,6 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def _jsonable(v: Any) -> Any:
-    if isinstance(v, Mapping):
-        return {str(k): _jsonable(x) for k, x in v.items()}
-    if isinstance(v, np.ndarray):
-        return [_jsonable(x) for x in v.tolist()]
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, (bool, np.bool_)):
-        return bool(v)
-    if isinstance(v, (int, np.integer)):
-        return int(v)
-    if isinstance(v, (float, np.floating)):
-        f = float(v)
-        return f if math.isfinite(f) else None
-    return v
-
-
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1400px;color:#222;line-height:1.4}
 h1{margin-bottom:.2em} h2{border-bottom:2px solid #ccc;padding-bottom:.2em;margin-top:2em}
@@ -986,7 +957,7 @@ def _loss_section(
     sample_ids: Mapping[int, list[int]],
     out: dict[str, Any],
 ) -> None:
-    from texwatch.derive import SPIKE_RULES
+    from texwatch.detectors import SPIKE_RULES
     from texwatch.plots import axes_grid, draw_loss, draw_series, new_figure
 
     scal = rd.scalars
@@ -1558,7 +1529,7 @@ def build_report(
             page = doc.finish("texwatch report")
         (out / "index.html").write_text(page, encoding="utf-8")
         (out / "report.json").write_text(
-            json.dumps(_jsonable(doc_json), indent=1, allow_nan=False, default=str),
+            json.dumps(jsonable(doc_json), indent=1, allow_nan=False, default=str),
             encoding="utf-8",
         )
         bar.update()
