@@ -17,10 +17,11 @@ Derived tables (one row per source row, in source order):
 
 from __future__ import annotations
 
+import argparse
 import logging
 import math
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,8 @@ from texwatch.metric_names import TEXTURE_LOSSES
 from texwatch.store import ITEMS, LOSS_NAN, SCALARS, Run, open_run
 
 __all__ = [
+    "add_derive_arguments",
+    "settings_from_args",
     "DeriveSettings",
     "DerivedBatch",
     "Deriver",
@@ -63,6 +66,79 @@ class DeriveSettings:
             raise ValueError(
                 f"Expected the reference tile as (1, C, H, W) but got shape {self.ref.shape}"
             )
+
+
+def _positive(kind: type[float] | type[int]) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        value = kind(text)
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"expected a number > 0 but got {text!r}")
+        return value
+
+    return parse
+
+
+def add_derive_arguments(parser: argparse.ArgumentParser | Any) -> None:
+    """The derivation flags texwatchd and ``texwatch report`` share (``parser`` or a group)."""
+    parser.add_argument(
+        "--device", default=None, help="torch device of the metrics (default: cuda if available)"
+    )
+    parser.add_argument(
+        "--ref",
+        type=Path,
+        metavar="IMAGE",
+        help="reference tile: its f* anchors the energy ratios and texture losses",
+    )
+    parser.add_argument(
+        "--spike-sigma",
+        type=_positive(float),
+        default=6.0,
+        help="alarm when the loss is this many rolling σ above the mean (default 6)",
+    )
+    parser.add_argument(
+        "--warn-sigma", type=_positive(float), default=4.0, help="warn at this many σ (default 4)"
+    )
+    parser.add_argument(
+        "--window",
+        type=_positive(int),
+        default=128,
+        help="rolling window of the spike detector, in steps (default 128)",
+    )
+    parser.add_argument(
+        "--dead-window",
+        type=_positive(int),
+        default=100,
+        help="steps a weighted term may stay 0/constant/absent before it is dead (default 100)",
+    )
+
+
+def settings_from_args(args: argparse.Namespace) -> DeriveSettings:
+    """:class:`DeriveSettings` from :func:`add_derive_arguments`'s flags.
+
+    Raises:
+        ValueError: naming the flag, for a device torch cannot use or an unreadable ``--ref``.
+    """
+    from texwatch._images import load_image
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        torch.empty(1, device=device)
+    except (RuntimeError, AssertionError) as err:
+        raise ValueError(f"argument --device: cannot use {device!r} ({err})") from err
+    ref = None
+    if args.ref is not None:
+        try:
+            ref = load_image(args.ref).numpy()
+        except (OSError, ValueError) as err:
+            raise ValueError(f"argument --ref: {err}") from err
+    return DeriveSettings(
+        device=device,
+        window=args.window,
+        spike_sigma=args.spike_sigma,
+        warn_sigma=args.warn_sigma,
+        dead_window=args.dead_window,
+        ref=ref,
+    )
 
 
 @dataclass

@@ -1544,6 +1544,8 @@ def build_report(
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``report`` subcommand to the ``texwatch`` command."""
+    from texwatch.derive import add_derive_arguments
+
     names = ", ".join(f.name for f in dataclasses.fields(Thresholds))
     p = subparsers.add_parser(
         "report",
@@ -1568,7 +1570,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar="NAME=VALUE",
         help=f"change where a probable cause fires; NAME in: {names}",
     )
-    p.add_argument("--ref", metavar="TILE.png", help="reference tile for f (ref_radius_bin)")
     p.add_argument(
         "--fft-threshold",
         type=float,
@@ -1576,21 +1577,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="periodic peak: a spectral bin this many times its ring's noise floor "
         f"(= --threshold periodic_peak, default {DEFAULT_FFT_THRESHOLD:g})",
     )
-    p.add_argument(
-        "--spike-sigma",
-        type=float,
-        default=6.0,
-        help="σ alarm level for loss spikes on rows not derived by the daemon (6)",
-    )
-    p.add_argument("--warn-sigma", type=float, default=4.0, help="σ warning level (4)")
-    p.add_argument("--window", type=int, default=128, help="rolling window of the spike rule")
-    p.add_argument(
-        "--dead-window",
-        type=int,
-        default=100,
-        help="steps after which a constant/zero/absent weighted term is dead",
-    )
-    p.add_argument("--device", default=None, help="torch device (default: cuda if available)")
+    add_derive_arguments(p)  # the daemon's own flags: they apply to rows it has not derived
     p.add_argument("--max-images", type=int, default=8, help="images per sample grid (8)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -1615,12 +1602,8 @@ def _parse_steps(text: str) -> list[int]:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``texwatch report``: 0 on success, 2 with one line on stderr for a bad input."""
-    from texwatch._images import load_image
-
     try:
-        import torch
-
-        from texwatch.derive import DeriveSettings
+        from texwatch.derive import settings_from_args
 
         thresholds = Thresholds.from_pairs(args.threshold)
         if args.fft_threshold is not None:
@@ -1628,22 +1611,8 @@ def run(args: argparse.Namespace) -> int:
                 raise ReportError(f"--fft-threshold must be positive, got {args.fft_threshold}")
             thresholds = dataclasses.replace(thresholds, periodic_peak=args.fft_threshold)
         steps = _parse_steps(args.steps) if args.steps is not None else None
-        ref = None
-        if args.ref is not None:
-            try:
-                ref = load_image(args.ref).numpy()
-            except ValueError as err:
-                raise ReportError(f"--ref: {err}") from err
-        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
         try:
-            settings = DeriveSettings(
-                device=device,
-                window=args.window,
-                spike_sigma=args.spike_sigma,
-                warn_sigma=args.warn_sigma,
-                dead_window=args.dead_window,
-                ref=ref,
-            )
+            settings = settings_from_args(args)
         except ValueError as err:
             raise ReportError(str(err)) from err
         build_report(

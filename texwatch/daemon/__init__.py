@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
+from texwatch.derive import add_derive_arguments, settings_from_args
+
 from ._daemon import Daemon, DaemonOptions
 
 __all__ = ["Daemon", "DaemonOptions", "build_parser", "main"]
@@ -71,38 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--once", action="store_true", help="derive the backlog, write snapshots, and exit"
     )
     derive = p.add_argument_group("derivation")
-    derive.add_argument(
-        "--device",
-        default=None,
-        help="torch device for the spectral metrics (default: cuda if available)",
-    )
-    derive.add_argument(
-        "--ref",
-        type=Path,
-        metavar="IMAGE",
-        help="reference tile: its f* anchors the energy ratios and texture losses",
-    )
-    derive.add_argument(
-        "--spike-sigma",
-        type=_positive_float,
-        default=6.0,
-        help="alarm when the loss is this many rolling σ above the mean (default 6)",
-    )
-    derive.add_argument(
-        "--warn-sigma", type=_positive_float, default=4.0, help="warn at this many σ (default 4)"
-    )
-    derive.add_argument(
-        "--window",
-        type=_positive_int,
-        default=128,
-        help="rolling window of the spike detector, in steps (default 128)",
-    )
-    derive.add_argument(
-        "--dead-window",
-        type=_positive_int,
-        default=100,
-        help="steps a weighted term may stay 0/constant/absent before it is dead",
-    )
+    add_derive_arguments(derive)
     derive.add_argument(
         "--batch-rows",
         type=_positive_int,
@@ -154,36 +125,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if not args.store and args.root is None:
         parser.error("one of --store PATH or --root DIR is required")
-    # Heavy imports only once the arguments are known to be good.
     import prometheus_client
-    import torch
-
-    from texwatch.derive import DeriveSettings
 
     from ._exporter import MetricsBoard, read_basic_auth_file, serve_metrics
 
     prometheus_client.disable_created_metrics()
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        torch.empty(1, device=device)
-    except (RuntimeError, AssertionError) as err:
-        parser.error(f"argument --device: cannot use {device!r} ({err})")
-    ref = None
-    if args.ref is not None:
-        from texwatch._images import load_image
-
-        try:
-            ref = load_image(args.ref).numpy()
-        except (OSError, ValueError) as err:
-            parser.error(f"argument --ref: {err}")
-    settings = DeriveSettings(
-        device=device,
-        window=args.window,
-        spike_sigma=args.spike_sigma,
-        warn_sigma=args.warn_sigma,
-        dead_window=args.dead_window,
-        ref=ref,
-    )
+        settings = settings_from_args(args)
+    except ValueError as err:
+        parser.error(str(err))
     options = DaemonOptions(
         stores=tuple(args.store),
         root=args.root,
@@ -216,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             daemon.close()
             parser.error(f"cannot serve /metrics on {args.bind}:{args.port}: {err}")
         logging.getLogger("texwatch.daemon").info(
-            "serving /metrics on %s:%d (device %s)", args.bind, server.port, device
+            "serving /metrics on %s:%d (device %s)", args.bind, server.port, settings.device
         )
 
     def _terminate(signum: int, frame: FrameType | None) -> None:
