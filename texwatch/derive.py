@@ -228,7 +228,7 @@ class Deriver:
 
     @property
     def nonfinite(self) -> dict[str, int]:
-        """Non-finite values seen so far, per source (``loss``, ``term/<name>``, streams)."""
+        """Non-finite values seen so far in each image stream (the client counts scalar rows)."""
         return dict(self._nonfinite)
 
     @property
@@ -395,11 +395,6 @@ class Deriver:
                 for t in terms:
                     out[f"share/{t}"][i] = update.shares.get(t, math.nan)
                     out[f"dead/{t}"][i] = float(t in update.dead)
-                    if math.isinf(values[t]) or (
-                        math.isnan(values[t]) and not math.isnan(weights[t])
-                    ):
-                        key = f"term/{t}"
-                        self._nonfinite[key] = self._nonfinite.get(key, 0) + 1
             self._last_step = step
         if j:
             self._cursor[ITEMS] = item_start + j
@@ -435,8 +430,6 @@ class Deriver:
             out["spike"][i] = 1.0
             out["spike_rule"][i] = SPIKE_RULES.index(update.rule) + 1
         out["warn"][i] = float(update.warning)
-        if not math.isfinite(loss):
-            self._nonfinite["loss"] = self._nonfinite.get("loss", 0) + 1
 
 
 def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:

@@ -56,6 +56,7 @@ class RunWorker:
         self._latest_derived: dict[str, float] = {}
         self._lag = 0
         self._drops: dict[str, int] = {}
+        self._scalar_nonfinite: dict[str, int] = {}
         self._processed_at = math.nan
         self.last_activity = time.time()  # last new commit or derived batch: idle runs are dropped
         self._committed: dict[str, int] = {}
@@ -89,7 +90,10 @@ class RunWorker:
         if committed != self._committed:
             self.last_activity = time.time()
             self._committed = dict(committed)
-        self._drops = {str(k): int(v) for k, v in (run.attrs.get("drops") or {}).items()}
+        self._drops = run.drops()
+        # The client saw the given values: its counts of non-finite loss / term rows are exact.
+        streams = set(committed)
+        self._scalar_nonfinite = {k: v for k, v in run.nonfinite().items() if k not in streams}
         backlog = self._deriver.lag(committed)
         done = 0
         while not stop.is_set():
@@ -166,6 +170,7 @@ class RunWorker:
             yield Sample("texwatch_scalar", {"run": self.name, "name": key}, value)
         # Known sources start at 0, so the first NaN shows as an increase, not a new series.
         nonfinite = dict.fromkeys(["loss", *self._latest_streams], 0)
+        nonfinite.update(self._scalar_nonfinite)
         nonfinite.update(self._deriver.nonfinite)
         for stream, count in nonfinite.items():
             yield Sample("texwatch_nonfinite", {"run": self.name, "stream": stream}, count)
