@@ -309,6 +309,7 @@ class Deriver:
         pairs: list[np.ndarray | None] | None,
     ) -> dict[str, np.ndarray]:
         x = torch.as_tensor(np.ascontiguousarray(data), device=self._device).float()  # (N,C,H,W)
+        ref: torch.Tensor | None
         if pairs is not None:
             ref = torch.stack(
                 [

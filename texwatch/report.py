@@ -1241,7 +1241,8 @@ def _checkpoint_section(
                 **{k: float(t[k][i]) for k in (*TEXTURE_KEYS, PEAK_KEY, *HEALTH_KEYS) if k in t},
             }
         )
-        f_star = columns[-1].get("fundamental_radius_bin", math.nan)
+        value = columns[-1].get("fundamental_radius_bin")
+        f_star = float(value) if isinstance(value, (int, float)) else math.nan
         columns[-1][FFT_PERIOD_KEY] = (
             _fft_period(f_star, rd.sizes[name]) if _finite(f_star) else math.nan
         )
