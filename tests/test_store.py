@@ -15,6 +15,7 @@ from integration._store_helpers import start_zarr_pools
 
 from texwatch.store import (
     CHUNK_TARGET_BYTES,
+    DERIVED,
     ITEMS,
     SCALARS,
     SCHEMA_VERSION,
@@ -59,10 +60,20 @@ def test_round_trip_of_every_table(store: Path) -> None:
     writer.append(SCALARS, _scalars(steps, **{"term/v": steps * 2.0, "lr": np.full(10, 1e-4)}))
     writer.append("latents", _latents(steps[:3]))
     writer.append("val/0", {"step": np.array([5]), "data": np.ones((1, 3, 4, 4), np.float32)})
-    writer.append(ITEMS, {"step": np.repeat(steps, 2), "loss": np.arange(20.0),
-                          "timestep": np.arange(20.0) * 10, "sample_id": np.arange(20)})
+    writer.append(
+        ITEMS,
+        {
+            "step": np.repeat(steps, 2),
+            "loss": np.arange(20.0),
+            "timestep": np.arange(20.0) * 10,
+            "sample_id": np.arange(20),
+        },
+    )
     assert writer.commit(drops={"pred": 2}, nonfinite={"loss": 1}, errors=3) == {
-        SCALARS: 10, "latents": 3, "val/0": 1, ITEMS: 20,
+        SCALARS: 10,
+        "latents": 3,
+        "val/0": 1,
+        ITEMS: 20,
     }
 
     run = open_run(store)
@@ -291,8 +302,10 @@ def test_append_errors(store: Path) -> None:
     assert open_run(store).committed() == {"latents": 2, SCALARS: 2}
 
 
-@pytest.mark.parametrize("name", ["", "a b", "../x", ".hidden", "__x", "a//b", "x/zarr.json",
-                                  "y.partial", "a/", "/a", "é"])
+@pytest.mark.parametrize(
+    "name",
+    ["", "a b", "../x", ".hidden", "__x", "a//b", "x/zarr.json", "y.partial", "a/", "/a", "é"],
+)
 def test_check_name_rejects(name: str) -> None:
     with pytest.raises(ValueError, match="segments"):
         check_name(name, "stream")
@@ -380,8 +393,9 @@ def test_derived_writer_resumes_at_committed_rows_after_a_crash(store: Path) -> 
     first = DerivedWriter(store)
     first.append(SCALARS, {"step": np.arange(5), "z": np.arange(5.0)})
     first.commit({SCALARS: 5})
-    first.append(SCALARS, {"step": np.arange(5, 9), "z": np.full(4, -7.0),
-                           "late": np.ones(4)})  # killed before commit
+    first.append(
+        SCALARS, {"step": np.arange(5, 9), "z": np.full(4, -7.0), "late": np.ones(4)}
+    )  # killed before commit
     del first
     second = DerivedWriter(store)
     assert second.committed() == {SCALARS: 5} and second.cursor() == {SCALARS: 5}
@@ -407,3 +421,36 @@ def test_derived_writer_errors(store: Path) -> None:
         derived.commit({SCALARS: -1})
     with pytest.raises(TypeError, match="state must be JSON"):
         derived.commit({}, state={"x": object()})
+
+
+def test_each_commit_is_one_write_of_the_marker(
+    store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader must never see `committed` without the `tables` (or cursor, state) beside it."""
+    published: list[tuple[str, dict[str, Any]]] = []
+    replace = Path.replace
+
+    def spy(self: Path, target: Any) -> Any:
+        if Path(target).name == "zarr.json" and Path(target).parent.name in (store.name, DERIVED):
+            attrs = json.loads(self.read_text()).get("attributes", {})
+            published.append((Path(target).parent.name, attrs))
+        return replace(self, target)
+
+    monkeypatch.setattr(Path, "replace", spy)
+    writer = RunWriter.open(store)
+    published.clear()
+    writer.append(SCALARS, {"step": np.arange(3), "time": np.zeros(3), "loss": np.ones(3)})
+    writer.commit(drops={"latents": 1})
+    assert len(published) == 1
+    attrs = published[0][1]
+    assert attrs["committed"] == {SCALARS: 3} and attrs["drops"] == {"latents": 1}
+    assert attrs["tables"][SCALARS] == ["step", "time", "loss"]
+
+    derived = DerivedWriter(store)
+    published.clear()
+    derived.append(SCALARS, {"step": np.arange(3), "loss_ema": np.ones(3)})
+    derived.commit({SCALARS: 3}, state={"ema": 1.0})
+    assert [where for where, _ in published] == [DERIVED]
+    attrs = published[0][1]
+    assert attrs["committed"] == {SCALARS: 3} and attrs["cursor"] == {SCALARS: 3}
+    assert json.loads(attrs["state"]) == {"ema": 1.0} and SCALARS in attrs["tables"]

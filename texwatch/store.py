@@ -498,7 +498,7 @@ class RunWriter:
                 )
             group = zarr.open_group(LocalStore(root), mode="r+", zarr_format=3)
             if config_json is not None:
-                group.attrs.update({"config": config_json})
+                group = group.update_attributes({"config": config_json})
                 stored["config"] = config_json
             return cls(root, group, stored)
         if root.exists() and any(root.iterdir()):
@@ -599,7 +599,9 @@ class RunWriter:
             update["nonfinite"] = {k: int(v) for k, v in nonfinite.items()}
         if errors is not None:
             update["errors"] = int(errors)
-        self._group.attrs.update(update)
+        # One write of zarr.json: Attributes.update would write once per key, publishing
+        # `committed` before the `tables` that make those rows readable.
+        self._group = self._group.update_attributes(update)
         self._attrs.update(update)
         self._tables.committed_ok()
         return dict(update["committed"])
@@ -673,7 +675,9 @@ class DerivedWriter:
             update["state"] = None if state is None else json.dumps(dict(state))
         except (TypeError, ValueError) as err:
             raise TypeError(f"state must be JSON-serialisable, got {err}") from err
-        self._group.attrs.update(update)
+        # One write of zarr.json: Attributes.update would write once per key, publishing
+        # `committed` before the `tables` that make those rows readable.
+        self._group = self._group.update_attributes(update)
         self._attrs.update(update)
         self._tables.committed_ok()
 
