@@ -222,11 +222,6 @@ class Deriver:
         return self._loss
 
     @property
-    def term_monitor(self) -> TermMonitor:
-        """The loss-term detectors after the last advance."""
-        return self._terms
-
-    @property
     def nonfinite(self) -> dict[str, int]:
         """Non-finite values seen so far in each image stream (the client counts scalar rows)."""
         return dict(self._nonfinite)
