@@ -165,8 +165,9 @@ def _sustained(root: Path, seconds: float) -> list[str]:
         rec.flush()
         elapsed = time.perf_counter() - t0
         drops = sum(rec.stats.drops.values())
-    lines.append(f"| scalars, unpaced, until committed | {steps:,} | {steps / elapsed:,.0f} "
-                 f"| {drops} |")
+    lines.append(
+        f"| scalars, unpaced, until committed | {steps:,} | {steps / elapsed:,.0f} | {drops} |"
+    )
     return lines
 
 
@@ -176,12 +177,17 @@ def main() -> None:
     args = parser.parse_args()
     n_scalar, n_image, seconds = (5000, 60, 2.0) if args.quick else (20000, 200, 5.0)
     gc.collect()
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"torch {torch.__version__} ({torch.get_num_threads()} threads), CPU tensors\n")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"torch {torch.__version__} ({torch.get_num_threads()} threads), CPU tensors\n"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        for lines in (_scalar_case(root, n_scalar), _image_case(root, n_image, 20.0),
-                      _sustained(root, seconds)):
+        for lines in (
+            _scalar_case(root, n_scalar),
+            _image_case(root, n_image, 20.0),
+            _sustained(root, seconds),
+        ):
             print("\n".join(lines) + "\n")
 
 

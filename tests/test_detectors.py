@@ -610,8 +610,11 @@ def test_seed_004_edge_term_never_computed_goes_dead_after_warmup() -> None:
 def test_constant_absent_and_nan_terms_go_dead_then_revive() -> None:
     terms = TermMonitor(window=10)
     for s in range(12):
-        update = terms.update(s, {"const": 0.693, "nan": math.nan, "live": float(s + 1)},
-                              {"const": 1.0, "nan": 1.0, "absent": 0.5, "live": 1.0})
+        update = terms.update(
+            s,
+            {"const": 0.693, "nan": math.nan, "live": float(s + 1)},
+            {"const": 1.0, "nan": 1.0, "absent": 0.5, "live": 1.0},
+        )
     assert update.dead == ("absent", "const", "nan")
     assert math.isnan(update.shares["absent"]) and math.isnan(update.values["absent"])
     revived = terms.update(12, {"const": 0.7, "nan": 0.1, "absent": 0.2, "live": 1.0})
@@ -666,8 +669,10 @@ def test_term_nonfinite_counts_and_bounds() -> None:
 
 def test_term_state_round_trip() -> None:
     def step_terms(s: int) -> tuple[dict[str, float], dict[str, float]]:
-        return ({"v": 1.0 / (s + 1), "edge": 0.0, "ffl": math.nan if s % 3 else 0.2 + s},
-                {"v": 1.0, "edge": 0.06, "ffl": 0.01})
+        return (
+            {"v": 1.0 / (s + 1), "edge": 0.0, "ffl": math.nan if s % 3 else 0.2 + s},
+            {"v": 1.0, "edge": 0.06, "ffl": 0.01},
+        )
 
     straight = TermMonitor(window=20)
     for s in range(50):

@@ -36,8 +36,10 @@ def _inspect(args: argparse.Namespace) -> int:
             "schema_version": run.schema_version,
             "committed": run.committed(),
             "streams": {
-                name: {"shape": list(run.stream_spec(name).shape),
-                       "dtype": str(run.stream_spec(name).dtype)}
+                name: {
+                    "shape": list(run.stream_spec(name).shape),
+                    "dtype": str(run.stream_spec(name).dtype),
+                }
                 for name in run.stream_names()
             },
             "scalars": run.scalar_names(),

@@ -220,8 +220,7 @@ def term_shares(contributions: Mapping[str, float]) -> dict[str, float]:
     present = {k: abs(c) for k, c in contributions.items() if math.isfinite(c)}
     total = math.fsum(present.values())
     return {
-        k: (present[k] / total if k in present and total > 0.0 else math.nan)
-        for k in contributions
+        k: (present[k] / total if k in present and total > 0.0 else math.nan) for k in contributions
     }
 
 
@@ -377,9 +376,7 @@ class _Stateful(ABC):
         """Build a detector with the saved configuration and state."""
         if not isinstance(state, Mapping) or not isinstance(state.get("config"), Mapping):
             raise ValueError(f"Expected a `{cls._KIND}` state_dict with a `config` mapping")
-        config = {
-            k: (tuple(v) if isinstance(v, list) else v) for k, v in state["config"].items()
-        }
+        config = {k: (tuple(v) if isinstance(v, list) else v) for k, v in state["config"].items()}
         obj = cls(**config)
         obj.load_state_dict(state)
         return obj
@@ -1023,9 +1020,7 @@ def _sample_ids(ids: Any, limit: int) -> tuple[int | str, ...]:
         ):
             out.append(int(x))
         else:
-            raise TypeError(
-                f"Expected argument `sample_ids` to hold ints or strings but got {x!r}"
-            )
+            raise TypeError(f"Expected argument `sample_ids` to hold ints or strings but got {x!r}")
     return tuple(out)
 
 
@@ -1247,8 +1242,16 @@ class LossMonitor(_Stateful):
             ids = None if sample_ids is None else _sample_ids(sample_ids, self.max_sample_ids)
             self._events.append(SpikeEvent(step, loss, verdict.zscore, rule, tuple(rules), ids))
         self._last = LossUpdate(
-            step, loss, ema, value, self._normalising, verdict.zscore, rule, tuple(rules),
-            warning, rewound,
+            step,
+            loss,
+            ema,
+            value,
+            self._normalising,
+            verdict.zscore,
+            rule,
+            tuple(rules),
+            warning,
+            rewound,
         )
         return self._last
 
@@ -1428,8 +1431,9 @@ class TermMonitor(_Stateful):
         if isinstance(value, bool) or not isinstance(value, Real):
             if isinstance(value, np.ndarray) and value.size == 1:
                 return float(value.reshape(()))
-            raise TypeError(f"Expected argument `{kind}` to map names to numbers but got "
-                            f"{name!r}: {value!r}")
+            raise TypeError(
+                f"Expected argument `{kind}` to map names to numbers but got {name!r}: {value!r}"
+            )
         return float(value)
 
     def update(
@@ -1450,9 +1454,11 @@ class TermMonitor(_Stateful):
                 f"Expected argument `weights` to be a mapping or None but got {weights!r}"
             )
         vals = {str(k): self._number("terms", k, v) for k, v in terms.items()}
-        ws = {} if weights is None else {
-            str(k): self._number("weights", k, v) for k, v in weights.items()
-        }
+        ws = (
+            {}
+            if weights is None
+            else {str(k): self._number("weights", k, v) for k, v in weights.items()}
+        )
         new = [k for k in dict.fromkeys((*vals, *ws)) if k not in self._terms]
         if len(self._terms) + len(new) > self.max_terms:
             raise ValueError(

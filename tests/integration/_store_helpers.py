@@ -161,8 +161,12 @@ def _diskfull(path: str, limit: int, steps: int) -> None:
         cause = err.__cause__
         error = {"type": type(cause).__name__, "errno": getattr(cause, "errno", None)}
     stats = rec.stats
-    print(json.dumps({"recorded": done, "error": error, "errors": stats.errors,
-                      "drops": dict(stats.drops)}), flush=True)
+    print(
+        json.dumps(
+            {"recorded": done, "error": error, "errors": stats.errors, "drops": dict(stats.drops)}
+        ),
+        flush=True,
+    )
 
 
 def _atexit(path: str, steps: int) -> None:

@@ -68,9 +68,25 @@ def test_alerts_fire_for_the_faulty_run_and_not_for_the_clean_one(
     _train(runs / "clean.zarr", "clean", pred_period=8.0, spike=-1)
     port = free_port()
     daemon = subprocess.Popen(
-        [sys.executable, "-m", "texwatch.daemon", "--root", str(runs), "--port", str(port),
-         "--bind", "127.0.0.1", "--device", "cpu", "--rescan", "1", "--log-level", "WARNING",
-         "--snapshot-dir", str(tmp_path / "snaps")],
+        [
+            sys.executable,
+            "-m",
+            "texwatch.daemon",
+            "--root",
+            str(runs),
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--device",
+            "cpu",
+            "--rescan",
+            "1",
+            "--log-level",
+            "WARNING",
+            "--snapshot-dir",
+            str(tmp_path / "snaps"),
+        ],
         stderr=subprocess.PIPE,
     )
     try:
@@ -82,8 +98,10 @@ def test_alerts_fire_for_the_faulty_run_and_not_for_the_clean_one(
         prom.wait_for_query('texwatch_last_step{run="bad"} == 399', timeout=120)
         prom.wait_for_query('texwatch_last_step{run="clean"} == 399', timeout=60)
         alerts = prom.wait_for_alerts(
-            lambda a: _firing(a, "TexwatchHarmonicLock", "bad")
-            and _firing(a, "TexwatchLossSpikes", "bad"),
+            lambda a: (
+                _firing(a, "TexwatchHarmonicLock", "bad")
+                and _firing(a, "TexwatchLossSpikes", "bad")
+            ),
             timeout=60,
             what="harmonic-lock and loss-spike alerts firing for run 'bad'",
         )

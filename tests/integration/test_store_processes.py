@@ -51,8 +51,9 @@ def _tensorstore_rows(path: Path) -> tuple[int, np.ndarray, np.ndarray]:
 def test_reader_polling_a_writer_sees_monotone_complete_rows(tmp_path: Path) -> None:
     path = tmp_path / "x.zarr"
     steps = 5000
-    writer = subprocess.Popen(_helper("append", path, steps, 0.02), env=ENV,
-                              stdout=subprocess.PIPE, text=True)
+    writer = subprocess.Popen(
+        _helper("append", path, steps, 0.02), env=ENV, stdout=subprocess.PIPE, text=True
+    )
     seen: list[int] = []
     try:
         while writer.poll() is None or not seen or seen[-1] < steps:
@@ -89,8 +90,13 @@ def test_reader_polling_a_writer_sees_monotone_complete_rows(tmp_path: Path) -> 
 def test_kill_9_at_20_random_moments_keeps_every_committed_row(tmp_path: Path) -> None:
     path = tmp_path / "killed.zarr"
     rng = np.random.default_rng(20)
-    server = subprocess.Popen(_helper("forkserver", path), env=ENV, stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True)
+    server = subprocess.Popen(
+        _helper("forkserver", path),
+        env=ENV,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert server.stdin is not None and server.stdout is not None
     previous = 0
     try:
@@ -123,8 +129,9 @@ def test_kill_9_at_20_random_moments_keeps_every_committed_row(tmp_path: Path) -
 def test_full_disk_surfaces_on_close_while_training_continues(tmp_path: Path) -> None:
     path = tmp_path / "full.zarr"
     limit = 256 * 1024  # per-file limit: the random latents' chunks outgrow it after ~20 rows
-    result = subprocess.run(_helper("diskfull", path, limit, 400), env=ENV, capture_output=True,
-                            text=True, timeout=120)
+    result = subprocess.run(
+        _helper("diskfull", path, limit, 400), env=ENV, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["recorded"] == 400  # every record() returned
@@ -152,6 +159,12 @@ def test_importing_the_client_stays_light() -> None:
         " if m in sys.modules]\n"
         "print(heavy)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], env=ENV, capture_output=True, text=True,
-                         check=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
     assert out.stdout.strip() == "[]"

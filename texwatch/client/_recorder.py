@@ -600,8 +600,8 @@ class Recorder:
                     f"record(): {what} has C, H, W = {(c, h, w)} but stream {name!r} was created "
                     f"with {known[0]}; record a different shape under a new images= name"
                 )
-            dtype = known[1] if known is not None else np.dtype(
-                np.float16 if meta.half else np.float32
+            dtype = (
+                known[1] if known is not None else np.dtype(np.float16 if meta.half else np.float32)
             )
             keep = step % self._every.get(name, self._every_other) == 0
             items = None
@@ -722,4 +722,3 @@ class Recorder:
             self.close()
         except WriterError as err:
             warnings.warn(f"texwatch: at exit: {err}", RuntimeWarning, stacklevel=1)
-
