@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 import torch
 import zarr
-from integration._store_helpers import start_zarr_pools
 
 import texwatch.client as tw
 from texwatch.client import DEFAULT_EVERY, DEFAULT_MAX_ITEMS, Recorder, WriterError, detect_rank
@@ -27,12 +26,6 @@ from texwatch.store import (
     open_run,
     run_paths,
 )
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _zarr_pools() -> Iterator[None]:
-    start_zarr_pools()
-    yield
 
 
 @pytest.fixture()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +10,6 @@ import numpy as np
 import pytest
 import tensorstore as ts
 import zarr
-from integration._store_helpers import start_zarr_pools
 
 from texwatch.store import (
     CHUNK_TARGET_BYTES,
@@ -27,12 +25,6 @@ from texwatch.store import (
     open_run,
     run_paths,
 )
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _zarr_pools() -> Iterator[None]:
-    start_zarr_pools()
-    yield
 
 
 def _scalars(steps: np.ndarray, **extra: np.ndarray) -> dict[str, np.ndarray]:

@@ -12,43 +12,17 @@ Modes:
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import select
 import signal
 import sys
-import threading
 import time
 
 import numpy as np
 
 LATENT_SHAPE = (4, 8, 8)
 LATENT_ITEMS = 2
-
-
-def start_zarr_pools() -> None:
-    """Start zarr's process-wide IO thread and fill its executor now, once.
-
-    zarr-python keeps an event-loop thread and a thread pool for the whole process; a test that
-    happened to be the first to touch zarr would otherwise look like it leaked them.
-    """
-    from zarr.core.sync import sync
-
-    async def fill() -> None:
-        loop = asyncio.get_running_loop()
-        release = threading.Event()
-        pending = []
-        for _ in range(64):
-            before = threading.active_count()
-            pending.append(loop.run_in_executor(None, release.wait, 10.0))
-            await asyncio.sleep(0.02)
-            if threading.active_count() == before:
-                break  # the pool is full: no new thread was started
-        release.set()
-        await asyncio.gather(*pending)
-
-    sync(fill())
 
 
 def loss_of(step: np.ndarray | int) -> np.ndarray:

@@ -8,13 +8,12 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tensorstore as ts
-from integration._store_helpers import check_rows, latents_of, loss_of, start_zarr_pools
+from integration._store_helpers import check_rows, latents_of, loss_of
 
 from texwatch.store import ITEMS, SCALARS, open_run
 
@@ -22,12 +21,6 @@ pytestmark = pytest.mark.integration
 
 HELPER = Path(__file__).with_name("_store_helpers.py")
 ENV = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _zarr_pools() -> Iterator[None]:
-    start_zarr_pools()
-    yield
 
 
 def _helper(*args: object) -> list[str]:
