@@ -17,6 +17,11 @@ rows stay on the CPU).
 Wall time and process CPU time are both reported: on a shared machine other processes inflate
 wall time (and torch's thread pool suffers most), while CPU time still measures the work done.
 
+The process retains freed memory as texwatchd does (``texwatch._memory``): with glibc's default,
+whether a batch's large temporaries page-fault afresh on every call changes from run to run, and
+on a small VM that alone moves the bare FFT of the latent batch between 1.5 and 7 ms.
+``--default-malloc`` measures without it.
+
 Run: ``python benchmarks/spectral_throughput.py`` (``--quick`` for a shorter run, ``--threads 1``
 on a busy machine: a torch thread pool that shares its cores with other processes spin-waits,
 which inflates even its CPU time; the numpy rows are single-threaded either way).
@@ -35,6 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from texwatch._memory import retain_freed_memory
 from texwatch.spectral import texture_metrics
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
@@ -137,7 +143,13 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
     parser.add_argument("--device", default="cpu", help="torch device for the torch rows")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    parser.add_argument(
+        "--default-malloc",
+        action="store_true",
+        help="leave glibc's allocator as it is (texwatchd retains freed memory: texwatch/_memory)",
+    )
     args = parser.parse_args()
+    retained = False if args.default_malloc else retain_freed_memory()
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -146,7 +158,8 @@ def main() -> None:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads), load average at start {load:.2f}"
+        f"({torch.get_num_threads()} threads), load average at start {load:.2f}, "
+        f"freed memory {'retained as texwatchd does' if retained else 'returned (glibc default)'}"
     )
     if device.type == "cuda":
         print(f"GPU: {torch.cuda.get_device_name(device)}")

@@ -259,6 +259,7 @@ REFERENCE_CASES = [
     (1, 40, 72, "none", True, None, None),
     (3, 45, 57, "hann", True, "image", 16),
     (4, 33, 40, "hann", False, None, None),
+    (3, 104, 136, "tukey", True, None, None),  # over 96 px: torch's resize kernel, not matrices
 ]
 
 

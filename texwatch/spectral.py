@@ -174,6 +174,7 @@ _LOCAL_MIN_MASK = 0.3
 _BAND_TOLERANCE = 0.2
 _BAND_RUN_SHARE = 0.35
 _FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
+_DENSE_RESIZE_MAX = 96  # up to this size, dense resampling matrices beat torch's resize kernel
 
 
 # ----------------------------------------------------------------------------- input checks
@@ -369,7 +370,7 @@ def _power(y: Tensor, padded: bool) -> Tensor:
     """Half-plane power ``|rfft2|²`` averaged over channels: (B, H', W'//2+1), H' = 2H if padded."""
     h, w = y.shape[-2:]
     spec = torch.fft.rfft2(y, s=(2 * h, 2 * w) if padded else (h, w))
-    power = spec.real.square() + spec.imag.square()
+    power = spec.real.square().addcmul_(spec.imag, spec.imag)
     return power[:, 0] if power.shape[1] == 1 else power.mean(dim=1)
 
 
@@ -405,10 +406,10 @@ class _Grid:
     ext_cols: Tensor
     full_rows: Tensor  # (H, W) indices that rebuild the full plane (FFT order) from the half
     full_cols: Tensor
-    sorted_radius: Tensor  # (M,) radii of the non-lobe bins, ascending
-    sorted_index: Tensor  # (M,) their flat half-plane index
-    sorted_mult: Tensor  # (M,) their multiplicity
-    sorted_axis: Tensor  # (M,) 1.0 on the axes
+    radius_values: Tensor  # (U,) the distinct radii of the non-lobe bins, ascending
+    radius_slot: Tensor  # (H*Wh,) each bin's index into radius_values (0 for lobe bins)
+    axis_index: Tensor  # (A,) flat index of the non-lobe bins on the axes
+    axis_slot: Tensor  # (A,) their radius_slot
 
 
 @lru_cache(maxsize=64)
@@ -463,8 +464,10 @@ def _grid(h: int, w: int, r_bins: int, device: torch.device, dtype: torch.dtype)
     rows_h = torch.arange(h)[:, None].repeat(1, w)
     full_rows = torch.where(mirror[None, :], (-rows_h) % h, rows_h)
     outside = (~lobe).flatten()
-    by_radius = torch.argsort(radius.flatten()[outside], stable=True)
-    sorted_index = torch.nonzero(outside).flatten()[by_radius]
+    radius_values, slot = torch.unique(radius.flatten()[outside], return_inverse=True)
+    radius_slot = torch.zeros(h * wh, dtype=torch.long)
+    radius_slot[outside] = slot
+    axis_index = torch.nonzero(axis.flatten() & outside).flatten()
 
     def put(t: Tensor) -> Tensor:
         return t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype)
@@ -495,10 +498,10 @@ def _grid(h: int, w: int, r_bins: int, device: torch.device, dtype: torch.dtype)
         ext_cols=put(ext_cols),
         full_rows=put(full_rows),
         full_cols=put(full_cols),
-        sorted_radius=put(radius.flatten()[sorted_index]),
-        sorted_index=put(sorted_index),
-        sorted_mult=put(mult.flatten()[sorted_index]),
-        sorted_axis=put(axis.flatten()[sorted_index].to(torch.float64)),
+        radius_values=put(radius_values),
+        radius_slot=put(radius_slot),
+        axis_index=put(axis_index),
+        axis_slot=put(radius_slot[axis_index]),
     )
 
 
@@ -595,29 +598,33 @@ def _parabola_vertex(left: Tensor, centre: Tensor, right: Tensor, limit: float =
 def _ring_energy(power: Tensor, g: _Grid, radii: Tensor, width: float) -> tuple[Tensor, Tensor]:
     """Gaussian ring sums E(r) of half-plane spectra (N, H, Wh) at radii (N, R).
 
-    Returns (E, E on the axes), each (N, R); NaN radii give NaN. Only the bins within
-    ``width`` of each radius are visited (ranges of the radius-sorted bins).
+    Returns (E, E on the axes), each (N, R); NaN radii give NaN. The power is first summed per
+    distinct bin radius (exact: a ring weight depends on the radius alone), then only the
+    distinct radii within ``width`` of each ring are visited.
     """
     n, r = radii.shape
     sigma = width / _FWHM_PER_SIGMA
     known = torch.isfinite(radii)
     centre = torch.where(known, radii, torch.full_like(radii, -2.0 * width - 1.0)).contiguous()
-    lo = torch.searchsorted(g.sorted_radius, centre - width, side="left")
-    hi = torch.searchsorted(g.sorted_radius, centre + width, side="right")
+    values = g.radius_values
+    lo = torch.searchsorted(values, centre - width, side="left")
+    hi = torch.searchsorted(values, centre + width, side="right")
     span = int((hi - lo).max()) if lo.numel() else 0
     if span == 0:
         zero = torch.zeros_like(centre)
         nan = torch.full_like(centre, math.nan)
         return torch.where(known, zero, nan), torch.where(known, zero, nan)
+    flat = power.reshape(n, -1) * g.weight_flat
+    by_radius = torch.zeros(n, 2, values.numel(), dtype=power.dtype, device=power.device)
+    by_radius[:, 0].index_add_(1, g.radius_slot, flat)
+    by_radius[:, 1].index_add_(1, g.axis_slot, flat[:, g.axis_index])
     j = lo[..., None] + torch.arange(span, device=power.device)  # (N, R, span)
     inside = j < hi[..., None]
-    j = j.clamp(max=g.sorted_radius.numel() - 1)
-    d = g.sorted_radius[j] - centre[..., None]
-    ring = torch.exp(-d.square() / (2 * sigma**2)) * g.sorted_mult[j] * inside
-    values = power.reshape(n, -1).gather(1, g.sorted_index[j].reshape(n, -1)).view(n, r, span)
-    weighted = values * ring
-    energy = weighted.sum(dim=-1)
-    on_axis = (weighted * g.sorted_axis[j]).sum(dim=-1)
+    j = j.clamp(max=values.numel() - 1)
+    d = values[j] - centre[..., None]
+    ring = torch.exp(-d.square() / (2 * sigma**2)) * inside
+    picked = by_radius.gather(2, j.reshape(n, 1, -1).expand(-1, 2, -1)).view(n, 2, r, span)
+    energy, on_axis = (picked * ring[:, None]).sum(dim=-1).unbind(1)
     nan = torch.full_like(energy, math.nan)
     return torch.where(known, energy, nan), torch.where(known, on_axis, nan)
 
@@ -784,9 +791,12 @@ class _Analysis:
     radius: Tensor  # (B,) f*
     fx: Tensor
     fy: Tensor
+    resized: Tensor | None = None  # (B, C', H, W) channels resized down and up, when asked
+    resized_radius: Tensor | None = None  # (B,) f* of ``resized``
 
 
-def _analyse(x: Tensor, mask: object, window: str, r_bins: int) -> _Analysis:
+def _analyse(x: Tensor, mask: object, window: str, r_bins: int, resize: bool = False) -> _Analysis:
+    """Channels, spectra and f* of ``x`` (and of its down-up resized copy with ``resize``)."""
     dtype = _work_dtype(x)
     ch, finite = _clean_channels(x, dtype)
     m = _prepare_mask(mask, x, dtype)
@@ -794,8 +804,17 @@ def _analyse(x: Tensor, mask: object, window: str, r_bins: int) -> _Analysis:
     padded = _power(_apodize(ch, m, window), padded=True)  # the one FFT of each image
     power = padded[:, ::2, ::2].contiguous()  # even bins of the padded FFT = the plain FFT
     g = _grid(h, w, r_bins, x.device, dtype)
-    radius, fx, fy = _peak(power, g)
-    return _Analysis(ch, m, finite, g, power, padded, radius, fx, fy)
+    if not resize:
+        radius, fx, fy = _peak(power, g)
+        return _Analysis(ch, m, finite, g, power, padded, radius, fx, fy)
+    resized = _down_up(ch)
+    resized_power = _power(_apodize(resized, m, window), padded=False)
+    b = x.shape[0]
+    # one peak search for both batches: it is many small operations
+    radius, fx, fy = _peak(torch.cat([power, resized_power]), g)
+    return _Analysis(
+        ch, m, finite, g, power, padded, radius[:b], fx[:b], fy[:b], resized, radius[b:]
+    )
 
 
 def _radius_of(img: Tensor, mask: Tensor | None, window: str, r_bins: int, unit: int) -> Tensor:
@@ -863,8 +882,28 @@ def _shift_mse(ch: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
     return _masked_mse(dx.square(), wx), _masked_mse(dy.square(), wy)
 
 
+@lru_cache(maxsize=32)
+def _down_up_matrix(n: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """``Mᵀ`` (n, n) of the 1-D resize to n//2 and back: a row vector ``v`` becomes ``v @ Mᵀ``.
+
+    Taken from torch's own antialiased bicubic kernel applied to the unit vectors, so both
+    ways of resizing use the same weights.
+    """
+    basis = torch.eye(n, dtype=torch.float64).view(n, 1, 1, n)
+    down = F.interpolate(
+        basis, size=(1, n // 2), mode="bicubic", antialias=True, align_corners=False
+    )
+    up = F.interpolate(down, size=(1, n), mode="bicubic", antialias=True, align_corners=False)
+    return up.view(n, n).to(device=device, dtype=dtype)
+
+
 def _down_up(ch: Tensor) -> Tensor:
+    """``ch`` resized to half size and back with antialiased bicubic resampling."""
     h, w = ch.shape[-2:]
+    if max(h, w) <= _DENSE_RESIZE_MAX:
+        rows = _down_up_matrix(h, ch.device, ch.dtype)
+        cols = _down_up_matrix(w, ch.device, ch.dtype)
+        return torch.matmul(rows.T, ch @ cols)
     down = F.interpolate(
         ch, size=(h // 2, w // 2), mode="bicubic", antialias=True, align_corners=False
     )
@@ -917,7 +956,8 @@ def texture_metrics(
     if local_window is not None:
         _check_positive_int(local_window, "local_window")
     with _full_precision(x.device):
-        a = _analyse(x, mask, window, r_bins)
+        a = _analyse(x, mask, window, r_bins, resize=True)
+        assert a.resized is not None and a.resized_radius is not None
         dtype = a.power.dtype
         h, w = x.shape[-2:]
         acf = _acf_half(a.padded, w)
@@ -946,12 +986,10 @@ def texture_metrics(
         )
 
         dx1, dy1 = _shift_mse(a.ch, a.mask)
-        resized = _down_up(a.ch)
         border = _BORDER
         inner = (slice(None), slice(None), slice(border, h - border), slice(border, w - border))
         inner_mask = None if a.mask is None else a.mask[inner]
-        resize_mse = _masked_mse((resized[inner] - a.ch[inner]).square(), inner_mask)
-        resized_radius = _radius_of(resized, a.mask, window, r_bins, max(h, w))
+        resize_mse = _masked_mse((a.resized[inner] - a.ch[inner]).square(), inner_mask)
 
         out = {
             "fundamental_radius_bin": a.radius,
@@ -962,7 +1000,7 @@ def texture_metrics(
             "shift_mse_dx1": dx1,
             "shift_mse_dy1": dy1,
             "resize_mse_downUp": resize_mse,
-            "resize_delta_r": resized_radius - a.radius,
+            "resize_delta_r": a.resized_radius - a.radius,
             "ref_radius_bin": ref_radius,
             "checkerboard_energy": checker,
         }

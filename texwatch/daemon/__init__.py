@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
+from texwatch._memory import retain_freed_memory
 from texwatch.derive import add_derive_arguments, settings_from_args
 
 from ._daemon import Daemon, DaemonOptions
@@ -125,6 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if not args.store and args.root is None:
         parser.error("one of --store PATH or --root DIR is required")
+    retain_freed_memory()
     import prometheus_client
 
     from ._exporter import MetricsBoard, read_basic_auth_file, serve_metrics
