@@ -270,9 +270,11 @@ def _channels(x: Tensor, dtype: torch.dtype) -> Tensor:
     """(B, C, H, W) -> (B, C', H, W): Rec.709 luma for RGB, the channels themselves otherwise."""
     x = x.to(dtype)
     if x.shape[1] == 3:
-        weights = torch.tensor(_LUMA, dtype=dtype, device=x.device).view(1, 3, 1, 1)
-        # (a 1x1 conv2d would fuse this, but on CPU it is ~100x slower with 2 threads)
-        return (x * weights).sum(dim=1, keepdim=True)
+        weights = torch.tensor(_LUMA, dtype=dtype, device=x.device)
+        # a (3,) @ (B, 3, HW) product: one pass, no (B, 3, H, W) temporary (a 1x1 conv2d is
+        # ~100x slower on a 2-thread CPU)
+        b, _, h, w = x.shape
+        return torch.matmul(weights, x.reshape(b, 3, h * w)).view(b, 1, h, w)
     return x
 
 
@@ -344,7 +346,7 @@ def _apodize(ch: Tensor, mask: Tensor | None, window: str) -> Tensor:
             mean = (ch.reshape(-1, h * w) @ flat_w[0, :, 0]).view(ch.shape[0], -1, 1) / total
         else:
             mean = torch.matmul(ch.reshape(ch.shape[0], -1, h * w), flat_w) / total  # (B, C, 1)
-        y = (ch - mean[..., None]) * weight
+        y = torch.sub(ch, mean[..., None]).mul_(weight)
     if window == "periodic_smooth":
         y = _periodic_component(y)
     return _blank_rounding(y, ch)
@@ -394,6 +396,7 @@ class _Grid:
     lobe: Tensor  # (H, Wh) bool
     nyquist: Tensor  # (H, Wh) bool
     ring: Tensor  # (H*Wh,) floor ring of each bin
+    ring_or_lobe: Tensor  # (H*Wh,) the same, with n_rings for the lobe bins
     ring_count: Tensor  # (n_rings,) non-lobe bins per ring (with multiplicity)
     n_rings: int
     profile_bin: Tensor  # (H*Wh,) index of the r_bins profile bin (clamped)
@@ -486,6 +489,7 @@ def _grid(h: int, w: int, r_bins: int, device: torch.device, dtype: torch.dtype)
         lobe=put(lobe),
         nyquist=put(nyquist),
         ring=put(ring),
+        ring_or_lobe=put(torch.where(lobe.flatten(), n_rings, ring)),
         ring_count=put(ring_count),
         n_rings=n_rings,
         profile_bin=put(profile_bin),
@@ -505,17 +509,22 @@ def _grid(h: int, w: int, r_bins: int, device: torch.device, dtype: torch.dtype)
     )
 
 
-def _noise_floor(power: Tensor, g: _Grid) -> tuple[Tensor, Tensor, Tensor]:
-    """Per-bin noise floor (N, H, Wh), the log epsilon (N,) and the non-lobe energy (N,)."""
+def _ring_floor(power: Tensor, g: _Grid) -> tuple[Tensor, Tensor, Tensor]:
+    """Noise floor per ring (N, n_rings), the log epsilon (N,) and the non-lobe energy (N,)."""
     n = power.shape[0]
     flat = power.reshape(n, -1)
     total = flat @ g.weight_flat
     eps = _FLOOR_EPS * total / g.weight_sum + torch.finfo(power.dtype).tiny
-    logp = torch.log(flat + eps[:, None]) * g.weight_flat
+    logp = torch.log(flat + eps[:, None]).mul_(g.weight_flat)
     ring_log = torch.zeros(n, g.n_rings, dtype=power.dtype, device=power.device)
-    ring_log = ring_log.index_add(1, g.ring, logp) / g.ring_count.clamp_min(1.0)
-    ring_floor = torch.exp(ring_log + _EULER_GAMMA)
-    floor = ring_floor.gather(1, g.ring[None].expand(n, -1)).view_as(power)
+    ring_log = ring_log.index_add_(1, g.ring, logp) / g.ring_count.clamp_min(1.0)
+    return torch.exp(ring_log + _EULER_GAMMA), eps, total
+
+
+def _noise_floor(power: Tensor, g: _Grid) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-bin noise floor (N, H, Wh), the log epsilon (N,) and the non-lobe energy (N,)."""
+    ring_floor, eps, total = _ring_floor(power, g)
+    floor = ring_floor.gather(1, g.ring[None].expand(power.shape[0], -1)).view_as(power)
     return floor, eps, total
 
 
@@ -527,17 +536,20 @@ def _peak(power: Tensor, g: _Grid) -> tuple[Tensor, Tensor, Tensor]:
     """
     n, h, wh = power.shape
     with torch.no_grad():  # choosing the bin is piecewise constant: no graph needed
-        floor, eps, total = _noise_floor(power.detach(), g)
-        box = _box3(power.detach() * g.keep, g) / 9.0  # S / 9
-        prominence = box / floor  # S / 9F
-        significant = (prominence >= _PEAK_PROMINENCE) & ~g.lobe
-        excess = (box - floor).masked_fill_(~significant, -math.inf)  # (S - 9F) / 9
-        by_excess = excess.flatten(1).argmax(dim=1)
-        by_prominence = prominence.masked_fill_(g.lobe, -math.inf).flatten(1).argmax(dim=1)
-        idx = torch.where(significant.flatten(1).any(dim=1), by_excess, by_prominence)
-    # The refinement is differentiable (the ACF loss follows the peak's direction).
-    total = power.reshape(n, -1) @ g.weight_flat
-    eps = _FLOOR_EPS * total / g.weight_sum + torch.finfo(power.dtype).tiny
+        ring_floor, eps, total = _ring_floor(power.detach(), g)
+        # 9F per bin, +inf in the lobe: lobe bins get prominence 0 and excess -inf
+        inf = torch.full((n, 1), math.inf, dtype=power.dtype, device=power.device)
+        floor9 = torch.cat([9.0 * ring_floor, inf], dim=1)
+        floor9 = floor9.gather(1, g.ring_or_lobe[None].expand(n, -1)).view_as(power)
+        box = _box3(power.detach() * g.keep, g)  # S
+        prominence = (box / floor9).flatten(1)  # S / 9F
+        excess = (box - floor9).flatten(1).masked_fill_(prominence < _PEAK_PROMINENCE, -math.inf)
+        by_excess = excess.argmax(dim=1)
+        significant = excess.gather(1, by_excess[:, None])[:, 0] > -math.inf
+        idx = torch.where(significant, by_excess, prominence.argmax(dim=1))
+    if power.requires_grad:  # the refinement is differentiable: the ACF loss follows its way
+        total = power.reshape(n, -1) @ g.weight_flat
+        eps = _FLOOR_EPS * total / g.weight_sum + torch.finfo(power.dtype).tiny
     iy = idx // wh
     ix = idx % wh
     batch = torch.arange(n, device=power.device)
