@@ -26,6 +26,7 @@ import numpy as np
 from prometheus_client import CollectorRegistry
 
 import texwatch.client as tw
+from texwatch._memory import retain_freed_memory
 from texwatch.daemon import Daemon, DaemonOptions
 from texwatch.daemon._exporter import MetricsBoard
 from texwatch.derive import DeriveSettings
@@ -206,6 +207,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=40)
     parser.add_argument("--backlog-rows", type=int, default=5000)
     args = parser.parse_args()
+    retain_freed_memory()  # as texwatchd does, for the in-process measures
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         commit = bench_commit_latency(tmp, args.samples)
