@@ -537,15 +537,18 @@ def _peak(power: Tensor, g: _Grid) -> tuple[Tensor, Tensor, Tensor]:
     n, h, wh = power.shape
     with torch.no_grad():  # choosing the bin is piecewise constant: no graph needed
         ring_floor, eps, total = _ring_floor(power.detach(), g)
-        # 9F per bin, +inf in the lobe: lobe bins get prominence 0 and excess -inf
-        inf = torch.full((n, 1), math.inf, dtype=power.dtype, device=power.device)
-        floor9 = torch.cat([9.0 * ring_floor, inf], dim=1)
+        # 9F per bin; the lobe's is the largest finite float, so its prominence is ~0
+        top = torch.full(
+            (n, 1), torch.finfo(power.dtype).max, dtype=power.dtype, device=power.device
+        )
+        floor9 = torch.cat([9.0 * ring_floor, top], dim=1)
         floor9 = floor9.gather(1, g.ring_or_lobe[None].expand(n, -1)).view_as(power)
         box = _box3(power.detach() * g.keep, g)  # S
         prominence = (box / floor9).flatten(1)  # S / 9F
-        excess = (box - floor9).flatten(1).masked_fill_(prominence < _PEAK_PROMINENCE, -math.inf)
+        # S - 9F on significant bins (> 0 there: S >= 90F), 0 elsewhere
+        excess = (box - floor9).flatten(1).mul_(prominence >= _PEAK_PROMINENCE)
         by_excess = excess.argmax(dim=1)
-        significant = excess.gather(1, by_excess[:, None])[:, 0] > -math.inf
+        significant = excess.gather(1, by_excess[:, None])[:, 0] > 0
         idx = torch.where(significant, by_excess, prominence.argmax(dim=1))
     if power.requires_grad:  # the refinement is differentiable: the ACF loss follows its way
         total = power.reshape(n, -1) @ g.weight_flat
@@ -648,12 +651,11 @@ def _acf_half(padded_power: Tensor, w: int) -> Tensor:
     """Linear ACF (N, H+1, 2W) at lags ``τy ∈ [0, H]`` and every ``τx`` (circular index).
 
     The input is the zero-padded power spectrum (N, 2H, W+1): real and point-symmetric, so its
-    ACF is too and half of the lags suffice — an rfft along y and an inverse rfft along x cost
-    a quarter of a full ``irfft2`` here.
+    ACF is too and half of the lags suffice — an inverse transform of the real input along y
+    (``ihfft``: half the frequencies) and an inverse rfft along x cost a quarter of a full
+    ``irfft2`` here.
     """
-    two_h = padded_power.shape[-2]
-    along_y = torch.fft.rfft(padded_power, dim=-2).conj()
-    return torch.fft.irfft(along_y, n=2 * w, dim=-1) / two_h
+    return torch.fft.irfft(torch.fft.ihfft(padded_power, dim=-2), n=2 * w, dim=-1)
 
 
 @lru_cache(maxsize=32)
