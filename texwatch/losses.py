@@ -43,7 +43,6 @@ from torch import Tensor, nn
 
 from texwatch.spectral import (
     _ACF_PROMINENCE,
-    _acf_half,
     _acf_ray,
     _apodize,
     _channels,
@@ -56,6 +55,7 @@ from texwatch.spectral import (
     _power,
     _prepare_mask,
     _smooth_radial_sums,
+    _spectrum_and_acf,
     _weight_acf,
     _work_dtype,
 )
@@ -131,7 +131,7 @@ class _SoftRadius(nn.Module):
         """Ring sums of power (B, r_bins), of the excess over the floor, bin centres, validity."""
         dtype = _work_dtype(x)
         y, _ = _signal(x, mask, dtype)
-        power = _power(y, padded=False)  # (B, H, Wh)
+        power = _power(y)  # (B, H, Wh)
         h, w = x.shape[-2:]
         g = _grid(h, w, self.r_bins, x.device, dtype)
         floor, _, total = _noise_floor(power, g)
@@ -343,7 +343,7 @@ class LogPolarAlignLoss(nn.Module):
         _check_images(x, "x")
         dtype = _work_dtype(x)
         y, _ = _signal(x, mask, dtype)
-        power = _power(y, padded=False)
+        power = _power(y)
         h, w = x.shape[-2:]
         g = _grid(h, w, 1, x.device, dtype)
         total = (power * g.weight).sum(dim=(-2, -1))
@@ -407,12 +407,11 @@ class ACFPeriodLoss(nn.Module):
             dtype = _work_dtype(x)
             y, m = _signal(x, mask, dtype)
             h, w = x.shape[-2:]
-            padded = _power(y, padded=True)  # (B, 2H, W+1)
+            power, acf = _spectrum_and_acf(y)
             g = _grid(h, w, 256, x.device, dtype)
             # The refined peak direction moves continuously with the image: keep it in the graph.
-            _, fx, fy = _peak(padded[:, ::2, ::2], g)
-            total = (padded.detach()[:, ::2, ::2] * g.weight).sum(dim=(-2, -1))
-            acf = _acf_half(padded, w)
+            _, fx, fy = _peak(power, g)
+            total = (power.detach() * g.weight).sum(dim=(-2, -1))
             wacf = _weight_acf(m, "hann", h, w, acf)
             step = math.hypot(h, w) / 2 / self.r_bins
             lags = torch.arange(self.r_bins, dtype=dtype, device=x.device) * step

@@ -368,12 +368,39 @@ def _blank_rounding(y: Tensor, ch: Tensor) -> Tensor:
     return y
 
 
-def _power(y: Tensor, padded: bool) -> Tensor:
-    """Half-plane power ``|rfft2|²`` averaged over channels: (B, H', W'//2+1), H' = 2H if padded."""
-    h, w = y.shape[-2:]
-    spec = torch.fft.rfft2(y, s=(2 * h, 2 * w) if padded else (h, w))
+def _channel_power(spec: Tensor) -> Tensor:
+    """``|spec|²`` of (B, C, ...) spectra, averaged over the channels: (B, ...)."""
     power = spec.real.square().addcmul_(spec.imag, spec.imag)
     return power[:, 0] if power.shape[1] == 1 else power.mean(dim=1)
+
+
+def _power(y: Tensor) -> Tensor:
+    """Half-plane power ``|rfft2|²`` of (B, C, H, W), averaged over channels: (B, H, W//2+1)."""
+    return _channel_power(torch.fft.rfft2(y))
+
+
+def _spectrum_and_acf(y: Tensor) -> tuple[Tensor, Tensor]:
+    """Half-plane power (B, H, W//2+1) and linear ACF (B, H+1, 2W) of (B, C, H, W) signals.
+
+    One zero-padded 2H×2W FFT per channel feeds both: its even bins are the plain FFT, and the
+    inverse transform of its (channel-mean) power is the linear ACF (Wiener–Khinchin). That
+    power is real and point-symmetric, so the lags ``τy ∈ [0, H]`` suffice: an ``ihfft`` along
+    y and an inverse rfft along x, a quarter of a full ``irfft2``. ``τx`` is a circular index.
+
+    Single-channel signals (luma) take the transforms along rows first, then along columns of a
+    transposed copy: torch copies a strided axis before transforming it anyway, and this order
+    never transforms the padding's zero rows (about 15 % faster at 512², slower for latents).
+    """
+    h, w = y.shape[-2:]
+    if y.shape[1] > 1:
+        padded = _channel_power(torch.fft.rfft2(y, s=(2 * h, 2 * w)))  # (B, 2H, W+1)
+        acf = torch.fft.irfft(torch.fft.ihfft(padded, dim=-2), n=2 * w, dim=-1)
+        return padded[:, ::2, ::2].contiguous(), acf
+    rows = torch.fft.rfft(y, n=2 * w, dim=-1).mT.contiguous()  # (B, 1, W+1, H)
+    padded_t = _channel_power(torch.fft.fft(rows, n=2 * h, dim=-1))  # (B, W+1, 2H)
+    along_y = torch.fft.ihfft(padded_t, dim=-1).mT.contiguous()  # (B, H+1, W+1)
+    acf = torch.fft.irfft(along_y, n=2 * w, dim=-1)
+    return padded_t[:, ::2, ::2].mT.contiguous(), acf
 
 
 # ----------------------------------------------------------------------------- frequency grid
@@ -647,17 +674,6 @@ def _ring_energy(power: Tensor, g: _Grid, radii: Tensor, width: float) -> tuple[
 # ----------------------------------------------------------------------------- ACF
 
 
-def _acf_half(padded_power: Tensor, w: int) -> Tensor:
-    """Linear ACF (N, H+1, 2W) at lags ``τy ∈ [0, H]`` and every ``τx`` (circular index).
-
-    The input is the zero-padded power spectrum (N, 2H, W+1): real and point-symmetric, so its
-    ACF is too and half of the lags suffice — an inverse transform of the real input along y
-    (``ihfft``: half the frequencies) and an inverse rfft along x cost a quarter of a full
-    ``irfft2`` here.
-    """
-    return torch.fft.irfft(torch.fft.ihfft(padded_power, dim=-2), n=2 * w, dim=-1)
-
-
 @lru_cache(maxsize=32)
 def _plain_weight_acf(
     window: str, h: int, w: int, device: torch.device, dtype: torch.dtype
@@ -665,7 +681,7 @@ def _plain_weight_acf(
     """Linear autocorrelation (1, H+1, 2W) of the window alone (no mask)."""
     kind = window if window in ("hann", "tukey") else "none"
     win = _window_2d(kind, h, w, device, dtype)[None, None]
-    return _acf_half(_power(win, padded=True), w)
+    return _spectrum_and_acf(win)[1]
 
 
 def _weight_acf(mask: Tensor | None, window: str, h: int, w: int, like: Tensor) -> Tensor:
@@ -674,7 +690,7 @@ def _weight_acf(mask: Tensor | None, window: str, h: int, w: int, like: Tensor) 
     weight = mask
     if window in ("hann", "tukey"):
         weight = mask * _window_2d(window, h, w, like.device, like.dtype)
-    return _acf_half(_power(weight, padded=True), w)
+    return _spectrum_and_acf(weight)[1]
 
 
 def _sample_lags(img: Tensor, lag_y: Tensor, lag_x: Tensor) -> Tensor:
@@ -801,7 +817,7 @@ class _Analysis:
     finite: Tensor  # (B,)
     grid: _Grid
     power: Tensor  # (B, H, Wh)
-    padded: Tensor  # (B, 2H, W+1)
+    acf: Tensor  # (B, H+1, 2W) linear ACF, lags τy >= 0
     radius: Tensor  # (B,) f*
     fx: Tensor
     fy: Tensor
@@ -815,26 +831,27 @@ def _analyse(x: Tensor, mask: object, window: str, r_bins: int, resize: bool = F
     ch, finite = _clean_channels(x, dtype)
     m = _prepare_mask(mask, x, dtype)
     h, w = x.shape[-2:]
-    padded = _power(_apodize(ch, m, window), padded=True)  # the one FFT of each image
-    power = padded[:, ::2, ::2].contiguous()  # even bins of the padded FFT = the plain FFT
+    power, acf = _spectrum_and_acf(_apodize(ch, m, window))  # the one FFT of each image
     g = _grid(h, w, r_bins, x.device, dtype)
     if not resize:
         radius, fx, fy = _peak(power, g)
-        return _Analysis(ch, m, finite, g, power, padded, radius, fx, fy)
+        return _Analysis(ch, m, finite, g, power, acf, radius, fx, fy)
     resized = _down_up(ch)
-    resized_power = _power(_apodize(resized, m, window), padded=False)
+    resized_power = _power(
+        _apodize(resized, m, window),
+    )
     b = x.shape[0]
     # one peak search for both batches: it is many small operations
     radius, fx, fy = _peak(torch.cat([power, resized_power]), g)
-    return _Analysis(
-        ch, m, finite, g, power, padded, radius[:b], fx[:b], fy[:b], resized, radius[b:]
-    )
+    return _Analysis(ch, m, finite, g, power, acf, radius[:b], fx[:b], fy[:b], resized, radius[b:])
 
 
 def _radius_of(img: Tensor, mask: Tensor | None, window: str, r_bins: int, unit: int) -> Tensor:
     """f* of each image of ``img`` (already clean channels), in units of ``unit`` px."""
     h, w = img.shape[-2:]
-    power = _power(_apodize(img, mask, window), padded=False)
+    power = _power(
+        _apodize(img, mask, window),
+    )
     radius, _, _ = _peak(power, _grid(h, w, r_bins, img.device, img.dtype))
     return radius * (unit / max(h, w))
 
@@ -974,9 +991,8 @@ def texture_metrics(
         assert a.resized is not None and a.resized_radius is not None
         dtype = a.power.dtype
         h, w = x.shape[-2:]
-        acf = _acf_half(a.padded, w)
-        wacf = _weight_acf(a.mask, window, h, w, acf)
-        period, _, _ = _acf_period(acf, wacf, a.fx, a.fy)
+        wacf = _weight_acf(a.mask, window, h, w, a.acf)
+        period, _, _ = _acf_period(a.acf, wacf, a.fx, a.fy)
 
         if ref is None:
             ref_radius = torch.full_like(a.radius, math.nan)
@@ -1049,7 +1065,9 @@ def _local_periods(
         mt = mask.expand(b, -1, -1, -1).unfold(2, size, stride).unfold(3, size, stride)
         coverage = mt.mean(dim=(-2, -1))[:, 0]  # (B, nH, nW)
         tile_mask = mt.permute(0, 2, 3, 1, 4, 5).reshape(b * n_h * n_w, 1, size, size)
-    power = _power(_apodize(tiles, tile_mask, "hann"), padded=False)
+    power = _power(
+        _apodize(tiles, tile_mask, "hann"),
+    )
     radius, _, _ = _peak(power, _grid(size, size, r_bins, ch.device, ch.dtype))
     periods = (size / radius).view(b, n_h, n_w)
     return torch.where(coverage >= _LOCAL_MIN_MASK, periods, torch.full_like(periods, math.nan))
@@ -1192,7 +1210,9 @@ def power_spectrum(x: Tensor, *, mask: Tensor | None = None, window: str = "hann
         dtype = _work_dtype(x)
         ch, _ = _clean_channels(x, dtype)
         h, w = x.shape[-2:]
-        power = _power(_apodize(ch, _prepare_mask(mask, x, dtype), window), padded=False)
+        power = _power(
+            _apodize(ch, _prepare_mask(mask, x, dtype), window),
+        )
         g = _grid(h, w, 1, x.device, dtype)
         full = power[:, g.full_rows, g.full_cols]
         return torch.fft.fftshift(full, dim=(-2, -1)).float()
@@ -1225,7 +1245,9 @@ def ring_energy(
         if r.ndim != 2 or r.shape[0] != b:
             raise ValueError(f"`radii` must have shape (R,) or ({b}, R), got {tuple(r.shape)}")
         ch, finite = _clean_channels(x, dtype)
-        power = _power(_apodize(ch, _prepare_mask(mask, x, dtype), window), padded=False)
+        power = _power(
+            _apodize(ch, _prepare_mask(mask, x, dtype), window),
+        )
         energy, _ = _ring_energy(power, _grid(h, w, 1, x.device, dtype), r, ring_width)
         return torch.where(finite[:, None], energy, torch.full_like(energy, math.nan)).float()
 
@@ -1283,7 +1305,7 @@ def spectrum_views(
         floor_profile.index_add_(1, g.profile_bin, (floor * g.mult).flatten(1))
         width = g.r_max / r_bins
         radii = (torch.arange(r_bins, dtype=a.power.dtype, device=x.device) + 0.5) * width
-        acf = _acf_half(a.padded, w)
+        acf = a.acf
         period, lags, acf_profile = _acf_period(
             acf, _weight_acf(a.mask, window, h, w, acf), a.fx, a.fy
         )
