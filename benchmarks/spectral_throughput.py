@@ -4,6 +4,8 @@ For a batch of 512×512 RGB images and a batch of 4×64×64 latents, in one run 
 wall time per batch, images/s):
 
 - ``fft2``: a bare ``torch.fft.fft2`` of the same batch (all channels) — the floor;
+- the zero-padded FFT, power spectrum and inverse transforms that the linear ACF needs, the
+  part of ``texture_metrics`` that the definitions fix (``_spectrum_and_acf``);
 - ``texture_metrics``: every metric of :data:`texwatch.spectral.METRIC_KEYS` together;
 - ``texture_metrics(local_map=True)``: plus the local period map and band scores;
 - ``numpy per image``: ``tests/_spectral_reference.py``, the straightforward per-image numpy
@@ -24,7 +26,8 @@ on a small VM that alone moves the bare FFT of the latent batch between 1.5 and 
 
 Run: ``python benchmarks/spectral_throughput.py`` (``--quick`` for a shorter run, ``--threads 1``
 on a busy machine: a torch thread pool that shares its cores with other processes spin-waits,
-which inflates even its CPU time; the numpy rows are single-threaded either way).
+which inflates even its CPU time; ``--threads`` sets torch's pool only, and the numpy rows'
+matrix products use numpy's own BLAS threads either way).
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ import numpy as np
 import torch
 
 from texwatch._memory import retain_freed_memory
-from texwatch.spectral import texture_metrics
+from texwatch.spectral import _channels, _spectrum_and_acf, texture_metrics
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 import _spectral_reference as reference  # noqa: E402  (the tests' numpy implementation)
@@ -97,6 +100,8 @@ def _workload(
     xd = x.to(device)
     b = x.shape[0]
     floor = _timed(lambda: torch.fft.fft2(xd), repeats, sync)
+    signal = _channels(xd, torch.float32)  # luma for RGB, the channels of a latent
+    acf_share = _timed(lambda: _spectrum_and_acf(signal), repeats, sync)
     plain = _timed(lambda: texture_metrics(xd), repeats, sync)
     local = _timed(lambda: texture_metrics(xd, local_map=True), repeats, sync)
     size = min(96, min(x.shape[-2:]) // 2)
@@ -125,6 +130,7 @@ def _workload(
         "| CPU median ms/batch | × fft2 (CPU) |",
         "|---|---|---|---|---|---|---|",
         _row("`torch.fft.fft2` (floor)", floor, b, floor),
+        _row("padded FFT + power + ACF (inside `texture_metrics`)", acf_share, b, floor),
         _row("`texture_metrics`", plain, b, floor),
         _row("`texture_metrics(local_map=True)`", local, b, floor),
         _row(f"numpy per image ({ref_images} images)", numpy_plain, b, floor),
