@@ -577,7 +577,7 @@ def _peak(power: Tensor, g: _Grid) -> tuple[Tensor, Tensor, Tensor]:
         by_excess = excess.argmax(dim=1)
         significant = excess.gather(1, by_excess[:, None])[:, 0] > 0
         idx = torch.where(significant, by_excess, prominence.argmax(dim=1))
-    if power.requires_grad:  # the refinement is differentiable: the ACF loss follows its way
+    if power.requires_grad:  # the refinement below is differentiable (ACFPeriodLoss uses it)
         total = power.reshape(n, -1) @ g.weight_flat
         eps = _FLOOR_EPS * total / g.weight_sum + torch.finfo(power.dtype).tiny
     iy = idx // wh
@@ -837,9 +837,7 @@ def _analyse(x: Tensor, mask: object, window: str, r_bins: int, resize: bool = F
         radius, fx, fy = _peak(power, g)
         return _Analysis(ch, m, finite, g, power, acf, radius, fx, fy)
     resized = _down_up(ch)
-    resized_power = _power(
-        _apodize(resized, m, window),
-    )
+    resized_power = _power(_apodize(resized, m, window))
     b = x.shape[0]
     # one peak search for both batches: it is many small operations
     radius, fx, fy = _peak(torch.cat([power, resized_power]), g)
@@ -849,9 +847,7 @@ def _analyse(x: Tensor, mask: object, window: str, r_bins: int, resize: bool = F
 def _radius_of(img: Tensor, mask: Tensor | None, window: str, r_bins: int, unit: int) -> Tensor:
     """f* of each image of ``img`` (already clean channels), in units of ``unit`` px."""
     h, w = img.shape[-2:]
-    power = _power(
-        _apodize(img, mask, window),
-    )
+    power = _power(_apodize(img, mask, window))
     radius, _, _ = _peak(power, _grid(h, w, r_bins, img.device, img.dtype))
     return radius * (unit / max(h, w))
 
@@ -1065,9 +1061,7 @@ def _local_periods(
         mt = mask.expand(b, -1, -1, -1).unfold(2, size, stride).unfold(3, size, stride)
         coverage = mt.mean(dim=(-2, -1))[:, 0]  # (B, nH, nW)
         tile_mask = mt.permute(0, 2, 3, 1, 4, 5).reshape(b * n_h * n_w, 1, size, size)
-    power = _power(
-        _apodize(tiles, tile_mask, "hann"),
-    )
+    power = _power(_apodize(tiles, tile_mask, "hann"))
     radius, _, _ = _peak(power, _grid(size, size, r_bins, ch.device, ch.dtype))
     periods = (size / radius).view(b, n_h, n_w)
     return torch.where(coverage >= _LOCAL_MIN_MASK, periods, torch.full_like(periods, math.nan))
@@ -1210,9 +1204,7 @@ def power_spectrum(x: Tensor, *, mask: Tensor | None = None, window: str = "hann
         dtype = _work_dtype(x)
         ch, _ = _clean_channels(x, dtype)
         h, w = x.shape[-2:]
-        power = _power(
-            _apodize(ch, _prepare_mask(mask, x, dtype), window),
-        )
+        power = _power(_apodize(ch, _prepare_mask(mask, x, dtype), window))
         g = _grid(h, w, 1, x.device, dtype)
         full = power[:, g.full_rows, g.full_cols]
         return torch.fft.fftshift(full, dim=(-2, -1)).float()
@@ -1245,9 +1237,7 @@ def ring_energy(
         if r.ndim != 2 or r.shape[0] != b:
             raise ValueError(f"`radii` must have shape (R,) or ({b}, R), got {tuple(r.shape)}")
         ch, finite = _clean_channels(x, dtype)
-        power = _power(
-            _apodize(ch, _prepare_mask(mask, x, dtype), window),
-        )
+        power = _power(_apodize(ch, _prepare_mask(mask, x, dtype), window))
         energy, _ = _ring_energy(power, _grid(h, w, 1, x.device, dtype), r, ring_width)
         return torch.where(finite[:, None], energy, torch.full_like(energy, math.nan)).float()
 
