@@ -275,6 +275,9 @@ def test_once_cli_derives_snapshots_and_exits(tmp_path: Path) -> None:
         (["--store", "x.zarr", "--poll", "0"], "--poll"),
         (["--store", "x.zarr", "--device", "nonsense"], "--device"),
         (["--root", "/nonexistent/folder"], "--root"),
+        (["--store", "x.zarr", "--batch-rows", "1.5"], "expected an integer >= 1 but got '1.5'"),
+        (["--store", "x.zarr", "--spike-sigma", "-1"], "expected a number > 0 but got '-1'"),
+        (["--store", "x.zarr", "--rescan", "soon"], "expected a number > 0 but got 'soon'"),
     ],
 )
 def test_bad_arguments_exit_2_with_a_message(

@@ -21,7 +21,7 @@ import argparse
 import logging
 import math
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from texwatch import spectral
+from texwatch._argtypes import positive_float, positive_int
 from texwatch.detectors import SPIKE_RULES, LossMonitor, TermMonitor
 from texwatch.losses import ACFPeriodLoss, LogPolarAlignLoss, SpectralPeriodLoss
 from texwatch.metric_names import TEXTURE_LOSSES
@@ -68,16 +69,6 @@ class DeriveSettings:
             )
 
 
-def _positive(kind: type[float] | type[int]) -> Callable[[str], float]:
-    def parse(text: str) -> float:
-        value = kind(text)
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"expected a number > 0 but got {text!r}")
-        return value
-
-    return parse
-
-
 def add_derive_arguments(parser: argparse.ArgumentParser | Any) -> None:
     """The derivation flags texwatchd and ``texwatch report`` share (``parser`` or a group)."""
     parser.add_argument(
@@ -91,22 +82,22 @@ def add_derive_arguments(parser: argparse.ArgumentParser | Any) -> None:
     )
     parser.add_argument(
         "--spike-sigma",
-        type=_positive(float),
+        type=positive_float,
         default=6.0,
         help="alarm when the loss is this many rolling σ above the mean (default 6)",
     )
     parser.add_argument(
-        "--warn-sigma", type=_positive(float), default=4.0, help="warn at this many σ (default 4)"
+        "--warn-sigma", type=positive_float, default=4.0, help="warn at this many σ (default 4)"
     )
     parser.add_argument(
         "--window",
-        type=_positive(int),
+        type=positive_int,
         default=128,
         help="rolling window of the spike detector, in steps (default 128)",
     )
     parser.add_argument(
         "--dead-window",
-        type=_positive(int),
+        type=positive_int,
         default=100,
         help="steps a weighted term may stay 0/constant/absent before it is dead (default 100)",
     )

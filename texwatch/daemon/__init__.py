@@ -17,26 +17,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
+from texwatch._argtypes import positive_float, positive_int
 from texwatch._memory import retain_freed_memory
 from texwatch.derive import add_derive_arguments, settings_from_args
 
 from ._daemon import Daemon, DaemonOptions
 
 __all__ = ["Daemon", "DaemonOptions", "build_parser", "main"]
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0 but got {text!r}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1 but got {text!r}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,13 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     what.add_argument(
         "--poll",
-        type=_positive_float,
+        type=positive_float,
         metavar="SECONDS",
         help="poll the file system instead of inotify (NFS, CIFS, FUSE)",
     )
     what.add_argument(
         "--rescan",
-        type=_positive_float,
+        type=positive_float,
         default=5.0,
         metavar="SECONDS",
         help="look at every run at least this often (default 5)",
@@ -77,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_derive_arguments(derive)
     derive.add_argument(
         "--batch-rows",
-        type=_positive_int,
+        type=positive_int,
         default=256,
         help="most rows per table derived and committed at once (default 256)",
     )
@@ -94,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--forget-after",
-        type=_positive_float,
+        type=positive_float,
         default=24 * 3600.0,
         metavar="SECONDS",
         help="drop a run's series after this long without a commit (default 1 day)",
@@ -108,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     snap.add_argument(
         "--snapshot-every",
-        type=_positive_int,
+        type=positive_int,
         default=1000,
         metavar="STEPS",
         help="steps between snapshots (default 1000)",

@@ -1,0 +1,27 @@
+"""argparse value types shared by the command lines (texwatchd, ``texwatch report``)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def positive_float(text: str) -> float:
+    """A number > 0, else an argparse error that quotes what was given."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0 but got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0 but got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1, else an argparse error that quotes what was given."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1 but got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1 but got {text!r}")
+    return value
