@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import ctypes.util
+import platform
 import sys
 
 from texwatch._memory import retain_freed_memory
 
 
 def test_retain_freed_memory_applies_on_glibc() -> None:
-    has_glibc = sys.platform.startswith("linux") and ctypes.util.find_library("c") is not None
+    has_glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
     assert retain_freed_memory() is has_glibc
