@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 import texwatch.client as tw
+from texwatch._memory import retain_freed_memory
 from texwatch.report import build_report
 
 _EVERY = 20  # steps between checkpoints
@@ -74,6 +75,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: steadier)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    retain_freed_memory()  # as the texwatch command does
     ks = [k for k in (1, 2, 4, 8, 16, 32) if k <= args.max_k]
     with tempfile.TemporaryDirectory() as tmp:
         store = Path(tmp) / "bench.zarr"

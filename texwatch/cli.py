@@ -81,6 +81,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser(command).parse_args(words)
     runner = getattr(args, "_run", None)
     if runner is None:
+        from texwatch._memory import retain_freed_memory
+
+        retain_freed_memory()  # batched metrics reuse their memory instead of page-faulting
         runner = importlib.import_module(_MODULES[args.command][0]).run
     return int(runner(args))
 
