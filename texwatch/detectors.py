@@ -358,18 +358,37 @@ class _Stateful(ABC):
     """What every detector shares: its config, a state round trip, ``from_state_dict``."""
 
     _KIND: ClassVar[str]
+    _STRUCTURAL: ClassVar[tuple[str, ...]]  # config keys that shape the state
 
     @abstractmethod
     def _config(self) -> dict[str, Any]:
         """The constructor arguments that rebuild this detector."""
 
     @abstractmethod
-    def state_dict(self) -> dict[str, Any]:
-        """Return the full state as plain JSON-serialisable values."""
+    def _state(self) -> dict[str, Any]:
+        """The state beyond the config, as plain JSON-serialisable values."""
 
     @abstractmethod
+    def _load(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`_state` saved; KeyError, TypeError or ValueError mean corrupt."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Return the full state as plain JSON-serialisable values."""
+        out = _header(self._KIND, self._config())
+        out.update(self._state())
+        return out
+
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore a state from :meth:`state_dict`."""
+        """Restore a state from :meth:`state_dict`.
+
+        The arguments that shape the state (windows, bins) must match this instance's; the
+        others (thresholds, factors, a configured ``t_range``) stay this instance's.
+        """
+        _open_state(state, self._KIND, self._config(), self._STRUCTURAL)
+        try:
+            self._load(state)
+        except (KeyError, TypeError, ValueError) as err:
+            raise _corrupt(self._KIND, err) from err
 
     @classmethod
     def from_state_dict(cls: type[_S], state: Mapping[str, Any]) -> _S:
@@ -444,21 +463,13 @@ class EMA(_Stateful):
     def _config(self) -> dict[str, Any]:
         return {"alpha": self.alpha, "history": self.history}
 
-    def state_dict(self) -> dict[str, Any]:
-        """Return the full state as plain JSON-serialisable values."""
-        out = _header(self._KIND, self._config())
-        out.update(ring=self._ring.state(), value=self._value, last_step=self._last_step)
-        return out
+    def _state(self) -> dict[str, Any]:
+        return dict(ring=self._ring.state(), value=self._value, last_step=self._last_step)
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore a state from :meth:`state_dict` (the smoothing factor stays this instance's)."""
-        _open_state(state, self._KIND, self._config(), self._STRUCTURAL)
-        try:
-            self._ring.load(state["ring"])
-            self._value = float(state["value"])
-            self._last_step = int(state["last_step"])
-        except (KeyError, TypeError, ValueError) as err:
-            raise _corrupt(self._KIND, err) from err
+    def _load(self, state: Mapping[str, Any]) -> None:
+        self._ring.load(state["ring"])
+        self._value = float(state["value"])
+        self._last_step = int(state["last_step"])
 
 
 # --------------------------------------------------------------------------------------------
@@ -551,20 +562,12 @@ class _WindowSpikeDetector(_Stateful):
     def _config(self) -> dict[str, Any]:
         return {"window": self.window, "sigma": self.sigma, "warn_sigma": self.warn_sigma}
 
-    def state_dict(self) -> dict[str, Any]:
-        """Return the full state as plain JSON-serialisable values."""
-        out = _header(self._KIND, self._config())
-        out.update(ring=self._ring.state(), last_step=self._last_step)
-        return out
+    def _state(self) -> dict[str, Any]:
+        return dict(ring=self._ring.state(), last_step=self._last_step)
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore a state from :meth:`state_dict` (thresholds stay this instance's)."""
-        _open_state(state, self._KIND, self._config(), self._STRUCTURAL)
-        try:
-            self._ring.load(state["ring"])
-            self._last_step = int(state["last_step"])
-        except (KeyError, TypeError, ValueError) as err:
-            raise _corrupt(self._KIND, err) from err
+    def _load(self, state: Mapping[str, Any]) -> None:
+        self._ring.load(state["ring"])
+        self._last_step = int(state["last_step"])
         self._last = None
 
 
@@ -658,20 +661,12 @@ class HardMaxRule(_Stateful):
     def _config(self) -> dict[str, Any]:
         return {"first": self.first, "factor": self.factor}
 
-    def state_dict(self) -> dict[str, Any]:
-        """Return the full state as plain JSON-serialisable values."""
-        out = _header(self._KIND, self._config())
-        out.update(ring=self._ring.state(), last_step=self._last_step)
-        return out
+    def _state(self) -> dict[str, Any]:
+        return dict(ring=self._ring.state(), last_step=self._last_step)
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore a state from :meth:`state_dict` (the factor stays this instance's)."""
-        _open_state(state, self._KIND, self._config(), self._STRUCTURAL)
-        try:
-            self._ring.load(state["ring"])
-            self._last_step = int(state["last_step"])
-        except (KeyError, TypeError, ValueError) as err:
-            raise _corrupt(self._KIND, err) from err
+    def _load(self, state: Mapping[str, Any]) -> None:
+        self._ring.load(state["ring"])
+        self._last_step = int(state["last_step"])
 
 
 class SustainedRule(_Stateful):
@@ -742,21 +737,13 @@ class SustainedRule(_Stateful):
     def _config(self) -> dict[str, Any]:
         return {"window": self.window, "factor": self.factor, "steps": self.steps}
 
-    def state_dict(self) -> dict[str, Any]:
-        """Return the full state as plain JSON-serialisable values."""
-        out = _header(self._KIND, self._config())
-        out.update(ring=self._ring.state(), run=self._run, last_step=self._last_step)
-        return out
+    def _state(self) -> dict[str, Any]:
+        return dict(ring=self._ring.state(), run=self._run, last_step=self._last_step)
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore a state from :meth:`state_dict` (factor and steps stay this instance's)."""
-        _open_state(state, self._KIND, self._config(), self._STRUCTURAL)
-        try:
-            self._ring.load(state["ring"])
-            self._run = int(state["run"])
-            self._last_step = int(state["last_step"])
-        except (KeyError, TypeError, ValueError) as err:
-            raise _corrupt(self._KIND, err) from err
+    def _load(self, state: Mapping[str, Any]) -> None:
+        self._ring.load(state["ring"])
+        self._run = int(state["run"])
+        self._last_step = int(state["last_step"])
 
 
 # --------------------------------------------------------------------------------------------
@@ -907,27 +894,19 @@ class TimestepNormalizer(_Stateful):
         rng = None if self._configured_range is None else list(self._configured_range)
         return {"bins": self.bins, "t_range": rng, "half_life": self.half_life}
 
-    def state_dict(self) -> dict[str, Any]:
-        """Return the full state as plain JSON-serialisable values."""
-        out = _header(self._KIND, self._config())
-        out.update(
+    def _state(self) -> dict[str, Any]:
+        return dict(
             inferred_range=None if self.t_range is None else list(self.t_range),
             acc=self._acc.tolist(),
             weight=self._weight.tolist(),
         )
-        return out
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore a state from :meth:`state_dict` (a configured ``t_range`` stays this one's)."""
-        _open_state(state, self._KIND, self._config(), self._STRUCTURAL)
-        try:
-            acc = np.asarray(state["acc"], dtype=np.float64)
-            weight = np.asarray(state["weight"], dtype=np.float64)
-            if acc.shape != (self.bins + 1,) or weight.shape != (self.bins + 1,):
-                raise ValueError(f"bin arrays of shape {acc.shape}, expected ({self.bins + 1},)")
-            saved = self._check_range(state["inferred_range"])
-        except (KeyError, TypeError, ValueError) as err:
-            raise _corrupt(self._KIND, err) from err
+    def _load(self, state: Mapping[str, Any]) -> None:
+        acc = np.asarray(state["acc"], dtype=np.float64)
+        weight = np.asarray(state["weight"], dtype=np.float64)
+        if acc.shape != (self.bins + 1,) or weight.shape != (self.bins + 1,):
+            raise ValueError(f"bin arrays of shape {acc.shape}, expected ({self.bins + 1},)")
+        saved = self._check_range(state["inferred_range"])
         self._acc, self._weight = acc, weight
         self.t_range = self._configured_range or saved
 
@@ -1289,10 +1268,8 @@ class LossMonitor(_Stateful):
             "max_sample_ids": self.max_sample_ids,
         }
 
-    def state_dict(self) -> dict[str, Any]:
-        """Return the full state as plain JSON-serialisable values."""
-        out = _header(self._KIND, self._config())
-        out.update(
+    def _state(self) -> dict[str, Any]:
+        return dict(
             ema=self._ema.state_dict(),
             spike=self._spike.state_dict(),
             hard_max=self._hard.state_dict(),
@@ -1304,24 +1281,18 @@ class LossMonitor(_Stateful):
             normalising=self._normalising,
             last_step=self._last_step,
         )
-        return out
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore a state from :meth:`state_dict` (thresholds stay this instance's)."""
-        _open_state(state, self._KIND, self._config(), self._STRUCTURAL)
-        try:
-            self._ema.load_state_dict(state["ema"])
-            self._spike.load_state_dict(state["spike"])
-            self._hard.load_state_dict(state["hard_max"])
-            self._sustained.load_state_dict(state["sustained"])
-            self._norm.load_state_dict(state["timesteps"])
-            counts = {r: int(state["counts"][r]) for r in SPIKE_RULES}
-            events = [SpikeEvent.from_dict(e) for e in state["events"]]
-            self._warnings = int(state["warnings"])
-            self._normalising = bool(state["normalising"])
-            self._last_step = int(state["last_step"])
-        except (KeyError, TypeError, ValueError) as err:
-            raise _corrupt(self._KIND, err) from err
+    def _load(self, state: Mapping[str, Any]) -> None:
+        self._ema.load_state_dict(state["ema"])
+        self._spike.load_state_dict(state["spike"])
+        self._hard.load_state_dict(state["hard_max"])
+        self._sustained.load_state_dict(state["sustained"])
+        self._norm.load_state_dict(state["timesteps"])
+        counts = {r: int(state["counts"][r]) for r in SPIKE_RULES}
+        events = [SpikeEvent.from_dict(e) for e in state["events"]]
+        self._warnings = int(state["warnings"])
+        self._normalising = bool(state["normalising"])
+        self._last_step = int(state["last_step"])
         self._counts = counts
         self._events = deque(events, maxlen=self.max_events)
         self._last = None
@@ -1531,25 +1502,17 @@ class TermMonitor(_Stateful):
     def _config(self) -> dict[str, Any]:
         return {"window": self.window, "max_terms": self.max_terms}
 
-    def state_dict(self) -> dict[str, Any]:
-        """Return the full state as plain JSON-serialisable values."""
-        out = _header(self._KIND, self._config())
-        out.update(
+    def _state(self) -> dict[str, Any]:
+        return dict(
             terms={k: t.to_list() for k, t in self._terms.items()}, last_step=self._last_step
         )
-        return out
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore a state from :meth:`state_dict` (the window stays this instance's)."""
-        _open_state(state, self._KIND, self._config(), self._STRUCTURAL)
-        try:
-            terms = {
-                str(k): _Term(float(w), float(p), int(r), bool(d), int(n))
-                for k, (w, p, r, d, n) in state["terms"].items()
-            }
-            last_step = int(state["last_step"])
-        except (KeyError, TypeError, ValueError) as err:
-            raise _corrupt(self._KIND, err) from err
+    def _load(self, state: Mapping[str, Any]) -> None:
+        terms = {
+            str(k): _Term(float(w), float(p), int(r), bool(d), int(n))
+            for k, (w, p, r, d, n) in state["terms"].items()
+        }
+        last_step = int(state["last_step"])
         self._terms, self._last_step, self._last = terms, last_step, None
 
 
@@ -1661,19 +1624,11 @@ class StreamHealth(_Stateful):
     def _config(self) -> dict[str, Any]:
         return {"window": self.window}
 
-    def state_dict(self) -> dict[str, Any]:
-        """Return the full state as plain JSON-serialisable values."""
-        out = _header(self._KIND, self._config())
-        out.update(ring=self._ring.state(), nonfinite=self._nonfinite, last_step=self._last_step)
-        return out
+    def _state(self) -> dict[str, Any]:
+        return dict(ring=self._ring.state(), nonfinite=self._nonfinite, last_step=self._last_step)
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore a state from :meth:`state_dict`."""
-        _open_state(state, self._KIND, self._config(), self._STRUCTURAL)
-        try:
-            self._ring.load(state["ring"])
-            self._nonfinite = int(state["nonfinite"])
-            self._last_step = int(state["last_step"])
-        except (KeyError, TypeError, ValueError) as err:
-            raise _corrupt(self._KIND, err) from err
+    def _load(self, state: Mapping[str, Any]) -> None:
+        self._ring.load(state["ring"])
+        self._nonfinite = int(state["nonfinite"])
+        self._last_step = int(state["last_step"])
         self._last = None
