@@ -94,6 +94,17 @@ def _daemon(
     return Daemon(opts, DeriveSettings(window=64, dead_window=20), MetricsBoard(registry))
 
 
+def _pass_once(
+    stores: list[Path], registry: CollectorRegistry, tmp_path: Path, **options: Any
+) -> None:
+    """One derivation pass by a fresh daemon, closed afterwards."""
+    daemon = _daemon(stores, registry, tmp_path, **options)
+    try:
+        daemon.pass_once()
+    finally:
+        daemon.close()
+
+
 def _value(registry: CollectorRegistry, metric: str, **labels: str) -> float:
     value = registry.get_sample_value(metric, labels)
     assert value is not None, f"{metric}{labels} not exported"
@@ -104,11 +115,7 @@ def test_derives_every_committed_row_once_and_exports(tmp_path: Path) -> None:
     store = tmp_path / "doubled.zarr"
     write_run(store, range(300), spike_at=250, pred_period=2 * PERIOD)
     registry = CollectorRegistry()
-    daemon = _daemon([store], registry, tmp_path)
-    try:
-        daemon.pass_once()
-    finally:
-        daemon.close()
+    _pass_once([store], registry, tmp_path)
     run = open_run(store)
     committed = run.committed()
     assert run.derived_cursor() == committed
@@ -144,11 +151,7 @@ def test_a_faithful_pred_does_not_look_harmonic(tmp_path: Path) -> None:
     store = tmp_path / "clean.zarr"
     write_run(store, range(100))
     registry = CollectorRegistry()
-    daemon = _daemon([store], registry, tmp_path)
-    try:
-        daemon.pass_once()
-    finally:
-        daemon.close()
+    _pass_once([store], registry, tmp_path)
     assert _value(registry, "texwatch_ehalf_over_ef", run="clean", stream="pred") < 1
     assert _value(registry, "texwatch_e2f_over_ef", run="clean", stream="pred") < 1
 
@@ -156,19 +159,11 @@ def test_a_faithful_pred_does_not_look_harmonic(tmp_path: Path) -> None:
 def test_restart_resumes_from_the_cursor_without_gap_or_duplicate(tmp_path: Path) -> None:
     store = tmp_path / "r.zarr"
     write_run(store, range(150))
-    first = _daemon([store], CollectorRegistry(), tmp_path)
-    try:
-        first.pass_once()
-    finally:
-        first.close()
+    _pass_once([store], CollectorRegistry(), tmp_path)
     write_run(store, range(150, 260), seed=1)
     registry = CollectorRegistry()
-    second = _daemon([store], registry, tmp_path)
-    try:
-        # Before deriving anything new the restarted daemon exports the stored newest values.
-        second.pass_once()
-    finally:
-        second.close()
+    # Before deriving anything new the restarted daemon exports the stored newest values.
+    _pass_once([store], registry, tmp_path)
     run = open_run(store)
     np.testing.assert_array_equal(run.derived(SCALARS)["step"], np.arange(260))
     assert _value(registry, "texwatch_last_step", run="r") == 259
@@ -177,11 +172,7 @@ def test_restart_resumes_from_the_cursor_without_gap_or_duplicate(tmp_path: Path
 def test_derive_all_matches_the_daemon_and_fills_the_rest_in_memory(tmp_path: Path) -> None:
     store = tmp_path / "d.zarr"
     write_run(store, range(200), spike_at=150)
-    daemon = _daemon([store], CollectorRegistry(), tmp_path)
-    try:
-        daemon.pass_once()
-    finally:
-        daemon.close()
+    _pass_once([store], CollectorRegistry(), tmp_path)
     stored = {t: open_run(store).derived(t) for t in (SCALARS, "pred")}
     write_run(store, range(200, 240), seed=2)
     everything = derive_all(store, DeriveSettings(window=64, dead_window=20))
@@ -300,11 +291,7 @@ def test_nonfinite_loss_is_counted_and_flagged(tmp_path: Path) -> None:
     )
     writer.commit(nonfinite={"loss": 1})  # as the client counts the rows it saw
     registry = CollectorRegistry()
-    daemon = _daemon([store], registry, tmp_path)
-    try:
-        daemon.pass_once()
-    finally:
-        daemon.close()
+    _pass_once([store], registry, tmp_path)
     assert _value(registry, "texwatch_nonfinite_total", run="nan", stream="loss") == 1
     assert _value(registry, "texwatch_loss_spikes_total", run="nan", rule="nonfinite") == 1
 
