@@ -7,12 +7,15 @@ wall time per batch, images/s):
 - the zero-padded FFT, power spectrum and inverse transforms that the linear ACF needs, the
   part of ``texture_metrics`` that the definitions fix (``_spectrum_and_acf``);
 - ``texture_metrics``: every metric of :data:`texwatch.spectral.METRIC_KEYS` together;
-- ``texture_metrics(local_map=True)``: plus the local period map and band scores;
+- ``texture_metrics(bands=True)``: plus the band scan of row and column strips;
+- ``texture_metrics(ref=target)`` and ``(ref=target, bands=True)``: as texwatchd measures a
+  prediction against its target (one more FFT per target, the tile scale along its direction,
+  the alias score and the target's own strips);
 - ``numpy per image``: ``tests/_spectral_reference.py``, the straightforward per-image numpy
   implementation of the same definitions (fewer repeats: it is slow), with and without the
-  local map.
+  band scan.
 
-Targets on the CPU: all metrics ≤ 4× the bare FFT, with the local map ≤ 12×, and ≥ 25× the
+Targets on the CPU: all metrics ≤ 4× the bare FFT, with the band scan ≤ 12×, and ≥ 25× the
 per-image version's throughput. With ``--device cuda`` the torch rows run on the GPU (the numpy
 rows stay on the CPU).
 
@@ -103,21 +106,23 @@ def _workload(
     signal = _channels(xd, torch.float32)  # luma for RGB, the channels of a latent
     acf_share = _timed(lambda: _spectrum_and_acf(signal), repeats, sync)
     plain = _timed(lambda: texture_metrics(xd), repeats, sync)
-    local = _timed(lambda: texture_metrics(xd, local_map=True), repeats, sync)
-    size = min(96, min(x.shape[-2:]) // 2)
+    target = xd.roll(1, dims=0)  # another texture of the batch stands for each one's target
+    with_ref = _timed(lambda: texture_metrics(xd, ref=target), repeats, sync)
+    local = _timed(lambda: texture_metrics(xd, bands=True), repeats, sync)
+    banded = _timed(lambda: texture_metrics(xd, ref=target, bands=True), repeats, sync)
     images = x.numpy().astype(np.float64)
 
-    def per_image(local_window: int | None, count: int) -> Timing:
+    def per_image(bands: bool, count: int) -> Timing:
         wall, cpu = np.empty(count), np.empty(count)
         for i in range(count):
             c0, t0 = time.process_time_ns(), time.perf_counter_ns()
-            reference.metrics(images[i % b], local_window=local_window)
+            reference.metrics(images[i % b], bands=bands)
             wall[i] = (time.perf_counter_ns() - t0) / 1e6 * b  # per batch of b images
             cpu[i] = (time.process_time_ns() - c0) / 1e6 * b
         return wall, cpu
 
-    numpy_plain = per_image(None, ref_images)
-    numpy_local = per_image(size, max(1, ref_images // 3))
+    numpy_plain = per_image(False, ref_images)
+    numpy_local = per_image(True, max(1, ref_images // 3))
 
     def speedup(slow: Timing, fast: Timing, which: int) -> float:
         return float(np.median(slow[which]) / np.median(fast[which]))
@@ -132,14 +137,16 @@ def _workload(
         _row("`torch.fft.fft2` (floor)", floor, b, floor),
         _row("padded FFT + power + ACF (inside `texture_metrics`)", acf_share, b, floor),
         _row("`texture_metrics`", plain, b, floor),
-        _row("`texture_metrics(local_map=True)`", local, b, floor),
+        _row("`texture_metrics(bands=True)`", local, b, floor),
+        _row("`texture_metrics(ref=target)`", with_ref, b, floor),
+        _row("`texture_metrics(ref=target, bands=True)`", banded, b, floor),
         _row(f"numpy per image ({ref_images} images)", numpy_plain, b, floor),
-        _row(f"numpy per image + local map ({max(1, ref_images // 3)})", numpy_local, b, floor),
+        _row(f"numpy per image + bands ({max(1, ref_images // 3)})", numpy_local, b, floor),
         "",
         "speed-up over the per-image version (wall / CPU): "
         f"{speedup(numpy_plain, plain, 0):,.0f}× / {speedup(numpy_plain, plain, 1):,.0f}× "
         f"(all metrics), {speedup(numpy_local, local, 0):,.0f}× / "
-        f"{speedup(numpy_local, local, 1):,.0f}× (with the local map)",
+        f"{speedup(numpy_local, local, 1):,.0f}× (with the band scan)",
         "",
     ]
 

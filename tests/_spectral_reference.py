@@ -18,7 +18,14 @@ LOBE = 2.5
 PROMINENCE = 10.0
 GAMMA = 0.5772156649015329
 ACF_PROMINENCE = 0.1
+ACF_RELATIVE = 0.5
 ACF_OVERLAP = 0.1
+MIN_RING_BINS = 8
+AGREEMENT = 0.08
+STRIP_PERIODS = 3.0
+BAND_OCTAVES = 0.4
+ALIAS_PROMINENCE = 100.0
+ALIAS_GAIN = 10.0
 
 
 def channels(img: np.ndarray) -> np.ndarray:
@@ -101,40 +108,47 @@ def lobe_mask(h: int, w: int) -> np.ndarray:
     return kx**2 + ky**2 < LOBE**2
 
 
-def peak(p: np.ndarray, r_bins: int) -> tuple[float, float, float]:
-    """f* (radius units) and the peak frequency (fx, fy) in cycles/px of one full-plane spectrum."""
+def prominence_map(p: np.ndarray, r_bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """S/9F and S − 9F of every bin of a full-plane spectrum (S/9F = 0, S − 9F = −inf where no
+    peak can be: the lobe, rings of fewer than 8 bins)."""
     h, w = p.shape
-    ky, kx = freq_index(h, w)
     radius = radius_grid(h, w)
     lobe = lobe_mask(h, w)
-    n = max(h, w)
-    r_max = n / math.sqrt(2)
+    r_max = max(h, w) / math.sqrt(2)
     width = max(r_max / r_bins, 1.0)
     n_rings = int(r_max // width) + 1
     ring = np.minimum(np.floor(radius / width + 1e-9).astype(int), n_rings - 1)
-    total = p[~lobe].sum()
-    if total <= 0:
-        return math.nan, math.nan, math.nan
     eps = 1e-9 * p[~lobe].mean() + np.finfo(np.float64).tiny
     logp = np.log(p + eps)
-    floor = np.full_like(p, np.inf)  # lobe-only rings: never a peak
+    floor = np.full_like(p, np.inf)  # lobe-only and sparse rings: never a peak
     for k in range(n_rings):
         members = (ring == k) & ~lobe
-        if members.any():
-            floor[ring == k] = math.exp(logp[members].mean() + GAMMA)
+        if members.sum() >= MIN_RING_BINS:
+            floor[members] = math.exp(logp[members].mean() + GAMMA)
     kept = np.where(lobe, 0.0, p)
     box = np.zeros_like(p)
     for dy in (-1, 0, 1):
         for dx in (-1, 0, 1):
             box += np.roll(kept, shift=(-dy, -dx), axis=(0, 1))
-    prominence = box / (9 * floor)
-    excess = box - 9 * floor
-    significant = (~lobe) & (prominence >= PROMINENCE)
-    if significant.any():
-        score = np.where(significant, excess, -np.inf)
-    else:
-        score = np.where(lobe, -np.inf, prominence)
-    iy, ix = (int(i) for i in np.unravel_index(int(np.argmax(score)), p.shape))
+    return box / (9 * floor), box - 9 * floor
+
+
+def peak(p: np.ndarray, r_bins: int) -> tuple[float, float, float, float]:
+    """f* (radius units), the peak frequency (fx, fy) in cycles/px and the prominence (ratio)
+    of one full-plane spectrum; f*, fx, fy NaN without a significant bin."""
+    h, w = p.shape
+    ky, kx = freq_index(h, w)
+    lobe = lobe_mask(h, w)
+    n = max(h, w)
+    if p[~lobe].sum() <= 0:
+        return math.nan, math.nan, math.nan, math.nan
+    prominence, excess = prominence_map(p, r_bins)
+    significant = prominence >= PROMINENCE
+    if not significant.any():
+        return math.nan, math.nan, math.nan, float(prominence.max())
+    best = int(np.argmax(np.where(significant, excess, -np.inf)))
+    iy, ix = (int(i) for i in np.unravel_index(best, p.shape))
+    eps = 1e-9 * p[~lobe].mean() + np.finfo(np.float64).tiny
 
     def vertex(left: float, centre: float, right: float) -> float:
         curvature = left - 2 * centre + right
@@ -149,7 +163,7 @@ def peak(p: np.ndarray, r_bins: int) -> tuple[float, float, float]:
     offset_y = vertex(lp(iy - 1, ix), lp(iy, ix), lp(iy + 1, ix))
     fx = float(kx[iy, ix] + offset_x) / w
     fy = float(ky[iy, ix] + offset_y) / h
-    return n * math.hypot(fx, fy), fx, fy
+    return n * math.hypot(fx, fy), fx, fy, float(prominence[iy, ix])
 
 
 def bilinear(img: np.ndarray, y: float, x: float) -> float:
@@ -184,7 +198,8 @@ def prominence_at(a: list[float], j: int) -> float:
 
 
 def acf_period(ppad: np.ndarray, weight: np.ndarray, fx: float, fy: float) -> float:
-    """First prominent ACF peak (px) along the direction (fx, fy)."""
+    """ACF period (px) along the direction (fx, fy): the first prominent peak at least half as
+    high as the highest prominent one."""
     if not (math.isfinite(fx) and math.isfinite(fy)) or fx == 0 and fy == 0:
         return math.nan
     h2, w2 = ppad.shape
@@ -194,6 +209,8 @@ def acf_period(ppad: np.ndarray, weight: np.ndarray, fx: float, fy: float) -> fl
     ux, uy = fx / norm, fy / norm
     length = int(math.ceil(math.hypot(h2, w2) / 4)) + 2
     w0 = wacf[0, 0]
+    if w0 <= 0 or acf[0, 0] <= 0:
+        return math.nan
     a0 = acf[0, 0] / w0
     profile: list[float] = []
     for t in range(length):
@@ -201,16 +218,127 @@ def acf_period(ppad: np.ndarray, weight: np.ndarray, fx: float, fy: float) -> fl
         if wt / w0 < ACF_OVERLAP:
             break
         profile.append(bilinear(acf, t * uy, t * ux) / wt / a0)
-    for j in range(1, len(profile) - 1):
-        is_max = profile[j] > profile[j - 1] and profile[j] >= profile[j + 1]
-        if is_max and prominence_at(profile, j) >= ACF_PROMINENCE:
-            left, centre, right = profile[j - 1], profile[j], profile[j + 1]
-            curvature = left - 2 * centre + right
-            offset = 0.0
-            if curvature < 0:
-                offset = float(np.clip(0.5 * (left - right) / curvature, -0.5, 0.5))
-            return j + offset
-    return math.nan
+    peaks = [
+        j
+        for j in range(1, len(profile) - 1)
+        if profile[j] > profile[j - 1]
+        and profile[j] >= profile[j + 1]
+        and prominence_at(profile, j) >= ACF_PROMINENCE
+    ]
+    if not peaks:
+        return math.nan
+    highest = max(profile[j] for j in peaks)
+    j = next(j for j in peaks if profile[j] >= ACF_RELATIVE * highest)
+    left, centre, right = profile[j - 1], profile[j], profile[j + 1]
+    curvature = left - 2 * centre + right
+    offset = 0.0
+    if curvature < 0:
+        offset = float(np.clip(0.5 * (left - right) / curvature, -0.5, 0.5))
+    return j + offset
+
+
+def agree(period: float, radius: float, n: int) -> bool:
+    """Whether an ACF period and f* describe one periodic texture (k = T·f*/N near 1, 2 or 3)."""
+    k = period * radius / n
+    if not math.isfinite(k):
+        return False
+    nearest = min(max(round(k), 1), 3)
+    return abs(k / nearest - 1) <= AGREEMENT
+
+
+def weight_of(mask: np.ndarray | None, window: str, h: int, w: int) -> np.ndarray:
+    weight = np.ones((h, w)) if mask is None else np.asarray(mask, dtype=np.float64)
+    if window in ("hann", "tukey"):
+        weight = weight * np.outer(window_1d(window, h), window_1d(window, w))
+    return weight
+
+
+def analyse(
+    ch: np.ndarray, mask: np.ndarray | None, window: str, r_bins: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, float, float, float, float]:
+    """Spectrum, padded spectrum, weight, gated f*, fx, fy, ACF period and the prominence."""
+    _, h, w = ch.shape
+    y = prepare(ch, mask, window)
+    p = power(y)
+    ppad = power(y, shape=(2 * h, 2 * w))
+    weight = weight_of(mask, window, h, w)
+    f, fx, fy, prominence = peak(p, r_bins)
+    period = acf_period(ppad, weight, fx, fy)
+    if not agree(period, f, max(h, w)):
+        f = fx = fy = period = math.nan
+    return p, ppad, weight, f, fx, fy, period, prominence
+
+
+def strip_periods(
+    ch: np.ndarray, mask: np.ndarray | None, fx: float, fy: float, size: int, axis: int
+) -> list[float]:
+    """ACF period of each strip ``size`` px across (axis 1: rows, 2: columns), stride size//4."""
+    _, h, w = ch.shape
+    extent = h if axis == 1 else w
+    out = []
+    for start in range(0, extent - size + 1, max(1, size // 4)):
+        cut = slice(start, start + size)
+        strip = ch[:, cut, :] if axis == 1 else ch[:, :, cut]
+        strip_mask = None
+        if mask is not None:
+            strip_mask = mask[cut, :] if axis == 1 else mask[:, cut]
+            if strip_mask.mean() < 0.3:
+                out.append(math.nan)
+                continue
+        sh, sw = strip.shape[1:]
+        ppad = power(prepare(strip, strip_mask, "none"), shape=(2 * sh, 2 * sw))
+        out.append(acf_period(ppad, weight_of(strip_mask, "none", sh, sw), fx, fy))
+    return out
+
+
+def band_reading(
+    ch: np.ndarray,
+    mask: np.ndarray | None,
+    period: float,
+    fx: float,
+    fy: float,
+    base: float | None = None,
+) -> tuple[float, float, float]:
+    """(band share, longest run in px, base strip period) of strips 3 periods across."""
+    _, h, w = ch.shape
+    if not all(math.isfinite(v) for v in (period, fx, fy)):
+        return math.nan, math.nan, math.nan
+    if base is not None and not math.isfinite(base):
+        return math.nan, math.nan, math.nan
+    size = int(min(max(round(STRIP_PERIODS * period / 8) * 8, 8), min(h, w)))
+    axes = [strip_periods(ch, mask, fx, fy, size, axis) for axis in (1, 2)]
+    if base is None:
+        values = sorted(v for a in axes for v in a if math.isfinite(v))
+        base = values[(len(values) - 1) // 2] if values else math.nan
+    shares, runs = [], []
+    for periods in axes:
+        doubled = [
+            math.isfinite(v) and abs(math.log2(v / base) - 1) <= BAND_OCTAVES for v in periods
+        ]
+        banded = [
+            d and ((i > 0 and doubled[i - 1]) or (i + 1 < len(doubled) and doubled[i + 1]))
+            for i, d in enumerate(doubled)
+        ]
+        valid = sum(math.isfinite(v) for v in periods)
+        shares.append(sum(banded) / max(valid, 1))
+        run = best = 0
+        for b in banded:
+            run = run + 1 if b else 0
+            best = max(best, run)
+        runs.append((best - 1) * max(1, size // 4) + size if best else 0)
+    return max(shares), float(max(runs)), base
+
+
+def alias_share(p: np.ndarray, prominence: np.ndarray, ref_prominence: np.ndarray) -> float:
+    """Share of the non-lobe power in strong peaks 10 dB above the reference's 3x3 maximum."""
+    h, w = p.shape
+    around = np.max(
+        [np.roll(ref_prominence, (dy, dx), axis=(0, 1)) for dy in (-1, 0, 1) for dx in (-1, 0, 1)],
+        axis=0,
+    )
+    spurious = (prominence >= ALIAS_PROMINENCE) & (prominence >= ALIAS_GAIN * around)
+    total = p[~lobe_mask(h, w)].sum()
+    return float(p[spurious].sum() / total) if total > 0 else math.nan
 
 
 def ring_sum(p: np.ndarray, r: float, ring_width: float) -> tuple[float, float]:
@@ -264,53 +392,6 @@ def weighted_mse(diff_sq: np.ndarray, weight: np.ndarray) -> float:
     return float((diff_sq * weight).sum() / total) if total > 0 else math.nan
 
 
-def local_periods(
-    ch: np.ndarray, mask: np.ndarray | None, size: int, stride: int, r_bins: int
-) -> np.ndarray:
-    _, h, w = ch.shape
-    rows = range(0, h - size + 1, stride)
-    cols = range(0, w - size + 1, stride)
-    out = np.full((len(rows), len(cols)), math.nan)
-    for a, y in enumerate(rows):
-        for b, x in enumerate(cols):
-            tile_mask = None if mask is None else mask[y : y + size, x : x + size]
-            if tile_mask is not None and tile_mask.mean() < 0.3:
-                continue
-            tile = ch[:, y : y + size, x : x + size]
-            f, _, _ = peak(power(prepare(tile, tile_mask, "hann")), r_bins)
-            out[a, b] = size / f
-    return out
-
-
-def band_scores(pm: np.ndarray) -> tuple[float, float]:
-    valid = np.isfinite(pm)
-    if not valid.any():
-        return math.nan, math.nan
-    values = np.sort(pm[valid])
-    median = values[(len(values) - 1) // 2]  # the lower middle value, as torch.nanmedian
-    doubled = valid & (np.abs(np.where(valid, pm, 0) - 2 * median) <= 0.2 * 2 * median)
-
-    def along(axis: int) -> tuple[np.ndarray, float]:
-        count = valid.sum(axis=axis)
-        share = doubled.sum(axis=axis) / np.maximum(count, 1)
-        means = [
-            pm[i][valid[i]].mean() if axis == 1 else pm[:, i][valid[:, i]].mean()
-            for i in range(len(count))
-            if count[i] > 0
-        ]
-        smooth = np.array([share[max(i - 1, 0) : i + 2].mean() for i in range(len(share))])
-        return smooth, max(means) - min(means)
-
-    rows, row_spread = along(1)
-    cols, col_spread = along(0)
-    chosen = cols if col_spread > row_spread else rows
-    run = best = 0
-    for s in chosen:
-        run = run + 1 if s >= 0.35 else 0
-        best = max(best, run)
-    return float(chosen.max()), float(best)
-
-
 def metrics(
     img: np.ndarray,
     mask: np.ndarray | None = None,
@@ -319,57 +400,65 @@ def metrics(
     window: str = "hann",
     r_bins: int = 256,
     ring_width: float = 6.0,
-    local_window: int | None = None,
+    bands: bool = False,
 ) -> dict[str, float]:
     """All metrics of one image (C, H, W); ``ref`` an image (C', H', W') or a radius."""
     img = np.asarray(img, dtype=np.float64)
     keys = [
         "fundamental_radius_bin",
+        "periodic",
+        "peak_prominence",
         "acf_first_peak_radius_bin",
-        "E2f_over_Ef",
-        "Ehalf_over_Ef",
+        "tile_scale",
         "axis_ratio_at_f",
         "shift_mse_dx1",
         "shift_mse_dy1",
         "resize_mse_downUp",
-        "resize_delta_r",
+        "alias_score",
         "ref_radius_bin",
         "checkerboard_energy",
     ]
-    if local_window is not None:
+    if bands:
         keys += ["band_score", "band_max_run"]
     if not np.isfinite(img).all():
         return {k: math.nan for k in keys}
     ch = channels(img)
     _, h, w = ch.shape
-    y = prepare(ch, mask, window)
-    p = power(y)
-    ppad = power(y, shape=(2 * h, 2 * w))
-    f, fx, fy = peak(p, r_bins)
-    weight = np.ones((h, w)) if mask is None else np.asarray(mask, dtype=np.float64)
-    if window in ("hann", "tukey"):
-        weight = weight * np.outer(window_1d(window, h), window_1d(window, w))
+    n = max(h, w)
+    p, ppad, weight, f, fx, fy, period, prominence = analyse(ch, mask, window, r_bins)
     out = {
         "fundamental_radius_bin": f,
-        "acf_first_peak_radius_bin": acf_period(ppad, weight, fx, fy),
+        "periodic": float(math.isfinite(f)),
+        "peak_prominence": 10 * math.log10(prominence) if prominence > 0 else math.nan,
+        "acf_first_peak_radius_bin": period,
+        "tile_scale": math.nan,
+        "alias_score": math.nan,
     }
 
+    base, dir_x, dir_y = period, fx, fy
+    ref_reading: tuple[float, float, float] | None = None
     if ref is None:
         ref_radius = math.nan
         centre = f
     elif isinstance(ref, (int, float)):
         ref_radius = centre = float(ref)
+        base = n / ref_radius
+        out["tile_scale"] = period / base
     else:
         rch = channels(ref)
-        rp = power(prepare(rch, ref_mask, window))
-        ref_radius = peak(rp, r_bins)[0] * max(h, w) / max(rch.shape[1:])
-        centre = ref_radius
+        rh, rw = rch.shape[1:]
+        rp, rppad, rweight, rf, rfx, rfy, rperiod, _ = analyse(rch, ref_mask, window, r_bins)
+        ref_radius = centre = rf * n / max(rh, rw)
+        base, dir_x, dir_y = rperiod, rfx, rfy
+        out["tile_scale"] = acf_period(ppad, weight, rfx, rfy) / rperiod
+        if (rh, rw) == (h, w):
+            out["alias_score"] = alias_share(
+                p, prominence_map(p, r_bins)[0], prominence_map(rp, r_bins)[0]
+            )
+        if bands:
+            ref_reading = band_reading(rch, ref_mask, rperiod, rfx, rfy)
     e_f, e_axis = ring_sum(p, centre, ring_width)
-    e_2f, _ = ring_sum(p, 2 * centre, ring_width)
-    e_half, _ = ring_sum(p, centre / 2, ring_width)
     ok = math.isfinite(e_f) and e_f > 0
-    out["E2f_over_Ef"] = e_2f / e_f if ok else math.nan
-    out["Ehalf_over_Ef"] = e_half / e_f if ok else math.nan
     out["axis_ratio_at_f"] = e_axis / e_f if ok else math.nan
     out["ref_radius_bin"] = ref_radius
 
@@ -385,16 +474,19 @@ def metrics(
     )
     resized = down_up(ch)
     out["resize_mse_downUp"] = weighted_mse((resized[:, b : h - b, b : w - b] - core) ** 2, mc)
-    out["resize_delta_r"] = peak(power(prepare(resized, mask, window)), r_bins)[0] - f
 
     ky, kx = freq_index(h, w)
     nyquist = (np.abs(kx) >= w // 2 - 1) | (np.abs(ky) >= h // 2 - 1)
     everything = p.sum() - p[0, 0]
     out["checkerboard_energy"] = float(p[nyquist].sum() / everything) if everything > 0 else 0.0
 
-    if local_window is not None:
-        pm = local_periods(ch, mask, local_window, max(1, local_window // 3), r_bins)
-        out["band_score"], out["band_max_run"] = band_scores(pm)
+    if bands:
+        if ref_reading is None:
+            out["band_score"], out["band_max_run"], _ = band_reading(ch, mask, base, dir_x, dir_y)
+        else:
+            ref_share, _, ref_base = ref_reading
+            share, run, _ = band_reading(ch, mask, base, dir_x, dir_y, ref_base)
+            out["band_score"], out["band_max_run"] = max(share - ref_share, 0.0), run
     return out
 
 

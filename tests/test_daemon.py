@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
+from texwatch.alarms import harmonic_lock
 from texwatch.daemon import Daemon, DaemonOptions, main
 from texwatch.daemon._exporter import MetricsBoard
 from texwatch.derive import Deriver, DeriveSettings, derive_all
@@ -130,8 +131,12 @@ def test_derives_every_committed_row_once_and_exports(tmp_path: Path) -> None:
     assert _value(registry, "texwatch_daemon_lag_rows", **labels) == 0
     assert _value(registry, "texwatch_loss_spikes_total", run="doubled", rule="hard_max") == 1
     assert run.derived(SCALARS)["spike"].sum() == 1
-    assert _value(registry, "texwatch_ehalf_over_ef", run="doubled", stream="pred") > 1
-    assert _value(registry, "texwatch_ehalf_over_ef", run="doubled", stream="target") < 1
+    # the pred's tiles are twice the target's; the target has no reference of its own
+    assert _value(registry, "texwatch_tile_scale", run="doubled", stream="pred") == pytest.approx(
+        2.0, rel=0.05
+    )
+    assert _value(registry, "texwatch_periodic", run="doubled", stream="target") == 1
+    assert math.isnan(_value(registry, "texwatch_tile_scale", run="doubled", stream="target"))
     assert _value(
         registry, "texwatch_ref_radius_bin", run="doubled", stream="pred"
     ) == pytest.approx(SIZE / PERIOD, abs=1)
@@ -152,8 +157,9 @@ def test_a_faithful_pred_does_not_look_harmonic(tmp_path: Path) -> None:
     write_run(store, range(100))
     registry = CollectorRegistry()
     _pass_once([store], registry, tmp_path)
-    assert _value(registry, "texwatch_ehalf_over_ef", run="clean", stream="pred") < 1
-    assert _value(registry, "texwatch_e2f_over_ef", run="clean", stream="pred") < 1
+    scale = _value(registry, "texwatch_tile_scale", run="clean", stream="pred")
+    assert scale == pytest.approx(1.0, rel=0.05)
+    assert harmonic_lock(scale) is None
 
 
 def test_restart_resumes_from_the_cursor_without_gap_or_duplicate(tmp_path: Path) -> None:
@@ -203,7 +209,7 @@ def test_snapshots_are_written_per_interval_atomically(tmp_path: Path) -> None:
         assert (folder / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summary = json.loads((folder / "259.json").read_text())
     assert summary["run"] == "s" and summary["step"] == 259
-    assert "pred" in summary["streams"] and "E2f_over_Ef" in summary["streams"]["pred"]
+    assert "pred" in summary["streams"] and "tile_scale" in summary["streams"]["pred"]
     every_spike = [
         s
         for f in names
@@ -359,8 +365,7 @@ def test_each_pred_item_is_measured_against_its_own_target(tmp_path: Path) -> No
     # One row per batch: the pred rows of a step are derived in other batches than their targets.
     derived = derive_all(store, settings, batch_rows=1)
     np.testing.assert_allclose(derived["pred"]["ref_radius_bin"], [8, 4, 8, 4], atol=0.5)
-    assert (derived["pred"]["Ehalf_over_Ef"] < 1).all()
-    assert (derived["pred"]["E2f_over_Ef"] < 1).all()
+    np.testing.assert_allclose(derived["pred"]["tile_scale"], 1.0, rtol=0.05)
     # After a restart past the targets (cursor at pred row 2), they are read back from the store.
     resumed = Deriver(settings, cursor={"target": 4, "pred": 2, SCALARS: 2})
     batch = resumed.advance(open_run(store), open_run(store).committed())

@@ -308,7 +308,7 @@ class Deriver:
         else:
             ref = self._ref if name != "latents" else None
         metrics = spectral.texture_metrics(
-            x, ref=ref, window=self._settings.spectral_window, local_map=True
+            x, ref=ref, window=self._settings.spectral_window, bands=True
         )
         health = spectral.latent_health(x, clip_range=self._settings.clip_range)
         out: dict[str, np.ndarray] = {"step": np.asarray(steps, dtype=np.int64)}

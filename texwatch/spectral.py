@@ -30,26 +30,21 @@ lands on the DC lobe; texwatch looks for 2-D peaks over a noise floor instead:
 1. noise floor per ring: ``F = exp(mean(ln(P + ε)) + γ)`` over the ring's non-lobe bins
    (γ = 0.5772 is Euler's constant: for exponentially distributed noise power this is the mean
    power, while a texture's few peak bins barely move a mean of logarithms);
-   ``ε = 1e-9 × mean non-lobe power``;
+   ``ε = 1e-9 × mean non-lobe power``. A ring with fewer than 8 bins (counted over the full
+   plane: the corners, the rings next to the lobe of a small image) has no usable floor: its
+   bins never hold a peak;
 2. ``S(k)`` = power summed over the 3×3 bins around ``k`` (lobe bins count as 0), which also
-   undoes the scalloping of off-bin peaks; prominence ``S / 9F``, excess ``S − 9F``;
-3. the peak is the bin of largest excess among bins with prominence ≥ 10 (significant peaks),
-   or, when there is none, the bin of largest prominence;
+   undoes the scalloping of off-bin peaks; *prominence* ``S / 9F``, excess ``S − 9F``;
+3. a bin is *significant* when its prominence is ≥ 10 (10 dB; the most prominent bin of white,
+   1/f or 1/f² noise measures 7–9 dB at 256² and 512²); the peak is the significant bin of
+   largest excess;
 4. sub-bin refinement: a parabola through ``ln P`` at the peak and its two neighbours, along
    ``kx`` and along ``ky`` separately (offsets clamped to ±1 bin);
-5. ``f* = N·√((kx*/W)² + (ky*/H)²)``. NaN when the image has no non-lobe power (constant image,
-   empty mask). Periods longer than ``N/2.5`` px cannot be seen (they sit in the DC lobe).
+5. ``f* = N·√((kx*/W)² + (ky*/H)²)``. Periods longer than ``N/2.5`` px cannot be seen (they sit
+   in the DC lobe); a texture needs about 4 periods across the image to clear the lobe's rings.
 
-``ref_radius_bin``: the same estimator on the reference batch, converted to *x's* radius units
-(``f_ref · N_x / N_ref``, i.e. the same period in px), or the radius given directly.
-
-**Energy ratios.** ``E(r) = Σ_k P(k)·g(|k| − r)``: a ring *sum* (no division by the ring's
-circumference) with a Gaussian profile ``g(d) = exp(−d²/2σ²)``, ``σ = ring_width / 2.3548``
-(FWHM = ``ring_width``), cut to ``|d| ≤ ring_width``. ``E2f_over_Ef = E(2f)/E(f)``,
-``Ehalf_over_Ef = E(f/2)/E(f)``, with ``f`` = ``ref_radius_bin`` when a reference is given
-(then > 1 means the model put more energy on a harmonic than where it should be), else f\*.
-``axis_ratio_at_f``: the share of ``E(f)`` in bins on the two axes (``kx = 0`` or ``ky = 0``,
-i.e. less than one bin from an axis): the FFT boundary "axis cross".
+``peak_prominence``: ``10·log10(S/9F)`` of the f\* bin, in dB; for an image without a significant
+bin, that of its most prominent bin (how close it came). NaN for a blank image.
 
 **ACF period** (``acf_first_peak_radius_bin``, in px). ``ACF = IFFT2(|FFT2(y, 2H×2W)|²)`` — the
 zero-padded, linear (not circular) autocorrelation (Wiener–Khinchin) — divided by the same
@@ -57,34 +52,71 @@ autocorrelation of the weight ``v`` (so the window's decay does not pull peaks t
 normalised to 1 at lag 0. It is sampled every 1 px along the direction of the f\* peak (a radial
 average fails on anisotropic textures such as bricks) while the weight's overlap stays ≥ 10 %
 of its lag-0 value. The period is the first local maximum whose topographic prominence (height
-above the higher of the two lowest points that separate it from higher ground) is ≥ 0.1,
-refined with a parabola through its neighbours; NaN when there is none. Note the units: f\*
-is a frequency radius and this is a period, so for a clean texture it is ≈ ``N / f*``; when
-they disagree by 2× or ½×, a harmonic is mixed up.
+above the higher of the two lowest points that separate it from higher ground) is ≥ 0.1 and
+whose height is at least half the highest such maximum (a texture's sub-period bumps are not
+its period), refined with a parabola through its neighbours.
+
+**Periodicity** (``periodic``, 0 or 1). An image holds a periodic texture when it has a
+significant peak *and* an ACF period ``T`` that agree: ``k = T·f*/N`` is within 8 % of 1, 2 or 3
+(f\* is the fundamental or, for line-like textures, one of its first harmonics). A lone
+significant peak without that agreement — an edge's streak, a scanner's or a JPEG grid's tone
+on a natural image — is not a texture. When ``periodic`` is 0, f\*, the ACF period and
+everything measured around f\* are NaN: never a guess.
+
+**Tile scale** (``tile_scale``; the harmonic lock). With a reference (the target, or a reference
+tile), ``T_ref`` is the reference's ACF period, read along its own f\* direction; ``tile_scale =
+T_x / T_ref`` where ``T_x`` is x's ACF period read along the *reference's* direction. 1 is the
+right scale, 2 tiles twice too large (x's fundamental sits at ``f_ref/2``: locked onto the
+subharmonic), ½ tiles half as large (locked onto ``2 f_ref``). Both are read from the linear
+ACF, which sums every harmonic of a texture: a doubled line-like texture whose second harmonic
+falls exactly on ``f_ref`` still reads 2, and sharpening, blurring, contrast or JPEG change the
+harmonics' weights but not the period. NaN when the reference is not periodic (the gate: an
+aperiodic target has no scale to lock onto) or x has no ACF period (noise, a flat image); a
+number given as ``ref`` stands for ``f_ref``, with ``T_ref = N/f_ref`` and x's own direction.
+:mod:`texwatch.alarms` reads a lock at ``tile_scale ≥ 1.5`` or ``≤ 1/1.5``.
+
+``ref_radius_bin``: the reference's f\* in *x's* radius units (``f_ref · N_x / N_ref``, i.e. the
+same period in px), or the radius given directly. ``axis_ratio_at_f``: the share of the ring
+energy ``E(f) = Σ_k P(k)·g(|k| − f)`` (Gaussian profile of FWHM ``ring_width``, cut at
+``|d| ≤ ring_width``; f = ``ref_radius_bin`` with a reference, else f\*) in bins on the two axes
+(``kx = 0`` or ``ky = 0``): the FFT boundary "axis cross".
+
+**Bands** (``bands=True``: ``band_score``, ``band_max_run``). The image is cut into row strips
+(``s × W``) and column strips (``H × s``), ``s = 3 T_base`` rounded to 8 px, stride ``s/4``, each
+with its own mean removal, rectangular window (the longest usable lags) and mask; a strip's
+period is its ACF period along the base direction, ``T_base`` being the reference's ACF period
+and direction (x's own without a reference). A strip reads *doubled* when its period is within
+0.4 octave of twice the base strips' median period, and a band is two neighbouring doubled
+strips at least (one strip across a gap between text lines is not a band). ``band_score`` is the
+largest share, over the two orientations, of strips in such bands, minus the same share of the
+reference's own strips (a texture with gaps reads some doubled strips in the target too);
+``band_max_run`` the extent in px of the longest run. A band narrower than two periods of its
+doubled texture cannot be read. NaN when the base period is NaN.
+
+**Aliasing** (``alias_score``). With a reference image of x's size: the share of x's non-lobe
+power in bins that are 20 dB above their own ring's noise floor *and* 10 dB above the
+reference's largest prominence in the 3×3 bins around them — strong, sharp peaks the reference
+does not have, such as the folded tones of a fine pattern subsampled without a low-pass filter.
+NaN without such a reference.
 
 **Pixel-domain aliasing** (on the un-windowed luma / channels, mask as weight, a 2-px border
 excluded): ``shift_mse_dx1`` = weighted mean of ``(y[i, j+1] − y[i, j])²`` with weight
 ``m[i, j]·m[i, j+1]``, ``shift_mse_dy1`` likewise along rows; ``resize_mse_downUp`` = weighted
 MSE between the image and the image resized to ``(H//2, W//2)`` and back with antialiased
 bicubic resampling (Keys a = −0.5, as PIL and ``torch.nn.functional.interpolate(...,
-antialias=True)``); ``resize_delta_r`` = f\*(resized) − f\*(image).
+antialias=True)``).
 
 **checkerboard_energy**: share of the non-DC power in the Nyquist band ``|kx| ≥ W//2 − 1`` or
 ``|ky| ≥ H//2 − 1`` (where transposed-convolution checkerboards put theirs); 0 for an image
 with no power at all.
 
-**Local period map** (``local_map=True``): f\* on sliding windows (``window_size`` px, default
-``min(96, min(H, W)//2)``, stride ``window_size//3``), each with its own mask/mean/Hann, all in
-one batched FFT; period = ``window_size / f*``; NaN where the window's mask mean is < 0.3.
-``band_scores``: windows whose period is within ±20 % of twice the map's median are "doubled";
-their share per map row and per map column is smoothed with a 3-tap mean; the axis whose
-row- (column-) mean period has the larger spread is the trend axis; ``band_score`` is the
-largest smoothed share along it and ``band_max_run`` the longest run of smoothed shares ≥ 0.35
-(in windows).
+**Local period map** (:func:`local_period_map`): the ACF period of sliding windows, each with
+its own mask/mean/Hann window, read along the window's own f\* (so a harmonic peak never halves
+it); NaN where the window has no significant peak or its mask mean is < 0.3.
 
 **Cost.** One zero-padded FFT per image feeds every metric (its even bins are the plain
-spectrum; the ACF is taken from it), the resized copy needs one more, and the local map is one
-batched FFT over all windows. No Python loop runs over images or windows.
+spectrum; the ACF is taken from it), one more per reference image, and the band scan one batched
+FFT over the strips of each strip size. No Python loop runs over images, windows or strips.
 
 Examples:
     >>> import torch
@@ -102,6 +134,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -109,12 +142,11 @@ from torch import Tensor
 
 __all__ = [
     "HEALTH_KEYS",
-    "LOCAL_MAP_KEYS",
+    "BAND_KEYS",
     "METRIC_KEYS",
     "WINDOWS",
     "AnomalyRegions",
     "SpectrumViews",
-    "band_scores",
     "diff_heatmap",
     "latent_health",
     "local_period_map",
@@ -128,21 +160,22 @@ __all__ = [
 
 METRIC_KEYS: tuple[str, ...] = (
     "fundamental_radius_bin",
+    "periodic",
+    "peak_prominence",
     "acf_first_peak_radius_bin",
-    "E2f_over_Ef",
-    "Ehalf_over_Ef",
+    "tile_scale",
     "axis_ratio_at_f",
     "shift_mse_dx1",
     "shift_mse_dy1",
     "resize_mse_downUp",
-    "resize_delta_r",
+    "alias_score",
     "ref_radius_bin",
     "checkerboard_energy",
 )
 """Keys of :func:`texture_metrics`, always present."""
 
-LOCAL_MAP_KEYS: tuple[str, ...] = ("band_score", "band_max_run")
-"""Extra keys of :func:`texture_metrics` with ``local_map=True``."""
+BAND_KEYS: tuple[str, ...] = ("band_score", "band_max_run")
+"""Extra keys of :func:`texture_metrics` with ``bands=True``."""
 
 HEALTH_KEYS: tuple[str, ...] = (
     "mean",
@@ -161,18 +194,23 @@ WINDOWS: tuple[str, ...] = ("hann", "tukey", "periodic_smooth", "none")
 _LUMA = (0.2126, 0.7152, 0.0722)
 _MIN_SIZE = 8
 _LOBE_RADIUS = 2.5  # FFT-index bins around DC that belong to the window's main lobe
-_PEAK_PROMINENCE = 10.0  # 3x3 power over 9 x noise floor for a significant spectral peak
+_PEAK_PROMINENCE = 10.0  # 3x3 power over 9 x noise floor (10 dB) for a significant peak
+_MIN_RING_BINS = 8  # a ring with fewer bins (full plane) has no usable noise floor
+_MAX_HARMONIC = 3  # f* may sit on the ACF fundamental's 1st, 2nd or 3rd harmonic
+_PERIOD_AGREEMENT = 0.08  # relative tolerance of that agreement
+_ALIAS_GAIN = 10.0  # a peak 10 dB above the reference's spectrum there is not the reference's
+_ALIAS_PROMINENCE = 100.0  # a spurious peak must also be 20 dB above its own noise floor
 _EULER_GAMMA = 0.5772156649015329
 _FLOOR_EPS = 1e-9  # relative to the mean non-lobe power
 _TUKEY_ALPHA = 0.5
 _BLANK_EPS = 64.0  # a prepared signal under 64 ε of the image's level is rounding error
 _ACF_PROMINENCE = 0.1
+_ACF_RELATIVE_HEIGHT = 0.5  # a sub-period bump under half the highest prominent peak is skipped
 _ACF_MIN_OVERLAP = 0.1
 _BORDER = 2
-_LOCAL_WINDOW = 96
 _LOCAL_MIN_MASK = 0.3
-_BAND_TOLERANCE = 0.2
-_BAND_RUN_SHARE = 0.35
+_BAND_STRIP_PERIODS = 4.0  # a band strip is this many base periods across
+_BAND_OCTAVES = 0.4  # a strip whose period is within this many octaves of 2T reads doubled
 _FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
 _DENSE_RESIZE_MAX = 96  # up to this size, dense resampling matrices beat torch's resize kernel
 
@@ -423,7 +461,8 @@ class _Grid:
     lobe: Tensor  # (H, Wh) bool
     nyquist: Tensor  # (H, Wh) bool
     ring: Tensor  # (H*Wh,) floor ring of each bin
-    ring_or_lobe: Tensor  # (H*Wh,) the same, with n_rings for the lobe bins
+    floor_slot: Tensor  # (H*Wh,) the ring, or n_rings for bins that cannot hold a peak
+    radius: Tensor  # (H*Wh,) radius of each bin
     ring_count: Tensor  # (n_rings,) non-lobe bins per ring (with multiplicity)
     n_rings: int
     profile_bin: Tensor  # (H*Wh,) index of the r_bins profile bin (clamped)
@@ -462,6 +501,7 @@ def _grid(h: int, w: int, r_bins: int, device: torch.device, dtype: torch.dtype)
     # + 1e-9: a bin exactly on a ring edge belongs to the outer ring despite rounding
     ring = torch.clamp((radius / ring_width + 1e-9).floor().long(), max=n_rings - 1).flatten()
     ring_count = torch.zeros(n_rings, dtype=torch.float64).index_add_(0, ring, weight.flatten())
+    few = ring_count < _MIN_RING_BINS  # too few bins for a noise floor: never a peak
     profile_bin = torch.clamp(
         (radius / (r_max / r_bins) + 1e-9).floor().long(), max=r_bins - 1
     ).flatten()
@@ -516,7 +556,8 @@ def _grid(h: int, w: int, r_bins: int, device: torch.device, dtype: torch.dtype)
         lobe=put(lobe),
         nyquist=put(nyquist),
         ring=put(ring),
-        ring_or_lobe=put(torch.where(lobe.flatten(), n_rings, ring)),
+        floor_slot=put(torch.where(lobe.flatten() | few[ring], n_rings, ring)),
+        radius=put(radius.flatten()),
         ring_count=put(ring_count),
         n_rings=n_rings,
         profile_bin=put(profile_bin),
@@ -555,28 +596,43 @@ def _noise_floor(power: Tensor, g: _Grid) -> tuple[Tensor, Tensor, Tensor]:
     return floor, eps, total
 
 
-def _peak(power: Tensor, g: _Grid) -> tuple[Tensor, Tensor, Tensor]:
-    """Robust spectral peak of half-plane spectra (N, H, Wh).
+class _Peak(NamedTuple):
+    """The f* peak of a batch of spectra, each field (N,)."""
 
-    Returns f* (radius units) and the refined peak frequency (fx, fy) in cycles/px, each (N,);
-    NaN for spectra without non-lobe power.
+    radius: Tensor  # f*, radius units; NaN without a significant peak
+    fx: Tensor  # refined peak frequency, cycles/px; NaN without a significant peak
+    fy: Tensor
+    prominence: Tensor  # S/9F of the f* bin, or of the most prominent bin without one; NaN if blank
+    bins: Tensor  # (N, H*Wh) S/9F of every bin (from :func:`_prominence`), no graph
+
+
+def _prominence(power: Tensor, g: _Grid) -> tuple[Tensor, Tensor, Tensor]:
+    """Prominence ``S/9F`` (N, H*Wh) of every bin, its excess ``S − 9F`` and the energy (N,).
+
+    Bins of the DC lobe and of rings with fewer than :data:`_MIN_RING_BINS` bins get a floor of
+    the largest finite float: their prominence is ~0 and they never hold a peak.
     """
+    n = power.shape[0]
+    ring_floor, _, total = _ring_floor(power, g)
+    top = torch.full((n, 1), torch.finfo(power.dtype).max, dtype=power.dtype, device=power.device)
+    floor9 = torch.cat([9.0 * ring_floor, top], dim=1)
+    floor9 = floor9.gather(1, g.floor_slot[None].expand(n, -1)).view_as(power)
+    box = _box3(power * g.keep, g)  # S
+    return (box / floor9).flatten(1), (box - floor9).flatten(1), total
+
+
+def _peak(power: Tensor, g: _Grid) -> _Peak:
+    """Significant spectral peak (f*) of half-plane spectra (N, H, Wh); see the module docstring."""
     n, h, wh = power.shape
     with torch.no_grad():  # choosing the bin is piecewise constant: no graph needed
-        ring_floor, eps, total = _ring_floor(power.detach(), g)
-        # 9F per bin; the lobe's is the largest finite float, so its prominence is ~0
-        top = torch.full(
-            (n, 1), torch.finfo(power.dtype).max, dtype=power.dtype, device=power.device
-        )
-        floor9 = torch.cat([9.0 * ring_floor, top], dim=1)
-        floor9 = floor9.gather(1, g.ring_or_lobe[None].expand(n, -1)).view_as(power)
-        box = _box3(power.detach() * g.keep, g)  # S
-        prominence = (box / floor9).flatten(1)  # S / 9F
+        prominence, excess, total = _prominence(power.detach(), g)
         # S - 9F on significant bins (> 0 there: S >= 90F), 0 elsewhere
-        excess = (box - floor9).flatten(1).mul_(prominence >= _PEAK_PROMINENCE)
+        excess = excess.mul_(prominence >= _PEAK_PROMINENCE)
         by_excess = excess.argmax(dim=1)
         significant = excess.gather(1, by_excess[:, None])[:, 0] > 0
         idx = torch.where(significant, by_excess, prominence.argmax(dim=1))
+        peak_prominence = prominence.gather(1, idx[:, None])[:, 0]
+        eps = _FLOOR_EPS * total / g.weight_sum + torch.finfo(power.dtype).tiny
     if power.requires_grad:  # the refinement below is differentiable (ACFPeriodLoss uses it)
         total = power.reshape(n, -1) @ g.weight_flat
         eps = _FLOOR_EPS * total / g.weight_sum + torch.finfo(power.dtype).tiny
@@ -596,11 +652,13 @@ def _peak(power: Tensor, g: _Grid) -> tuple[Tensor, Tensor, Tensor]:
     fy = (g.ky[iy] + dy) / g.h
     radius = g.n * torch.sqrt(fx.square() + fy.square())
     nan = torch.tensor(math.nan, dtype=power.dtype, device=power.device)
-    empty = total <= 0
-    return (
-        torch.where(empty, nan, radius),
-        torch.where(empty, nan, fx),
-        torch.where(empty, nan, fy),
+    absent = ~significant | (total <= 0)
+    return _Peak(
+        torch.where(absent, nan, radius),
+        torch.where(absent, nan, fx),
+        torch.where(absent, nan, fy),
+        torch.where(total <= 0, nan, peak_prominence),
+        prominence,
     )
 
 
@@ -619,14 +677,24 @@ def _smooth_radial_sums(values: Tensor, g: _Grid) -> Tensor:
     return F.conv1d(sums[:, None], g.smooth_kernel, padding=half)[:, 0]
 
 
-def _box3(values: Tensor, g: _Grid) -> Tensor:
-    """Sum over the 3x3 neighbourhood of every half-plane bin (N, H, Wh), mirrors included."""
+def _extended(values: Tensor, g: _Grid) -> Tensor:
+    """Half-plane values (N, H, Wh) with one more bin on every side (N, H+2, Wh+2), mirrored."""
     left = values[:, g.ext_rows[:, 0], 1]  # kx = -1: P(1, -ky), for the H+2 extended rows
     right = values[:, g.ext_rows[:, -1], g.ext_cols[0, -1]]
     rows = torch.cat([values[:, -1:], values, values[:, :1]], dim=1)  # circular in ky
-    ext = torch.cat([left[..., None], rows, right[..., None]], dim=2)  # (N, H+2, Wh+2)
+    return torch.cat([left[..., None], rows, right[..., None]], dim=2)
+
+
+def _box3(values: Tensor, g: _Grid) -> Tensor:
+    """Sum over the 3x3 neighbourhood of every half-plane bin (N, H, Wh), mirrors included."""
+    ext = _extended(values, g)
     across = ext[:, :, :-2] + ext[:, :, 1:-1] + ext[:, :, 2:]
     return across[:, :-2] + across[:, 1:-1] + across[:, 2:]
+
+
+def _max3(values: Tensor, g: _Grid) -> Tensor:
+    """Largest value in the 3x3 neighbourhood of every half-plane bin (N, H, Wh)."""
+    return F.max_pool2d(_extended(values, g)[:, None], kernel_size=3, stride=1)[:, 0]
 
 
 def _parabola_vertex(left: Tensor, centre: Tensor, right: Tensor, limit: float = 1.0) -> Tensor:
@@ -724,8 +792,9 @@ def _acf_ray(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Unbiased, normalised ACF sampled at ``lags`` px along the direction of (fx, fy).
 
-    Returns the profile (N, L) (+inf where the weight overlap is < 10 %, and after it), the
-    valid flag per image (a direction exists) and the overlap ratio (N, L).
+    ``lags`` is (L,) or (N, L), ascending from 0. Returns the profile (N, L) (+inf where the
+    weight overlap is < 10 %, and after it), the valid flag per image (a direction exists) and
+    the overlap ratio (N, L).
     """
     norm = torch.sqrt(fx.square() + fy.square())
     ok = torch.isfinite(norm) & (norm > 0)
@@ -736,8 +805,8 @@ def _acf_ray(
     flip = (uy < 0) | ((uy == 0) & (ux < 0))
     ux = torch.where(flip, -ux, ux)
     uy = torch.where(flip, -uy, uy)
-    lag_x = lags[None, :] * ux[:, None]
-    lag_y = lags[None, :] * uy[:, None]
+    lag_x = lags * ux[:, None]
+    lag_y = lags * uy[:, None]
     a = _sample_lags(acf, lag_y, lag_x)
     wa = _sample_lags(wacf, lag_y, lag_x)
     # Denominators are made safe before dividing (an empty image has zero ACF and weight), so
@@ -752,9 +821,12 @@ def _acf_ray(
     return torch.where(inside, profile, inf), ok, overlap
 
 
-def _first_prominent_peak(profile: Tensor, first: int, threshold: float) -> tuple[Tensor, Tensor]:
+def _first_prominent_peak(
+    profile: Tensor, first: int, threshold: float, relative: float = 0.0
+) -> tuple[Tensor, Tensor]:
     """Index (N,) of the first local maximum at index >= ``first`` whose topographic prominence
-    is >= ``threshold``, and whether there is one. ``profile`` is +inf past its valid part."""
+    is >= ``threshold`` and whose height is >= ``relative`` × the highest such maximum, and
+    whether there is one. ``profile`` is +inf past its valid part."""
     n, length = profile.shape
     idx = torch.arange(length, device=profile.device)
     here = profile[:, :, None]  # (N, L_j, 1)
@@ -783,11 +855,19 @@ def _first_prominent_peak(profile: Tensor, first: int, threshold: float) -> tupl
     is_max = (profile > prev) & (profile >= nxt) & torch.isfinite(profile)
     is_max = is_max & (idx[None, :] >= max(first, 1)) & (idx[None, :] < length - 1)
     good = is_max & (prominence >= threshold)
+    if relative > 0:
+        highest = torch.where(good, profile, -math.inf).amax(dim=1, keepdim=True)
+        good = good & (profile >= relative * highest)
     return good.to(torch.int8).argmax(dim=1), good.any(dim=1)
 
 
-def _acf_period(acf: Tensor, wacf: Tensor, fx: Tensor, fy: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """ACF period in px (N,), plus the lags (L,) and the profile (N, L) it was read from."""
+def _acf_period(
+    acf: Tensor, wacf: Tensor, fx: Tensor, fy: Tensor, relative: float = _ACF_RELATIVE_HEIGHT
+) -> tuple[Tensor, Tensor, Tensor]:
+    """ACF period in px (N,), plus the lags (L,) and the profile (N, L) it was read from.
+
+    ``relative``: a peak lower than this × the highest prominent one is not the period (0 for
+    the first prominent peak whatever its height)."""
     h = acf.shape[-2] - 1
     w = acf.shape[-1] // 2
     length = int(math.ceil(math.hypot(h, w) / 2)) + 2
@@ -797,7 +877,7 @@ def _acf_period(acf: Tensor, wacf: Tensor, fx: Tensor, fy: Tensor) -> tuple[Tens
     used = min(length, max(3, int(torch.isfinite(profile).sum(dim=1).max()) + 1))
     lags, profile = lags[:used], profile[:, :used]
     length = used
-    j, found = _first_prominent_peak(profile, first=1, threshold=_ACF_PROMINENCE)
+    j, found = _first_prominent_peak(profile, 1, _ACF_PROMINENCE, relative)
     rows = torch.arange(profile.shape[0], device=acf.device)
     jj = j.clamp(1, length - 2)
     offset = _parabola_vertex(profile[rows, jj - 1], profile[rows, jj], profile[rows, jj + 1], 0.5)
@@ -818,54 +898,76 @@ class _Analysis:
     grid: _Grid
     power: Tensor  # (B, H, Wh)
     acf: Tensor  # (B, H+1, 2W) linear ACF, lags τy >= 0
-    radius: Tensor  # (B,) f*
-    fx: Tensor
-    fy: Tensor
-    resized: Tensor | None = None  # (B, C', H, W) channels resized down and up, when asked
-    resized_radius: Tensor | None = None  # (B,) f* of ``resized``
+    peak: _Peak  # f* of each image
 
 
-def _analyse(x: Tensor, mask: object, window: str, r_bins: int, resize: bool = False) -> _Analysis:
-    """Channels, spectra and f* of ``x`` (and of its down-up resized copy with ``resize``)."""
+def _analyse(x: Tensor, mask: object, window: str, r_bins: int) -> _Analysis:
+    """Channels, spectra and f* of ``x``."""
     dtype = _work_dtype(x)
     ch, finite = _clean_channels(x, dtype)
     m = _prepare_mask(mask, x, dtype)
     h, w = x.shape[-2:]
     power, acf = _spectrum_and_acf(_apodize(ch, m, window))  # the one FFT of each image
     g = _grid(h, w, r_bins, x.device, dtype)
-    if not resize:
-        radius, fx, fy = _peak(power, g)
-        return _Analysis(ch, m, finite, g, power, acf, radius, fx, fy)
-    resized = _down_up(ch)
-    resized_power = _power(_apodize(resized, m, window))
+    return _Analysis(ch, m, finite, g, power, acf, _peak(power, g))
+
+
+def _periodic(radius: Tensor, period: Tensor, n: int) -> Tensor:
+    """Whether f* (radius units) and the ACF period (px) describe one periodic texture (B,).
+
+    Wiener–Khinchin: the ACF's first peak is the fundamental period, and f* is its frequency or
+    one of its first harmonics (line-like textures), so ``period · f* / n`` is within 8 % of 1,
+    2 or 3. A lone significant peak without that agreement (an edge's streak, a scanner pattern
+    on a natural image) is not a periodic texture.
+    """
+    k = period * radius / n
+    nearest = k.round().clamp(1, _MAX_HARMONIC)
+    return torch.isfinite(k) & ((k / nearest - 1).abs() <= _PERIOD_AGREEMENT)
+
+
+def _gate(peak: _Peak, period: Tensor, n: int) -> tuple[_Peak, Tensor, Tensor]:
+    """f*, its direction and the ACF period, NaN where they are not one periodic texture (see
+    :func:`_periodic`), and the ``periodic`` flags (B,)."""
+    periodic = _periodic(peak.radius, period, n)
+    radius, fx, fy, period = (torch.where(periodic, t, torch.nan) for t in (*peak[:3], period))
+    return peak._replace(radius=radius, fx=fx, fy=fy), period, periodic
+
+
+class _Reference(NamedTuple):
+    """What the tile scale needs of the reference, per image of x."""
+
+    radius: Tensor  # (B,) f_ref in x's radius units; NaN when the reference is not periodic
+    period: Tensor  # (B,) T_ref, px: the reference's ACF period (N_x / f_ref for a given radius)
+    fx: Tensor  # (B,) direction of the reference's peak (NaN for a given radius)
+    fy: Tensor
+    bins: Tensor | None  # (B|1, H*Wh) S/9F of the reference's bins, for a reference of x's size
+    strips: _BandReading | None  # reference images' strips against their own median (``bands``)
+
+
+def _reference(
+    ref: object,
+    ref_mask: object,
+    x: Tensor,
+    window: str,
+    r_bins: int,
+    dtype: torch.dtype,
+    bands: bool,
+) -> _Reference:
     b = x.shape[0]
-    # one peak search for both batches: it is many small operations
-    radius, fx, fy = _peak(torch.cat([power, resized_power]), g)
-    return _Analysis(ch, m, finite, g, power, acf, radius[:b], fx[:b], fy[:b], resized, radius[b:])
-
-
-def _radius_of(img: Tensor, mask: Tensor | None, window: str, r_bins: int, unit: int) -> Tensor:
-    """f* of each image of ``img`` (already clean channels), in units of ``unit`` px."""
-    h, w = img.shape[-2:]
-    power = _power(_apodize(img, mask, window))
-    radius, _, _ = _peak(power, _grid(h, w, r_bins, img.device, img.dtype))
-    return radius * (unit / max(h, w))
-
-
-def _reference_radius(
-    ref: object, ref_mask: object, x: Tensor, window: str, r_bins: int, dtype: torch.dtype
-) -> Tensor:
-    b = x.shape[0]
+    n_x = max(x.shape[-2:])
+    nan = torch.full((b,), math.nan, dtype=dtype, device=x.device)
     if isinstance(ref, bool):
         raise TypeError("`ref` must be a tensor, a number or None, got bool")
     if isinstance(ref, (int, float)):
-        return torch.full((b,), float(ref), dtype=dtype, device=x.device)
+        radius = torch.full((b,), float(ref), dtype=dtype, device=x.device)
+        return _Reference(radius, n_x / radius, nan, nan, None, None)
     if not isinstance(ref, Tensor):
         raise TypeError(f"`ref` must be a tensor, a number or None, got {type(ref).__name__}")
     if ref.ndim in (0, 1):
         if ref.ndim == 1 and ref.shape[0] not in (1, b):
             raise ValueError(f"`ref` radii must have shape ({b},) or (1,), got {tuple(ref.shape)}")
-        return ref.to(device=x.device, dtype=dtype).expand(b).clone()
+        radius = ref.to(device=x.device, dtype=dtype).expand(b).clone()
+        return _Reference(radius, n_x / radius, nan, nan, None, None)
     _check_images(ref, "ref")
     if ref.shape[0] not in (1, b):
         raise ValueError(
@@ -873,9 +975,33 @@ def _reference_radius(
         )
     ch, finite = _clean_channels(ref, dtype)
     m = _prepare_mask(ref_mask, ref, dtype, name="ref_mask")
-    radius = _radius_of(ch, m, window, r_bins, max(x.shape[-2:]))
-    radius = torch.where(finite, radius, torch.full_like(radius, math.nan))
-    return radius.expand(b).clone()
+    h, w = ref.shape[-2:]
+    power, acf = _spectrum_and_acf(_apodize(ch, m, window))
+    peak = _peak(power, _grid(h, w, r_bins, ref.device, dtype))
+    period, _, _ = _acf_period(acf, _weight_acf(m, window, h, w, acf), peak.fx, peak.fy)
+    peak, period, _ = _gate(peak, period, max(h, w))
+    fields = (peak.radius * (n_x / max(h, w)), period, peak.fx, peak.fy)
+    radius, period, fx, fy = (
+        torch.where(finite, t, torch.full_like(t, math.nan)).to(x.device).expand(b).clone()
+        for t in fields
+    )
+    bins = peak.bins.to(x.device) if (h, w) == tuple(x.shape[-2:]) else None
+    strips = None
+    if bands:
+        own = _band_reading(ch, m, *fields[1:])
+        strips = _BandReading(*(t.to(x.device).expand(b).clone() for t in own))
+    return _Reference(radius, period, fx, fy, bins, strips)
+
+
+def _alias_share(power: Tensor, bins: Tensor, g: _Grid, ref_bins: Tensor) -> Tensor:
+    """Share (B,) of x's power in significant peaks the reference lacks (module docstring)."""
+    n = bins.shape[0]
+    around = _max3(ref_bins.view(-1, g.h, g.w // 2 + 1), g).flatten(1).expand(n, -1)
+    spurious = (bins >= _ALIAS_PROMINENCE) & (bins >= _ALIAS_GAIN * around)
+    flat = power.reshape(n, -1) * g.weight_flat
+    total = flat.sum(dim=1)
+    share = (flat * spurious).sum(dim=1) / torch.where(total > 0, total, torch.ones_like(total))
+    return torch.where(total > 0, share, torch.full_like(share, math.nan))
 
 
 def _default_ref_mask(ref: object, mask: Tensor | None, h: int, w: int) -> Tensor | None:
@@ -949,9 +1075,8 @@ def texture_metrics(
     window: str = "hann",
     r_bins: int = 256,
     ring_width: float = 6.0,
-    local_map: bool = False,
+    bands: bool = False,
     ref_mask: Tensor | None = None,
-    local_window: int | None = None,
 ) -> dict[str, Tensor]:
     """All texture metrics of a batch (see the module docstring for the definitions).
 
@@ -960,18 +1085,18 @@ def texture_metrics(
         mask: Material region, ``(B|1, 1, H, W)`` in [0, 1]; apodizes the spectra and weights
             the pixel-domain MSEs. None = everywhere.
         ref: Reference/target images ``(B|1, C', H', W')`` (their f* becomes
-            ``ref_radius_bin`` and the energy ratios are taken around it), or a known radius
-            in x's radius units (a number or a ``(B,)`` tensor). None: ratios around f*.
+            ``ref_radius_bin``; the tile scale, the bands and, at x's size, the alias score are
+            measured against them), or a known radius in x's radius units (a number or a
+            ``(B,)`` tensor). None: the reference-relative metrics are NaN.
         window: One of :data:`WINDOWS`.
         r_bins: Radial rings from centre to corner for the noise floor (at least 1 px wide).
-        ring_width: FWHM, in radius units, of the Gaussian rings of the energy ratios.
-        local_map: Also compute the local period map and its band scores.
+        ring_width: FWHM, in radius units, of the Gaussian ring of ``axis_ratio_at_f``.
+        bands: Also scan row and column strips for bands of another scale.
         ref_mask: Mask for ``ref`` images; defaults to ``mask`` when ``ref`` has x's size.
-        local_window: Window of the local map; default ``min(96, min(H, W) // 2)``.
 
     Returns:
         float32 ``(B,)`` tensors on x's device for :data:`METRIC_KEYS` (and
-        :data:`LOCAL_MAP_KEYS` with ``local_map=True``). Non-finite images get NaN.
+        :data:`BAND_KEYS` with ``bands=True``). Non-finite images get NaN.
 
     Raises:
         ValueError, TypeError: wrong shapes, dtypes or options.
@@ -980,29 +1105,37 @@ def texture_metrics(
     window = _check_window(window)
     r_bins = _check_positive_int(r_bins, "r_bins")
     ring_width = _check_positive_float(ring_width, "ring_width")
-    if local_window is not None:
-        _check_positive_int(local_window, "local_window")
     with _full_precision(x.device):
-        a = _analyse(x, mask, window, r_bins, resize=True)
-        assert a.resized is not None and a.resized_radius is not None
+        a = _analyse(x, mask, window, r_bins)
         dtype = a.power.dtype
         h, w = x.shape[-2:]
         wacf = _weight_acf(a.mask, window, h, w, a.acf)
-        period, _, _ = _acf_period(a.acf, wacf, a.fx, a.fy)
+        period = _acf_period(a.acf, wacf, a.peak.fx, a.peak.fy)[0]
+        peak, period, periodic = _gate(a.peak, period, max(h, w))
 
-        if ref is None:
-            ref_radius = torch.full_like(a.radius, math.nan)
-            centre = a.radius
-        else:
+        nan = torch.full_like(peak.radius, math.nan)
+        # the baseline of the tile scale and the bands: the reference's period and direction,
+        # x's own direction for a given radius, x's own period and direction without a reference
+        base, dir_x, dir_y, alias = period, peak.fx, peak.fy, nan
+        ref_radius = scale = nan
+        ref_strips = None
+        if ref is not None:
             if ref_mask is None:
                 ref_mask = _default_ref_mask(ref, mask, h, w)
-            ref_radius = _reference_radius(ref, ref_mask, x, window, r_bins, dtype)
-            centre = ref_radius
-        radii = torch.stack([centre, 2 * centre, centre / 2], dim=1)
-        energy, on_axis = _ring_energy(a.power, a.grid, radii, ring_width)
+            reference = _reference(ref, ref_mask, x, window, r_bins, dtype, bands)
+            ref_strips = reference.strips
+            ref_radius = reference.radius
+            known = torch.isfinite(reference.fx)
+            dir_x = torch.where(known, reference.fx, peak.fx)
+            dir_y = torch.where(known, reference.fy, peak.fy)
+            base = torch.where(torch.isfinite(ref_radius), reference.period, nan)
+            scale = _acf_period(a.acf, wacf, dir_x, dir_y)[0] / base
+            if reference.bins is not None:
+                alias = _alias_share(a.power, peak.bins, a.grid, reference.bins)
+        centre = peak.radius if ref is None else ref_radius
+        energy, on_axis = _ring_energy(a.power, a.grid, centre[:, None], ring_width)
         e_f = energy[:, 0]
-        nan = torch.full_like(e_f, math.nan)
-        e_f_safe = torch.where(e_f > 0, e_f, nan)
+        e_f_safe = torch.where(e_f > 0, e_f, torch.full_like(e_f, math.nan))
         mult = a.grid.mult
         everything = (a.power * mult).sum(dim=(-2, -1)) - a.power[:, 0, 0]
         nyquist = (a.power * mult * a.grid.nyquist).sum(dim=(-2, -1))
@@ -1015,27 +1148,31 @@ def texture_metrics(
         border = _BORDER
         inner = (slice(None), slice(None), slice(border, h - border), slice(border, w - border))
         inner_mask = None if a.mask is None else a.mask[inner]
-        resize_mse = _masked_mse((a.resized[inner] - a.ch[inner]).square(), inner_mask)
+        resized = _down_up(a.ch)
+        resize_mse = _masked_mse((resized[inner] - a.ch[inner]).square(), inner_mask)
 
         out = {
-            "fundamental_radius_bin": a.radius,
+            "fundamental_radius_bin": peak.radius,
+            "periodic": periodic.to(dtype),
+            "peak_prominence": 10 * torch.log10(peak.prominence),
             "acf_first_peak_radius_bin": period,
-            "E2f_over_Ef": energy[:, 1] / e_f_safe,
-            "Ehalf_over_Ef": energy[:, 2] / e_f_safe,
+            "tile_scale": scale,
             "axis_ratio_at_f": on_axis[:, 0] / e_f_safe,
             "shift_mse_dx1": dx1,
             "shift_mse_dy1": dy1,
             "resize_mse_downUp": resize_mse,
-            "resize_delta_r": a.resized_radius - a.radius,
+            "alias_score": alias,
             "ref_radius_bin": ref_radius,
             "checkerboard_energy": checker,
         }
-        if local_map:
-            size = local_window or min(_LOCAL_WINDOW, min(h, w) // 2)
-            size = max(size, _MIN_SIZE)
-            stride = max(1, size // 3)
-            periods = _local_periods(a.ch, a.mask, size, stride, r_bins, "local_window")
-            out["band_score"], out["band_max_run"] = band_scores(periods)
+        if bands:
+            if ref_strips is None:
+                reading = _band_reading(a.ch, a.mask, base, dir_x, dir_y)
+                score = reading.score
+            else:
+                reading = _band_reading(a.ch, a.mask, base, dir_x, dir_y, ref_strips.base)
+                score = (reading.score - ref_strips.score).clamp_min(0.0)
+            out["band_score"], out["band_max_run"] = score, reading.run
         finite = a.finite
         return {
             key: torch.where(
@@ -1045,9 +1182,10 @@ def texture_metrics(
         }
 
 
-def _local_periods(
+def _window_periods(
     ch: Tensor, mask: Tensor | None, size: int, stride: int, r_bins: int, name: str
 ) -> Tensor:
+    """ACF period (px) of every ``size``² window (B, nH, nW), read along the window's own f*."""
     b, c, h, w = ch.shape
     if size > h or size > w:
         raise ValueError(f"`{name}` must fit in the {h}x{w} images, got {size}")
@@ -1061,9 +1199,10 @@ def _local_periods(
         mt = mask.expand(b, -1, -1, -1).unfold(2, size, stride).unfold(3, size, stride)
         coverage = mt.mean(dim=(-2, -1))[:, 0]  # (B, nH, nW)
         tile_mask = mt.permute(0, 2, 3, 1, 4, 5).reshape(b * n_h * n_w, 1, size, size)
-    power = _power(_apodize(tiles, tile_mask, "hann"))
-    radius, _, _ = _peak(power, _grid(size, size, r_bins, ch.device, ch.dtype))
-    periods = (size / radius).view(b, n_h, n_w)
+    power, acf = _spectrum_and_acf(_apodize(tiles, tile_mask, "hann"))
+    peak = _peak(power, _grid(size, size, r_bins, ch.device, ch.dtype))
+    wacf = _weight_acf(tile_mask, "hann", size, size, acf)
+    periods = _acf_period(acf, wacf, peak.fx, peak.fy)[0].view(b, n_h, n_w)
     return torch.where(coverage >= _LOCAL_MIN_MASK, periods, torch.full_like(periods, math.nan))
 
 
@@ -1076,10 +1215,12 @@ def local_period_map(
     stride: int = 32,
     r_bins: int = 256,
 ) -> Tensor:
-    """Local texture period (px) on sliding windows: ``(B, nH, nW)``, NaN where mask mean < 0.3.
+    """Local texture period (px) on sliding windows: ``(B, nH, nW)``.
 
-    Each window gets its own weighted-mean removal, mask and Hann window; all windows go through
-    one batched FFT. ``nH = (H - window_size)//stride + 1``.
+    Each window gets its own weighted-mean removal, mask and Hann window (one batched FFT for
+    all); its period is the ACF period along its own f*, so a harmonic peak never halves it.
+    NaN where the window has no significant peak or its mask mean is < 0.3.
+    ``nH = (H - window_size)//stride + 1``.
     """
     _check_images(x, "x")
     window_size = _check_positive_int(window_size, "window_size")
@@ -1091,19 +1232,107 @@ def local_period_map(
         dtype = _work_dtype(x)
         ch, finite = _clean_channels(x, dtype)
         m = _prepare_mask(mask, x, dtype)
-        periods = _local_periods(ch, m, window_size, stride, r_bins, "window_size")
+        periods = _window_periods(ch, m, window_size, stride, r_bins, "window_size")
         periods = torch.where(finite[:, None, None], periods, torch.full_like(periods, math.nan))
         return periods.float()
 
 
-def _smooth3(share: Tensor) -> Tensor:
-    """3-tap moving mean along the last axis, renormalised at the ends."""
-    n = share.shape[-1]
-    flat = share.reshape(-1, 1, n)
-    ones = torch.ones(1, 1, 3, dtype=share.dtype, device=share.device)
-    total = F.conv1d(flat, ones, padding=1)
-    count = F.conv1d(torch.ones_like(flat), ones, padding=1)
-    return (total / count).reshape(share.shape)
+@lru_cache(maxsize=32)
+def _strip_weight_acf(h: int, w: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """Linear autocorrelation (1, H+1, 2W) of an unmasked rectangular strip."""
+    return _spectrum_and_acf(torch.ones(1, 1, h, w, dtype=dtype, device=device))[1]
+
+
+def _strips(t: Tensor, axis: int, size: int, stride: int) -> Tensor:
+    """(B, C, H, W) -> (B·n, C, size, W) row strips (axis 2) or (B·n, C, H, size) column strips."""
+    b, c = t.shape[:2]
+    cut = t.unfold(axis, size, stride)  # (B, C, n, W, size) or (B, C, H, n, size)
+    order = (0, 2, 1, 4, 3) if axis == 2 else (0, 3, 1, 2, 4)
+    cut = cut.permute(*order)
+    return cut.reshape(b * cut.shape[1], c, *cut.shape[-2:])
+
+
+def _strip_periods(
+    ch: Tensor, mask: Tensor | None, fx: Tensor, fy: Tensor, axis: int, size: int
+) -> Tensor:
+    """ACF period (px) of each strip (B, n), strips ``size`` px across ``axis``.
+
+    ``axis`` 2 cuts row strips (size × W), 3 column strips (H × size), stride ``size // 4``.
+    A strip's period is its linear ACF's (rectangular window: the longest usable lags) read
+    along (fx, fy). NaN where the strip's mask mean is < 0.3.
+    """
+    b = ch.shape[0]
+    strips = _strips(ch, axis, size, max(1, size // 4))
+    n = strips.shape[0] // b
+    sh, sw = strips.shape[-2:]
+    if mask is None:
+        strip_mask = None
+        coverage = torch.ones(b, n, dtype=ch.dtype, device=ch.device)
+        wacf = _strip_weight_acf(sh, sw, ch.device, ch.dtype)
+    else:
+        strip_mask = _strips(mask.expand(b, -1, -1, -1), axis, size, max(1, size // 4))
+        coverage = strip_mask.mean(dim=(-3, -2, -1)).view(b, n)
+        wacf = _spectrum_and_acf(strip_mask)[1]
+    acf = _spectrum_and_acf(_apodize(strips, strip_mask, "none"))[1]
+    # the first prominent peak, however low: a strip across a band's edge holds both periods,
+    # and the shorter one is the strip's own
+    period = _acf_period(acf, wacf, fx.repeat_interleave(n), fy.repeat_interleave(n), 0.0)[0]
+    period = period.view(b, n)
+    return torch.where(coverage >= _LOCAL_MIN_MASK, period, torch.full_like(period, math.nan))
+
+
+class _BandReading(NamedTuple):
+    score: Tensor  # (B,) band_score
+    run: Tensor  # (B,) band_max_run, px
+    base: Tensor  # (B,) the strip period the strips were compared with
+
+
+def _band_reading(
+    ch: Tensor,
+    mask: Tensor | None,
+    period: Tensor,
+    fx: Tensor,
+    fy: Tensor,
+    base: Tensor | None = None,
+) -> _BandReading:
+    """Strips ``3·period`` across, read along (fx, fy) and compared with ``base`` (B,).
+
+    Without ``base`` the strips are compared with their own median period. Strip sizes are
+    rounded to 8 px so a batch of one texture shares one size, and each image is measured at
+    its own size whatever the rest of the batch holds. NaN where period or direction is NaN.
+    """
+    b, _, h, w = ch.shape
+    nan = torch.full((b,), math.nan, dtype=ch.dtype, device=ch.device)
+    out = _BandReading(nan.clone(), nan.clone(), nan.clone() if base is None else base.clone())
+    known = torch.isfinite(period) & torch.isfinite(fx) & torch.isfinite(fy)
+    if base is not None:
+        known &= torch.isfinite(base)
+    sizes = (_BAND_STRIP_PERIODS * torch.where(known, period, torch.ones_like(period)) / 8).round()
+    sizes = (sizes * 8).clamp(_MIN_SIZE, min(h, w)).long()
+    for size in torch.unique(sizes[known]).tolist():
+        pick = torch.nonzero(known & (sizes == size)).flatten()
+        sub_mask = mask if mask is None or mask.shape[0] == 1 else mask[pick]
+        both = [
+            _strip_periods(ch[pick], sub_mask, fx[pick], fy[pick], axis, int(size))
+            for axis in (2, 3)
+        ]
+        reference = torch.cat(both, dim=1).nanmedian(dim=1).values if base is None else base[pick]
+        scores, runs = [], []
+        for periods in both:
+            scale = periods / reference[:, None]
+            doubled = (scale.log2() - 1).abs() <= _BAND_OCTAVES  # False where NaN
+            # a band is two neighbouring strips at least: one strip across a gap is not
+            after = F.pad(doubled[:, 1:], (0, 1))
+            before = F.pad(doubled[:, :-1], (1, 0))
+            doubled = doubled & (after | before)
+            scores.append(doubled.sum(dim=1) / torch.isfinite(scale).sum(dim=1).clamp_min(1))
+            run = _longest_run(doubled)
+            span = (run - 1) * max(1, size // 4) + size
+            runs.append(torch.where(run > 0, span, 0).to(ch.dtype))
+        out.score[pick] = torch.maximum(*scores).to(ch.dtype)
+        out.run[pick] = torch.maximum(*runs)
+        out.base[pick] = reference
+    return out
 
 
 def _longest_run(flags: Tensor) -> Tensor:
@@ -1111,48 +1340,6 @@ def _longest_run(flags: Tensor) -> Tensor:
     count = torch.cumsum(flags.to(torch.int64), dim=-1)
     reset = torch.cummax(torch.where(flags, torch.zeros_like(count), count), dim=-1).values
     return (count - reset).amax(dim=-1)
-
-
-def band_scores(period_map: Tensor) -> tuple[Tensor, Tensor]:
-    """Doubling-band scores of a local period map ``(B, nH, nW)``: ``(band_score, band_max_run)``.
-
-    See the module docstring; both are float32 ``(B,)`` and NaN for a map with no valid window.
-    """
-    if not isinstance(period_map, Tensor) or period_map.ndim != 3:
-        got = (
-            tuple(period_map.shape) if isinstance(period_map, Tensor) else type(period_map).__name__
-        )
-        raise ValueError(f"`period_map` must be a (B, nH, nW) tensor, got {got}")
-    p = period_map.to(torch.float64)
-    valid = torch.isfinite(p)
-    median = torch.nanmedian(
-        torch.where(valid, p, torch.full_like(p, math.nan)).flatten(1), dim=1
-    ).values
-    target = 2 * median[:, None, None]
-    doubled = valid & ((p - target).abs() <= _BAND_TOLERANCE * target)
-
-    def shares(dim: int) -> tuple[Tensor, Tensor]:
-        n_valid = valid.sum(dim=dim)
-        share = doubled.sum(dim=dim) / n_valid.clamp_min(1)
-        mean_p = torch.where(valid, p, torch.zeros_like(p)).sum(dim=dim) / n_valid.clamp_min(1)
-        has = n_valid > 0
-        spread = torch.where(has, mean_p, torch.full_like(mean_p, -math.inf)).amax(
-            dim=-1
-        ) - torch.where(has, mean_p, torch.full_like(mean_p, math.inf)).amin(dim=-1)
-        return _smooth3(share), spread
-
-    by_row, row_spread = shares(dim=2)  # one share per map row: (B, nH)
-    by_col, col_spread = shares(dim=1)  # one share per map column: (B, nW)
-    use_cols = col_spread > row_spread
-    score = torch.where(use_cols, by_col.amax(dim=-1), by_row.amax(dim=-1))
-    run = torch.where(
-        use_cols,
-        _longest_run(by_col >= _BAND_RUN_SHARE),
-        _longest_run(by_row >= _BAND_RUN_SHARE),
-    ).to(torch.float64)
-    empty = ~valid.flatten(1).any(dim=1)
-    nan = torch.full_like(score, math.nan)
-    return torch.where(empty, nan, score).float(), torch.where(empty, nan, run).float()
 
 
 @torch.no_grad()
@@ -1297,16 +1484,18 @@ def spectrum_views(
         radii = (torch.arange(r_bins, dtype=a.power.dtype, device=x.device) + 0.5) * width
         acf = a.acf
         period, lags, acf_profile = _acf_period(
-            acf, _weight_acf(a.mask, window, h, w, acf), a.fx, a.fy
+            acf, _weight_acf(a.mask, window, h, w, acf), a.peak.fx, a.peak.fy
         )
+        peak, period, _ = _gate(a.peak, period, max(h, w))
         # Centred lags [-H/2, H/2) x [-W/2, W/2) from the τy >= 0 half: ACF(-τ) = ACF(τ).
         lag_y = torch.arange(h, device=x.device) - h // 2
         lag_x = torch.arange(w, device=x.device) - w // 2
         cols = torch.where(lag_y[:, None] >= 0, lag_x[None, :], -lag_x[None, :]) % (2 * w)
         centred = acf[:, lag_y.abs()[:, None], cols]
         centred = centred / acf[:, :1, :1].clamp_min(torch.finfo(acf.dtype).tiny)
-        norm = torch.sqrt(a.fx.square() + a.fy.square())
-        direction = torch.stack([a.fx / norm, a.fy / norm], dim=1)
+        fx, fy = peak.fx, peak.fy
+        norm = torch.sqrt(fx.square() + fy.square())
+        direction = torch.stack([fx / norm, fy / norm], dim=1)
         nan = math.nan
         keep = a.finite
 
@@ -1322,7 +1511,7 @@ def spectrum_views(
             acf_image=guard(centred),
             acf_lags=lags.float(),
             acf_profile=guard(acf_profile),
-            fundamental_radius=guard(a.radius),
+            fundamental_radius=guard(peak.radius),
             acf_period=guard(period),
             direction=guard(direction),
         )
