@@ -13,8 +13,9 @@ threshold has to move.
   or no period in the prediction) never fires.
 - **banding**: ``band_score`` (the share of row or column strips whose period is half an
   octave or more off the reference's) at or above ``BAND_SCORE``.
-- **aliasing**: ``alias_score`` (dB by which the prediction's most outstanding significant
-  spectral peak exceeds the reference's spectrum there) at or above ``ALIAS_SHARE``.
+- **aliasing**: ``alias_score`` (the share of the prediction's power in strong spectral peaks,
+  20 dB over their own floor, that stand 10 dB above the reference's spectrum there) at or
+  above ``ALIAS_SHARE``.
 - **checkerboard**: ``checkerboard_energy`` above ``CHECKERBOARD`` times the share white noise
   puts in the same Nyquist band.
 """
@@ -45,7 +46,7 @@ BAND_SCORE: float = 0.2
 """``band_score`` at or above this is a band of another texture scale."""
 
 ALIAS_SHARE: float = 0.15
-"""``alias_score`` (dB) at or above this is aliasing: a strong peak the reference lacks."""
+"""``alias_score`` at or above this is aliasing: that much power in peaks the reference lacks."""
 
 CHECKERBOARD: float = 2.0
 """``checkerboard_energy`` above this × white noise's Nyquist share is a checkerboard."""
@@ -74,7 +75,7 @@ def banding(band_score: float, threshold: float = BAND_SCORE) -> bool:
 
 
 def aliasing(alias_score: float, threshold: float = ALIAS_SHARE) -> bool:
-    """Whether an ``alias_score`` (dB) reads as aliasing."""
+    """Whether an ``alias_score`` reads as aliasing."""
     return _finite(alias_score) and alias_score >= threshold
 
 
