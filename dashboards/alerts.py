@@ -24,6 +24,7 @@ __all__ = [
     "DATASOURCE_UID",
     "GRAFANA_FOLDER",
     "RULE_GROUP",
+    "VALUE",
     "AlertRule",
     "alert_rules",
     "grafana_alerting",
@@ -38,6 +39,9 @@ GRAFANA_FOLDER = "texwatch"
 RULE_GROUP = "texwatch"
 _EVALUATION_INTERVAL = "1m"
 _QUERY_RANGE_SECONDS = 600
+
+#: Stands for the alert's value in :attr:`AlertRule.value_note`.
+VALUE = "{value}"
 
 Comparison = Literal[">", ">=", "<"]
 _GRAFANA_EVALUATOR: dict[str, Literal["gt", "gte", "lt"]] = {">": "gt", ">=": "gte", "<": "lt"}
@@ -58,6 +62,9 @@ class AlertRule:
         severity: ``critical`` or ``warning`` (a label in both forms).
         summary: one line, may use ``{{ $labels.x }}``.
         description: what happened and what to look at, may use ``{{ $labels.x }}``.
+        value_note: the sentence appended to ``description`` that shows the alert's value, with
+            :data:`VALUE` where each form puts its own template of it (Prometheus's
+            ``$value``, Grafana's ``$values.A.Value``).
         no_data: Grafana's state when the query returns no series. Rules whose query returns
             series only when something is wrong choose ``OK``; absence of the daemon is its
             own rule.
@@ -73,6 +80,7 @@ class AlertRule:
     summary: str
     description: str
     no_data: NoDataState = "OK"
+    value_note: str = f"Value: {VALUE}."
 
     @property
     def expr(self) -> str:
@@ -93,25 +101,36 @@ def alert_rules(thresholds: Thresholds | None = None) -> tuple[AlertRule, ...]:
     """
     th = _check_thresholds(thresholds)
     up = f'up{{job="{SCRAPE_JOB}"}}'
+    scale = th.harmonic_scale
     return (
         AlertRule(
             name="TexwatchHarmonicLock",
             uid="texwatch-harmonic-lock",
             query=(
-                'label_replace(texwatch_e2f_over_ef, "harmonic", "2f", "", "")'
-                ' or label_replace(texwatch_ehalf_over_ef, "harmonic", "half", "", "")'
+                'label_replace(texwatch_tile_scale, "harmonic", "half", "", "")'
+                ' or label_replace(1 / texwatch_tile_scale, "harmonic", "2f", "", "")'
             ),
-            op=">",
-            threshold=th.harmonic_ratio,
+            op=">=",
+            threshold=scale,
             for_=th.harmonic_for,
             severity="warning",
-            summary="{{ $labels.run }}/{{ $labels.stream }} locked onto the {{ $labels.harmonic }}"
-            " harmonic",
-            description=(
-                "The {{ $labels.harmonic }} harmonic of stream {{ $labels.stream }} in run "
-                "{{ $labels.run }} holds more energy than the reference frequency: the texture "
-                "scale doubled or halved. Compare f* with the reference on the texwatch dashboard."
+            summary=(
+                "{{ $labels.run }}/{{ $labels.stream }}: texture tiles "
+                + _by_harmonic("doubled", "halved")
+                + " (harmonic lock)"
             ),
+            description=(
+                "The texture period of stream {{ $labels.stream }} in run {{ $labels.run }} is "
+                + _by_harmonic(
+                    f"{scale:g} times the reference's or more (tiles doubled: the fundamental "
+                    "moved to f/2)",
+                    f"1/{scale:g} of the reference's or less (tiles halved: the fundamental "
+                    "moved to 2f)",
+                )
+                + ", both periods read from the autocorrelation along the reference's peak "
+                "direction. See the Tile scale panel of the texwatch dashboard."
+            ),
+            value_note=f"Tile scale: {_by_harmonic(VALUE, '1/' + VALUE)}.",
         ),
         AlertRule(
             name="TexwatchLossSpikes",
@@ -199,6 +218,12 @@ def alert_rules(thresholds: Thresholds | None = None) -> tuple[AlertRule, ...]:
     )
 
 
+def _by_harmonic(half: str, twice: str) -> str:
+    """Annotation text that reads ``half`` on the ``harmonic="half"`` series (tiles doubled) and
+    ``twice`` on the ``harmonic="2f"`` ones (tiles halved)."""
+    return f'{{{{ if eq $labels.harmonic "half" }}}}{half}{{{{ else }}}}{twice}{{{{ end }}}}'
+
+
 def _counted_within(counter: str, window: str, by: str) -> str:
     """PromQL for how much ``counter`` grew within ``window``, summed by the ``by`` labels.
 
@@ -218,6 +243,11 @@ def _check_thresholds(thresholds: Thresholds | None) -> Thresholds:
     return thresholds
 
 
+def _described(rule: AlertRule, value: str) -> str:
+    """``rule``'s description and value note, with ``value`` (one form's template) in the note."""
+    return f"{rule.description} {rule.value_note.replace(VALUE, value)}"
+
+
 def prometheus_rules(thresholds: Thresholds | None = None) -> dict[str, Any]:
     """The Prometheus rule file (``deploy/prometheus/rules/texwatch.rules.yml``) as a mapping."""
     rules = [
@@ -228,7 +258,7 @@ def prometheus_rules(thresholds: Thresholds | None = None) -> dict[str, Any]:
             "labels": {"severity": rule.severity},
             "annotations": {
                 "summary": rule.summary,
-                "description": rule.description + " Value: {{ $value | humanize }}.",
+                "description": _described(rule, "{{ $value | humanize }}"),
             },
         }
         for rule in alert_rules(thresholds)
@@ -282,7 +312,7 @@ def _grafana_rule(rule: AlertRule, datasource_uid: str) -> alerting.Rule:
         .annotations(
             {
                 "summary": rule.summary,
-                "description": rule.description + " Value: {{ humanize $values.A.Value }}.",
+                "description": _described(rule, "{{ humanize $values.A.Value }}"),
             }
         )
         .is_paused(False)

@@ -22,6 +22,7 @@ from grafana_foundation_sdk.models import dashboard as models
 
 from dashboards.metrics import SCRAPE_JOB
 from dashboards.thresholds import Thresholds
+from texwatch.alarms import ALIAS_SHARE, BAND_SCORE
 
 __all__ = ["DASHBOARD_UID", "SPIKE_SIGMA", "WARNING_SIGMA", "build_overview"]
 
@@ -254,7 +255,7 @@ def _texture_row(ids: _Ids, board: dashboard.Dashboard, th: Thresholds) -> None:
             "Fundamental frequency f* vs reference",
             "Radius bin of the spectral peak (f*), of the first autocorrelation peak, and of the "
             "reference tile. f* at twice or half the reference means the tile period halved or "
-            "doubled.",
+            "doubled. Gaps: no periodic texture (see Periodicity).",
             [
                 (f"texwatch_fundamental_radius_bin{{{_STREAM}}}", f"{_RS_LEGEND} f*"),
                 (f"texwatch_ref_radius_bin{{{_STREAM}}}", f"{_RS_LEGEND} reference"),
@@ -262,19 +263,23 @@ def _texture_row(ids: _Ids, board: dashboard.Dashboard, th: Thresholds) -> None:
             ],
         )
     )
+    scale = th.harmonic_scale
     board.with_panel(
         _with_threshold_lines(
             _series(
                 ids,
-                "Harmonic energy ratios",
-                "Energy at 2f and at f/2 over energy at the reference f. Above "
-                f"{th.harmonic_ratio:g} for {th.harmonic_for} fires TexwatchHarmonicLock.",
-                [
-                    (f"texwatch_e2f_over_ef{{{_STREAM}}}", f"{_RS_LEGEND} E2f/Ef"),
-                    (f"texwatch_ehalf_over_ef{{{_STREAM}}}", f"{_RS_LEGEND} Ehalf/Ef"),
-                ],
+                "Tile scale",
+                "The texture period over the reference's, both read from the autocorrelation "
+                "along the reference's peak direction: 1 is the right scale, 2 tiles doubled "
+                "(the fundamental moved to f/2), 0.5 tiles halved (it moved to 2f). At or above "
+                f"{scale:g}, or at or below 1/{scale:g}, for {th.harmonic_for} fires "
+                "TexwatchHarmonicLock. "
+                "Gaps: no periodic reference, or no period in the stream.",
+                [(f"texwatch_tile_scale{{{_STREAM}}}", _RS_LEGEND)],
+            ).scale_distribution(
+                common_builders.ScaleDistributionConfig().type(common.ScaleDistribution.LOG).log(2)
             ),
-            _steps((None, "green"), (th.harmonic_ratio, "red")),
+            _steps((None, "red"), (1.0 / scale, "green"), (scale, "red")),
             area=True,
         )
     )
@@ -282,13 +287,33 @@ def _texture_row(ids: _Ids, board: dashboard.Dashboard, th: Thresholds) -> None:
         _right_axis(
             _series(
                 ids,
+                "Periodicity",
+                "1 when the stream holds a periodic texture (f* and the autocorrelation period "
+                "agree), and the prominence of the f* bin over its ring's noise floor in dB "
+                "(right axis).",
+                [
+                    (f"texwatch_periodic{{{_STREAM}}}", f"{_RS_LEGEND} periodic"),
+                    (f"texwatch_peak_prominence_db{{{_STREAM}}}", f"{_RS_LEGEND} prominence dB"),
+                ],
+                span=8,
+            ).line_interpolation(common.LineInterpolation.STEP_AFTER),
+            "B",
+        )
+    )
+    board.with_panel(
+        _right_axis(
+            _series(
+                ids,
                 "Period-doubling bands",
-                "From the local period map: band score, and the longest run of windows at the "
-                "doubled period (right axis).",
+                "From row and column strips: the share of strips reading the doubled period "
+                "beyond the reference's own share (band score; texwatch's banding alarm at "
+                f"{BAND_SCORE:g} or more), and the extent in px of the longest run of such "
+                "strips (right axis).",
                 [
                     (f"texwatch_band_score{{{_STREAM}}}", f"{_RS_LEGEND} score"),
-                    (f"texwatch_band_max_run{{{_STREAM}}}", f"{_RS_LEGEND} max run"),
+                    (f"texwatch_band_max_run{{{_STREAM}}}", f"{_RS_LEGEND} max run px"),
                 ],
+                span=8,
             ),
             "B",
         )
@@ -299,6 +324,7 @@ def _texture_row(ids: _Ids, board: dashboard.Dashboard, th: Thresholds) -> None:
             "Texture losses",
             "Texture losses of the stream against its target or reference tile.",
             [(f"texwatch_texture_loss{{{_STREAM}}}", f"{_RS_LEGEND} {{{{loss}}}}")],
+            span=8,
         )
     )
 
@@ -331,12 +357,14 @@ def _banding_row(ids: _Ids, board: dashboard.Dashboard) -> None:
         _right_axis(
             _series(
                 ids,
-                "Resize round trip",
-                "MSE after resizing down and back up, and the shift of f* it causes (right axis): "
-                "high values mean content above the Nyquist limit (moire).",
+                "Aliasing",
+                "MSE after resizing down and back up (high: content above the Nyquist limit, "
+                "moire), and the alias score (right axis): the share of the stream's power in "
+                "strong spectral peaks the reference lacks, as nearest-neighbour resampling "
+                f"leaves them; texwatch's aliasing alarm at {ALIAS_SHARE:g} or more.",
                 [
-                    (f"texwatch_resize_mse_down_up{{{_STREAM}}}", f"{_RS_LEGEND} MSE"),
-                    (f"texwatch_resize_delta_r{{{_STREAM}}}", f"{_RS_LEGEND} delta r"),
+                    (f"texwatch_resize_mse_down_up{{{_STREAM}}}", f"{_RS_LEGEND} resize MSE"),
+                    (f"texwatch_alias_score{{{_STREAM}}}", f"{_RS_LEGEND} alias score"),
                 ],
                 span=6,
             ),

@@ -2,6 +2,8 @@
 
 Change a default here (or pass ``--thresholds FILE`` to ``python -m dashboards.build``) and the
 Prometheus rule file, the Grafana alert provisioning and the dashboard's threshold lines all follow.
+The texture alarm's default comes from :mod:`texwatch.alarms`, which the report and the alarm
+benchmark read too.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from texwatch.alarms import HARMONIC_SCALE
 
 __all__ = ["Thresholds", "load_thresholds"]
 
@@ -28,9 +32,10 @@ class Thresholds:
     (``for:`` and range selectors) and Grafana (``for:``) accept them as written.
 
     Attributes:
-        harmonic_ratio: ``E2f/Ef`` or ``Ehalf/Ef`` above this is a harmonic lock: the model put
-            more energy on the doubled (or halved) frequency than on the one it should learn.
-        harmonic_for: how long the ratio must stay above ``harmonic_ratio``.
+        harmonic_scale: ``tile_scale`` (the texture period over the reference's) at or above
+            this, or at or below its inverse, is a harmonic lock: the tiles doubled (or halved).
+            Must be > 1; defaults to :data:`texwatch.alarms.HARMONIC_SCALE`.
+        harmonic_for: how long ``tile_scale`` must stay beyond ``harmonic_scale``.
         spike_count: loss spikes (any detector rule but ``nonfinite``) within ``spike_window``
             that fire the spike alert.
         spike_window: the window the spikes are counted over.
@@ -41,7 +46,7 @@ class Thresholds:
         down_for: how long the daemon may be down (``up == 0``) or absent from Prometheus.
     """
 
-    harmonic_ratio: float = 1.0
+    harmonic_scale: float = HARMONIC_SCALE
     harmonic_for: str = "10m"
     spike_count: float = 1.0
     spike_window: str = "10m"
@@ -75,6 +80,11 @@ class Thresholds:
                     raise ValueError(
                         f"threshold {field.name} must be a finite number > 0, got {value!r}"
                     )
+        if not self.harmonic_scale > 1:
+            raise ValueError(
+                "threshold harmonic_scale must be > 1 (its inverse is the halved-tile bound), "
+                f"got {self.harmonic_scale!r}"
+            )
 
     @classmethod
     def from_mapping(cls, overrides: Mapping[str, Any]) -> Thresholds:

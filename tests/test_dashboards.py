@@ -25,6 +25,7 @@ from dashboards.overview import DASHBOARD_UID, build_overview
 from dashboards.promql import Selector, label_values_query, selectors, to_promql
 from dashboards.thresholds import Thresholds, load_thresholds
 from dashboards.typecheck import NPM_INSTALL, TypecheckError, typecheck
+from texwatch.alarms import HARMONIC_SCALE
 
 ROOT = build.REPO_ROOT
 PROMTOOL = shutil.which("promtool")
@@ -104,11 +105,11 @@ def test_build_cli_writes_checks_and_takes_threshold_file(tmp_path: Path) -> Non
     assert build.main(["--out", str(out), "--check"]) == 1
 
     overrides = tmp_path / "thresholds.yml"
-    overrides.write_text("harmonic_ratio: 1.25\nharmonic_for: 30m\n", encoding="utf-8")
+    overrides.write_text("harmonic_scale: 1.25\nharmonic_for: 30m\n", encoding="utf-8")
     assert build.main(["--out", str(out), "--thresholds", str(overrides)]) == 0
     rules = yaml.safe_load((out / build.RULES_FILE).read_text(encoding="utf-8"))
     lock = next(r for r in rules["groups"][0]["rules"] if r["alert"] == "TexwatchHarmonicLock")
-    assert lock["expr"].endswith("> 1.25") and lock["for"] == "30m"
+    assert lock["expr"].endswith(">= 1.25") and lock["for"] == "30m"
     assert build.main(["--out", str(out), "--check"]) == 1  # defaults differ from the overrides
 
 
@@ -217,17 +218,33 @@ def test_dashboard_layout_has_unique_ids_and_no_overlaps() -> None:
 
 
 def test_threshold_lines_follow_the_alert_thresholds() -> None:
-    board = build_overview(Thresholds(harmonic_ratio=1.5, lag_rows=50))
+    board = build_overview(Thresholds(harmonic_scale=1.25, lag_rows=50))
     by_title = {p["title"]: p for p in _panels(board)}
-    for title, value in [
-        ("Harmonic energy ratios", 1.5),
-        ("Lag (committed rows not yet derived)", 50),
+    for title, values in [
+        ("Tile scale", [None, 0.8, 1.25]),
+        ("Lag (committed rows not yet derived)", [None, 50]),
     ]:
         defaults = by_title[title]["fieldConfig"]["defaults"]
-        assert value in [step["value"] for step in defaults["thresholds"]["steps"]]
+        assert [step["value"] for step in defaults["thresholds"]["steps"]] == values
         assert defaults["custom"]["thresholdsStyle"]["mode"] in {"line", "line+area"}
     with pytest.raises(TypeError, match="thresholds must be a Thresholds"):
-        build_overview({"harmonic_ratio": 2})  # type: ignore[arg-type]
+        build_overview({"harmonic_scale": 2})  # type: ignore[arg-type]
+
+
+def test_texture_panels_show_the_new_metrics() -> None:
+    by_title = {p["title"]: p for p in _panels(_committed_dashboard())}
+
+    def shown(title: str) -> set[str]:
+        return {s.metric for t in by_title[title]["targets"] for s in selectors(t["expr"])}
+
+    assert shown("Tile scale") == {"texwatch_tile_scale"}
+    assert shown("Periodicity") == {"texwatch_periodic", "texwatch_peak_prominence_db"}
+    assert shown("Aliasing") == {"texwatch_resize_mse_down_up", "texwatch_alias_score"}
+    assert shown("Period-doubling bands") == {"texwatch_band_score", "texwatch_band_max_run"}
+    assert not {"Harmonic energy ratios", "Resize round trip"} & set(by_title)
+    tile_scale = by_title["Tile scale"]["fieldConfig"]["defaults"]
+    lines = [step["value"] for step in tile_scale["thresholds"]["steps"]]
+    assert lines == [None, pytest.approx(1 / HARMONIC_SCALE), HARMONIC_SCALE]
 
 
 def test_loss_spike_annotation() -> None:
@@ -302,10 +319,10 @@ def test_both_alert_forms_agree() -> None:
 
 
 def test_thresholds_are_configurable_in_both_forms() -> None:
-    th = Thresholds.from_mapping({"harmonic_ratio": 0.8, "lag_rows": 250, "lag_for": "30m"})
+    th = Thresholds.from_mapping({"harmonic_scale": 1.8, "lag_rows": 250, "lag_for": "30m"})
     prom = {r["alert"]: r for r in prometheus_rules(th)["groups"][0]["rules"]}
     graf = {r["title"]: r for r in grafana_alerting(th)["groups"][0]["rules"]}
-    assert prom["TexwatchHarmonicLock"]["expr"].endswith("> 0.8")
+    assert prom["TexwatchHarmonicLock"]["expr"].endswith(">= 1.8")
     assert prom["TexwatchDaemonLagging"]["expr"] == "texwatch_daemon_lag_rows > 250"
     assert prom["TexwatchDaemonLagging"]["for"] == graf["TexwatchDaemonLagging"]["for"] == "30m"
     for name in prom:
@@ -318,6 +335,13 @@ def test_thresholds_are_configurable_in_both_forms() -> None:
     )
 
 
+def test_harmonic_scale_defaults_to_the_alarm_definition() -> None:
+    assert Thresholds().harmonic_scale == HARMONIC_SCALE
+    (lock,) = [r for r in alert_rules() if r.name == "TexwatchHarmonicLock"]
+    assert lock.op == ">=" and lock.threshold == HARMONIC_SCALE
+    assert [s.metric for s in selectors(lock.query)] == ["texwatch_tile_scale"] * 2
+
+
 def test_thresholds_reject_bad_values(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown threshold"):
         Thresholds.from_mapping({"harmonic_treshold": 2})
@@ -325,8 +349,12 @@ def test_thresholds_reject_bad_values(tmp_path: Path) -> None:
         Thresholds(harmonic_for="10 minutes")
     with pytest.raises(ValueError, match="lag_rows must be a finite number > 0"):
         Thresholds(lag_rows=-1)
-    with pytest.raises(TypeError, match="harmonic_ratio must be a number"):
-        Thresholds(harmonic_ratio="1")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="harmonic_scale must be a number"):
+        Thresholds(harmonic_scale="1")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"harmonic_scale must be > 1 .*got 0\.5"):
+        Thresholds(harmonic_scale=0.5)
+    with pytest.raises(ValueError, match=r"harmonic_scale must be > 1 .*got 1"):
+        Thresholds.from_mapping({"harmonic_scale": 1})
     with pytest.raises(TypeError, match="spike_count must be a number"):
         Thresholds(spike_count=True)
     with pytest.raises(TypeError, match="overrides must be a mapping"):
@@ -336,7 +364,7 @@ def test_thresholds_reject_bad_values(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="datasource_uid"):
         grafana_alerting(datasource_uid="")
     listed = tmp_path / "list.yml"
-    listed.write_text("- harmonic_ratio\n", encoding="utf-8")
+    listed.write_text("- harmonic_scale\n", encoding="utf-8")
     with pytest.raises(ValueError, match="must hold a YAML mapping"):
         load_thresholds(listed)
     empty = tmp_path / "empty.yml"

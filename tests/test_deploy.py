@@ -143,6 +143,23 @@ def test_unit_tests_cover_firing_and_quiet_for_every_alert() -> None:
     assert quiet == alerts, f"no quiet case for {sorted(alerts - quiet)}"
 
 
+def test_unit_tests_cover_both_harmonic_locks_and_a_nan_tile_scale() -> None:
+    harmonics: set[str] = set()
+    nan_series = []
+    for path in RULE_TESTS:
+        for case in _load(path)["tests"]:
+            for check in case.get("alert_rule_test", []):
+                if check["alertname"] == "TexwatchHarmonicLock":
+                    harmonics |= {a["exp_labels"]["harmonic"] for a in check["exp_alerts"]}
+            nan_series += [
+                s["series"]
+                for s in case.get("input_series", [])
+                if s["series"].startswith("texwatch_tile_scale{") and "NaN" in s["values"]
+            ]
+    assert harmonics == {"half", "2f"}
+    assert nan_series, "no quiet case for a NaN tile_scale"
+
+
 def test_prometheus_config_scrapes_texwatchd_with_the_rules() -> None:
     config = _load(PROMETHEUS_YML)
     (job,) = config["scrape_configs"]

@@ -90,10 +90,8 @@ def test_alerts_fire_for_the_faulty_run_and_not_for_the_clean_one(
         stderr=subprocess.PIPE,
     )
     try:
-        rules = write_rules(
-            tmp_path / "rules.yml",
-            Thresholds(harmonic_for="2s", spike_window="5m", down_for="2s"),
-        )
+        thresholds = Thresholds(harmonic_for="2s", spike_window="5m", down_for="2s")
+        rules = write_rules(tmp_path / "rules.yml", thresholds)
         prom = prometheus_factory([f"127.0.0.1:{port}"], rule_files=[rules])
         prom.wait_for_query('texwatch_last_step{run="bad"} == 399', timeout=120)
         prom.wait_for_query('texwatch_last_step{run="clean"} == 399', timeout=60)
@@ -108,10 +106,19 @@ def test_alerts_fire_for_the_faulty_run_and_not_for_the_clean_one(
         # The clean run has been evaluated as long as the bad one: nothing of it fires or pends.
         assert not [a for a in alerts if a["labels"].get("run") == "clean"], alerts
         assert not [a for a in prom.alerts() if a["labels"].get("run") == "clean"]
+        locks = [
+            a["labels"]
+            for a in alerts
+            if a["labels"]["alertname"] == "TexwatchHarmonicLock" and a["state"] == "firing"
+        ]
+        assert {(lock["run"], lock["stream"], lock["harmonic"]) for lock in locks} == {
+            ("bad", "pred", "half")
+        }, locks
+        doubled = f'texwatch_tile_scale{{run="bad",stream="pred"}} >= {thresholds.harmonic_scale}'
         wait_until(
-            lambda: prom.query('texwatch_ehalf_over_ef{run="bad",stream="pred"} > 1') or None,
+            lambda: prom.query(doubled) or None,
             timeout=10,
-            what="Ehalf/Ef above 1 for the doubled run",
+            what=f"{doubled} (tiles doubled) for the doubled run",
         )
     finally:
         daemon.send_signal(signal.SIGTERM)

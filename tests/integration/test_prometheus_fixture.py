@@ -1,8 +1,9 @@
-"""The Prometheus fixture with texwatch's real alert rules: a harmonic lock fires, a clean
-exposition fires nothing."""
+"""The Prometheus fixture with texwatch's real alert rules: a harmonic lock (tiles halved) fires,
+a clean exposition (right scale, NaN) fires nothing."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,16 +28,18 @@ def _exporter(registry: CollectorRegistry) -> Iterator[str]:
         thread.join(timeout=5)
 
 
-def _texture(registry: CollectorRegistry, run: str, e2f: float, ehalf: float) -> None:
-    labels = ["run", "stream"]
-    Gauge("texwatch_e2f_over_ef", "E2f/Ef", labels, registry=registry).labels(run, "pred").set(e2f)
-    ehalf_gauge = Gauge("texwatch_ehalf_over_ef", "Ehalf/Ef", labels, registry=registry)
-    ehalf_gauge.labels(run, "pred").set(ehalf)
+def _texture(registry: CollectorRegistry, run: str, tile_scales: dict[str, float]) -> None:
+    """``texwatch_tile_scale`` of ``run``: stream name -> value."""
+    gauge = Gauge(
+        "texwatch_tile_scale", "period / ref period", ["run", "stream"], registry=registry
+    )
+    for stream, value in tile_scales.items():
+        gauge.labels(run, stream).set(value)
 
 
 def _healthy_run(registry: CollectorRegistry, run: str) -> None:
     """Everything the other rules read, at values that must not fire."""
-    _texture(registry, run, e2f=0.3, ehalf=0.4)
+    _texture(registry, run, {"pred": 1.02, "target": 1.0, "latents": math.nan})
     spikes = Counter("texwatch_loss_spikes", "spikes", ["run", "rule"], registry=registry)
     spikes.labels(run, "sigma")
     Counter("texwatch_nonfinite", "NaN/Inf", ["run", "stream"], registry=registry).labels(
@@ -53,7 +56,7 @@ def test_harmonic_lock_fires_and_a_clean_exposition_fires_nothing(
     prometheus_factory: Callable[..., PrometheusServer], tmp_path: Path
 ) -> None:
     locked = CollectorRegistry()
-    _texture(locked, "locked", e2f=1.8, ehalf=0.2)
+    _texture(locked, "locked", {"pred": 0.5, "target": 1.0})
     clean = CollectorRegistry()
     _healthy_run(clean, "clean")
     rules = write_rules(tmp_path / "rules.yml", Thresholds(harmonic_for="2s", down_for="2s"))
@@ -71,8 +74,9 @@ def test_harmonic_lock_fires_and_a_clean_exposition_fires_nothing(
         # Both targets were scraped and up while the rules ran for longer than their `for`.
         up = prom.wait_for_query(f'up{{job="{SCRAPE_JOB}"}} == 1', lambda r: len(r) == 2)
         assert {r["metric"]["instance"] for r in up} == {locked_target, clean_target}
-        (clean_ratio,) = prom.query('texwatch_e2f_over_ef{run="clean"}')
-        assert float(clean_ratio["value"][1]) == pytest.approx(0.3)
+        clean_scales = prom.query('texwatch_tile_scale{run="clean"}')
+        values = {r["metric"]["stream"]: float(r["value"][1]) for r in clean_scales}
+        assert values["pred"] == pytest.approx(1.02) and math.isnan(values["latents"])
 
         (alert,) = prom.alerts()
         assert alert["state"] == "firing"
@@ -85,4 +89,8 @@ def test_harmonic_lock_fires_and_a_clean_exposition_fires_nothing(
             "job": SCRAPE_JOB,
             "instance": locked_target,
         }
-        assert float(alert["value"]) == pytest.approx(1.8)
+        assert float(alert["value"]) == pytest.approx(2.0)  # 1 / tile_scale
+        assert (
+            alert["annotations"]["summary"] == "locked/pred: texture tiles halved (harmonic lock)"
+        )
+        assert alert["annotations"]["description"].endswith(" Tile scale: 1/2.")
