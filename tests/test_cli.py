@@ -58,3 +58,20 @@ def test_help_lists_every_subcommand_without_importing_them() -> None:
     ).stdout
     for command in ("report", "diagnose", "dataset", "demo", "inspect"):
         assert command in help_text
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["report", "x.zarr", "-o", "out"],
+        ["diagnose", "--images", "a.png", "--report", "out"],
+        ["dataset", "data", "--report", "out"],
+    ],
+)
+def test_fft_threshold_is_gone_periodicity_is_the_periodic_metric(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main([*argv, "--fft-threshold", "30"])
+    assert exc.value.code == 2
+    assert "unrecognized arguments: --fft-threshold 30" in capsys.readouterr().err

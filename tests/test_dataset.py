@@ -11,6 +11,7 @@ import torch
 from _textures import SIZE, grating, save_png, smooth_noise
 from PIL import Image
 
+from texwatch import spectral
 from texwatch._images import load_image, load_mask, read_mask_values, to_display
 from texwatch.cli import main
 from texwatch.dataset import check_mask, dataset_health
@@ -60,6 +61,17 @@ def test_tiling_sources_are_found(health: dict) -> None:
     pasted = tiling["walls/pasted.png"]
     assert pasted["period_px"] == pytest.approx(32, abs=0.5) and pasted["exact_repeat"]
     assert pasted["repeats_in_image"] == pytest.approx(4, abs=0.1)
+
+
+def test_tiling_is_the_periodic_metric(health: dict, folder: tuple[Path, Path]) -> None:
+    data, _ = folder
+    assert "fft_threshold" not in health["settings"]
+    for record in health["images"]:
+        m = spectral.texture_metrics(load_image(data / record["path"]))
+        assert record["tiles"] == (float(m["periodic"][0]) == 1.0), record["path"]
+        assert record["peak_prominence"] == pytest.approx(float(m["peak_prominence"][0])), record[
+            "path"
+        ]
 
 
 def test_invalid_masks_are_listed_with_their_problems(health: dict) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from texwatch import spectral
 from texwatch._images import load_image
 from texwatch._progress import progress
 from texwatch.cli import main
-from texwatch.diagnose import DEFAULT_FFT_THRESHOLD, diagnose, periodicity
+from texwatch.diagnose import diagnose
 
 
 @pytest.fixture(scope="module")
@@ -50,10 +51,14 @@ def test_numbers_match_the_spectral_functions(result: tuple[dict, Path], images:
     ref = load_image(images["tile"])
     for stem in ("clean", "doubled", "checker"):
         x = load_image(images[stem])
-        want = spectral.texture_metrics(x, ref=ref, local_map=True)
+        want = spectral.texture_metrics(x, ref=ref, bands=True)
         got = _image(doc, stem)["metrics"]
+        assert set(got) == set(spectral.METRIC_KEYS) | set(spectral.BAND_KEYS)
         for key, value in want.items():
             assert got[key] == pytest.approx(float(value[0]), rel=1e-6, nan_ok=True), key
+        periodicity = _image(doc, stem)["periodicity"]
+        assert periodicity["periodic"] == (got["periodic"] == 1.0)
+        assert periodicity["prominence_db"] == got["peak_prominence"]
 
 
 def test_known_periods_and_readings(result: tuple[dict, Path]) -> None:
@@ -62,19 +67,25 @@ def test_known_periods_and_readings(result: tuple[dict, Path]) -> None:
     assert clean["metrics"]["fundamental_radius_bin"] == pytest.approx(SIZE / PERIOD, abs=0.2)
     assert clean["metrics"]["ref_radius_bin"] == pytest.approx(SIZE / PERIOD, abs=0.2)
     assert clean["periodicity"]["periodic"] and clean["causes"] == []
+    assert clean["periodicity"]["period_px"] == pytest.approx(PERIOD, rel=0.02)
+    assert clean["metrics"]["tile_scale"] == pytest.approx(1.0, abs=0.02)
     assert clean["diff"] is None  # the first image is the baseline
     doubled = _image(doc, "doubled")
-    assert doubled["metrics"]["Ehalf_over_Ef"] > 1.0
+    assert doubled["metrics"]["tile_scale"] == pytest.approx(2.0, rel=0.02)
     assert [c["key"] for c in doubled["causes"]] == ["harmonic_lock"]
+    assert "(tiles doubled)" in doubled["causes"][0]["evidence"][0]
     halved = _image(doc, "halved")
-    assert halved["metrics"]["E2f_over_Ef"] > 1.0
-    assert "harmonic_lock" in [c["key"] for c in halved["causes"]]
+    assert halved["metrics"]["tile_scale"] == pytest.approx(0.5, rel=0.02)
+    assert [c["key"] for c in halved["causes"]] == ["harmonic_lock"]
+    assert "(tiles halved)" in halved["causes"][0]["evidence"][0]
     checker = _image(doc, "checker")
     assert [c["key"] for c in checker["causes"]] == ["checkerboard"]
     noise = _image(doc, "noise")
-    assert not noise["periodicity"]["periodic"]
-    assert noise["periodicity"]["prominence"] < DEFAULT_FFT_THRESHOLD
-    assert noise["causes"] == []  # no periodic texture: no f*-based reading
+    periodicity = noise["periodicity"]
+    assert not periodicity["periodic"] and math.isnan(periodicity["period_px"])
+    assert periodicity["prominence_db"] == noise["metrics"]["peak_prominence"]
+    assert math.isnan(noise["metrics"]["fundamental_radius_bin"])
+    assert noise["causes"] == []  # no periodic texture: no period-based reading
 
 
 def test_diff_heatmap_against_the_first_image(result: tuple[dict, Path], images: dict) -> None:
@@ -95,6 +106,7 @@ def test_figures_for_max_images_and_json_for_all(result: tuple[dict, Path]) -> N
         assert img.size == (1500, 900)
     on_disk = json.loads((out / "diagnose.json").read_text())
     assert len(on_disk["images"]) == 5 and on_disk["images"][4]["figure"] is None
+    assert on_disk["images"][4]["periodicity"]["period_px"] is None  # noise: NaN as null
     assert on_disk["settings"]["max_images"] == 3
 
 
@@ -108,19 +120,17 @@ def test_sobel_anomalies_find_a_planted_defect(tmp_path: Path) -> None:
     assert y0 <= 61 and y1 >= 69 and x0 <= 31 and x1 >= 39
 
 
-def test_periodicity_separates_tiles_from_noise() -> None:
+def test_periodicity_is_the_periodic_metric() -> None:
     for period in (8, 16, 32):
-        p = periodicity(grating(period))
-        assert p.periodic and p.period == pytest.approx(period, rel=0.25)
-    assert not periodicity(smooth_noise(seed=4)).periodic
-    assert (
-        periodicity(
-            torch.rand(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
-        ).prominence
-        < DEFAULT_FFT_THRESHOLD
-    )
-    with pytest.raises(ValueError, match="threshold"):
-        periodicity(grating(), threshold=0.0)
+        image = diagnose([grating(period)])["images"][0]
+        assert image["periodicity"]["periodic"]
+        assert image["periodicity"]["period_px"] == pytest.approx(period, rel=0.05)
+    for noise in (
+        smooth_noise(seed=4),
+        torch.rand(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0)),
+    ):
+        image = diagnose([noise])["images"][0]
+        assert not image["periodicity"]["periodic"] and image["metrics"]["periodic"] == 0.0
 
 
 def test_mask_is_applied_and_checked(tmp_path: Path, images: dict) -> None:
@@ -129,7 +139,7 @@ def test_mask_is_applied_and_checked(tmp_path: Path, images: dict) -> None:
     Image.fromarray(mask).save(tmp_path / "m.png")
     doc = diagnose([images["clean"]], mask=tmp_path / "m.png")
     m = torch.from_numpy(mask / 255.0).float()[None, None]
-    want = spectral.texture_metrics(load_image(images["clean"]), mask=m, local_map=True)
+    want = spectral.texture_metrics(load_image(images["clean"]), mask=m, bands=True)
     got = doc["images"][0]["metrics"]["fundamental_radius_bin"]
     assert got == pytest.approx(float(want["fundamental_radius_bin"][0]), rel=1e-6)
 
@@ -141,12 +151,14 @@ def test_cli_writes_png_and_json(images: dict, tmp_path: Path) -> None:
         "--images",
         str(images["clean"]),
         str(images["doubled"]),
+        "--ref",
+        str(images["tile"]),
         "--report",
         str(out),
         "--heatmap-scale",
         "8",
-        "--fft-threshold",
-        "40",
+        "--threshold",
+        "harmonic_scale=2.5",
         "--max-images",
         "1",
         "--quiet",
@@ -154,7 +166,11 @@ def test_cli_writes_png_and_json(images: dict, tmp_path: Path) -> None:
     assert main(argv) == 0
     doc = json.loads((out / "diagnose.json").read_text())
     assert doc["settings"]["heatmap_scale"] == 8.0
-    assert doc["settings"]["thresholds"]["periodic_peak"] == 40.0
+    assert doc["settings"]["thresholds"]["harmonic_scale"] == 2.5
+    assert "fft_threshold" not in doc["settings"]
+    doubled = doc["images"][1]
+    assert doubled["metrics"]["tile_scale"] == pytest.approx(2.0, rel=0.02)
+    assert "harmonic_lock" not in [c["key"] for c in doubled["causes"]]  # 2.0 < 2.5
     assert [p.name for p in out.glob("*.png")] == ["00_clean.png"]
 
 

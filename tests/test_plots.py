@@ -8,7 +8,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 import torch
-from _textures import PERIOD, SIZE, grating
+from _textures import PERIOD, SIZE, grating, smooth_noise
 from matplotlib.patches import Circle, Ellipse
 from PIL import Image
 
@@ -46,7 +46,7 @@ def test_snapshot_is_a_png_and_leaves_pyplot_alone() -> None:
         spike_steps=[150],
         warn_steps=[40],
         ref_radius=SIZE / PERIOD,
-        metrics={"E2f_over_Ef": 0.01},
+        metrics={"tile_scale": 1.0},
         title="run · step 200",
         dpi=50,
     )
@@ -72,6 +72,19 @@ def test_spectrum_panel_carries_the_spectral_views() -> None:
     assert panel.fft_period == pytest.approx(SIZE / panel.f_star)
     assert panel.log_power.shape == (SIZE, SIZE) and panel.acf.shape == (SIZE, SIZE)
     np.testing.assert_allclose(panel.profile, views.radial_profile[0].numpy())
+
+
+def test_a_non_periodic_image_gets_no_period_markers() -> None:
+    x = smooth_noise()
+    assert float(spectral.texture_metrics(x)["periodic"][0]) == 0.0
+    panel = spectrum_panel(x, ref_radius=8.0)
+    assert np.isnan(panel.f_star) and np.isnan(panel.acf_period) and np.isnan(panel.fft_period)
+    fig = new_figure(8, 3)
+    ax_spec, ax_prof, ax_acf = axes_grid(fig, 1, 3)[0]
+    draw_log_spectrum(ax_spec, panel)
+    assert [p.get_label() for p in ax_spec.patches if isinstance(p, Ellipse)] == ["ref"]
+    draw_acf(ax_acf, panel)
+    assert not [p for p in ax_acf.patches if isinstance(p, Circle)]
 
 
 def test_markers_sit_at_f_2f_half_f_and_ref() -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,10 +14,11 @@ import torch
 from _textures import write_run
 from pypdf import PdfReader
 
-from texwatch import spectral
+from texwatch import alarms, spectral
 from texwatch.cli import main
 from texwatch.report import (
     ProbableCause,
+    ReportError,
     Thresholds,
     probable_causes,
     step_table,
@@ -40,7 +43,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def report(runs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("report")
     argv = ["report", str(runs["clean"]), str(runs["faulty"]), "-o", str(out), "--quiet"]
-    extra = ["--threshold", "lr_jump=1.6", "--fft-threshold", "25"]
+    extra = ["--threshold", "lr_jump=1.6", "--threshold", "alias_share=0.2"]
     assert main([*argv, "--checkpoints", *DERIVE, *extra]) == 0
     return out
 
@@ -101,6 +104,7 @@ def test_checkpoint_numbers_match_the_spectral_functions(report: Path, runs: dic
         c for c in doc["checkpoints"][1]["columns"] if c["run"] == EVIL and c["stream"] == "pred"
     )
     assert last["fundamental_radius_bin"] == pytest.approx(last["ref_radius_bin"] / 2, rel=0.05)
+    assert last["periodic"] == 1.0 and last["tile_scale"] == pytest.approx(2.0, rel=0.05)
 
 
 def test_probable_causes_fire_for_the_faults_and_not_for_the_clean_run(report: Path) -> None:
@@ -110,8 +114,10 @@ def test_probable_causes_fire_for_the_faults_and_not_for_the_clean_run(report: P
     assert set(causes) == {"harmonic_lock", "value_range", "loss_spike_bad_batch", "dead_term"}
     lock = causes["harmonic_lock"]
     assert all(v["step"] == 80 and v["stream"] == "pred" for v in lock["values"])
-    assert {v["metric"] for v in lock["values"]} == {"Ehalf_over_Ef", "tile_scale"}
-    assert lock["thresholds"] == {"harmonic_ratio": 1.0, "scale_tolerance": 0.25}
+    assert {(v["metric"], v["lock"]) for v in lock["values"]} == {("tile_scale", "half")}
+    assert all(v["value"] == pytest.approx(2.0, rel=0.05) for v in lock["values"])
+    assert lock["thresholds"] == {"harmonic_scale": alarms.HARMONIC_SCALE}
+    assert "the reference's (tiles doubled)" in lock["evidence"][0]
     spike = causes["loss_spike_bad_batch"]["values"][0]
     assert spike["step"] == 70 and spike["rule"] == "sigma" and 777 in spike["sample_ids"]
     dead = causes["dead_term"]["values"]
@@ -136,8 +142,8 @@ def test_json_holds_loss_terms_and_health(report: Path) -> None:
 def test_thresholds_given_on_the_command_line_are_used_and_recorded(report: Path) -> None:
     thresholds = _doc(report)["thresholds"]
     assert thresholds["lr_jump"] == 1.6  # --threshold lr_jump=1.6
-    assert thresholds["periodic_peak"] == 25.0  # --fft-threshold 25
-    assert thresholds["harmonic_ratio"] == Thresholds().harmonic_ratio
+    assert thresholds["alias_share"] == 0.2  # --threshold alias_share=0.2
+    assert thresholds["harmonic_scale"] == alarms.HARMONIC_SCALE
 
 
 def _one_line_error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
@@ -251,16 +257,26 @@ def _stream(**values: float) -> dict[str, dict[str, np.ndarray]]:
     return {"pred": table}
 
 
+def _keys(thresholds: Thresholds | None = None, **values: float) -> list[str]:
+    causes = probable_causes(
+        {}, _stream(**values), [10], sizes={"pred": (64, 64)}, thresholds=thresholds
+    )
+    return [c.key for c in causes]
+
+
 @pytest.mark.parametrize(
     ("values", "expected"),
     [
-        ({"E2f_over_Ef": 1.5, "fundamental_radius_bin": 16.0}, "harmonic_lock"),
-        ({"fundamental_radius_bin": 8.0, "ref_radius_bin": 16.0}, "harmonic_lock"),
-        ({"fundamental_radius_bin": 8.0, "acf_first_peak_radius_bin": 16.0}, "acf_fft_disagree"),
-        ({"fundamental_radius_bin": 8.0, "axis_ratio_at_f": 0.8}, "banding"),
-        ({"fundamental_radius_bin": 8.0, "band_score": 0.9}, "banding"),
+        ({"periodic": 1.0, "tile_scale": 2.0}, "harmonic_lock"),
+        ({"periodic": 1.0, "tile_scale": 0.5}, "harmonic_lock"),
+        (
+            {"periodic": 1.0, "fundamental_radius_bin": 8.0, "acf_first_peak_radius_bin": 16.0},
+            "acf_fft_disagree",
+        ),
+        ({"periodic": 1.0, "axis_ratio_at_f": 0.8}, "banding"),
+        ({"periodic": 1.0, "band_score": 0.9, "band_max_run": 48.0}, "banding"),
         ({"checkerboard_energy": 0.5}, "checkerboard"),
-        ({"fundamental_radius_bin": 8.0, "resize_delta_r": -5.0}, "resize_aliasing"),
+        ({"alias_score": 0.5}, "aliasing"),
         ({"clip_fraction": 0.2}, "value_range"),
         ({"nonfinite": 3.0}, "value_range"),
     ],
@@ -271,32 +287,113 @@ def test_each_texture_reading_fires_on_its_metric(values: dict, expected: str) -
     assert causes[0].values and causes[0].values[0]["stream"] == "pred"
 
 
-def test_thresholds_move_the_readings_and_no_periodic_peak_skips_them() -> None:
-    stream = _stream(E2f_over_Ef=1.5, fundamental_radius_bin=16.0)
-    assert (
-        probable_causes(
-            {}, stream, [10], sizes={"pred": (64, 64)}, thresholds=Thresholds(harmonic_ratio=2.0)
-        )
-        == []
+@pytest.mark.parametrize(
+    ("scale", "lock", "tiles"),
+    [(2.0, "half", "tiles doubled"), (0.5, "2f", "tiles halved")],
+)
+def test_harmonic_lock_reads_the_tile_scale(scale: float, lock: str, tiles: str) -> None:
+    stream = _stream(periodic=1.0, tile_scale=scale)
+    (cause,) = probable_causes({}, stream, [10], sizes={"pred": (64, 64)})
+    assert cause.key == "harmonic_lock"
+    assert cause.values == [
+        {"stream": "pred", "step": 10, "metric": "tile_scale", "value": scale, "lock": lock}
+    ]
+    assert cause.evidence == [
+        f"pred @ step 10: tile scale {scale:.2f}: the period is ×{scale:.2f} the reference's "
+        f"({tiles})"
+    ]
+
+
+@pytest.mark.parametrize("scale", [math.nan, 1.0, 1.2, 0.8])
+def test_no_harmonic_lock_near_the_reference_scale_or_without_one(scale: float) -> None:
+    assert _keys(periodic=1.0, tile_scale=scale) == []
+
+
+def test_the_texture_thresholds_are_the_alarms_module_s() -> None:
+    th = Thresholds()
+    assert (th.harmonic_scale, th.band_score, th.alias_share, th.checkerboard) == (
+        alarms.HARMONIC_SCALE,
+        alarms.BAND_SCORE,
+        alarms.ALIAS_SHARE,
+        alarms.CHECKERBOARD,
     )
-    stream["pred"]["peak_prominence"] = np.array([5.0])  # noise: f* means nothing
-    assert probable_causes({}, stream, [10], sizes={"pred": (64, 64)}) == []
+    # right at a threshold is an alarm, as in texwatch.alarms
+    assert _keys(periodic=1.0, tile_scale=alarms.HARMONIC_SCALE) == ["harmonic_lock"]
+    assert _keys(periodic=1.0, band_score=alarms.BAND_SCORE) == ["banding"]
+    assert _keys(alias_score=alarms.ALIAS_SHARE) == ["aliasing"]
+
+
+def test_alias_score_and_band_score_below_their_thresholds_fire_nothing() -> None:
+    below = 0.9 * alarms.ALIAS_SHARE
+    assert _keys(alias_score=below) == []
+    assert _keys(periodic=1.0, band_score=0.9 * alarms.BAND_SCORE) == []
+    assert _keys(Thresholds(alias_share=0.5 * below), alias_score=below) == ["aliasing"]
+    (cause,) = probable_causes(
+        {}, _stream(periodic=1.0, band_score=0.9, band_max_run=48.0), [10], sizes={"pred": (64, 64)}
+    )
+    assert cause.values[0]["metric"] == "band_score"
+    assert "90% more row/column strips" in cause.evidence[0] and "spans 48 px" in cause.evidence[0]
+
+
+def test_a_non_periodic_row_skips_the_period_readings_but_not_checkerboard_or_aliasing() -> None:
+    period_faults = {
+        "tile_scale": 2.0,
+        "band_score": 0.9,
+        "axis_ratio_at_f": 0.8,
+        "fundamental_radius_bin": 8.0,
+        "acf_first_peak_radius_bin": 16.0,
+    }
+    assert _keys(periodic=1.0, **period_faults) == ["harmonic_lock", "acf_fft_disagree", "banding"]
+    assert _keys(periodic=0.0, **period_faults) == []
+    assert _keys(**period_faults) == []  # no ``periodic`` column: nothing is periodic
+    assert _keys(periodic=0.0, checkerboard_energy=0.5, alias_score=0.5, **period_faults) == [
+        "checkerboard",
+        "aliasing",
+    ]
+    # one periodic item of two (the step's mean) is a periodic row
+    assert _keys(periodic=0.5, tile_scale=2.0) == ["harmonic_lock"]
+
+
+def test_a_doubled_period_over_the_whole_image_is_a_lock_not_a_band() -> None:
+    # every strip reads the doubled period when the whole texture doubled
+    assert _keys(periodic=1.0, tile_scale=2.0, band_score=1.0) == ["harmonic_lock"]
+    assert _keys(periodic=1.0, tile_scale=0.5, band_score=1.0) == ["harmonic_lock", "banding"]
+
+
+def test_checkerboard_is_judged_against_white_noise_at_the_stream_s_size() -> None:
+    white = alarms.white_nyquist_share((64, 64))
+    just_over = alarms.CHECKERBOARD * white * 1.01
+    assert _keys(checkerboard_energy=just_over) == ["checkerboard"]
+    assert _keys(checkerboard_energy=just_over * 0.98) == []
+
+
+def test_thresholds_move_the_readings() -> None:
+    assert _keys(Thresholds(harmonic_scale=2.5), periodic=1.0, tile_scale=2.0) == []
+    assert _keys(Thresholds(harmonic_scale=2.5), periodic=1.0, tile_scale=0.35) == ["harmonic_lock"]
     with pytest.raises(ValueError, match="NAME=VALUE"):
-        Thresholds.from_pairs(["harmonic_ratio"])
+        Thresholds.from_pairs(["harmonic_scale"])
     assert Thresholds.from_pairs(["axis_ratio=0.5"]).axis_ratio == 0.5
+    assert Thresholds.from_pairs(["harmonic_scale=1.8"]).harmonic_scale == 1.8
+    with pytest.raises(ReportError, match=r"harmonic_scale=0.8.*> 1"):
+        Thresholds.from_pairs(["harmonic_scale=0.8"])
+    with pytest.raises(ReportError, match=r"harmonic_scale must be > 1 .*got 1\.0"):
+        Thresholds(harmonic_scale=1.0)
+    for gone in ("harmonic_ratio", "scale_tolerance", "resize_delta_r", "periodic_peak"):
+        with pytest.raises(ReportError, match="NAME one of"):
+            Thresholds.from_pairs([f"{gone}=1"])
 
 
 def test_step_table_means_items_and_keeps_the_latest_call_of_a_resumed_step() -> None:
     # two items per record() call; the job resumed after step 5 and recorded 3 and 5 again
     table = {
         "step": np.array([0, 0, 5, 5, 3, 3, 5, 5]),
-        "E2f_over_Ef": np.array([1.0, 3.0, 9.0, 9.0, 2.0, 2.0, 0.5, np.nan]),
+        "tile_scale": np.array([1.0, 3.0, 9.0, 9.0, 2.0, 2.0, 0.5, np.nan]),
         "min": np.array([-1.0, -2.0, -9.0, -9.0, -3.0, -1.0, -4.0, -5.0]),
         "nonfinite": np.array([0.0, 0.0, 7.0, 7.0, 0.0, 0.0, 1.0, 2.0]),
     }
     out = step_table(table)
     assert out["step"].tolist() == [0, 3, 5]
-    assert out["E2f_over_Ef"].tolist() == [2.0, 2.0, 0.5]  # mean over items, NaN ignored
+    assert out["tile_scale"].tolist() == [2.0, 2.0, 0.5]  # mean over items, NaN ignored
     assert out["min"].tolist() == [-2.0, -3.0, -5.0]
     assert out["nonfinite"].tolist() == [0.0, 0.0, 3.0]
     assert out["items"].tolist() == [2, 2, 2]
@@ -305,5 +402,11 @@ def test_step_table_means_items_and_keeps_the_latest_call_of_a_resumed_step() ->
 def test_shown_keys_are_the_spectral_modules_keys() -> None:
     from texwatch.report import HEALTH_KEYS, TEXTURE_KEYS
 
-    assert TEXTURE_KEYS == spectral.METRIC_KEYS + spectral.LOCAL_MAP_KEYS
+    assert TEXTURE_KEYS == spectral.METRIC_KEYS + spectral.BAND_KEYS
     assert set(HEALTH_KEYS) <= set(spectral.HEALTH_KEYS)
+
+
+def test_the_report_does_not_import_diagnose() -> None:
+    code = "import sys, texwatch.report; print('texwatch.diagnose' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"

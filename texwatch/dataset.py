@@ -2,10 +2,11 @@
 
 Three checks over every image under ``DIR`` (recursively; PNG/JPEG/TIFF/BMP/WebP/.npy):
 
-* **sources that already tile**: FFT peak detection (:func:`texwatch.diagnose.periodicity`): an
-  image whose strongest spectral bin is ``--fft-threshold`` × its ring's noise floor holds a
-  periodic texture, with its period from f* and the ACF; an image that *repeats exactly* (the
-  ACF at that period near 1) was tiled by copy-paste. Tiling sources make a model learn the
+* **sources that already tile**: the ``periodic`` metric of
+  :func:`texwatch.spectral.texture_metrics` (a significant spectral peak over its ring's noise
+  floor whose ACF period agrees) marks a periodic texture, with its period from f* and the ACF
+  and its peak's prominence in dB; an image that *repeats exactly* (the ACF at that period near
+  1) was tiled by copy-paste. Tiling sources make a model learn the
   source's tile instead of the material's (the seed's §7.2 reading for a doubled tile).
 * **masks** (``--masks MASKDIR``, matched by relative path and stem, any image suffix): missing,
   unreadable, wrong size, non-finite, values outside [0, 1], empty (all 0), full (all 1), or not
@@ -30,7 +31,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from texwatch._json import jsonable
-from texwatch.diagnose import DEFAULT_FFT_THRESHOLD
 
 if TYPE_CHECKING:
     import torch
@@ -154,22 +154,21 @@ def _repeat_score(x: torch.Tensor, period: float, direction: tuple[float, float]
     return float(acf[iy, ix] / overlap) if overlap > 0 else math.nan
 
 
-def _image_record(path: Path, root: Path, x: torch.Tensor, fft_threshold: float) -> dict[str, Any]:
+def _image_record(path: Path, root: Path, x: torch.Tensor) -> dict[str, Any]:
     from texwatch import spectral
-    from texwatch.diagnose import periodicity
 
     luma = _luma(x)
-    peak = periodicity(x, threshold=fft_threshold)
+    metrics = spectral.texture_metrics(x)
+    periodic = float(metrics["periodic"][0]) == 1.0
     record: dict[str, Any] = {
         "path": str(path.relative_to(root)),
         "shape": list(x.shape[1:]),
         "brightness": float(luma.mean()),
         "contrast": float(luma.std()),
-        "peak_prominence": peak.prominence,
-        "tiles": peak.periodic,
+        "peak_prominence": float(metrics["peak_prominence"][0]),
+        "tiles": periodic,
     }
-    if peak.periodic:
-        metrics = spectral.texture_metrics(x)
+    if periodic:
         views = spectral.spectrum_views(x)
         f = float(metrics["fundamental_radius_bin"][0])
         period = max(x.shape[-2:]) / f if f > 0 else math.nan
@@ -189,7 +188,6 @@ def dataset_health(
     *,
     masks: str | Path | None = None,
     report_dir: str | Path | None = None,
-    fft_threshold: float = DEFAULT_FFT_THRESHOLD,
     outlier_z: float = DEFAULT_OUTLIER_Z,
     binary_masks: bool = True,
     quiet: bool = True,
@@ -200,14 +198,14 @@ def dataset_health(
         root: the dataset folder.
         masks: the folder of masks, mirroring ``root``'s layout (same relative path and stem).
         report_dir: output folder; ``None`` writes nothing.
-        fft_threshold: periodic-peak prominence from which a source counts as tiling.
         outlier_z: robust z-score from which brightness or contrast is an outlier.
         binary_masks: masks must hold only 0 and 1 (8-bit 0/255 included).
         quiet: no progress bar.
 
     Returns:
-        The JSON document: ``images`` (one record each), ``unreadable``, ``tiling``,
-        ``masks`` (``invalid``, ``missing``, ``orphans``), ``outliers`` and ``summary``.
+        The JSON document: ``images`` (one record each: ``peak_prominence`` in dB, ``tiles``
+        the ``periodic`` metric), ``unreadable``, ``tiling``, ``masks`` (``invalid``,
+        ``missing``, ``orphans``), ``outliers`` and ``summary``.
 
     Raises:
         ValueError: ``root`` or ``masks`` is not a folder, it holds no image file, or an
@@ -222,9 +220,8 @@ def dataset_health(
     mask_root = Path(masks) if masks is not None else None
     if mask_root is not None and not mask_root.is_dir():
         raise _InputError(f"--masks {str(mask_root)!r} does not exist or is not a folder")
-    for name, value in (("--fft-threshold", fft_threshold), ("--outlier-z", outlier_z)):
-        if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-            raise _InputError(f"{name} must be a positive number, got {value!r}")
+    if not isinstance(outlier_z, (int, float)) or not math.isfinite(outlier_z) or outlier_z <= 0:
+        raise _InputError(f"--outlier-z must be a positive number, got {outlier_z!r}")
     out = Path(report_dir) if report_dir is not None else None
     if out is not None and out.exists() and not out.is_dir():
         raise _InputError(f"--report {str(out)!r} is a file, expected a folder")
@@ -249,7 +246,7 @@ def dataset_health(
                 unreadable.append({"path": rel, "error": str(err)})
                 bar.update()
                 continue
-            images.append(_image_record(path, base, x, fft_threshold))
+            images.append(_image_record(path, base, x))
             if mask_root is not None:
                 found = _find_mask(path, base, mask_root)
                 if found is None:
@@ -320,7 +317,6 @@ def dataset_health(
         "root": str(base),
         "masks_root": str(mask_root) if mask_root is not None else None,
         "settings": {
-            "fft_threshold": fft_threshold,
             "outlier_z": outlier_z,
             "binary_masks": binary_masks,
             "exact_repeat": EXACT_REPEAT,
@@ -363,7 +359,7 @@ def dataset_health(
         (out / "dataset.json").write_text(
             json.dumps(jsonable(doc), indent=1, allow_nan=False), encoding="utf-8"
         )
-        (out / "dataset.png").write_bytes(_summary_png(doc, base, fft_threshold, outlier_z))
+        (out / "dataset.png").write_bytes(_summary_png(doc, base, outlier_z))
     return doc
 
 
@@ -387,7 +383,7 @@ def _histogram(
     ax.legend(fontsize=7, loc="upper right")
 
 
-def _summary_png(doc: dict[str, Any], base: Path, fft_threshold: float, outlier_z: float) -> bytes:
+def _summary_png(doc: dict[str, Any], base: Path, outlier_z: float) -> bytes:
     from texwatch import plots
     from texwatch._images import load_image, to_display
 
@@ -445,13 +441,17 @@ def _summary_png(doc: dict[str, Any], base: Path, fft_threshold: float, outlier_
         axes[2].tick_params(labelsize=7)
         axes[2].legend(fontsize=7)
         prom = np.array([r["peak_prominence"] for r in images], dtype=np.float64)
-        prom = prom[np.isfinite(prom) & (prom > 0)]
-        if prom.size:
-            edges = np.logspace(np.log10(prom.min()) - 0.1, np.log10(prom.max()) + 0.1, 30)
-            axes[3].hist(prom, bins=edges.tolist(), color="tab:blue")
-            axes[3].set_xscale("log")
-        axes[3].axvline(fft_threshold, color="tab:red", ls="--", label="--fft-threshold")
-        axes[3].set_title("spectral peak prominence (× noise floor)", fontsize=9)
+        finite = np.isfinite(prom)
+        if finite.any():
+            edges = np.histogram_bin_edges(prom[finite], bins=30)
+            axes[3].hist(
+                [prom[finite & ~tiles], prom[finite & tiles]],
+                bins=edges.tolist(),
+                stacked=True,
+                color=["tab:blue", "tab:orange"],
+                label=["images", "tiling (periodic)"],
+            )
+        axes[3].set_title("spectral peak prominence (dB over the noise floor)", fontsize=9)
         axes[3].tick_params(labelsize=7)
         axes[3].legend(fontsize=7)
     for k, rel in enumerate(shown):
@@ -482,13 +482,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--masks", metavar="MASKDIR", help="masks, same relative paths and stems")
     p.add_argument("--report", required=True, metavar="OUT", help="output folder")
     p.add_argument(
-        "--fft-threshold",
-        type=float,
-        default=DEFAULT_FFT_THRESHOLD,
-        help="a source tiles when a spectral bin is this many times its ring's "
-        f"noise floor ({DEFAULT_FFT_THRESHOLD:g})",
-    )
-    p.add_argument(
         "--outlier-z",
         type=float,
         default=DEFAULT_OUTLIER_Z,
@@ -509,7 +502,6 @@ def run(args: argparse.Namespace) -> int:
             args.dir,
             masks=args.masks,
             report_dir=args.report,
-            fft_threshold=args.fft_threshold,
             outlier_z=args.outlier_z,
             binary_masks=not args.soft_masks,
             quiet=args.quiet,

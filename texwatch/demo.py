@@ -637,7 +637,7 @@ _HEADLINES = {  # sample name -> (short key, stream label required or None)
     "texwatch_loss_spikes_total": ("spikes", None),
     "texwatch_dead_loss_terms": ("dead", None),
     "texwatch_checkerboard_energy": ("checker", "pred"),
-    "texwatch_ehalf_over_ef": ("ehalf", "pred"),
+    "texwatch_tile_scale": ("tile_scale", "batch"),
 }
 
 
@@ -651,7 +651,7 @@ def _metric_lines(exposition: str, runs: Sequence[str]) -> dict[str, str]:
             "spikes": 0.0,
             "dead": math.nan,
             "checker": math.nan,
-            "ehalf": math.nan,
+            "tile_scale": math.nan,
         }
         for run in runs
     }
@@ -664,8 +664,8 @@ def _metric_lines(exposition: str, runs: Sequence[str]) -> dict[str, str]:
             run[key] = run[key] + sample.value if key == "spikes" else sample.value
     return {
         name: f"last step {v['step']:.0f}, loss spikes {v['spikes']:.0f}, dead loss terms "
-        f"{v['dead']:.0f}, pred checkerboard_energy {v['checker']:.3g}, pred Ehalf_over_Ef "
-        f"{v['ehalf']:.3g}"
+        f"{v['dead']:.0f}, pred checkerboard_energy {v['checker']:.3g}, batch tile_scale "
+        f"{v['tile_scale']:.3g}"
         for name, v in values.items()
     }
 

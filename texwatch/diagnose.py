@@ -1,12 +1,27 @@
 """``texwatch diagnose``: the seed's one-off diagnosis of single images, as PNG + JSON.
 
-For each image: the texture metrics of :func:`texwatch.spectral.texture_metrics` (around the
-reference tile's f when ``--ref`` is given), value statistics, the strongest periodic peak of the
-spectrum against ``--fft-threshold``, Sobel + connected-component anomaly regions, and — for
-every image after the first with the same size — the difference heatmap against the first (the
-seed's ``--images in.png out.png``), gained by ``--heatmap-scale``. The readings are the
-report's probable causes (:func:`texwatch.report.probable_causes`) with the same thresholds.
-Figures are written for the first ``--max-images`` images; the JSON holds every image.
+For each image: the texture metrics of :func:`texwatch.spectral.texture_metrics` with the band
+scan (against the reference tile when ``--ref`` is given), value statistics, whether it holds a
+periodic texture, Sobel + connected-component anomaly regions, and — for every image after the
+first with the same size — the difference heatmap against the first (the seed's
+``--images in.png out.png``), gained by ``--heatmap-scale``. The readings are the report's
+probable causes (:func:`texwatch.report.probable_causes`) with the same thresholds. Figures are
+written for the first ``--max-images`` images; the JSON holds every image.
+
+``diagnose.json`` holds ``settings`` and, per image:
+
+- ``metrics``: every key of ``texture_metrics(..., bands=True)``
+  (:data:`texwatch.spectral.METRIC_KEYS` and :data:`texwatch.spectral.BAND_KEYS`);
+- ``stats``: ``mean``, ``std``, ``min``, ``max``, ``nonfinite`` of the values;
+- ``periodicity``: ``periodic`` (the ``periodic`` metric: a significant spectral peak whose ACF
+  period agrees), ``prominence_db`` (the ``peak_prominence`` metric: the f* bin over its ring's
+  noise floor, or the most prominent bin's for a non-periodic image) and ``period_px`` (the
+  period f* stands for, max(H, W) / f*; null for a non-periodic image);
+- ``anomalies`` (``count``, ``area_share``, ``boxes``), ``diff`` (against the first image; null
+  for it and for images of another size), ``causes`` (``key``, ``title``, ``evidence``) and
+  ``figure`` (the PNG's name, null past ``--max-images``).
+
+NaN is written as null.
 
 Usable from Python::
 
@@ -23,7 +38,6 @@ import math
 import re
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,22 +49,12 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = [
-    "DEFAULT_FFT_THRESHOLD",
     "DEFAULT_HEATMAP_SCALE",
     "DEFAULT_MAX_IMAGES",
-    "Periodicity",
     "add_parser",
     "diagnose",
-    "periodicity",
     "run",
 ]
-
-DEFAULT_FFT_THRESHOLD = 30.0
-"""A spectral bin this many times its ring's noise floor counts as a periodic peak.
-
-White or smooth noise peaks at about 10× (the maximum of ~10⁴ exponential values), a tiled
-texture at hundreds to tens of thousands, so 30 separates them with room on both sides.
-"""
 
 DEFAULT_HEATMAP_SCALE = 4.0
 """Gain of the difference heatmap: with images in [0, 1], a difference of 0.25 saturates."""
@@ -59,78 +63,10 @@ DEFAULT_MAX_IMAGES = 8
 """Images that get a figure (every image gets its numbers in the JSON)."""
 
 _PROG = "texwatch diagnose"
-_LOBE = 2.5  # FFT-index distance of the window's DC lobe, as texwatch.spectral excludes it
-_MIN_RING_BINS = 8  # rings with fewer bins give no stable noise floor
-_EULER_GAMMA = 0.5772156649015329
-_LOCAL_MAP_MIN_SIZE = 96  # as texwatch.derive: smaller images get NaN band scores
 
 
 class _InputError(ValueError):
     """A bad input to ``diagnose``; its message is the one line the command prints."""
-
-
-@dataclass(frozen=True)
-class Periodicity:
-    """The strongest periodic peak of an image's spectrum.
-
-    Attributes:
-        prominence: power of the strongest bin outside the DC lobe over its ring's noise floor
-            (``exp(mean ln P + γ)``, the floor :mod:`texwatch.spectral` uses for f*).
-        radius: that bin's radius (``N·√((kx/W)² + (ky/H)²)``, N = max(H, W)).
-        period: the period it stands for, ``N / radius`` px.
-        periodic: ``prominence >= threshold``.
-    """
-
-    prominence: float
-    radius: float
-    period: float
-    periodic: bool
-
-
-def periodicity(
-    x: torch.Tensor,
-    *,
-    mask: torch.Tensor | None = None,
-    window: str = "hann",
-    threshold: float = DEFAULT_FFT_THRESHOLD,
-) -> Periodicity:
-    """FFT peak detection on one image ``(1, C, H, W)``: is there a periodic peak, and where.
-
-    Each bin's power is compared with the noise floor of its one-unit ring (a mean of logs, so a
-    texture's few peak bins barely move it); the largest ratio outside the window's DC lobe is
-    the prominence. Non-finite images give NaN and ``periodic=False``.
-
-    Args:
-        x: the image.
-        mask: optional ``(1, 1, H, W)`` mask.
-        window: apodization window (:data:`texwatch.spectral.WINDOWS`).
-        threshold: the prominence from which the image counts as periodic (``--fft-threshold``).
-    """
-    from texwatch import spectral
-
-    if not math.isfinite(threshold) or threshold <= 0:
-        raise ValueError(f"threshold must be a positive number, got {threshold!r}")
-    views = spectral.spectrum_views(x[:1], mask=mask, window=window)
-    log_power = views.log_power[0].double().cpu().numpy()
-    if not np.isfinite(log_power).all():
-        return Periodicity(math.nan, math.nan, math.nan, False)
-    h, w = log_power.shape
-    n = max(h, w)
-    ky = (np.arange(h) - h // 2)[:, None]
-    kx = (np.arange(w) - w // 2)[None, :]
-    radius = n * np.sqrt((kx / w) ** 2 + (ky / h) ** 2)
-    ring = np.floor(radius).astype(np.int64)
-    outside = np.hypot(kx, ky) >= _LOBE
-    counts = np.bincount(ring[outside], minlength=int(ring.max()) + 1)
-    sums = np.bincount(ring[outside], weights=log_power[outside], minlength=counts.size)
-    floor = sums / np.maximum(counts, 1) + _EULER_GAMMA
-    excess = np.where(outside & (counts[ring] >= _MIN_RING_BINS), log_power - floor[ring], -np.inf)
-    k = np.unravel_index(int(np.argmax(excess)), excess.shape)
-    if not np.isfinite(excess[k]):
-        return Periodicity(math.nan, math.nan, math.nan, False)
-    prominence = float(np.exp(excess[k]))
-    r = float(radius[k])
-    return Periodicity(prominence, r, n / r, prominence >= threshold)
 
 
 def _load(item: str | Path | torch.Tensor, what: str) -> tuple[str, torch.Tensor]:
@@ -212,7 +148,6 @@ def diagnose(
     mask: str | Path | torch.Tensor | None = None,
     report_dir: str | Path | None = None,
     heatmap_scale: float = DEFAULT_HEATMAP_SCALE,
-    fft_threshold: float = DEFAULT_FFT_THRESHOLD,
     max_images: int = DEFAULT_MAX_IMAGES,
     sobel_threshold: float = 6.0,
     window: str = "hann",
@@ -224,12 +159,12 @@ def diagnose(
     Args:
         images: image files (PNG/JPEG/...) or ``(1, C, H, W)`` tensors in [0, 1]. The first is
             the baseline ("in") every later image of the same size is compared with.
-        ref: reference tile (file or tensor): its f becomes ``ref_radius_bin`` and the energy
-            ratios are taken around it.
+        ref: reference tile (file or tensor): its f* becomes ``ref_radius_bin``; ``tile_scale``
+            and ``band_score`` are measured against its period and, when it has the image's
+            size, ``alias_score`` against its spectrum.
         mask: material mask (file or ``(1, 1, H, W)`` tensor) applied to every image.
         report_dir: output folder; ``None`` writes nothing and only returns the numbers.
         heatmap_scale: gain of the difference heatmap (the seed's ``--heatmap-scale``).
-        fft_threshold: periodic-peak prominence threshold (the seed's ``--fft-threshold``).
         max_images: how many images get a figure (the seed's ``--max-images``).
         sobel_threshold: robust z-score of the Sobel magnitude that marks an anomaly.
         window: apodization window of the spectral metrics.
@@ -237,8 +172,7 @@ def diagnose(
         quiet: no progress bar.
 
     Returns:
-        The JSON document: settings and, per image, metrics, statistics, periodicity,
-        anomalies, difference and readings.
+        The JSON document described in the module docstring.
 
     Raises:
         ValueError: an unreadable image, reference or mask, a mask of the wrong size, or a
@@ -248,16 +182,19 @@ def diagnose(
 
     from texwatch import spectral
     from texwatch._progress import progress
-    from texwatch.report import PEAK_KEY, Thresholds, probable_causes
+    from texwatch.report import Thresholds, probable_causes
 
     if not images:
         raise _InputError("no image given")
-    for name, value in (("--heatmap-scale", heatmap_scale), ("--fft-threshold", fft_threshold)):
-        if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-            raise _InputError(f"{name} must be a positive number, got {value!r}")
+    if (
+        not isinstance(heatmap_scale, (int, float))
+        or not math.isfinite(heatmap_scale)
+        or heatmap_scale <= 0
+    ):
+        raise _InputError(f"--heatmap-scale must be a positive number, got {heatmap_scale!r}")
     if isinstance(max_images, bool) or not isinstance(max_images, int) or max_images < 0:
         raise _InputError(f"--max-images must be an integer >= 0, got {max_images!r}")
-    th = dataclasses.replace(thresholds or Thresholds(), periodic_peak=float(fft_threshold))
+    th = thresholds or Thresholds()
     out = Path(report_dir) if report_dir is not None else None
     if out is not None and out.exists() and not out.is_dir():
         raise _InputError(f"--report {str(out)!r} is a file, expected a folder")
@@ -284,11 +221,7 @@ def diagnose(
             metrics = {
                 k: float(v[0])
                 for k, v in spectral.texture_metrics(
-                    x,
-                    mask=m,
-                    ref=ref_x,
-                    window=window,
-                    local_map=min(h, w) >= _LOCAL_MAP_MIN_SIZE,
+                    x, mask=m, ref=ref_x, window=window, bands=True
                 ).items()
             }
             stats = {
@@ -296,7 +229,12 @@ def diagnose(
                 for k, v in spectral.latent_health(x).items()
                 if k in ("mean", "std", "min", "max", "nonfinite")
             }
-            peak = periodicity(x, mask=m, window=window, threshold=fft_threshold)
+            f_star = metrics["fundamental_radius_bin"]
+            peak = {
+                "periodic": metrics["periodic"] == 1.0,
+                "prominence_db": metrics["peak_prominence"],
+                "period_px": max(h, w) / f_star if f_star > 0 else math.nan,
+            }
             regions = spectral.sobel_anomalies(x, threshold=sobel_threshold)[0]
             diff = None
             heat = None
@@ -311,7 +249,6 @@ def diagnose(
                 }
             table = {
                 "step": np.zeros(1, np.int64),
-                PEAK_KEY: np.array([peak.prominence]),
                 **{k: np.array([v]) for k, v in metrics.items()},
             }
             causes = probable_causes({}, {name: table}, [0], sizes={name: (h, w)}, thresholds=th)
@@ -321,8 +258,7 @@ def diagnose(
                 shown: dict[str, object] = {
                     **metrics,
                     **{f"value_{k}": v for k, v in stats.items()},
-                    "peak_prominence": peak.prominence,
-                    "peak_period_px": peak.period,
+                    "fft_period_px": peak["period_px"],
                     "anomalies": regions.count,
                 }
                 if diff is not None:
@@ -347,7 +283,7 @@ def diagnose(
                     "shape": list(x.shape[1:]),
                     "metrics": metrics,
                     "stats": stats,
-                    "periodicity": dataclasses.asdict(peak),
+                    "periodicity": peak,
                     "anomalies": {
                         "count": regions.count,
                         "area_share": regions.area_share,
@@ -370,7 +306,6 @@ def diagnose(
             "ref": _source(ref),
             "mask": _source(mask),
             "heatmap_scale": heatmap_scale,
-            "fft_threshold": fft_threshold,
             "max_images": max_images,
             "sobel_threshold": sobel_threshold,
             "window": window,
@@ -418,13 +353,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help=f"gain of the difference heatmap ({DEFAULT_HEATMAP_SCALE:g})",
     )
     p.add_argument(
-        "--fft-threshold",
-        type=float,
-        default=DEFAULT_FFT_THRESHOLD,
-        help="periodic peak: a bin this many times its ring's noise floor "
-        f"({DEFAULT_FFT_THRESHOLD:g})",
-    )
-    p.add_argument(
         "--max-images",
         type=int,
         default=DEFAULT_MAX_IMAGES,
@@ -452,7 +380,6 @@ def run(args: argparse.Namespace) -> int:
             mask=args.mask,
             report_dir=args.report,
             heatmap_scale=args.heatmap_scale,
-            fft_threshold=args.fft_threshold,
             max_images=args.max_images,
             thresholds=thresholds,
             quiet=args.quiet,

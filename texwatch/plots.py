@@ -71,8 +71,9 @@ class SpectrumPanel:
         profile: (R,) ring sums of the power.
         floor: (R,) ring sums of the noise floor the f* search compares against.
         acf: (H, W) centred autocorrelation, 1 at lag 0 (at ``(H // 2, W // 2)``).
-        f_star: fundamental radius f*; NaN when none was found.
-        acf_period: the ACF's first-peak period in px; NaN when none was found.
+        f_star: fundamental radius f*; NaN when the image holds no periodic texture (the
+            ``periodic`` metric of :func:`texwatch.spectral.texture_metrics`), as in the metrics.
+        acf_period: the ACF's first-peak period in px; NaN likewise.
         ref_radius: the reference's f, or ``None`` without a reference.
     """
 
@@ -169,6 +170,10 @@ def spectrum_panel(
     r_bins: int = 256,
 ) -> SpectrumPanel:
     """The spectrum views of the first image of ``x`` (B, C, H, W), for the panels.
+
+    f* and the ACF period are NaN when the image holds no periodic texture (as
+    :func:`texwatch.spectral.spectrum_views` gives them), so no panel marks a period the metrics
+    call NaN.
 
     Args:
         x: the images; only ``x[0]`` is drawn (one image reads better than a blurred mean).

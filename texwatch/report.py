@@ -36,8 +36,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from texwatch import alarms
 from texwatch._json import jsonable
-from texwatch.diagnose import DEFAULT_FFT_THRESHOLD
 from texwatch.metric_names import STREAM_METRIC_NAMES
 
 if TYPE_CHECKING:
@@ -49,7 +49,6 @@ if TYPE_CHECKING:
 __all__ = [
     "FFT_PERIOD_KEY",
     "HEALTH_KEYS",
-    "PEAK_KEY",
     "TEXTURE_KEYS",
     "ProbableCause",
     "ReportError",
@@ -62,16 +61,14 @@ __all__ = [
 ]
 
 TEXTURE_KEYS: tuple[str, ...] = tuple(STREAM_METRIC_NAMES)
-"""Texture metric columns shown per stream (the seed's keys plus checkerboard and bands)."""
+"""Texture metric columns shown per stream (:data:`texwatch.spectral.METRIC_KEYS` and
+:data:`texwatch.spectral.BAND_KEYS`, as texwatchd derives and exports them)."""
 
 HEALTH_KEYS: tuple[str, ...] = ("mean", "std", "min", "max", "nonfinite", "clip_fraction")
 """Stream value-health columns shown per stream."""
 
 FFT_PERIOD_KEY = "fft_period_px"
 """Checkpoint-table row beside the ACF period: the period f* stands for, max(H, W) / f*."""
-
-PEAK_KEY = "peak_prominence"
-"""Column added at the judged rows: :func:`texwatch.diagnose.periodicity`'s prominence."""
 
 _PROG = "texwatch report"
 _VAL_PREFIX = "val/"
@@ -89,36 +86,43 @@ class ReportError(ValueError):
 class Thresholds:
     """Where each probable cause fires; every field can be changed with ``--threshold NAME=V``.
 
+    The texture alarms (``harmonic_scale``, ``band_score``, ``alias_share``, ``checkerboard``)
+    are decided by :mod:`texwatch.alarms`, whose defaults they take: the report, the Prometheus
+    rules and the alarm benchmark read one definition.
+
     Attributes:
-        harmonic_ratio: ``E2f_over_Ef`` or ``Ehalf_over_Ef`` above this → harmonic lock.
-        scale_tolerance: ref/f* within this relative distance of 2 or ½ → doubled/halved tile.
+        harmonic_scale: ``tile_scale`` at or above this (or at or below its inverse) → harmonic
+            lock (:func:`texwatch.alarms.harmonic_lock`); must be > 1.
         acf_fft_mismatch: |ACF period / FFT period − 1| above this → harmonic mix-up.
         axis_ratio: ``axis_ratio_at_f`` above this → axis cross / row-column banding.
-        band_score: ``band_score`` above this → doubled-period bands.
+        band_score: ``band_score`` at or above this → bands of doubled period
+            (:func:`texwatch.alarms.banding`).
         checkerboard: ``checkerboard_energy`` above this × the share white noise puts in the
-            Nyquist band (3 of every W columns / H rows) → transposed-conv checkerboard.
-        resize_delta_r: |``resize_delta_r``| (FFT bins) above this → resize aliasing.
+            Nyquist band (:func:`texwatch.alarms.checkerboard`) → transposed-conv checkerboard.
+        alias_share: ``alias_score`` at or above this → aliasing (:func:`texwatch.alarms.aliasing`).
         clip_fraction: ``clip_fraction`` above this → values out of the x0 clip range.
         spike_recovery_steps: steps after a spike within which the loss must return to its EMA.
         ema_break_ratio: post-spike median loss above this × the pre-spike EMA → EMA break.
         lr_jump: lr at a spike above this × the median lr of the 100 steps before → lr reading.
-        periodic_peak: a stream whose strongest spectral peak is below this × its noise floor
-            (:func:`texwatch.diagnose.periodicity`) holds no periodic texture: its f*-based
-            readings are skipped (the seed's ``--fft-threshold``).
     """
 
-    harmonic_ratio: float = 1.0
-    scale_tolerance: float = 0.25
+    harmonic_scale: float = alarms.HARMONIC_SCALE
     acf_fft_mismatch: float = 0.3
     axis_ratio: float = 0.35
-    band_score: float = 0.5
-    checkerboard: float = 2.0
-    resize_delta_r: float = 2.0
+    band_score: float = alarms.BAND_SCORE
+    checkerboard: float = alarms.CHECKERBOARD
+    alias_share: float = alarms.ALIAS_SHARE
     clip_fraction: float = 0.01
     spike_recovery_steps: float = 10.0
     ema_break_ratio: float = 1.5
     lr_jump: float = 1.5
-    periodic_peak: float = DEFAULT_FFT_THRESHOLD
+
+    def __post_init__(self) -> None:
+        if not self.harmonic_scale > 1:
+            raise ReportError(
+                f"threshold harmonic_scale must be > 1 (its inverse is the halved-tile bound), "
+                f"got {self.harmonic_scale!r}"
+            )
 
     @classmethod
     def from_pairs(cls, pairs: Sequence[str]) -> Thresholds:
@@ -142,6 +146,11 @@ class Thresholds:
                 raise ReportError(f"--threshold {pair!r}: {raw!r} is not a number") from None
             if not math.isfinite(value) or value < 0:
                 raise ReportError(f"--threshold {pair!r}: expected a finite number >= 0")
+            if name == "harmonic_scale" and value <= 1:
+                raise ReportError(
+                    f"--threshold {pair!r}: expected a number > 1 (its inverse is the "
+                    "halved-tile bound)"
+                )
             values[name] = value
         return cls(**values)
 
@@ -245,25 +254,6 @@ def _fft_period(f_star: float, size: tuple[int, int]) -> float:
     return max(size) / f_star if f_star > 0 else math.nan
 
 
-def _white_nyquist_share(size: tuple[int, int]) -> float:
-    """Share of the non-DC spectrum bins in the Nyquist band ``|kx| >= W//2 - 1`` or
-    ``|ky| >= H//2 - 1`` (where :mod:`texwatch.spectral` measures ``checkerboard_energy``): the
-    value white noise gives, which is large for small latents (18 % at 32×32)."""
-    h, w = size
-    ky = np.abs(np.fft.fftfreq(h) * h)[:, None]
-    kx = np.abs(np.fft.fftfreq(w) * w)[None, :]
-    band = (kx >= w // 2 - 1) | (ky >= h // 2 - 1)
-    return float(band.sum()) / max(h * w - 1, 1)
-
-
-def _harmonic_scale(ratio: float, tolerance: float) -> float | None:
-    """2.0 or 0.5 when ``ratio`` (ref / f*) is within ``tolerance`` of a doubled/halved tile."""
-    for scale in (2.0, 0.5):
-        if abs(ratio / scale - 1.0) <= tolerance:
-            return scale
-    return None
-
-
 def _listed(lines: list[str]) -> list[str]:
     if len(lines) <= _MAX_LISTED:
         return lines
@@ -285,6 +275,19 @@ def _texture_rows(
                 yield name, step, i, table
 
 
+def _periodic_rows(table: Mapping[str, np.ndarray]) -> np.ndarray:
+    """Rows where at least one item holds a periodic texture (``periodic`` > 0).
+
+    ``periodic`` is a step's mean over its items; a table without the column has no periodic
+    row. Only these rows have a period, an f* and a ring at f that mean something.
+    """
+    periodic = table.get("periodic")
+    if periodic is None:
+        return np.zeros(table["step"].size, dtype=bool)
+    with np.errstate(invalid="ignore"):
+        return np.asarray(periodic, dtype=np.float64) > 0
+
+
 def _texture_causes(
     streams: Mapping[str, Mapping[str, np.ndarray]],
     sizes: Mapping[str, tuple[int, int]],
@@ -294,28 +297,29 @@ def _texture_causes(
     harmonic = ProbableCause(
         "harmonic_lock",
         "Tile doubled or halved: the texture latched onto a harmonic (2f or f/2)",
-        "More spectral energy sits at 2f or f/2 than at the fundamental, or f* is off the "
-        "reference's: the model learned tiles ×½ or ×2. Seed §7.2 causes: tiling sources in "
-        "the dataset (run `texwatch dataset`), errors in mask preparation, over-regularisation. "
-        "Spectral leakage and FFT edge effects make it worse: apodize the texture loss.",
-        thresholds={"harmonic_ratio": th.harmonic_ratio, "scale_tolerance": th.scale_tolerance},
+        "The texture's period, read from its autocorrelation, is about twice (or half) the "
+        "reference's: the model learned tiles ×2 or ×½. Seed §7.2 "
+        "causes: tiling sources in the dataset (run `texwatch dataset`), errors in mask "
+        "preparation, over-regularisation. Spectral leakage and FFT edge effects make it worse: "
+        "apodize the texture loss.",
+        thresholds={"harmonic_scale": th.harmonic_scale},
     )
     mixup = ProbableCause(
         "acf_fft_disagree",
         "ACF and FFT periods disagree (harmonic mix-up)",
         "For one clean periodic texture the ACF's first peak and the spectrum's f* give the same "
-        "period (Wiener–Khinchin). A ratio near 2 or ½ means the fundamental and a harmonic "
-        "compete: check the spectrum for a second ring.",
+        "period (Wiener–Khinchin). A ratio near 2 or 3 means f* sits on a harmonic of the ACF's "
+        "fundamental: check the spectrum for a second ring.",
         thresholds={"acf_fft_mismatch": th.acf_fft_mismatch},
     )
     bands = ProbableCause(
         "banding",
-        "Row/column banding: axis cross or doubled-period bands",
-        "Energy in the ring at f* gathers on the horizontal/vertical axes (the FFT's boundary "
-        "'axis cross'), or zones of doubled period line up in rows/columns. Seed §7.1 causes: "
-        "batch-norm imbalance, periodicity in the latents, augmentations that create a regular "
-        "pattern; spectral losses without a window (Hann/Tukey or periodic-plus-smooth) push "
-        "the model toward axis deformations.",
+        "Row/column banding: axis cross or bands of doubled period",
+        "Energy in the ring at f gathers on the horizontal/vertical axes (the FFT's boundary "
+        "'axis cross'), or row/column strips read twice the image's typical period: a band of "
+        "another texture scale. Seed §7.1 causes: batch-norm imbalance, periodicity in the "
+        "latents, augmentations that create a regular pattern; spectral losses without a window "
+        "(Hann/Tukey or periodic-plus-smooth) push the model toward axis deformations.",
         thresholds={"axis_ratio": th.axis_ratio, "band_score": th.band_score},
     )
     checker = ProbableCause(
@@ -326,16 +330,19 @@ def _texture_causes(
         "stride.",
         thresholds={"checkerboard": th.checkerboard},
     )
-    resize = ProbableCause(
-        "resize_aliasing",
-        "Resize pipeline aliasing (moiré)",
-        "Down- then up-sampling moves f*: the image carries energy the resize cannot represent, "
-        "so a resize without antialiasing (or a strided layer without blur-pool) creates moiré "
-        "and wrong periods. Enable antialiasing in the data pipeline's resize.",
-        thresholds={"resize_delta_r": th.resize_delta_r},
+    aliasing = ProbableCause(
+        "aliasing",
+        "Aliasing: strong spectral peaks the reference lacks (moiré)",
+        "Part of the power sits in strong, narrow spectral peaks where the reference's spectrum "
+        "has none: frequencies folded back by a resize without antialiasing, a strided layer "
+        "without blur-pool, or a checkerboard's Nyquist peaks. Enable antialiasing in the data "
+        "pipeline's resize; the data stream firing as well as the predictions points at the "
+        "pipeline.",
+        thresholds={"alias_share": th.alias_share},
     )
     for name, _, i, table in _texture_rows(streams, steps):
         row_step = int(table["step"][i])
+        size = sizes[name]
 
         def add(
             cause: ProbableCause,
@@ -344,17 +351,19 @@ def _texture_causes(
             value: float,
             name: str = name,
             row_step: int = row_step,
+            **extra: Any,
         ) -> None:
             cause.evidence.append(f"{name} @ step {row_step}: {text}")
             cause.values.append(
-                {"stream": name, "step": row_step, "metric": metric, "value": value}
+                {"stream": name, "step": row_step, "metric": metric, "value": value, **extra}
             )
 
-        f, ref = _value(table, "fundamental_radius_bin", i), _value(table, "ref_radius_bin", i)
+        f = _value(table, "fundamental_radius_bin", i)
         cb = _value(table, "checkerboard_energy", i)
-        white = _white_nyquist_share(sizes[name])
-        if _finite(cb) and cb > th.checkerboard * white:
-            nyquist = _finite(f) and f >= _NYQUIST_SHARE * max(sizes[name])
+        nyquist = False
+        if alarms.checkerboard(cb, size, th.checkerboard):
+            white = alarms.white_nyquist_share(size)
+            nyquist = _finite(f) and f >= _NYQUIST_SHARE * max(size)
             add(
                 checker,
                 f"checkerboard_energy = {cb:.3g}, {cb / white:.1f}× white noise's "
@@ -363,30 +372,32 @@ def _texture_causes(
                 "checkerboard_energy",
                 cb,
             )
-            if nyquist:
-                continue  # f* is the checkerboard's: the f*-based readings would repeat it
-        prominence = _value(table, PEAK_KEY, i)
-        if _finite(prominence) and prominence < th.periodic_peak:
-            continue  # no periodic texture: f*, its harmonics and its ring mean nothing
-        for key, what in (
-            ("E2f_over_Ef", "energy at 2f exceeds f: tiles look halved"),
-            ("Ehalf_over_Ef", "energy at f/2 exceeds f: tiles look doubled"),
-        ):
-            val = _value(table, key, i)
-            if _finite(val) and val > th.harmonic_ratio:
-                add(harmonic, f"{key} = {val:.3g} > {th.harmonic_ratio:g} ({what})", key, val)
-        if _finite(f) and _finite(ref) and ref > 0 and f > 0:
-            scale = _harmonic_scale(ref / f, th.scale_tolerance)
-            if scale is not None:
-                add(
-                    harmonic,
-                    f"f* = {f:.3g} vs reference {ref:.3g}: the tile is ×{ref / f:.2f} "
-                    "the reference's size",
-                    "tile_scale",
-                    ref / f,
-                )
+        alias = _value(table, "alias_score", i)
+        if alarms.aliasing(alias, th.alias_share):
+            add(
+                aliasing,
+                f"alias_score = {alias:.3g} (≥ {th.alias_share:g}): {alias:.0%} of the power "
+                "sits in strong peaks the reference lacks",
+                "alias_score",
+                alias,
+            )
+        if nyquist or not _periodic_rows(table)[i]:
+            # no periodic texture (or f* is the checkerboard's): periods, f* and its ring
+            # mean nothing, and tile_scale / band_score read noise
+            continue
+        scale = _value(table, "tile_scale", i)
+        lock = alarms.harmonic_lock(scale, th.harmonic_scale)
+        if lock is not None:
+            tiles = "tiles doubled" if lock == "half" else "tiles halved"
+            add(
+                harmonic,
+                f"tile scale {scale:.2f}: the period is ×{scale:.2f} the reference's ({tiles})",
+                "tile_scale",
+                scale,
+                lock=lock,
+            )
         acf = _value(table, "acf_first_peak_radius_bin", i)
-        fft = _fft_period(f, sizes[name]) if _finite(f) else math.nan
+        fft = _fft_period(f, size) if _finite(f) else math.nan
         if _finite(acf) and _finite(fft) and acf > 0 and abs(acf / fft - 1) > th.acf_fft_mismatch:
             add(
                 mixup,
@@ -394,21 +405,29 @@ def _texture_causes(
                 "acf_over_fft_period",
                 acf / fft,
             )
-        for key, limit in (("axis_ratio_at_f", th.axis_ratio), ("band_score", th.band_score)):
-            val = _value(table, key, i)
-            if _finite(val) and val > limit:
-                add(bands, f"{key} = {val:.3g} > {limit:g}", key, val)
-        dr = _value(table, "resize_delta_r", i)
-        if _finite(dr) and abs(dr) > th.resize_delta_r:
-            mse = _value(table, "resize_mse_downUp", i)
+        axis = _value(table, "axis_ratio_at_f", i)
+        if _finite(axis) and axis > th.axis_ratio:
             add(
-                resize,
-                f"resize_delta_r = {dr:.3g} (|·| > {th.resize_delta_r:g}), "
-                f"resize_mse_downUp = {mse:.3g}",
-                "resize_delta_r",
-                dr,
+                bands,
+                f"axis_ratio_at_f = {axis:.3g} > {th.axis_ratio:g}: the ring at f gathers on "
+                "the FFT axes",
+                "axis_ratio_at_f",
+                axis,
             )
-    return [c for c in (harmonic, mixup, bands, checker, resize) if c.evidence]
+        band = _value(table, "band_score", i)
+        # a doubled period over the whole image reads doubled in every strip: that is the
+        # harmonic lock above, not a band
+        if lock != "half" and alarms.banding(band, th.band_score):
+            run = _value(table, "band_max_run", i)
+            add(
+                bands,
+                f"band_score = {band:.3g} (≥ {th.band_score:g}): {band:.0%} more row/column "
+                "strips read the doubled period than in the reference"
+                + (f"; the longest band spans {run:.0f} px" if _finite(run) else ""),
+                "band_score",
+                band,
+            )
+    return [c for c in (harmonic, mixup, bands, checker, aliasing) if c.evidence]
 
 
 def _health_cause(
@@ -603,9 +622,12 @@ def probable_causes(
         scalars: per-step scalar table: ``step``, ``loss``, ``loss_ema``, ``loss_zscore``,
             ``spike``, ``spike_rule``, ``dead/<term>``, ``term/<term>``, ``weight/<term>``,
             optional ``lr``.
-        streams: per stream, a :func:`step_table` of its derived columns.
+        streams: per stream, a :func:`step_table` of its derived columns. The period-based
+            readings (harmonic lock, ACF/FFT mix-up, banding) are judged only at rows whose
+            ``periodic`` is > 0; the checkerboard and aliasing readings at every row.
         steps: the steps whose texture metrics are judged (the report's checkpoints).
-        sizes: (H, W) of each stream, to turn f* into a period.
+        sizes: (H, W) of each stream, to turn f* into a period and for the white-noise
+            Nyquist share the checkerboard is compared with.
         sample_ids: sample ids of each spiking step's batch.
         thresholds: where each reading fires (defaults: :class:`Thresholds`).
     """
@@ -689,30 +711,6 @@ def _load(path: Path, run: Run, label: str, settings: Any) -> _RunData:
         sizes=sizes,  # type: ignore[arg-type]
         checkpoints=run.checkpoint_steps(),
     )
-
-
-def _add_periodicity(rd: _RunData, steps: Sequence[int], threshold: float) -> None:
-    """Add a ``peak_prominence`` column (median over the items) at the rows ``steps`` select.
-
-    The derived tables have no periodic-peak test; the texture readings need it to tell a
-    periodic texture (whose f* means something) from noise, so it is computed for the judged
-    rows only.
-    """
-    import torch
-
-    from texwatch.diagnose import periodicity
-
-    for name, table in rd.streams.items():
-        column = np.full(table["step"].size, np.nan)
-        rows = sorted({i for s in steps if (i := _row_at(table, s)) is not None})
-        for i in rows:
-            _, data = rd.run.stream_at(name, [int(table["step"][i])])
-            x = torch.as_tensor(np.asarray(data, dtype=np.float32))
-            found = [
-                periodicity(x[j : j + 1], threshold=threshold).prominence for j in range(x.shape[0])
-            ]
-            column[i] = float(np.nanmedian(found)) if np.isfinite(found).any() else np.nan
-        table[PEAK_KEY] = column
 
 
 def _labels(runs: Sequence[Run], paths: Sequence[Path]) -> list[str]:
@@ -1163,34 +1161,43 @@ def _texture_section(doc: _Document, rd: _RunData, th: Thresholds) -> None:
             title=f"{name}: f* (FFT bins)",
             marker=".",
         )
+        periodic = _periodic_rows(t)
         draw_series(
             row[1],
             s,
-            {"E2f/Ef": t.get("E2f_over_Ef", nan), "Ehalf/Ef": t.get("Ehalf_over_Ef", nan)},
-            title=f"{name}: harmonic energy ratios",
-            hlines={"threshold": th.harmonic_ratio},
+            {"tile scale": np.where(periodic, t.get("tile_scale", nan), np.nan)},
+            title=f"{name}: tile scale (period / reference's)",
+            hlines={
+                f"×{th.harmonic_scale:g}: tiles doubled": th.harmonic_scale,
+                f"×{1 / th.harmonic_scale:.3g}: tiles halved": 1 / th.harmonic_scale,
+            },
             marker=".",
         )
         draw_series(
             row[2],
             s,
             {
-                "axis ratio": t.get("axis_ratio_at_f", nan),
+                "axis ratio": np.where(periodic, t.get("axis_ratio_at_f", nan), np.nan),
+                "band score": np.where(periodic, t.get("band_score", nan), np.nan),
                 "checkerboard": t.get("checkerboard_energy", nan),
-                "band score": t.get("band_score", nan),
             },
             title=f"{name}: banding and checkerboard",
+            hlines={"band score threshold": th.band_score},
             marker=".",
         )
         draw_series(
             row[3],
             s,
-            {"resize Δr": t.get("resize_delta_r", nan)},
-            title=f"{name}: resize f* drift (bins)",
-            hlines={"±threshold": th.resize_delta_r},
+            {"alias score": t.get("alias_score", nan)},
+            title=f"{name}: alias score (power share in peaks the ref lacks)",
+            hlines={"threshold": th.alias_share},
             marker=".",
         )
-    doc.figure(fig, f"{rd.label}: texture metrics of every stream over time")
+    doc.figure(
+        fig,
+        f"{rd.label}: texture metrics of every stream over time (tile scale, axis ratio and "
+        "band score at the steps with a periodic texture only)",
+    )
 
 
 def _series(rd: _RunData) -> dict[str, Any]:
@@ -1238,7 +1245,7 @@ def _checkpoint_section(
                 "stream": name,
                 "row_step": int(t["step"][i]),
                 "items": int(t["items"][i]),
-                **{k: float(t[k][i]) for k in (*TEXTURE_KEYS, PEAK_KEY, *HEALTH_KEYS) if k in t},
+                **{k: float(t[k][i]) for k in (*TEXTURE_KEYS, *HEALTH_KEYS) if k in t},
             }
         )
         value = columns[-1].get("fundamental_radius_bin")
@@ -1269,7 +1276,8 @@ def _checkpoint_section(
             "reference black) and ACF, runs side by side",
         )
     if columns:
-        order = (*TEXTURE_KEYS[:2], FFT_PERIOD_KEY, *TEXTURE_KEYS[2:], PEAK_KEY, *HEALTH_KEYS)
+        at = TEXTURE_KEYS.index("acf_first_peak_radius_bin") + 1
+        order = (*TEXTURE_KEYS[:at], FFT_PERIOD_KEY, *TEXTURE_KEYS[at:], *HEALTH_KEYS)
         keys = [k for k in order if any(k in c for c in columns)]
         doc.table(
             ["metric", *(f"{c['run']} · {c['stream']} @ {c['row_step']}" for c in columns)],
@@ -1288,11 +1296,11 @@ def _summary_section(doc: _Document, runs: Sequence[_RunData], steps: Sequence[i
     keys = (
         "fundamental_radius_bin",
         "acf_first_peak_radius_bin",
-        "E2f_over_Ef",
-        "Ehalf_over_Ef",
+        "tile_scale",
+        "band_score",
         "axis_ratio_at_f",
+        "alias_score",
         "checkerboard_energy",
-        "resize_delta_r",
         "clip_fraction",
     )
     fig = new_figure(16.0, 7.8)
@@ -1464,7 +1472,6 @@ def build_report(
             )
             sections = []
             for rd in runs:
-                _add_periodicity(rd, chosen, th.periodic_peak)
                 ids = {
                     int(s): [int(x) for x in rd.run.batch(int(s)).get("sample_id", []) if x >= 0]
                     for s in rd.scalars["step"][rd.scalars.get("spike", np.zeros(0)) > 0]
@@ -1571,13 +1578,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar="NAME=VALUE",
         help=f"change where a probable cause fires; NAME in: {names}",
     )
-    p.add_argument(
-        "--fft-threshold",
-        type=float,
-        default=None,
-        help="periodic peak: a spectral bin this many times its ring's noise floor "
-        f"(= --threshold periodic_peak, default {DEFAULT_FFT_THRESHOLD:g})",
-    )
     add_derive_arguments(p)  # the daemon's own flags: they apply to rows it has not derived
     p.add_argument("--max-images", type=int, default=8, help="images per sample grid (8)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -1607,10 +1607,6 @@ def run(args: argparse.Namespace) -> int:
         from texwatch.derive import settings_from_args
 
         thresholds = Thresholds.from_pairs(args.threshold)
-        if args.fft_threshold is not None:
-            if not math.isfinite(args.fft_threshold) or args.fft_threshold <= 0:
-                raise ReportError(f"--fft-threshold must be positive, got {args.fft_threshold}")
-            thresholds = dataclasses.replace(thresholds, periodic_peak=args.fft_threshold)
         steps = _parse_steps(args.steps) if args.steps is not None else None
         try:
             settings = settings_from_args(args)
