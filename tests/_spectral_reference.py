@@ -22,7 +22,7 @@ ACF_RELATIVE = 0.5
 ACF_OVERLAP = 0.1
 MIN_RING_BINS = 8
 AGREEMENT = 0.08
-STRIP_PERIODS = 3.0
+STRIP_PERIODS = 4.0
 BAND_OCTAVES = 0.4
 ALIAS_PROMINENCE = 100.0
 ALIAS_GAIN = 10.0
@@ -197,9 +197,11 @@ def prominence_at(a: list[float], j: int) -> float:
     return a[j] - max(base_left, base_right)
 
 
-def acf_period(ppad: np.ndarray, weight: np.ndarray, fx: float, fy: float) -> float:
-    """ACF period (px) along the direction (fx, fy): the first prominent peak at least half as
-    high as the highest prominent one."""
+def acf_period(
+    ppad: np.ndarray, weight: np.ndarray, fx: float, fy: float, relative: float = ACF_RELATIVE
+) -> float:
+    """ACF period (px) along the direction (fx, fy): the first prominent peak at least
+    ``relative`` × as high as the highest prominent one."""
     if not (math.isfinite(fx) and math.isfinite(fy)) or fx == 0 and fy == 0:
         return math.nan
     h2, w2 = ppad.shape
@@ -228,7 +230,7 @@ def acf_period(ppad: np.ndarray, weight: np.ndarray, fx: float, fy: float) -> fl
     if not peaks:
         return math.nan
     highest = max(profile[j] for j in peaks)
-    j = next(j for j in peaks if profile[j] >= ACF_RELATIVE * highest)
+    j = next(j for j in peaks if relative == 0 or profile[j] >= relative * highest)
     left, centre, right = profile[j - 1], profile[j], profile[j + 1]
     curvature = left - 2 * centre + right
     offset = 0.0
@@ -287,7 +289,8 @@ def strip_periods(
                 continue
         sh, sw = strip.shape[1:]
         ppad = power(prepare(strip, strip_mask, "none"), shape=(2 * sh, 2 * sw))
-        out.append(acf_period(ppad, weight_of(strip_mask, "none", sh, sw), fx, fy))
+        # a strip's own period is its first prominent peak, however low
+        out.append(acf_period(ppad, weight_of(strip_mask, "none", sh, sw), fx, fy, relative=0.0))
     return out
 
 
@@ -299,7 +302,8 @@ def band_reading(
     fy: float,
     base: float | None = None,
 ) -> tuple[float, float, float]:
-    """(band share, longest run in px, base strip period) of strips 3 periods across."""
+    """(band share, longest run in px, base) of strips 4 periods across, against ``base`` or
+    their own median."""
     _, h, w = ch.shape
     if not all(math.isfinite(v) for v in (period, fx, fy)):
         return math.nan, math.nan, math.nan
@@ -329,13 +333,26 @@ def band_reading(
     return max(shares), float(max(runs)), base
 
 
-def alias_share(p: np.ndarray, prominence: np.ndarray, ref_prominence: np.ndarray) -> float:
-    """Share of the non-lobe power in strong peaks 10 dB above the reference's 3x3 maximum."""
+def rings(h: int, w: int, r_bins: int) -> np.ndarray:
+    """The noise-floor ring of every bin of a full plane."""
+    r_max = max(h, w) / math.sqrt(2)
+    width = max(r_max / r_bins, 1.0)
+    n_rings = int(r_max // width) + 1
+    return np.minimum(np.floor(radius_grid(h, w) / width + 1e-9).astype(int), n_rings - 1)
+
+
+def alias_share(
+    p: np.ndarray, prominence: np.ndarray, ref_prominence: np.ndarray, r_bins: int
+) -> float:
+    """Share of the non-lobe power in strong peaks 10 dB above the reference's strongest peak in
+    the same ring or the two next to it."""
     h, w = p.shape
-    around = np.max(
-        [np.roll(ref_prominence, (dy, dx), axis=(0, 1)) for dy in (-1, 0, 1) for dx in (-1, 0, 1)],
-        axis=0,
-    )
+    ring = rings(h, w, r_bins)
+    strongest = np.zeros(ring.max() + 1)
+    for k in range(ring.max() + 1):
+        members = ref_prominence[ring == k]
+        strongest[k] = members.max() if members.size else 0.0
+    around = np.array([strongest[max(k - 1, 0) : k + 2].max() for k in range(strongest.size)])[ring]
     spurious = (prominence >= ALIAS_PROMINENCE) & (prominence >= ALIAS_GAIN * around)
     total = p[~lobe_mask(h, w)].sum()
     return float(p[spurious].sum() / total) if total > 0 else math.nan
@@ -435,28 +452,26 @@ def metrics(
         "alias_score": math.nan,
     }
 
-    base, dir_x, dir_y = period, fx, fy
-    ref_reading: tuple[float, float, float] | None = None
+    ref_bands: tuple[float, float, float, float, float] | None = None
     if ref is None:
         ref_radius = math.nan
         centre = f
     elif isinstance(ref, (int, float)):
         ref_radius = centre = float(ref)
-        base = n / ref_radius
-        out["tile_scale"] = period / base
+        out["tile_scale"] = period / (n / ref_radius)
     else:
         rch = channels(ref)
         rh, rw = rch.shape[1:]
-        rp, rppad, rweight, rf, rfx, rfy, rperiod, _ = analyse(rch, ref_mask, window, r_bins)
+        rp, _, _, rf, rfx, rfy, rperiod, _ = analyse(rch, ref_mask, window, r_bins)
         ref_radius = centre = rf * n / max(rh, rw)
-        base, dir_x, dir_y = rperiod, rfx, rfy
-        out["tile_scale"] = acf_period(ppad, weight, rfx, rfy) / rperiod
+        out["tile_scale"] = period / rperiod
         if (rh, rw) == (h, w):
             out["alias_score"] = alias_share(
-                p, prominence_map(p, r_bins)[0], prominence_map(rp, r_bins)[0]
+                p, prominence_map(p, r_bins)[0], prominence_map(rp, r_bins)[0], r_bins
             )
         if bands:
-            ref_reading = band_reading(rch, ref_mask, rperiod, rfx, rfy)
+            share, _, base = band_reading(rch, ref_mask, rperiod, rfx, rfy)
+            ref_bands = (share, base, rperiod, rfx, rfy)
     e_f, e_axis = ring_sum(p, centre, ring_width)
     ok = math.isfinite(e_f) and e_f > 0
     out["axis_ratio_at_f"] = e_axis / e_f if ok else math.nan
@@ -481,12 +496,16 @@ def metrics(
     out["checkerboard_energy"] = float(p[nyquist].sum() / everything) if everything > 0 else 0.0
 
     if bands:
-        if ref_reading is None:
-            out["band_score"], out["band_max_run"], _ = band_reading(ch, mask, base, dir_x, dir_y)
+        if ref_bands is None:
+            out["band_score"], out["band_max_run"], _ = band_reading(ch, mask, period, fx, fy)
         else:
-            ref_share, _, ref_base = ref_reading
-            share, run, _ = band_reading(ch, mask, base, dir_x, dir_y, ref_base)
-            out["band_score"], out["band_max_run"] = max(share - ref_share, 0.0), run
+            ref_share, base, rperiod, rfx, rfy = ref_bands
+            norms = math.hypot(fx, fy) * math.hypot(rfx, rfy)
+            aligned = abs(fx * rfx + fy * rfy) >= math.cos(math.radians(18.0)) * norms
+            share, run, _ = band_reading(ch, mask, rperiod, rfx, rfy, base)
+            ok = aligned and math.isfinite(ref_share) and math.isfinite(share)
+            out["band_score"] = max(share - ref_share, 0.0) if ok else math.nan
+            out["band_max_run"] = run if aligned else math.nan
     return out
 
 

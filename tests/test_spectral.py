@@ -142,17 +142,39 @@ def test_tile_scale_holds_on_harmonics_of_a_line_texture_and_is_gated() -> None:
     gen = torch.Generator().manual_seed(4)
     noise = torch.rand(1, 1, n, n, generator=gen)
     m = texture_metrics(
-        torch.cat([doubled, sharpened, noise, torch.full_like(noise, 0.5)]), ref=target
+        torch.cat([doubled, sharpened, noise, torch.full_like(noise, 0.5)]), ref=target, bands=True
     )
     scale = m["tile_scale"]
     assert float(scale[0]) == pytest.approx(2.0, rel=0.03)
     assert float(scale[1]) == pytest.approx(1.0, rel=0.03)
     assert math.isnan(float(scale[2])) and math.isnan(float(scale[3]))  # nothing to lock onto
+    assert torch.isnan(m["band_score"][2:]).all()
     # The gate: an aperiodic target has no scale to lock onto, whatever the prediction.
     aperiodic = texture_metrics(target, ref=noise)
     assert math.isnan(float(aperiodic["tile_scale"][0]))
     assert math.isnan(float(aperiodic["ref_radius_bin"][0]))
     assert math.isnan(float(texture_metrics(target)["tile_scale"][0]))  # no reference at all
+
+
+def test_a_texture_turned_or_flipped_against_one_reference_tile_keeps_its_scale() -> None:
+    n = 256
+    gen = torch.Generator().manual_seed(8)
+    tile = bricks(n, n)[None, None].float()
+    turned = torch.stack(
+        [
+            grating(n, n, 16, a) + 0.05 * torch.randn(n, n, generator=gen, dtype=torch.float64)
+            for a in (20.0, 65.0, 110.0)
+        ]
+    )[:, None].float()
+    m = texture_metrics(turned, ref=grating(n, n, 16, 20.0)[None, None].float(), bands=True)
+    assert torch.allclose(m["tile_scale"], torch.ones(3), rtol=0.03)
+    assert (m["alias_score"] == 0).all()
+    # bands are read only along the reference's direction: 0 at 20°, not read once turned
+    assert float(m["band_score"][0]) == 0.0 and torch.isnan(m["band_score"][1:]).all()
+    flipped = texture_metrics(tile.flip(-1), ref=tile, bands=True)
+    assert float(flipped["tile_scale"][0]) == pytest.approx(1.0, rel=0.03)
+    assert float(flipped["alias_score"][0]) == 0.0
+    assert not alarms.banding(float(flipped["band_score"][0]))
 
 
 def test_ring_energy_is_a_ring_sum_not_a_mean() -> None:
@@ -401,6 +423,26 @@ def assert_matches_reference(
                 continue
             assert actual == pytest.approx(value, rel=2e-3, abs=1e-5), (key, i, actual, value)
     return periodic
+
+
+@pytest.mark.parametrize("with_ref", [False, True])
+def test_the_band_scan_matches_the_numpy_reference(with_ref: bool) -> None:
+    """Strips narrower than the image (the random textures above clamp to the whole image)."""
+    rng = np.random.default_rng(11)
+    h, w = 128, 192
+    yy, xx = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+    t = xx * math.cos(0.5) + yy * math.sin(0.5)
+    fine, coarse = np.cos(2 * np.pi * t / 8), np.cos(2 * np.pi * t / 16)
+    images = np.stack(
+        [
+            np.where(xx >= edge * w, coarse, fine)[None] + 0.05 * rng.standard_normal((1, h, w))
+            for edge in (0.45, 0.65)
+        ]
+    )
+    ref = fine[None] + 0.05 * rng.standard_normal((1, h, w)) if with_ref else None
+    assert assert_matches_reference(images, None, ref, "hann", True) == 2
+    got = texture_metrics(torch.from_numpy(images).float(), bands=True)
+    assert bool((got["band_score"] > 0.3).all())
 
 
 def test_latent_health_matches_the_reference_and_counts_nonfinite_first() -> None:

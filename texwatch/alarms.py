@@ -42,7 +42,7 @@ __all__ = [
 HARMONIC_SCALE: float = 1.5
 """``tile_scale`` at or beyond this (or at or below its inverse) is a harmonic lock."""
 
-BAND_SCORE: float = 0.2
+BAND_SCORE: float = 0.1
 """``band_score`` at or above this is a band of another texture scale."""
 
 ALIAS_SHARE: float = 0.15

@@ -64,15 +64,15 @@ on a natural image — is not a texture. When ``periodic`` is 0, f\*, the ACF pe
 everything measured around f\* are NaN: never a guess.
 
 **Tile scale** (``tile_scale``; the harmonic lock). With a reference (the target, or a reference
-tile), ``T_ref`` is the reference's ACF period, read along its own f\* direction; ``tile_scale =
-T_x / T_ref`` where ``T_x`` is x's ACF period read along the *reference's* direction. 1 is the
-right scale, 2 tiles twice too large (x's fundamental sits at ``f_ref/2``: locked onto the
-subharmonic), ½ tiles half as large (locked onto ``2 f_ref``). Both are read from the linear
-ACF, which sums every harmonic of a texture: a doubled line-like texture whose second harmonic
-falls exactly on ``f_ref`` still reads 2, and sharpening, blurring, contrast or JPEG change the
-harmonics' weights but not the period. NaN when the reference is not periodic (the gate: an
-aperiodic target has no scale to lock onto) or x has no ACF period (noise, a flat image); a
-number given as ``ref`` stands for ``f_ref``, with ``T_ref = N/f_ref`` and x's own direction.
+tile), ``tile_scale = T_x / T_ref``: x's ACF period over the reference's, each read along its
+own f\* direction, so a texture turned or flipped against a single reference tile keeps its
+scale. 1 is the right scale, 2 tiles twice too large (x's fundamental sits at ``f_ref/2``:
+locked onto the subharmonic), ½ tiles half as large (locked onto ``2 f_ref``). Both are read
+from the linear ACF, which sums every harmonic of a texture: a doubled line-like texture whose
+second harmonic falls exactly on ``f_ref`` still reads 2, and sharpening, blurring, contrast or
+JPEG change the harmonics' weights but not the period. NaN when the reference is not periodic
+(the gate: an aperiodic target has no scale to lock onto) or x is not (noise, a flat image: no
+scale at all); a number given as ``ref`` stands for ``f_ref``, with ``T_ref = N/f_ref``.
 :mod:`texwatch.alarms` reads a lock at ``tile_scale ≥ 1.5`` or ``≤ 1/1.5``.
 
 ``ref_radius_bin``: the reference's f\* in *x's* radius units (``f_ref · N_x / N_ref``, i.e. the
@@ -82,20 +82,24 @@ energy ``E(f) = Σ_k P(k)·g(|k| − f)`` (Gaussian profile of FWHM ``ring_width
 (``kx = 0`` or ``ky = 0``): the FFT boundary "axis cross".
 
 **Bands** (``bands=True``: ``band_score``, ``band_max_run``). The image is cut into row strips
-(``s × W``) and column strips (``H × s``), ``s = 3 T_base`` rounded to 8 px, stride ``s/4``, each
-with its own mean removal, rectangular window (the longest usable lags) and mask; a strip's
-period is its ACF period along the base direction, ``T_base`` being the reference's ACF period
-and direction (x's own without a reference). A strip reads *doubled* when its period is within
-0.4 octave of twice the base strips' median period, and a band is two neighbouring doubled
-strips at least (one strip across a gap between text lines is not a band). ``band_score`` is the
-largest share, over the two orientations, of strips in such bands, minus the same share of the
-reference's own strips (a texture with gaps reads some doubled strips in the target too);
-``band_max_run`` the extent in px of the longest run. A band narrower than two periods of its
-doubled texture cannot be read. NaN when the base period is NaN.
+(``s × W``) and column strips (``H × s``), ``s = 4 T`` rounded to 8 px, stride ``s/4``, each with
+its own mean removal, rectangular window (the longest usable lags) and mask; a strip's period is
+its first prominent ACF peak (however low: a strip across a band's edge holds both periods). With
+a reference, T and the direction the strips are read along are the reference's, and x's strips
+are compared with the median of the reference's own strips; without one, the image's own. A
+strip reads *doubled* when its period is within 0.4 octave of twice that median, and a band is
+two neighbouring doubled strips at least (one strip across a gap between text lines is not a
+band). ``band_score`` is the largest share, over the two orientations, of strips in such bands;
+with a reference, minus the same share of the reference's own strips (a texture with gaps reads
+some doubled strips in the target too). ``band_max_run`` is the extent in px of the longest
+band. A band narrower than two periods of its doubled texture cannot be read. NaN when the
+image or the reference is not periodic, or when x's f\* direction is more than 18° off the
+reference's (a texture turned against its reference tile: its strips cannot be read alike).
 
 **Aliasing** (``alias_score``). With a reference image of x's size: the share of x's non-lobe
 power in bins that are 20 dB above their own ring's noise floor *and* 10 dB above the
-reference's largest prominence in the 3×3 bins around them — strong, sharp peaks the reference
+reference's largest prominence at the same radius (its ring and the two next to it: a texture
+turned or flipped keeps its peaks' radii) — strong, sharp peaks at a frequency the reference
 does not have, such as the folded tones of a fine pattern subsampled without a low-pass filter.
 NaN without such a reference.
 
@@ -210,6 +214,7 @@ _ACF_MIN_OVERLAP = 0.1
 _BORDER = 2
 _LOCAL_MIN_MASK = 0.3
 _BAND_STRIP_PERIODS = 4.0  # a band strip is this many base periods across
+_ALIGNED_COSINE = math.cos(math.radians(18.0))  # x's peak along the reference's, for bands
 _BAND_OCTAVES = 0.4  # a strip whose period is within this many octaves of 2T reads doubled
 _FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
 _DENSE_RESIZE_MAX = 96  # up to this size, dense resampling matrices beat torch's resize kernel
@@ -955,19 +960,18 @@ def _reference(
 ) -> _Reference:
     b = x.shape[0]
     n_x = max(x.shape[-2:])
-    nan = torch.full((b,), math.nan, dtype=dtype, device=x.device)
     if isinstance(ref, bool):
         raise TypeError("`ref` must be a tensor, a number or None, got bool")
     if isinstance(ref, (int, float)):
         radius = torch.full((b,), float(ref), dtype=dtype, device=x.device)
-        return _Reference(radius, n_x / radius, nan, nan, None, None)
+        return _Reference(radius, n_x / radius, radius * math.nan, radius * math.nan, None, None)
     if not isinstance(ref, Tensor):
         raise TypeError(f"`ref` must be a tensor, a number or None, got {type(ref).__name__}")
     if ref.ndim in (0, 1):
         if ref.ndim == 1 and ref.shape[0] not in (1, b):
             raise ValueError(f"`ref` radii must have shape ({b},) or (1,), got {tuple(ref.shape)}")
         radius = ref.to(device=x.device, dtype=dtype).expand(b).clone()
-        return _Reference(radius, n_x / radius, nan, nan, None, None)
+        return _Reference(radius, n_x / radius, radius * math.nan, radius * math.nan, None, None)
     _check_images(ref, "ref")
     if ref.shape[0] not in (1, b):
         raise ValueError(
@@ -978,25 +982,38 @@ def _reference(
     h, w = ref.shape[-2:]
     power, acf = _spectrum_and_acf(_apodize(ch, m, window))
     peak = _peak(power, _grid(h, w, r_bins, ref.device, dtype))
-    period, _, _ = _acf_period(acf, _weight_acf(m, window, h, w, acf), peak.fx, peak.fy)
-    peak, period, _ = _gate(peak, period, max(h, w))
-    fields = (peak.radius * (n_x / max(h, w)), period, peak.fx, peak.fy)
+    period_ref, _, _ = _acf_period(acf, _weight_acf(m, window, h, w, acf), peak.fx, peak.fy)
+    peak, period_ref, _ = _gate(peak, period_ref, max(h, w))
     radius, period, fx, fy = (
         torch.where(finite, t, torch.full_like(t, math.nan)).to(x.device).expand(b).clone()
-        for t in fields
+        for t in (peak.radius * (n_x / max(h, w)), period_ref, peak.fx, peak.fy)
     )
     bins = peak.bins.to(x.device) if (h, w) == tuple(x.shape[-2:]) else None
     strips = None
     if bands:
-        own = _band_reading(ch, m, *fields[1:])
+        own = _band_reading(ch, m, period_ref, peak.fx, peak.fy)
         strips = _BandReading(*(t.to(x.device).expand(b).clone() for t in own))
     return _Reference(radius, period, fx, fy, bins, strips)
 
 
+def _aligned(fx: Tensor, fy: Tensor, ref_fx: Tensor, ref_fy: Tensor) -> Tensor:
+    """Whether two peak directions are within 18° of each other, either way round (B,)."""
+    dot = (fx * ref_fx + fy * ref_fy).abs()
+    norms = torch.sqrt((fx.square() + fy.square()) * (ref_fx.square() + ref_fy.square()))
+    return dot >= _ALIGNED_COSINE * norms  # False where NaN
+
+
 def _alias_share(power: Tensor, bins: Tensor, g: _Grid, ref_bins: Tensor) -> Tensor:
-    """Share (B,) of x's power in significant peaks the reference lacks (module docstring)."""
+    """Share (B,) of x's power in strong peaks the reference lacks (module docstring)."""
     n = bins.shape[0]
-    around = _max3(ref_bins.view(-1, g.h, g.w // 2 + 1), g).flatten(1).expand(n, -1)
+    ring_max = torch.zeros(ref_bins.shape[0], g.n_rings, dtype=bins.dtype, device=bins.device)
+    ring_max = ring_max.scatter_reduce(
+        1, g.ring[None].expand(ref_bins.shape[0], -1), ref_bins, "amax", include_self=True
+    )
+    # the reference's strongest peak at the same radius, give or take one ring: a texture
+    # turned or flipped keeps its peaks' radii
+    ring_max = F.max_pool1d(ring_max[:, None], kernel_size=3, stride=1, padding=1)[:, 0]
+    around = ring_max.gather(1, g.ring[None].expand(ref_bins.shape[0], -1)).expand(n, -1)
     spurious = (bins >= _ALIAS_PROMINENCE) & (bins >= _ALIAS_GAIN * around)
     flat = power.reshape(n, -1) * g.weight_flat
     total = flat.sum(dim=1)
@@ -1114,10 +1131,9 @@ def texture_metrics(
         peak, period, periodic = _gate(a.peak, period, max(h, w))
 
         nan = torch.full_like(peak.radius, math.nan)
-        # the baseline of the tile scale and the bands: the reference's period and direction,
-        # x's own direction for a given radius, x's own period and direction without a reference
-        base, dir_x, dir_y, alias = period, peak.fx, peak.fy, nan
-        ref_radius = scale = nan
+        # x's own period and direction against the reference's: a texture turned or flipped
+        # keeps its scale
+        ref_radius = scale = alias = nan
         ref_strips = None
         if ref is not None:
             if ref_mask is None:
@@ -1125,11 +1141,7 @@ def texture_metrics(
             reference = _reference(ref, ref_mask, x, window, r_bins, dtype, bands)
             ref_strips = reference.strips
             ref_radius = reference.radius
-            known = torch.isfinite(reference.fx)
-            dir_x = torch.where(known, reference.fx, peak.fx)
-            dir_y = torch.where(known, reference.fy, peak.fy)
-            base = torch.where(torch.isfinite(ref_radius), reference.period, nan)
-            scale = _acf_period(a.acf, wacf, dir_x, dir_y)[0] / base
+            scale = period / reference.period
             if reference.bins is not None:
                 alias = _alias_share(a.power, peak.bins, a.grid, reference.bins)
         centre = peak.radius if ref is None else ref_radius
@@ -1167,12 +1179,19 @@ def texture_metrics(
         }
         if bands:
             if ref_strips is None:
-                reading = _band_reading(a.ch, a.mask, base, dir_x, dir_y)
-                score = reading.score
+                score, run = _band_reading(a.ch, a.mask, period, peak.fx, peak.fy)[:2]
             else:
-                reading = _band_reading(a.ch, a.mask, base, dir_x, dir_y, ref_strips.base)
-                score = (reading.score - ref_strips.score).clamp_min(0.0)
-            out["band_score"], out["band_max_run"] = score, reading.run
+                # x's strips read like the reference's: its period, direction and median strip;
+                # a texture turned against its reference has no such reading
+                aligned = _aligned(peak.fx, peak.fy, reference.fx, reference.fy)
+                reading = _band_reading(
+                    a.ch, a.mask, reference.period, reference.fx, reference.fy, ref_strips.base
+                )
+                score = torch.where(
+                    aligned, (reading.score - ref_strips.score).clamp_min(0.0), torch.nan
+                )
+                run = torch.where(aligned, reading.run, torch.nan)
+            out["band_score"], out["band_max_run"] = score, run
         finite = a.finite
         return {
             key: torch.where(
@@ -1282,8 +1301,8 @@ def _strip_periods(
 
 
 class _BandReading(NamedTuple):
-    score: Tensor  # (B,) band_score
-    run: Tensor  # (B,) band_max_run, px
+    score: Tensor  # (B,) share of strips in doubled-period bands
+    run: Tensor  # (B,) extent of the longest band, px
     base: Tensor  # (B,) the strip period the strips were compared with
 
 
@@ -1295,11 +1314,11 @@ def _band_reading(
     fy: Tensor,
     base: Tensor | None = None,
 ) -> _BandReading:
-    """Strips ``3·period`` across, read along (fx, fy) and compared with ``base`` (B,).
+    """Strips ``4·period`` across, read along (fx, fy) and compared with ``base`` (B,).
 
     Without ``base`` the strips are compared with their own median period. Strip sizes are
     rounded to 8 px so a batch of one texture shares one size, and each image is measured at
-    its own size whatever the rest of the batch holds. NaN where period or direction is NaN.
+    its own size whatever the rest of the batch holds. NaN where an input is NaN.
     """
     b, _, h, w = ch.shape
     nan = torch.full((b,), math.nan, dtype=ch.dtype, device=ch.device)
@@ -1316,10 +1335,10 @@ def _band_reading(
             _strip_periods(ch[pick], sub_mask, fx[pick], fy[pick], axis, int(size))
             for axis in (2, 3)
         ]
-        reference = torch.cat(both, dim=1).nanmedian(dim=1).values if base is None else base[pick]
+        median = torch.cat(both, dim=1).nanmedian(dim=1).values if base is None else base[pick]
         scores, runs = [], []
         for periods in both:
-            scale = periods / reference[:, None]
+            scale = periods / median[:, None]
             doubled = (scale.log2() - 1).abs() <= _BAND_OCTAVES  # False where NaN
             # a band is two neighbouring strips at least: one strip across a gap is not
             after = F.pad(doubled[:, 1:], (0, 1))
@@ -1331,7 +1350,7 @@ def _band_reading(
             runs.append(torch.where(run > 0, span, 0).to(ch.dtype))
         out.score[pick] = torch.maximum(*scores).to(ch.dtype)
         out.run[pick] = torch.maximum(*runs)
-        out.base[pick] = reference
+        out.base[pick] = median
     return out
 
 
