@@ -224,38 +224,30 @@ def _log_steps(h: int, w: int, r_bins: int, device: torch.device, dtype: torch.d
 
 
 @lru_cache(maxsize=32)
-def _in_range(
-    h: int, w: int, r_bins: int, lo: int, hi: int, device: torch.device, dtype: torch.dtype
+def _rings_within(
+    h: int,
+    w: int,
+    r_bins: int,
+    lo: int,
+    hi: int,
+    lobe: bool,
+    device: torch.device,
+    dtype: torch.dtype,
 ) -> Tensor:
-    """(r_bins,) 1.0 for the rings within [lo, hi] that hold any FFT bin (DC lobe included)."""
+    """(r_bins,) bool: the rings within [lo, hi] that hold FFT bins (DC-lobe bins count with
+    ``lobe``)."""
     g = _grid(h, w, r_bins, device, dtype)
-    has = torch.zeros(r_bins, dtype=g.mult.dtype, device=device)
-    has = has.index_add(0, g.profile_bin, g.mult.flatten()) > 0
+    weight = g.mult if lobe else g.weight
+    has = torch.zeros(r_bins, dtype=weight.dtype, device=device)
+    has = has.index_add(0, g.profile_bin, weight.flatten()) > 0
     idx = torch.arange(r_bins, device=device)
-    return (has & (idx >= lo) & (idx <= hi)).to(dtype)
+    return has & (idx >= lo) & (idx <= hi)
 
 
 def _ring_profile(values: Tensor, g: _Grid, keep: Tensor) -> Tensor:
-    """Ring profiles (N, r_bins) of half-plane values (N, H, Wh) for ``W1_r``: as
-    :mod:`texwatch.spectral`'s smooth radial sums but with the DC lobe's bins, times ``keep``."""
-    flat = (values * g.mult).flatten(1)
-    sums = torch.zeros(values.shape[0], g.r_bins, dtype=values.dtype, device=values.device)
-    sums = sums.index_add(1, g.splat_lo, flat * (1 - g.splat_frac))
-    sums = sums.index_add(1, g.splat_hi, flat * g.splat_frac)
-    half = g.smooth_kernel.shape[-1] // 2
-    return F.conv1d(sums[:, None], g.smooth_kernel, padding=half)[:, 0] * keep
-
-
-@lru_cache(maxsize=32)
-def _selected(
-    h: int, w: int, r_bins: int, lo: int, hi: int, device: torch.device, dtype: torch.dtype
-) -> Tensor:
-    """(r_bins,) bool: rings that hold non-lobe FFT bins, within [lo, hi]."""
-    g = _grid(h, w, r_bins, device, dtype)
-    has = torch.zeros(r_bins, dtype=g.weight.dtype, device=device)
-    has = has.index_add(0, g.profile_bin, g.weight.flatten()) > 0
-    idx = torch.arange(r_bins, device=device)
-    return has & (idx >= lo) & (idx <= hi)
+    """Ring profiles (N, r_bins) of half-plane values (N, H, Wh) for ``W1_r``: the smooth radial
+    sums of :mod:`texwatch.spectral` with the DC lobe's bins, on the rings ``keep``."""
+    return _smooth_radial_sums(values, g, lobe=True) * keep.to(values.dtype)
 
 
 @lru_cache(maxsize=8)
@@ -345,7 +337,7 @@ def _soft_radius(
     g = _grid(h, w, r_bins, power.device, power.dtype)
     floor, _, _ = _noise_floor(power, g)
     excess = _smooth_radial_sums(power, g) - _smooth_radial_sums(floor, g)
-    selected = _selected(h, w, r_bins, lo, hi, power.device, power.dtype)[None]
+    selected = _rings_within(h, w, r_bins, lo, hi, False, power.device, power.dtype)[None]
     ninf = torch.full_like(excess, -math.inf)
     top = torch.where(selected, excess, ninf).amax(dim=1, keepdim=True)
     bottom = torch.where(selected, excess, -ninf).amin(dim=1, keepdim=True)
@@ -555,11 +547,11 @@ class SpectralPeriodLoss(_SoftRadius):
             r_a = self._override(center_override, pred, dtype)
         s2 = 2 * self.band_sigma**2
         across = _angle_distance(angle, anchor.angle).square() / s2  # (B, H, Wh)
-        keep = _selected(h, w, self.r_bins, self.min_bin, self.max_bin, dev, dtype)
+        keep = _rings_within(h, w, self.r_bins, self.min_bin, self.max_bin, False, dev, dtype)
 
         # radial: ring profiles of the power in the target's direction
         wedge = torch.exp(-across)
-        rings = _in_range(h, w, self.r_bins, self.min_bin, self.max_bin, dev, dtype)
+        rings = _rings_within(h, w, self.r_bins, self.min_bin, self.max_bin, True, dev, dtype)
         prof_t = _ring_profile(power_t * wedge, g, rings)
         prof_p = _ring_profile(power_p * wedge, g, rings)
         cdf_t, cdf_p = _cdf(prof_t, prof_t), _cdf(prof_p, prof_t)
@@ -634,7 +626,7 @@ class ScaleConsistencyLoss(_SoftRadius):
             h, w = pred1.shape[-2:]
             dev = pred1.device
             g = _grid(h, w, self.r_bins, dev, dtype)
-            rings = _in_range(h, w, self.r_bins, self.min_bin, self.max_bin, dev, dtype)
+            rings = _rings_within(h, w, self.r_bins, self.min_bin, self.max_bin, True, dev, dtype)
             prof = [
                 _ring_profile(_power(_signal(x, mask, dtype).y), g, rings) for x in (pred1, pred2)
             ]

@@ -667,14 +667,15 @@ def _peak(power: Tensor, g: _Grid) -> _Peak:
     )
 
 
-def _smooth_radial_sums(values: Tensor, g: _Grid) -> Tensor:
-    """Differentiable ring sums (N, r_bins) of half-plane values (N, H, Wh), DC lobe left out.
+def _smooth_radial_sums(values: Tensor, g: _Grid, lobe: bool = False) -> Tensor:
+    """Differentiable ring sums (N, r_bins) of half-plane values (N, H, Wh), DC lobe left out
+    (kept with ``lobe``).
 
     Each bin's value is split linearly between the two nearest ring centres, then the profile is
     smoothed by a Gaussian of one radius unit: rings thinner than the FFT lattice would otherwise
     hold a varying handful of bins each and make the profile spiky.
     """
-    flat = (values * g.weight).flatten(1)
+    flat = (values * (g.mult if lobe else g.weight)).flatten(1)
     sums = torch.zeros(values.shape[0], g.r_bins, dtype=values.dtype, device=values.device)
     sums = sums.index_add(1, g.splat_lo, flat * (1 - g.splat_frac))
     sums = sums.index_add(1, g.splat_hi, flat * g.splat_frac)
