@@ -2,7 +2,8 @@
 
 The pipeline computes; the collector only copies what the pipeline published (under a lock) and
 turns it into metric families, so a scrape never triggers computation. The metric names and
-labels here are the contract shared with the dashboards and alert rules (DESIGN.md).
+labels come from :mod:`texwatch.metric_names`, the contract the dashboards and alert rules are
+tested against.
 """
 
 from __future__ import annotations
