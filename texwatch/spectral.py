@@ -1257,10 +1257,9 @@ def local_period_map(
         return periods.float()
 
 
-@lru_cache(maxsize=32)
-def _strip_weight_acf(h: int, w: int, device: torch.device, dtype: torch.dtype) -> Tensor:
-    """Linear autocorrelation (1, H+1, 2W) of an unmasked rectangular strip."""
-    return _spectrum_and_acf(torch.ones(1, 1, h, w, dtype=dtype, device=device))[1]
+def _strip_stride(size: int) -> int:
+    """Strips overlap by three quarters: a band is seen by several neighbouring strips."""
+    return max(1, size // 4)
 
 
 def _strips(t: Tensor, axis: int, size: int, stride: int) -> Tensor:
@@ -1282,15 +1281,16 @@ def _strip_periods(
     along (fx, fy). NaN where the strip's mask mean is < 0.3.
     """
     b = ch.shape[0]
-    strips = _strips(ch, axis, size, max(1, size // 4))
+    stride = _strip_stride(size)
+    strips = _strips(ch, axis, size, stride)
     n = strips.shape[0] // b
     sh, sw = strips.shape[-2:]
     if mask is None:
         strip_mask = None
         coverage = torch.ones(b, n, dtype=ch.dtype, device=ch.device)
-        wacf = _strip_weight_acf(sh, sw, ch.device, ch.dtype)
+        wacf = _plain_weight_acf("none", sh, sw, ch.device, ch.dtype)
     else:
-        strip_mask = _strips(mask.expand(b, -1, -1, -1), axis, size, max(1, size // 4))
+        strip_mask = _strips(mask.expand(b, -1, -1, -1), axis, size, stride)
         coverage = strip_mask.mean(dim=(-3, -2, -1)).view(b, n)
         wacf = _spectrum_and_acf(strip_mask)[1]
     acf = _spectrum_and_acf(_apodize(strips, strip_mask, "none"))[1]
@@ -1347,7 +1347,7 @@ def _band_reading(
             doubled = doubled & (after | before)
             scores.append(doubled.sum(dim=1) / torch.isfinite(scale).sum(dim=1).clamp_min(1))
             run = _longest_run(doubled)
-            span = (run - 1) * max(1, size // 4) + size
+            span = (run - 1) * _strip_stride(size) + size
             runs.append(torch.where(run > 0, span, 0).to(ch.dtype))
         out.score[pick] = torch.maximum(*scores).to(ch.dtype)
         out.run[pick] = torch.maximum(*runs)
