@@ -81,7 +81,9 @@ _STREAM_DOCS: dict[str, str] = {
     "texwatch_alias_score": "Share of power in strong spectral peaks the reference lacks.",
     "texwatch_ref_radius_bin": "f* of the reference tile or target.",
     "texwatch_checkerboard_energy": "Share of non-DC energy at the Nyquist corners and edges.",
-    "texwatch_band_score": "Share of row/column strips at the doubled period, beyond the reference's.",
+    "texwatch_band_score": (
+        "Share of row/column strips at the doubled period, beyond the reference's."
+    ),
     "texwatch_band_max_run": "Extent (px) of the longest run of doubled-period strips.",
     "texwatch_stream_mean": "Mean of the finite values of the stream's newest row.",
     "texwatch_stream_std": "Standard deviation of the finite values of the newest row.",
