@@ -166,22 +166,6 @@ def peak(p: np.ndarray, r_bins: int) -> tuple[float, float, float, float]:
     return n * math.hypot(fx, fy), fx, fy, float(prominence[iy, ix])
 
 
-def holds_reference_peak(prominence: np.ndarray, rfx: float, rfy: float) -> bool:
-    """Whether a full-plane prominence map has a significant bin within one bin of the
-    reference's peak frequency or of half of it."""
-    if not (math.isfinite(rfx) and math.isfinite(rfy)):
-        return False
-    h, w = prominence.shape
-    for scale in (1.0, 0.5):
-        iy, ix = round(rfy * scale * h), round(rfx * scale * w)
-        rows = [(iy + d) % h for d in (-1, 0, 1)]
-        cols = [(ix + d) % w for d in (-1, 0, 1)]
-        near = prominence[np.ix_(rows, cols)]
-        if near.max() >= PROMINENCE:
-            return True
-    return False
-
-
 def bilinear(img: np.ndarray, y: float, x: float) -> float:
     h, w = img.shape
     y0 = math.floor(y)
@@ -516,7 +500,8 @@ def metrics(
             out["band_score"], out["band_max_run"], _ = band_reading(ch, mask, period, fx, fy)
         else:
             ref_share, base, rperiod, rfx, rfy = ref_bands
-            aligned = holds_reference_peak(prominence_map(p, r_bins)[0], rfx, rfy)
+            norms = math.hypot(fx, fy) * math.hypot(rfx, rfy)
+            aligned = abs(fx * rfx + fy * rfy) >= math.cos(math.radians(18.0)) * norms
             share, run, _ = band_reading(ch, mask, rperiod, rfx, rfy, base)
             ok = aligned and math.isfinite(ref_share) and math.isfinite(share)
             out["band_score"] = max(share - ref_share, 0.0) if ok else math.nan

@@ -490,35 +490,6 @@ def test_a_band_of_doubled_period_raises_band_score() -> None:
     assert float(own[0]) == 0.0 and float(own[1]) > 0.3 and float(own[2]) > 0.3
 
 
-def blob_lattice(n: int, period: float, angle: float, stretch: float) -> np.ndarray:
-    """Gaussian blobs on a rectangular lattice (period × stretch·period) turned by ``angle``°."""
-    yy, xx = np.meshgrid(np.arange(n, dtype=np.float64), np.arange(n), indexing="ij")
-    c, s = math.cos(math.radians(angle)), math.sin(math.radians(angle))
-    u = (xx * c + yy * s) / period
-    v = (yy * c - xx * s) / (period * stretch)
-    return np.exp(-((u - u.round()) ** 2 + (v - v.round()) ** 2) / (2 * 0.18**2))
-
-
-def test_a_doubled_band_over_most_of_a_lattice_is_read() -> None:
-    """Over half the image or more, the doubled lattice holds the image's strongest peak, here
-    along the lattice's other axis: the strips are still read along the reference's."""
-    n = 256
-    rng = np.random.default_rng(31)
-    base, doubled = blob_lattice(n, 24, 0.0, 1.15), blob_lattice(n, 48, 0.0, 1.15)
-    images = []
-    for lo, hi in ((48, 224), (64, 192)):
-        banded = base.copy()
-        banded[lo:hi] = doubled[lo:hi]
-        images.append(banded + 0.05 * rng.standard_normal((n, n)))
-    x = np.stack(images)[:, None]
-    ref = base[None] + 0.05 * rng.standard_normal((1, n, n))
-    assert assert_matches_reference(x, None, ref, "hann", True) == 2
-    m = texture_metrics(
-        torch.from_numpy(x).float(), ref=torch.from_numpy(ref)[None].float(), bands=True
-    )
-    assert [alarms.banding(float(v)) for v in m["band_score"]] == [True, True]
-
-
 def test_local_period_map_reads_the_period_not_a_harmonic() -> None:
     h, w = 256, 384
     periods = local_period_map(bricks(h, w)[None, None].float())

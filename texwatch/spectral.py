@@ -93,11 +93,8 @@ band). ``band_score`` is the largest share, over the two orientations, of strips
 with a reference, minus the same share of the reference's own strips (a texture with gaps reads
 some doubled strips in the target too). ``band_max_run`` is the extent in px of the longest
 band. A band narrower than two periods of its doubled texture cannot be read. NaN when the
-image or the reference is not periodic, or when x holds no significant bin (10 dB over its
-ring's floor, as for f\*) within one bin of the reference's peak frequency or of half of it: a
-texture turned against its reference tile cannot be read along the reference's direction. (x's
-own strongest peak is not asked for: a doubled band over half the image or more moves it to the
-doubled lattice.)
+image or the reference is not periodic, or when x's f\* direction is more than 18° off the
+reference's (a texture turned against its reference tile: its strips cannot be read alike).
 
 **Aliasing** (``alias_score``). With a reference image of x's size: the share of x's non-lobe
 power in bins that are 20 dB above their own ring's noise floor *and* 10 dB above the
@@ -217,6 +214,7 @@ _ACF_MIN_OVERLAP = 0.1
 _BORDER = 2
 _LOCAL_MIN_MASK = 0.3
 _BAND_STRIP_PERIODS = 4.0  # a band strip is this many base periods across
+_ALIGNED_COSINE = math.cos(math.radians(18.0))  # x's peak along the reference's, for bands
 _BAND_OCTAVES = 0.4  # a strip whose period is within this many octaves of 2T reads doubled
 _FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
 _DENSE_RESIZE_MAX = 96  # up to this size, dense resampling matrices beat torch's resize kernel
@@ -999,20 +997,11 @@ def _reference(
     return _Reference(radius, period, fx, fy, bins, strips)
 
 
-def _holds_reference_peak(bins: Tensor, g: _Grid, ref_fx: Tensor, ref_fy: Tensor) -> Tensor:
-    """Whether x has a significant peak (B,) where the reference's fundamental lies, or at half
-    its frequency along the same direction (a doubled texture's), give or take one bin."""
-    n = bins.shape[0]
-    near = _max3(bins.view(n, g.h, -1), g).flatten(1)
-    found = torch.zeros(n, dtype=torch.bool, device=bins.device)
-    for scale in (1.0, 0.5):
-        kx = (ref_fx * scale * g.w).nan_to_num(0.0).round()
-        ky = (ref_fy * scale * g.h).nan_to_num(0.0).round()
-        flip = kx < 0
-        kx, ky = torch.where(flip, -kx, kx).long(), torch.where(flip, -ky, ky).long()
-        idx = (ky % g.h) * (g.w // 2 + 1) + kx.clamp(max=g.w // 2)
-        found |= near.gather(1, idx[:, None])[:, 0] >= _PEAK_PROMINENCE
-    return found & torch.isfinite(ref_fx) & torch.isfinite(ref_fy)
+def _aligned(fx: Tensor, fy: Tensor, ref_fx: Tensor, ref_fy: Tensor) -> Tensor:
+    """Whether two peak directions are within 18° of each other, either way round (B,)."""
+    dot = (fx * ref_fx + fy * ref_fy).abs()
+    norms = torch.sqrt((fx.square() + fy.square()) * (ref_fx.square() + ref_fy.square()))
+    return dot >= _ALIGNED_COSINE * norms  # False where NaN
 
 
 def _alias_share(power: Tensor, bins: Tensor, g: _Grid, ref_bins: Tensor) -> Tensor:
@@ -1195,7 +1184,7 @@ def texture_metrics(
             else:
                 # x's strips read like the reference's: its period, direction and median strip;
                 # a texture turned against its reference has no such reading
-                aligned = _holds_reference_peak(peak.bins, a.grid, reference.fx, reference.fy)
+                aligned = _aligned(peak.fx, peak.fy, reference.fx, reference.fy)
                 reading = _band_reading(
                     a.ch, a.mask, reference.period, reference.fx, reference.fy, ref_strips.base
                 )
