@@ -15,7 +15,9 @@ pred has twice it, a ×½ pred half): exact for procedural refs, None for aperio
 natural refs measured on that very ref (Hann-windowed FFT peak within ×/÷ 1.4 of the source period,
 as brick's drifts from ≈ 32 px at the top to ≈ 39 px at the bottom). Good pairs, on periodic refs:
 pred is ref, another crop at least size/8 away, an unsharp mask (amount 1, σ 1-2 px), a JPEG q30
-round trip, a gain/offset/gamma change, Gaussian noise (σ 0.02) or a Gaussian blur (σ 0.8-1.2);
+round trip, a gain/offset/gamma change, Gaussian noise (σ 0.02) or a Gaussian blur (σ 0.8-1.2),
+or the same texture turned 20-70° either way (one reference tile for a dataset whose images
+are turned, as in ``texwatch demo``);
 ``control/resize_conv`` (nearest ×2 then a random-init 3×3 convolution of the ref downscaled ×½,
 Odena's checkerboard-free upsampler) is the checkerboard's negative control only: its random filter
 rings at the edges it doubles, which other alarms may rightly read as a fault. Bad
@@ -59,6 +61,7 @@ import torch
 import torch.nn.functional as F
 from numpy.typing import NDArray
 from PIL import Image
+from scipy import ndimage
 from skimage import data as skdata
 
 Array = NDArray[np.float32]
@@ -72,6 +75,7 @@ GROUPS: tuple[str, ...] = (
     "good/brightness",
     "good/noise",
     "good/blur",
+    "good/turned",
     "control/resize_conv",
     "good/alias_antialiased",
     "aperiodic/same",
@@ -121,7 +125,7 @@ _APERIODIC = (
     "immunohistochemistry",
     "retina",
 )
-_NOISES = ("noise_white_uniform", "noise_white_gauss", "noise_1/f", "noise_1/f2")
+NOISES = ("noise_white_uniform", "noise_white_gauss", "noise_1/f", "noise_1/f2")
 _FAR = 2048  # procedural and noise crops start anywhere in [0, _FAR)
 _X2_PERIODS = 3.5  # a ×2 case shows at least this many periods of the doubled texture
 
@@ -347,7 +351,7 @@ def _procedural(rng: np.random.Generator, n: int, pmax: float) -> list[_Texture]
     return [makers[i % len(makers)](rng, pmax, str(i)) for i in range(n)]
 
 
-def _noise(kind: str, n: int, rng: np.random.Generator) -> Array:
+def noise(kind: str, n: int, rng: np.random.Generator) -> Array:
     """An n × n noise image in [0, 1]; power-law noises are shaped in the Fourier domain."""
     if kind == "noise_white_uniform":
         return _f32(rng.random((n, n)))
@@ -363,7 +367,7 @@ def _noise(kind: str, n: int, rng: np.random.Generator) -> Array:
 
 
 def _noise_texture(kind: str, size: int, rng: np.random.Generator, tag: str) -> _Texture:
-    img = _noise(kind, 2 * size, rng)
+    img = noise(kind, 2 * size, rng)
 
     def render(y: int, x: int, h: int, w: int) -> Array:
         return img[y : y + h, x : x + w]
@@ -580,6 +584,12 @@ class _Builder:
                 pred = ref + 0.02 * rng.standard_normal(ref.shape)
             elif kind == "blur":
                 pred = _gauss_blur(ref, float(rng.uniform(0.8, 1.2)))
+            elif kind == "turned":  # the same texture at another orientation than its reference
+                angle = float(rng.uniform(20.0, 70.0) * rng.choice((-1.0, 1.0)))
+                m = s // 4
+                around = r.tex.render(r.y - m, r.x - m, s + 2 * m, s + 2 * m)
+                turned = ndimage.rotate(around, angle, reshape=False, order=3, mode="reflect")
+                pred = turned[m : m + s, m : m + s]
             else:
                 raise ValueError(group)
             yield self.case(r, group, pred, ref)
@@ -588,9 +598,9 @@ class _Builder:
         s = self.size
         rng = self.rng("aperiodic")  # the same refs for both groups
         refs = self.refs(rng, dict.fromkeys(_APERIODIC, 6 if s <= 256 else 3), 0)
-        for noise in _NOISES:
+        for noise_kind in NOISES:
             for i in range(4):
-                tex = _noise_texture(noise, s, rng, f"seed{i}")
+                tex = _noise_texture(noise_kind, s, rng, f"seed{i}")
                 refs.append(_Ref(tex, *_pick(rng, tex, s), None))
         other = self.rng(group)
         for r in refs:

@@ -20,9 +20,15 @@ Printed:
 4. the periodicity gate and f*: f* NaN on white noise, and the FFT and ACF periods against the
    known period of the periodic references and of their ×2 / ×½ rescales;
 5. the checkerboard separation: the smallest ConvTranspose energy over the largest
-   resize-convolution one.
+   resize-convolution one;
+6. the periodicity gate's threshold (the prominence a peak needs, in dB): f* NaN on a larger
+   sample of noise of each slope at each gate, and with ``--gate-sweep`` the whole corpus
+   measured again at each gate (any alarm's false positives, the lock's and the bands' recall).
+   The default gate is the lowest at which no noise image reads periodic; the sweep sets
+   texwatch.spectral's private gate constant, which has no public knob.
 
-Run: ``python benchmarks/alarm_quality.py`` (``--sizes 256`` for a shorter run).
+Run: ``python benchmarks/alarm_quality.py`` (``--sizes 256`` for a shorter run; ``--gate-sweep``
+adds about two minutes per gate and size pair).
 """
 
 from __future__ import annotations
@@ -37,18 +43,22 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from unittest import mock
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _alarm_corpus as corpus  # noqa: E402  (the corpus beside this script)
 
-from texwatch import alarms  # noqa: E402
+from texwatch import alarms, spectral  # noqa: E402
 from texwatch.spectral import texture_metrics  # noqa: E402
 
 _BATCH = 16
 _BAND = re.compile(r"(?:rows|cols)(\d+)-(\d+)")
 _NO_ALARM = ("good/", "aperiodic/")
+_GATES_DB = (6.0, 7.0, 8.0, 9.0, 10.0)
+_NOISE_IMAGES = {256: 120, 512: 40}  # per slope and size, for the gate's f* NaN rate
 
 
 @dataclass(frozen=True)
@@ -275,11 +285,75 @@ def _separation(rows: Sequence[_Row]) -> None:
     _table(["checkerboard_energy", "value"], lines)
 
 
+def _default_gate_db() -> float:
+    return 10 * math.log10(spectral._PEAK_PROMINENCE)
+
+
+def _gate(db: float) -> mock._patch[float]:
+    """The periodicity gate set to ``db`` for the duration of a ``with`` block."""
+    return mock.patch.object(spectral, "_PEAK_PROMINENCE", 10 ** (db / 10))
+
+
+def _noise_nan(sizes: Sequence[int], seed: int, db: float) -> list[str]:
+    """f* NaN on fresh noise of every slope at gate ``db``: one cell per slope, sizes pooled."""
+    cells = []
+    for kind in corpus.NOISES:
+        nan = total = 0
+        for size in sizes:
+            rng = np.random.default_rng([seed, size, corpus.NOISES.index(kind), 6])
+            images = [corpus.noise(kind, size, rng) for _ in range(_NOISE_IMAGES.get(size, 40))]
+            for i in range(0, len(images), _BATCH):
+                x = torch.from_numpy(np.stack(images[i : i + _BATCH]))[:, None]
+                with _gate(db):
+                    nan += int(texture_metrics(x)["periodic"].eq(0).sum())
+            total += len(images)
+        cells.append(_pct(nan, total))
+    return cells
+
+
+def _gate_sweep(rows: Sequence[_Row], sizes: Sequence[int], seed: int, corpus_too: bool) -> None:
+    default = _default_gate_db()
+    print(
+        "## 6. Periodicity gate: f* NaN on fresh noise "
+        f"({', '.join(f'{_NOISE_IMAGES.get(s, 40)} at {s}²' for s in sizes)} per slope)"
+        + (", and the corpus measured again at each gate" if corpus_too else "")
+        + "\n"
+    )
+    lines = []
+    for db in sorted({*_GATES_DB, default}):
+        cells = [f"{db:g} dB" + (" (default)" if math.isclose(db, default) else "")]
+        cells += _noise_nan(sizes, seed, db)
+        if corpus_too:
+            if math.isclose(db, default):
+                at = rows
+            else:
+                with _gate(db):
+                    at = _measure(sizes, seed)
+            for prefix in _NO_ALARM:
+                sel = [r for r in at if r.group.startswith(prefix)]
+                cells.append(_pct(*_rate(any(a.fires(r, a.default) for a in _ALARMS) for r in sel)))
+            for alarm in _ALARMS[:2]:
+                for size in sizes:
+                    sel = [r for r in at if _in_target(r, alarm.target) and r.size == size]
+                    cells.append(_pct(*_rate(alarm.fires(r, alarm.default) for r in sel)))
+        lines.append(cells)
+    header = ["gate", *(f"f* NaN {k.removeprefix('noise_')}" for k in corpus.NOISES)]
+    if corpus_too:
+        header += ["any alarm: good pairs", "any alarm: aperiodic"]
+        header += [f"{a.name} {s}²" for a in _ALARMS[:2] for s in sizes]
+    _table(header, lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--gate-sweep",
+        action="store_true",
+        help="measure the whole corpus again at every periodicity gate in section 6",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     wall, cpu = time.perf_counter(), time.process_time()
@@ -295,6 +369,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _matrix(rows)
     _periods(rows)
     _separation(rows)
+    _gate_sweep(rows, args.sizes, args.seed, args.gate_sweep)
     return 0
 
 

@@ -35,9 +35,12 @@ lands on the DC lobe; texwatch looks for 2-D peaks over a noise floor instead:
    bins never hold a peak;
 2. ``S(k)`` = power summed over the 3×3 bins around ``k`` (lobe bins count as 0), which also
    undoes the scalloping of off-bin peaks; *prominence* ``S / 9F``, excess ``S − 9F``;
-3. a bin is *significant* when its prominence is ≥ 10 (10 dB; the most prominent bin of white,
-   1/f or 1/f² noise measures 7–9 dB at 256² and 512²); the peak is the significant bin of
-   largest excess;
+3. a bin is *significant* when its prominence is ≥ 10^0.7 (7 dB); the peak is the significant
+   bin of largest excess. Noise reaches that too (its most prominent bin measures 7–9 dB at
+   256² and 512²): what keeps noise aperiodic is the ACF agreement below. 7 dB is the lowest
+   gate at which no image of white, 1/f or 1/f² noise reads periodic in
+   ``benchmarks/alarm_quality.py`` (section 6: 6 dB lets 1/f² noise through); higher gates lose
+   textures with about 4 periods across (coins at 256²);
 4. sub-bin refinement: a parabola through ``ln P`` at the peak and its two neighbours, along
    ``kx`` and along ``ky`` separately (offsets clamped to ±1 bin);
 5. ``f* = N·√((kx*/W)² + (ky*/H)²)``. Periods longer than ``N/2.5`` px cannot be seen (they sit
@@ -198,7 +201,7 @@ WINDOWS: tuple[str, ...] = ("hann", "tukey", "periodic_smooth", "none")
 _LUMA = (0.2126, 0.7152, 0.0722)
 _MIN_SIZE = 8
 _LOBE_RADIUS = 2.5  # FFT-index bins around DC that belong to the window's main lobe
-_PEAK_PROMINENCE = 10.0  # 3x3 power over 9 x noise floor (10 dB) for a significant peak
+_PEAK_PROMINENCE = 10**0.7  # 3x3 power over 9 x noise floor, 7 dB: a significant peak
 _MIN_RING_BINS = 8  # a ring with fewer bins (full plane) has no usable noise floor
 _MAX_HARMONIC = 3  # f* may sit on the ACF fundamental's 1st, 2nd or 3rd harmonic
 _PERIOD_AGREEMENT = 0.08  # relative tolerance of that agreement
@@ -631,7 +634,7 @@ def _peak(power: Tensor, g: _Grid) -> _Peak:
     n, h, wh = power.shape
     with torch.no_grad():  # choosing the bin is piecewise constant: no graph needed
         prominence, excess, total = _prominence(power.detach(), g)
-        # S - 9F on significant bins (> 0 there: S >= 90F), 0 elsewhere
+        # S - 9F on significant bins (> 0 there: S >= 45F), 0 elsewhere
         excess = excess.mul_(prominence >= _PEAK_PROMINENCE)
         by_excess = excess.argmax(dim=1)
         significant = excess.gather(1, by_excess[:, None])[:, 0] > 0
