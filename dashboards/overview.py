@@ -491,6 +491,18 @@ def _terms_row(ids: _Ids, board: dashboard.Dashboard) -> None:
             steps=_steps((None, "green"), (1.0, "red")),
         )
     )
+    board.with_panel(
+        _stat(
+            ids,
+            "Non-finite terms",
+            "Terms whose latest value is NaN or Inf: computed, but broken (not dead). "
+            "Their NaNs also count in texwatch_nonfinite_total and fire TexwatchNonFinite.",
+            [(f"texwatch_loss_term_nonfinite{{{_RUN}}}", "{{run}} {{term}}")],
+            span=12,
+            steps=_steps((None, "green"), (1.0, "red")),
+            mappings=[_value_map(("0", "finite", "green"), ("1", "NaN/Inf", "red"))],
+        )
+    )
 
 
 def _daemon_row(ids: _Ids, board: dashboard.Dashboard, th: Thresholds) -> None:

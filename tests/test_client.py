@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import math
 import threading
 import time
 import warnings
@@ -23,6 +24,7 @@ from texwatch.store import (
     SCALARS,
     RunWriter,
     StoreFormatError,
+    given_nan,
     open_run,
     run_paths,
 )
@@ -297,6 +299,16 @@ def test_nonfinite_values_are_recorded_faithfully_and_counted(path: Path) -> Non
     with Recorder(path) as rec:
         rec.record(3, scalars={"lr": 0.1})
     np.testing.assert_array_equal(run.scalars()[LOSS_NAN], [1.0, np.nan, 1.0, np.nan])
+
+
+def test_a_nan_term_is_marked_apart_from_an_absent_one(path: Path) -> None:
+    with Recorder(path) as rec:
+        rec.record(0, 1.0, terms={"v": 0.5, "edge": math.nan})
+        rec.record(1, 1.0, terms={"v": 0.4})  # edge not computed this step
+    scalars = open_run(path).scalars()
+    assert np.isnan(scalars["term/edge"]).all()
+    np.testing.assert_array_equal(scalars[given_nan("term/edge")], [1.0, np.nan])
+    assert given_nan("term/v") not in scalars
 
 
 def test_memory_budget_drops_images_but_keeps_scalars(path: Path) -> None:

@@ -112,6 +112,28 @@ def _value(registry: CollectorRegistry, metric: str, **labels: str) -> float:
     return value
 
 
+def test_a_nan_term_is_exported_non_finite_not_dead(tmp_path: Path) -> None:
+    from texwatch.client import Recorder
+
+    store = tmp_path / "terms.zarr"
+    with Recorder(store, run="terms") as rec:
+        for step in range(150):
+            terms = {"v": 1.0 / (step + 1), "nan": math.nan}
+            rec.record(step, 1.0 / (step + 1), terms=terms, weights={"v": 1.0, "absent": 0.5})
+    registry = CollectorRegistry()
+    _pass_once([store], registry, tmp_path)
+    state = {
+        term: (
+            _value(registry, "texwatch_loss_term_dead", run="terms", term=term),
+            _value(registry, "texwatch_loss_term_nonfinite", run="terms", term=term),
+        )
+        for term in ("v", "nan")
+    }
+    assert state == {"v": (0.0, 0.0), "nan": (0.0, 1.0)}
+    derived = open_run(store).derived(SCALARS)
+    assert derived["term_nonfinite/nan"].sum() == 150 and derived["dead/nan"].sum() == 0
+
+
 def test_derives_every_committed_row_once_and_exports(tmp_path: Path) -> None:
     store = tmp_path / "doubled.zarr"
     write_run(store, range(300), spike_at=250, pred_period=2 * PERIOD)

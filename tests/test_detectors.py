@@ -607,7 +607,7 @@ def test_seed_004_edge_term_never_computed_goes_dead_after_warmup() -> None:
     assert last.total == pytest.approx(last.values["v"] + 0.35 * last.values["lpips"])
 
 
-def test_constant_absent_and_nan_terms_go_dead_then_revive() -> None:
+def test_constant_and_absent_terms_go_dead_then_revive_and_nan_is_nonfinite() -> None:
     terms = TermMonitor(window=10)
     for s in range(12):
         update = terms.update(
@@ -615,10 +615,66 @@ def test_constant_absent_and_nan_terms_go_dead_then_revive() -> None:
             {"const": 0.693, "nan": math.nan, "live": float(s + 1)},
             {"const": 1.0, "nan": 1.0, "absent": 0.5, "live": 1.0},
         )
-    assert update.dead == ("absent", "const", "nan")
+    assert update.dead == ("absent", "const")
+    assert update.nonfinite == ("nan",)  # computed and broken: its own state, not dead
     assert math.isnan(update.shares["absent"]) and math.isnan(update.values["absent"])
     revived = terms.update(12, {"const": 0.7, "nan": 0.1, "absent": 0.2, "live": 1.0})
-    assert set(revived.revived) == {"const", "nan", "absent"} and revived.dead == ()
+    assert set(revived.revived) == {"const", "absent"} and revived.dead == ()
+    assert revived.nonfinite == ()
+
+
+def _bf16(x: np.ndarray) -> np.ndarray:
+    """Round float32 values to bfloat16 (round to nearest even), back as float64."""
+    bits = x.astype(np.float32).view(np.uint32).astype(np.uint64)
+    rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+    return rounded.astype(np.uint32).view(np.float32).astype(np.float64)
+
+
+def test_live_terms_in_bf16_and_fp16_are_alive_and_a_frozen_one_dies() -> None:
+    rng = np.random.default_rng(12)
+    live = 0.5 + 3e-4 * rng.standard_normal(1000)
+    stopped = np.concatenate([0.5 + 0.05 * rng.standard_normal(300), np.full(700, 0.0)])
+    stopped[300:] = _bf16(stopped[299:300])[0]  # a bf16 term frozen at its last value
+    series = {
+        "bf16": _bf16(live),
+        "fp16": live.astype(np.float16).astype(np.float64),
+        "stopped_bf16": _bf16(stopped),
+    }
+    assert np.unique(series["bf16"]).size <= 3  # the bf16 term reads nearly constant
+    terms = TermMonitor(window=100)
+    dead_at: dict[str, int] = {}
+    for s in range(1000):
+        update = terms.update(s, {k: float(v[s]) for k, v in series.items()})
+        for name in update.newly_dead:
+            dead_at.setdefault(name, s)
+    assert dead_at == {"stopped_bf16": 399}  # 100 steps after it froze
+
+
+def test_a_term_on_a_cadence_is_judged_at_its_cadence_and_dies_when_it_stops() -> None:
+    terms = TermMonitor(window=100)
+    flips: list[tuple[int, tuple[str, ...], tuple[str, ...]]] = []
+    for s in range(20_000):
+        computed = s % 200 == 0 and s < 12_000
+        update = terms.update(s, {"fid": 1.0 + 0.01 * (s // 200)} if computed else {})
+        if update.newly_dead or update.revived:
+            flips.append((s, update.newly_dead, update.revived))
+    # alive while computed every 200 steps; dead 15 cadences after its last value (step 11,800)
+    assert flips == [(11_800 + 3_000, ("fid",), ())]
+
+
+def test_a_hinge_term_mostly_zero_stays_alive() -> None:
+    rng = np.random.default_rng(3)
+    terms = TermMonitor(window=100)
+    dead = 0
+    for s in range(50_000):
+        active = rng.random() < 0.01
+        update = terms.update(s, {"hinge": float(rng.uniform(0.1, 1.0)) if active else 0.0})
+        dead += bool(update.newly_dead)
+    assert dead == 0
+    for s in range(50_000, 53_000):  # it stops: 0 for good
+        update = terms.update(s, {"hinge": 0.0})
+        dead += bool(update.newly_dead)
+    assert dead == 1 and update.dead == ("hinge",)
 
 
 def test_zero_weight_is_never_dead_and_missing_weight_is_kept() -> None:
@@ -657,8 +713,8 @@ def test_term_rewind_needs_full_window_again() -> None:
 def test_term_nonfinite_counts_and_bounds() -> None:
     terms = TermMonitor(window=5, max_terms=2)
     terms.update(0, {"a": math.inf, "b": math.nan})
-    terms.update(1, {"a": -math.inf, "b": 1.0})
-    assert terms.nonfinite == {"a": 2, "b": 0}
+    update = terms.update(1, {"a": -math.inf, "b": 1.0})
+    assert terms.nonfinite == {"a": 2, "b": 1} and update.nonfinite == ("a",)
     with pytest.raises(ValueError, match="at most `max_terms`=2 distinct terms but got 3"):
         terms.update(2, {"c": 1.0})
     with pytest.raises(TypeError, match="`terms` to map names to numbers but got 'a': 'x'"):

@@ -34,7 +34,7 @@ from texwatch._argtypes import positive_float, positive_int
 from texwatch.detectors import SPIKE_RULES, LossMonitor, TermMonitor
 from texwatch.losses import ACFPeriodLoss, LogPolarAlignLoss, SpectralPeriodLoss
 from texwatch.metric_names import TEXTURE_LOSSES
-from texwatch.store import ITEMS, LOSS_NAN, SCALARS, Run, open_run
+from texwatch.store import ITEMS, SCALARS, Run, given_nan, open_run
 
 __all__ = [
     "add_derive_arguments",
@@ -360,6 +360,7 @@ class Deriver:
         for t in terms:
             out[f"share/{t}"] = np.full(n, np.nan)
             out[f"dead/{t}"] = np.zeros(n)
+            out[f"term_nonfinite/{t}"] = np.zeros(n)
         j = 0  # items rows are written right after their scalar row, in record order
         item_steps = items["step"]
         for i in range(n):
@@ -370,10 +371,9 @@ class Deriver:
             batch = slice(j, k)
             j = k
             loss = float(out["loss"][i])
-            given_nan = LOSS_NAN in cols and cols[LOSS_NAN][i] == 1.0
-            if not math.isnan(loss) or given_nan or k > batch.start:
+            if _recorded(cols, "loss", i) is not None or k > batch.start:
                 self._update_loss(out, i, step, loss, items, batch)
-            values = {t: float(cols[f"term/{t}"][i]) for t in terms}
+            values = {t: v for t in terms if (v := _recorded(cols, f"term/{t}", i)) is not None}
             weights = {
                 t: float(cols[f"weight/{t}"][i]) if f"weight/{t}" in cols else 1.0 for t in terms
             }
@@ -382,6 +382,7 @@ class Deriver:
                 for t in terms:
                     out[f"share/{t}"][i] = update.shares.get(t, math.nan)
                     out[f"dead/{t}"][i] = float(t in update.dead)
+                    out[f"term_nonfinite/{t}"][i] = float(t in update.nonfinite)
             self._last_step = step
         if j:
             self._cursor[ITEMS] = item_start + j
@@ -417,6 +418,18 @@ class Deriver:
             out["spike"][i] = 1.0
             out["spike_rule"][i] = SPIKE_RULES.index(update.rule) + 1
         out["warn"][i] = float(update.warning)
+
+
+def _recorded(cols: Mapping[str, np.ndarray], column: str, i: int) -> float | None:
+    """Row ``i``'s value of a scalar column; None where it was not recorded (NaN, unmarked)."""
+    if column not in cols:
+        return None
+    value = float(cols[column][i])
+    if math.isnan(value):
+        marker = cols.get(given_nan(column))
+        if marker is None or marker[i] != 1.0:
+            return None
+    return value
 
 
 def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:

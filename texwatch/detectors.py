@@ -59,7 +59,7 @@ __all__ = [
 #: The ``rule`` label values of ``texwatch_loss_spikes_total``, most severe first.
 SPIKE_RULES: tuple[str, ...] = ("nonfinite", "hard_max", "sigma", "sustained")
 
-_STATE_VERSION = 1
+_STATE_VERSION = 2
 # MAD of a normal sample times this is its standard deviation.
 _MAD_TO_SIGMA = 1.4826
 # A flat history has no spread: keep a floor so a z-score stays finite (relative, then absolute).
@@ -1317,6 +1317,8 @@ class TermUpdate:
         newly_dead: terms that became dead at this step.
         revived: terms that stopped being dead at this step.
         rewound: this step was not after the previous one.
+        nonfinite: terms whose latest given value is NaN or ±Inf, sorted (their own state: a
+            term that is computed but broken is not a term that is not computed).
     """
 
     step: int
@@ -1329,31 +1331,137 @@ class TermUpdate:
     newly_dead: tuple[str, ...] = ()
     revived: tuple[str, ...] = ()
     rewound: bool = False
+    nonfinite: tuple[str, ...] = ()
+
+
+# Relative spacing of the bfloat16 and float16 grids (8 and 11 significant bits).
+_BF16_STEP = 2.0**-8
+_FP16_STEP = 2.0**-11
+# A term quiet for this many of its own mean gaps between signs of life is dead.
+_QUIET_GAPS = 15.0
+# Before its cadence is known, a term that lived once is dead after this many windows of absence.
+_UNKNOWN_CADENCE_WINDOWS = 10
+# Weight of the newest gap in the running mean gap.
+_GAP_ALPHA = 0.05
+# A change of more than this many grid steps shows a coarse (bf16/fp16) term moving.
+_GRID_MOVE_STEPS = 2.0
+
+
+def _on_bf16_grid(v: float) -> bool:
+    """Whether ``v`` is exactly a bfloat16 value (its float32 bits end in 16 zeros)."""
+    bits = np.array(v, dtype=np.float32).view(np.uint32)
+    return bool(np.float32(v) == v and (int(bits) & 0xFFFF) == 0)
+
+
+def _on_fp16_grid(v: float) -> bool:
+    """Whether ``v`` is exactly a float16 value."""
+    with np.errstate(over="ignore"):
+        return bool(float(np.float16(v)) == v)
 
 
 @dataclass
 class _Term:
     weight: float = math.nan  # last known finite weight
-    prev: float = math.nan  # last present value
-    run: int = 0  # steps in a row with weight > 0 and the value 0, unchanged or absent
+    prev: float = math.nan  # last present finite value
+    run: int = 0  # steps in a row without a sign of life (weight > 0)
+    absent: int = 0  # of which absent, in a row
+    seen: int = -1  # step the term first appeared
     dead: bool = False
-    nonfinite: int = 0
+    nonfinite: int = 0  # non-finite values given, ever
+    broken: bool = False  # the latest given value was non-finite
+    alive_at: int = -1  # step of the latest sign of life
+    gap: float = math.nan  # running mean of the steps between signs of life
+    bf16: bool = True  # every non-zero finite value so far lies on the bfloat16 grid
+    fp16: bool = True  # ... on the float16 grid
+    moved: bool = False  # a change larger than the grid's resolution was seen
 
     def to_list(self) -> list[Any]:
-        return [self.weight, self.prev, self.run, self.dead, self.nonfinite]
+        return [
+            self.weight,
+            self.prev,
+            self.run,
+            self.absent,
+            self.seen,
+            self.dead,
+            self.nonfinite,
+            self.broken,
+            self.alive_at,
+            self.gap,
+            self.bf16,
+            self.fp16,
+            self.moved,
+        ]
+
+    @classmethod
+    def from_list(cls, v: list[Any]) -> _Term:
+        w, p, r, ab, se, d, n, b, a, g, bf, fp, m = v
+        return cls(float(w), float(p), int(r), int(ab), int(se), bool(d), int(n), bool(b), int(a),
+                   float(g), bool(bf), bool(fp), bool(m))  # fmt: skip
+
+    @property
+    def resolution(self) -> float:
+        """Relative resolution of the coarsest float grid every value lay on (0: full)."""
+        if math.isnan(self.prev):
+            return 0.0
+        return _BF16_STEP if self.bf16 else _FP16_STEP if self.fp16 else 0.0
+
+    def observe(self, v: float) -> bool:
+        """Fold in a present finite value; return whether it is a sign of life."""
+        if v != 0.0:
+            self.bf16 = self.bf16 and _on_bf16_grid(v)
+            self.fp16 = self.fp16 and _on_fp16_grid(v)
+        first = math.isnan(self.prev)
+        changed = not first and v != self.prev
+        res = self.resolution
+        if changed and abs(v - self.prev) > _GRID_MOVE_STEPS * res * max(abs(v), abs(self.prev)):
+            self.moved = True
+        if v == 0.0:
+            return False
+        # A coarse term that never moved beyond its grid is live while present: a live value
+        # whose spread is below the grid's step reads the same every step.
+        return first or changed or (res > 0.0 and not self.moved)
+
+    def limit(self, window: int) -> int:
+        """Quiet steps that make the term dead (see :class:`TermMonitor`)."""
+        if not math.isnan(self.gap):
+            return max(window, math.ceil(_QUIET_GAPS * self.gap))
+        if self.alive_at >= 0 and self.absent == self.run:
+            return _UNKNOWN_CADENCE_WINDOWS * window
+        return window
+
+    def lived(self, step: int) -> None:
+        # The first gap: from the term's appearance when it started quiet (a hinge at 0).
+        since = self.alive_at if self.alive_at >= 0 else self.seen
+        if step > since:
+            gap = float(step - since)
+            self.gap = gap if math.isnan(self.gap) else self.gap + _GAP_ALPHA * (gap - self.gap)
+        self.alive_at = step
 
 
 class TermMonitor(_Stateful):
     """Dead loss terms and each term's share of the weighted total (the seed-004 bug).
 
-    A term is dead when, for ``window`` steps in a row, its weight is > 0 but its value is exactly
-    0, unchanged from its previous value, or absent (missing or NaN, the store's fill value). It
-    revives when a present value differs from the previous one and is not 0; a weight of 0
-    means the term is off on purpose and is never dead. A missing weight keeps the term's last
-    known weight (1.0 if none was ever given). ±Inf values count in ``nonfinite``.
+    A term with weight > 0 shows a *sign of life* at a step when its value is present, finite,
+    not 0 and differs from its previous value. A term is dead after ``window`` steps in a row
+    without one (its value 0, unchanged, or absent: missing from ``terms``), or after 15 of its
+    own mean gaps between signs of life when that is longer: a term computed every 200 steps
+    (absent between) is judged at its cadence, and a hinge term that is 0 on 99 % of steps but
+    sometimes active stays alive (a quiet stretch 15 times its mean gap has odds of e⁻¹⁵ for
+    memoryless activity). The first gap is counted from the term's first appearance when it
+    started quiet; a term that showed life once but whose cadence is not known yet is dead
+    after 10 windows of absence (W of zeros or one repeated value). A term whose values all lie
+    on the bfloat16 or float16 grid and never moved by more than two steps of it is live while
+    present and not 0: a live value whose spread is below the grid's resolution reads the same
+    every step (such a term frozen after it moved is dead as usual). It revives at its next
+    sign of life. A weight of 0 means the term is off on purpose and is never dead; a
+    missing weight keeps the term's last known weight (1.0 if none was ever given).
+
+    A NaN or ±Inf value is counted in ``nonfinite`` and puts the term in the *non-finite* state
+    (``TermUpdate.nonfinite``) until a finite value is given; it neither shows life nor counts
+    towards death.
 
     Args:
-        window: steps in a row that make a term dead (W).
+        window: steps in a row that make a term dead (W), at the least.
         max_terms: the most distinct terms tracked (keeps memory bounded).
 
     Example:
@@ -1387,7 +1495,7 @@ class TermMonitor(_Stateful):
 
     @property
     def nonfinite(self) -> dict[str, int]:
-        """±Inf values seen per term (never rewound)."""
+        """NaN and ±Inf values given per term (never rewound)."""
         return {k: t.nonfinite for k, t in self._terms.items()}
 
     @property
@@ -1397,8 +1505,6 @@ class TermMonitor(_Stateful):
 
     @staticmethod
     def _number(kind: str, name: Any, value: Any) -> float:
-        if value is None:
-            return math.nan
         if isinstance(value, bool) or not isinstance(value, Real):
             if isinstance(value, np.ndarray) and value.size == 1:
                 return float(value.reshape(()))
@@ -1414,7 +1520,8 @@ class TermMonitor(_Stateful):
 
         Args:
             step: the training step; a step not after the previous one restarts every run.
-            terms: unweighted value per term name; leave a term out (or NaN) when absent.
+            terms: unweighted value per term name; leave a term out (or give None) when it was
+                not computed this step. NaN means it was computed and came out NaN.
             weights: weight per term name; None means every term weighs 1.0.
         """
         step = _check_step(step)
@@ -1424,13 +1531,16 @@ class TermMonitor(_Stateful):
             raise TypeError(
                 f"Expected argument `weights` to be a mapping or None but got {weights!r}"
             )
-        vals = {str(k): self._number("terms", k, v) for k, v in terms.items()}
+        vals = {str(k): self._number("terms", k, v) for k, v in terms.items() if v is not None}
         ws = (
             {}
             if weights is None
-            else {str(k): self._number("weights", k, v) for k, v in weights.items()}
+            else {
+                str(k): self._number("weights", k, v) for k, v in weights.items() if v is not None
+            }
         )
-        new = [k for k in dict.fromkeys((*vals, *ws)) if k not in self._terms]
+        names = dict.fromkeys((*terms, *(weights or {})))
+        new = [str(k) for k in names if str(k) not in self._terms]
         if len(self._terms) + len(new) > self.max_terms:
             raise ValueError(
                 f"Expected at most `max_terms`={self.max_terms} distinct terms but got "
@@ -1441,7 +1551,7 @@ class TermMonitor(_Stateful):
             self.rewind(step)
         self._last_step = step
         for k in new:
-            self._terms[k] = _Term()
+            self._terms[k] = _Term(seen=step)
 
         values: dict[str, float] = {}
         used: dict[str, float] = {}
@@ -1453,26 +1563,28 @@ class TermMonitor(_Stateful):
             if math.isfinite(w):
                 term.weight = w
             weight = term.weight if math.isfinite(term.weight) else 1.0
+            given = name in vals
             v = vals.get(name, math.nan)
-            if math.isinf(v):
-                term.nonfinite += 1
-            present = not math.isnan(v)
-            changed = present and v != 0.0 and v != term.prev
+            usable = math.isfinite(v)
+            if given:
+                term.broken = not usable
+                term.nonfinite += not usable
+            life = usable and term.observe(v)
+            if life:
+                term.lived(step)
             was_dead = term.dead
-            if weight <= 0.0:
-                term.run = 0
+            if weight <= 0.0 or life:
+                term.run = term.absent = 0
                 term.dead = False
-            elif changed:
-                term.run = 0
-                term.dead = False
-                if was_dead:
+                if was_dead and weight > 0.0:
                     revived.append(name)
-            else:
+            elif not term.broken:
                 term.run += 1
-                if term.run >= self.window and not term.dead:
+                term.absent = term.absent + 1 if not given else 0
+                if term.run >= term.limit(self.window) and not term.dead:
                     term.dead = True
                     newly_dead.append(name)
-            if present:
+            if usable:
                 term.prev = v
             values[name] = v
             used[name] = weight
@@ -1489,6 +1601,7 @@ class TermMonitor(_Stateful):
             tuple(newly_dead),
             tuple(revived),
             rewound,
+            tuple(sorted(k for k, t in self._terms.items() if t.broken)),
         )
         return self._last
 
@@ -1496,7 +1609,8 @@ class TermMonitor(_Stateful):
         """Restart every term's run count (a resumed job repeats steps); dead terms stay dead."""
         step = _check_step(step)
         for term in self._terms.values():
-            term.run = 0
+            term.run = term.absent = 0
+            term.alive_at = min(term.alive_at, step - 1)
         self._last_step = step - 1
 
     def _config(self) -> dict[str, Any]:
@@ -1508,10 +1622,7 @@ class TermMonitor(_Stateful):
         )
 
     def _load(self, state: Mapping[str, Any]) -> None:
-        terms = {
-            str(k): _Term(float(w), float(p), int(r), bool(d), int(n))
-            for k, (w, p, r, d, n) in state["terms"].items()
-        }
+        terms = {str(k): _Term.from_list(list(v)) for k, v in state["terms"].items()}
         last_step = int(state["last_step"])
         self._terms, self._last_step, self._last = terms, last_step, None
 

@@ -112,6 +112,12 @@ FAMILIES: dict[str, Family] = {
         Family("texwatch_loss_term_weight", "gauge", _TERM, "Weight of a loss term."),
         Family("texwatch_loss_term_share", "gauge", _TERM, "Share of the weighted loss total."),
         Family("texwatch_loss_term_dead", "gauge", _TERM, "1 while a weighted term is dead."),
+        Family(
+            "texwatch_loss_term_nonfinite",
+            "gauge",
+            _TERM,
+            "1 while a term's latest value is NaN or Inf.",
+        ),
         Family("texwatch_dead_loss_terms", "gauge", _RUN, "Number of dead loss terms."),
         Family("texwatch_scalar", "gauge", ("run", "name"), "User scalars (lr, grad_norm, ...)."),
         Family("texwatch_nonfinite", "counter", _STREAM, "Non-finite values seen, by stream."),

@@ -607,6 +607,29 @@ def _dead_term_cause(scalars: Mapping[str, np.ndarray]) -> list[ProbableCause]:
     return [cause] if cause.evidence else []
 
 
+def _nonfinite_term_cause(scalars: Mapping[str, np.ndarray]) -> list[ProbableCause]:
+    cause = ProbableCause(
+        "nonfinite_term",
+        "Non-finite loss term: computed, but NaN or Inf",
+        "The term is computed and comes out NaN or ±Inf (a log or a division by 0, an overflow "
+        "in half precision): it poisons the total wherever it is summed in. Unlike a dead term, "
+        "the code path runs; check its inputs and its precision.",
+    )
+    steps = scalars["step"]
+    for key in sorted(k for k in scalars if k.startswith("term_nonfinite/")):
+        broken = scalars[key] > 0
+        if not broken.any():
+            continue
+        term = key[len("term_nonfinite/") :]
+        first = int(steps[int(np.flatnonzero(broken)[0])])
+        cause.evidence.append(
+            f"term {term!r}: non-finite at {int(broken.sum())} of {steps.size} steps "
+            f"(first at step {first})"
+        )
+        cause.values.append({"term": term, "first_step": first, "steps": int(broken.sum())})
+    return [cause] if cause.evidence else []
+
+
 def probable_causes(
     scalars: Mapping[str, np.ndarray],
     streams: Mapping[str, Mapping[str, np.ndarray]],
@@ -620,8 +643,8 @@ def probable_causes(
 
     Args:
         scalars: per-step scalar table: ``step``, ``loss``, ``loss_ema``, ``loss_zscore``,
-            ``spike``, ``spike_rule``, ``dead/<term>``, ``term/<term>``, ``weight/<term>``,
-            optional ``lr``.
+            ``spike``, ``spike_rule``, ``dead/<term>``, ``term_nonfinite/<term>``, ``term/<term>``,
+            ``weight/<term>``, optional ``lr``.
         streams: per stream, a :func:`step_table` of its derived columns. The period-based
             readings (harmonic lock, ACF/FFT mix-up, banding) are judged only at rows whose
             ``periodic`` is > 0; the checkerboard and aliasing readings at every row.
@@ -639,6 +662,7 @@ def probable_causes(
     if scalars.get("step") is not None and scalars["step"].size:
         causes += _spike_causes(scalars, sample_ids or {}, th)
         causes += _dead_term_cause(scalars)
+        causes += _nonfinite_term_cause(scalars)
     return causes
 
 

@@ -20,7 +20,8 @@ Layout of ``runs/x.zarr`` (schema version 1)::
     scalars/<name>           float64 lr, term/<name>, weight/<name>, user scalars, checkpoint
                              (1.0 at checkpoint steps); NaN for rows without a value
     scalars/nonfinite/loss   1.0 where the loss was given and NaN (which ``loss`` alone cannot
-                             tell from a row recorded without a loss), else NaN
+                             tell from a row recorded without a loss), else NaN; the same
+                             for each loss term as ``nonfinite/term/<name>``
     items/{step,loss,timestep,sample_id}   one row per batch item (int64, float64, float64, int64;
                              sample_id -1 when unknown), the rows of one record() call adjacent
     <stream>/step            int64, one row per kept image item (stream: latents, pred, target,
@@ -82,6 +83,7 @@ __all__ = [
     "StoreFormatError",
     "StreamSpec",
     "check_name",
+    "given_nan",
     "latest_rows",
     "open_run",
     "run_paths",
@@ -96,7 +98,18 @@ CHUNK_TARGET_BYTES = 1 << 20
 SCALARS = "scalars"
 ITEMS = "items"
 DERIVED = "derived"
-LOSS_NAN = "nonfinite/loss"
+
+
+def given_nan(column: str) -> str:
+    """The scalar column marking rows whose given ``column`` value was NaN.
+
+    A NaN in ``column`` alone reads like a row recorded without that value; the marker (1.0,
+    else NaN) tells a value that was computed and came out NaN from one that was not computed.
+    """
+    return f"nonfinite/{column}"
+
+
+LOSS_NAN = given_nan("loss")
 """Scalar column marking rows whose given loss was NaN."""
 RESERVED_TABLES = frozenset({SCALARS, ITEMS, DERIVED})
 """Root table names that are not image streams."""

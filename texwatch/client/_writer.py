@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from texwatch.store import ITEMS, LOSS_NAN, RESERVED_TABLES, SCALARS, RunWriter
+from texwatch.store import ITEMS, RESERVED_TABLES, SCALARS, RunWriter, given_nan
 
 from ._capture import Captured, Copy, resolve
 from ._stats import Counters
@@ -101,9 +101,10 @@ class _Batch:
                 item_values["loss"] = row.loss
         columns.update(row.scalars or {})
         numbers = {name: _as_float(value) for name, value in columns.items()}
-        if math.isnan(numbers.get("loss", 0.0)):
-            # A NaN loss reads like a row without a loss; this marks it as given (and non-finite).
-            numbers[LOSS_NAN] = 1.0
+        # A NaN loss or term reads like a row without one; a marker says it was given, and NaN.
+        for name in [k for k in numbers if k == "loss" or k.startswith("term/")]:
+            if math.isnan(numbers[name]):
+                numbers[given_nan(name)] = 1.0
         items: dict[str, np.ndarray] = {}
         if item_values:
             arrays = {k: resolve(v).reshape(-1) for k, v in item_values.items()}

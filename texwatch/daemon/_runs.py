@@ -13,14 +13,14 @@ import numpy as np
 
 from texwatch.derive import DerivedBatch, Deriver, DeriveSettings
 from texwatch.metric_names import STREAM_HEALTH_NAMES, STREAM_METRIC_NAMES
-from texwatch.store import ITEMS, LOSS_NAN, SCALARS, DerivedWriter, Run, open_run
+from texwatch.store import ITEMS, SCALARS, DerivedWriter, Run, open_run
 
 from ._exporter import Sample
 
 __all__ = ["RunWorker"]
 
 _log = logging.getLogger("texwatch.daemon")
-_RESERVED = {"step", "time", "loss", "checkpoint", LOSS_NAN}
+_RESERVED = {"step", "time", "loss", "checkpoint"}
 _TAIL_ROWS = 64  # derived rows re-read at start, to export the newest values after a restart
 
 
@@ -165,7 +165,7 @@ class RunWorker:
         yield Sample("texwatch_loss_spike_warnings", run, monitor.warnings)
         yield from self._term_samples()
         for key, value in self._latest_scalars.items():
-            if key in _RESERVED or key.startswith(("term/", "weight/")):
+            if key in _RESERVED or key.startswith(("term/", "weight/", "nonfinite/")):
                 continue
             yield Sample("texwatch_scalar", {"run": self.name, "name": key}, value)
         # Known sources start at 0, so the first NaN shows as an increase, not a new series.
@@ -191,4 +191,6 @@ class RunWorker:
             share = self._latest_derived.get(f"share/{term}", math.nan)
             yield Sample("texwatch_loss_term_share", labels, share)
             yield Sample("texwatch_loss_term_dead", labels, float(is_dead))
+            broken = self._latest_derived.get(f"term_nonfinite/{term}", 0.0) == 1.0
+            yield Sample("texwatch_loss_term_nonfinite", labels, float(broken))
         yield Sample("texwatch_dead_loss_terms", {"run": self.name}, dead)
