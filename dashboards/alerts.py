@@ -136,7 +136,7 @@ def alert_rules(thresholds: Thresholds | None = None) -> tuple[AlertRule, ...]:
             name="TexwatchLossSpikes",
             uid="texwatch-loss-spikes",
             query=_counted_within(
-                'texwatch_loss_spikes_total{rule!="nonfinite"}', th.spike_window, "run"
+                'texwatch_loss_spikes_total{rule!~"nonfinite|drift"}', th.spike_window, "run"
             ),
             op=">=",
             threshold=th.spike_count,
@@ -144,8 +144,26 @@ def alert_rules(thresholds: Thresholds | None = None) -> tuple[AlertRule, ...]:
             severity="warning",
             summary=f"{{{{ $labels.run }}}}: loss spikes in the last {th.spike_window}",
             description=(
-                "The loss of run {{ $labels.run }} spiked (rolling sigma, hard max or sustained "
-                "rule). Check the batches and the learning rate around the spike annotations."
+                "The loss of run {{ $labels.run }} spiked (sigma rule on the log loss, hard max "
+                "or sustained rule). Check the batches and the learning rate around the spike "
+                "annotations."
+            ),
+        ),
+        AlertRule(
+            name="TexwatchLossDrift",
+            uid="texwatch-loss-drift",
+            query=_counted_within(
+                'texwatch_loss_spikes_total{rule="drift"}', th.spike_window, "run"
+            ),
+            op=">=",
+            threshold=1.0,
+            for_="0s",
+            severity="warning",
+            summary=f"{{{{ $labels.run }}}}: the loss drifted up in the last {th.spike_window}",
+            description=(
+                "The loss of run {{ $labels.run }} has risen against its long baseline (a "
+                "divergence or a sustained level shift that the spike rules adapt to). Check "
+                "the learning rate, the data mix and the gradient norm since the rise began."
             ),
         ),
         AlertRule(

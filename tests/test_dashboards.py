@@ -298,6 +298,7 @@ def test_both_alert_forms_agree() -> None:
         == {
             "TexwatchHarmonicLock",
             "TexwatchLossSpikes",
+            "TexwatchLossDrift",
             "TexwatchNonFinite",
             "TexwatchDeadLossTerm",
             "TexwatchDaemonLagging",

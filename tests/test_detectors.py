@@ -17,7 +17,9 @@ from texwatch import detectors
 from texwatch.detectors import (
     EMA,
     SPIKE_RULES,
+    DriftRule,
     HardMaxRule,
+    LogSpikeDetector,
     LossMonitor,
     RobustSpikeDetector,
     RollingSpikeDetector,
@@ -26,6 +28,7 @@ from texwatch.detectors import (
     TermMonitor,
     TimestepNormalizer,
     alpha_from_half_life,
+    log_zscore,
     robust_zscore,
     term_shares,
     timestep_bin_index,
@@ -335,8 +338,8 @@ def test_timestep_normalisation_removes_false_alarms_and_keeps_real_spike() -> N
     n, spike = 10_000, 7_000
     t, items = _diffusion_stream(0, n, batch=4)
     items[spike] *= 3.0  # a real spike: every item 3× its usual loss
-    raw = LossMonitor(sigma=3.0)
-    norm = LossMonitor(sigma=3.0)
+    raw = LossMonitor(sigma=3.0, statistic="gaussian")
+    norm = LossMonitor(sigma=3.0, statistic="gaussian")
     for s in range(n):
         loss = float(items[s].mean())
         raw.update(s, loss)
@@ -446,7 +449,7 @@ def test_hard_max_rule_in_monitor() -> None:
 
 
 def test_sigma_rule_and_warning_counters() -> None:
-    monitor = LossMonitor(window=16)
+    monitor = LossMonitor(window=16, warn_sigma=4.0, statistic="gaussian")
     for s, v in enumerate(_alternating(16)):
         monitor.update(s, v)
     alarm = monitor.update(16, 8.5)  # kept out of the history, so the next is judged alike
@@ -527,12 +530,12 @@ def test_state_round_trip_mid_stream_gives_identical_outputs() -> None:
         )
         return repr(update)
 
-    straight = LossMonitor(window=64, robust=True, sigma=4.0)
+    straight = LossMonitor(window=64, statistic="robust", sigma=4.0)
     for s in range(500):
         feed(straight, s)
     saved = json.dumps(straight.state_dict())
     restored = LossMonitor.from_state_dict(json.loads(saved))
-    loaded = LossMonitor(window=64, robust=True, sigma=4.0)
+    loaded = LossMonitor(window=64, statistic="robust", sigma=4.0)
     loaded.load_state_dict(json.loads(saved))
     for s in range(500, 1200):
         expected = feed(straight, s)
@@ -543,10 +546,10 @@ def test_state_round_trip_mid_stream_gives_identical_outputs() -> None:
 
 
 def test_thresholds_may_change_but_window_may_not_on_load() -> None:
-    six = LossMonitor(window=16)
+    six = LossMonitor(window=16, statistic="gaussian")
     for s, v in enumerate(_alternating(16)):
         six.update(s, v)
-    three = LossMonitor(window=16, sigma=3.0)  # restarted daemon with --spike-sigma 3
+    three = LossMonitor(window=16, sigma=3.0, statistic="gaussian")  # --spike-sigma 3
     three.load_state_dict(_json_round_trip(six.state_dict()))
     assert three.sigma == 3.0 and three.update(16, 5.5).rule == "sigma"
     with pytest.raises(ValueError, match=r"with window=32 but got 16; .*from_state_dict"):
@@ -568,8 +571,8 @@ def test_loss_monitor_argument_errors() -> None:
         LossMonitor(sustained_factor=-2.0)
     with pytest.raises(ValueError, match="one of arguments `ema_alpha` and `ema_half_life`"):
         LossMonitor(ema_alpha=0.1, ema_half_life=10.0)
-    with pytest.raises(ValueError, match="`robust` to be a bool but got 1"):
-        LossMonitor(robust=1)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="`statistic` to be one of .* but got 'median'"):
+        LossMonitor(statistic="median")
     monitor = LossMonitor()
     with pytest.raises(TypeError, match="`step` to be a non-negative int but got -1"):
         monitor.update(-1, 1.0)
@@ -577,6 +580,83 @@ def test_loss_monitor_argument_errors() -> None:
         monitor.update(0, None)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="same length but got 2 and 3"):
         monitor.update(0, 1.0, item_losses=[1.0, 1.0], timesteps=[1, 2, 3])
+
+
+def _lognormal_run(seed: int, n: int) -> np.ndarray:
+    """A heavy-tailed training loss: batch of 4 lognormal (σ 0.6) items over a slow decay."""
+    rng = np.random.default_rng(seed)
+    items = (
+        rng.lognormal(-0.18, 0.6, size=(n, 4)) * (0.2 + 0.1 * np.exp(-np.arange(n) / 5000))[:, None]
+    )
+    return items.mean(axis=1)
+
+
+def test_log_zscore_is_the_robust_zscore_of_the_logs() -> None:
+    history = np.array([0.5, 1.0, 2.0, 4.0])
+    assert log_zscore(8.0, history) == pytest.approx(robust_zscore(math.log(8.0), np.log(history)))
+    assert math.isnan(log_zscore(0.0, history)) and math.isnan(log_zscore(1.0, -history))
+
+
+def test_heavy_tails_page_rarely_on_the_log_scale_and_a_10x_spike_still_does() -> None:
+    loss = _lognormal_run(21, 30_000)
+    loss[20_000] = 10.0 * np.median(loss[19_000:20_000])  # 10× the usual loss
+    by_statistic = {}
+    for statistic in ("log", "gaussian"):
+        monitor = LossMonitor(statistic=statistic)
+        for s, v in enumerate(loss):
+            monitor.update(s, float(v))
+        by_statistic[statistic] = monitor
+    log, gaussian = by_statistic["log"], by_statistic["gaussian"]
+    assert [e.step for e in log.events] == [20_000]
+    assert sum(gaussian.counts.values()) >= 6  # a Gaussian σ rule pages on the tail
+    assert log.warnings <= 10
+
+
+def test_a_flagged_step_stays_out_of_the_ema_and_counts_once() -> None:
+    monitor = LossMonitor(window=16, hard_max_first=4)
+    _warm(monitor, 64)
+    before = monitor.ema
+    update = monitor.update(64, 500.0)  # hard_max and sigma both fire
+    assert update.rules == ("hard_max", "sigma") and update.ema == before
+    assert monitor.counts == {**dict.fromkeys(SPIKE_RULES, 0), "hard_max": 1}
+    assert sum(monitor.counts.values()) == len(monitor.events)
+    assert monitor.update(65, 1.0).ema == pytest.approx(before + 0.01 * (1.0 - before))
+
+
+def test_drift_catches_a_divergence_and_a_level_shift_once_never_a_falling_loss() -> None:
+    loss = _lognormal_run(5, 30_000)
+    steps = np.arange(30_000)
+    diverging = loss * np.exp(np.clip(steps - 20_000, 0, None) / 1000.0)
+    shifted = loss * np.where(steps >= 20_000, 2.0, 1.0)
+    found = {}
+    for name, series in (("falling", loss), ("diverging", diverging), ("shifted", shifted)):
+        monitor = LossMonitor()
+        rules = [monitor.update(s, float(v)).rule for s, v in enumerate(series)]
+        found[name] = [s for s, rule in enumerate(rules) if rule == "drift"]
+    assert found["falling"] == []
+    assert found["diverging"] and 20_000 < found["diverging"][0] <= 20_300
+    assert len(found["shifted"]) == 1 and 20_000 <= found["shifted"][0] <= 20_030
+
+
+def test_drift_rule_never_fires_on_the_jump_back_of_a_resumed_run() -> None:
+    loss = _lognormal_run(8, 6_000)
+    monitor = LossMonitor()
+    for s in range(4_000):
+        monitor.update(s, float(loss[s]))
+    for s in range(3_000, 6_000):  # resumed from a checkpoint at step 3,000
+        update = monitor.update(s, float(loss[s]))
+        assert update.rule is None, (s, update)
+
+
+def test_a_loss_that_can_be_negative_is_judged_on_its_values() -> None:
+    rng = np.random.default_rng(4)
+    monitor = LossMonitor(window=32)
+    for s in range(200):
+        monitor.update(s, float(rng.normal(0.0, 1.0)))  # an ELBO-like loss around 0
+    assert monitor.statistic == "robust" and monitor.counts["sigma"] == 0
+    assert "sigma" in monitor.update(200, 40.0).rules
+    restored = LossMonitor.from_state_dict(_json_round_trip(monitor.state_dict()))
+    assert restored.statistic == "robust" and restored.update(201, 0.1).rule is None
 
 
 # ------------------------------------------------------------------------------------------
@@ -787,17 +867,31 @@ def _feed_detector(kind: str) -> tuple[Callable[[], Any], Callable[[Any, int], A
         return StreamHealth, lambda m, s: m.update(
             s, minimum=-value(s), maximum=value(s), clip_fraction=0.01, nonfinite=s % 3
         )
+    if kind == "drift":
+        return DriftRule, lambda m, s: m.update(s, value(s))
     factory = {
         "ema": EMA,
         "rolling": RollingSpikeDetector,
         "robust": RobustSpikeDetector,
+        "log": LogSpikeDetector,
         "hard": HardMaxRule,
         "sustained": SustainedRule,
     }[kind]
     return factory, lambda m, s: m.update(s, value(s))
 
 
-KINDS = ["loss", "terms", "health", "ema", "rolling", "robust", "hard", "sustained"]
+KINDS = [
+    "loss",
+    "terms",
+    "health",
+    "ema",
+    "rolling",
+    "robust",
+    "log",
+    "hard",
+    "sustained",
+    "drift",
+]
 
 
 @pytest.mark.parametrize("kind", KINDS)

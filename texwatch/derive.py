@@ -56,7 +56,7 @@ class DeriveSettings:
     device: str = "cpu"
     window: int = 128
     spike_sigma: float = 6.0
-    warn_sigma: float = 4.0
+    warn_sigma: float = 5.0
     dead_window: int = 100
     clip_range: float = 3.0
     spectral_window: str = "hann"
@@ -80,26 +80,32 @@ def add_derive_arguments(parser: argparse.ArgumentParser | Any) -> None:
         metavar="IMAGE",
         help="reference tile: its f* anchors the energy ratios and texture losses",
     )
+    defaults = DeriveSettings()
     parser.add_argument(
         "--spike-sigma",
         type=positive_float,
-        default=6.0,
-        help="alarm when the loss is this many rolling σ above the mean (default 6)",
+        default=defaults.spike_sigma,
+        help="alarm when the log loss is this many robust σ above its rolling median "
+        f"(default {defaults.spike_sigma:g})",
     )
     parser.add_argument(
-        "--warn-sigma", type=positive_float, default=4.0, help="warn at this many σ (default 4)"
+        "--warn-sigma",
+        type=positive_float,
+        default=defaults.warn_sigma,
+        help=f"warn at this many σ (default {defaults.warn_sigma:g})",
     )
     parser.add_argument(
         "--window",
         type=positive_int,
-        default=128,
-        help="rolling window of the spike detector, in steps (default 128)",
+        default=defaults.window,
+        help=f"rolling window of the spike detector, in steps (default {defaults.window})",
     )
     parser.add_argument(
         "--dead-window",
         type=positive_int,
-        default=100,
-        help="steps a weighted term may stay 0/constant/absent before it is dead (default 100)",
+        default=defaults.dead_window,
+        help="steps (at the least) a weighted term may stay 0/constant/absent before it is dead "
+        f"(default {defaults.dead_window})",
     )
 
 

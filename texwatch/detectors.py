@@ -36,8 +36,11 @@ import numpy as np
 __all__ = [
     "EMA",
     "SPIKE_RULES",
+    "STATISTICS",
+    "DriftRule",
     "HardMaxRule",
     "LossMonitor",
+    "LogSpikeDetector",
     "LossUpdate",
     "RobustSpikeDetector",
     "RollingSpikeDetector",
@@ -50,6 +53,7 @@ __all__ = [
     "TermUpdate",
     "TimestepNormalizer",
     "alpha_from_half_life",
+    "log_zscore",
     "robust_zscore",
     "term_shares",
     "timestep_bin_index",
@@ -57,7 +61,9 @@ __all__ = [
 ]
 
 #: The ``rule`` label values of ``texwatch_loss_spikes_total``, most severe first.
-SPIKE_RULES: tuple[str, ...] = ("nonfinite", "hard_max", "sigma", "sustained")
+SPIKE_RULES: tuple[str, ...] = ("nonfinite", "hard_max", "sigma", "sustained", "drift")
+STATISTICS: tuple[str, ...] = ("log", "robust", "gaussian")
+"""What :class:`LossMonitor`'s σ rule judges: see its ``statistic`` argument."""
 
 _STATE_VERSION = 2
 # MAD of a normal sample times this is its standard deviation.
@@ -65,6 +71,10 @@ _MAD_TO_SIGMA = 1.4826
 # A flat history has no spread: keep a floor so a z-score stays finite (relative, then absolute).
 _REL_SCALE_FLOOR = 1e-6
 _ABS_SCALE_FLOOR = 1e-12
+# After the drift rule fires, its baseline follows the fast EMA for this many fast half-lives.
+_DRIFT_HOLD = 5.0
+# Mean absolute deviation of normal noise times this is its standard deviation (√(π/2)).
+_DRIFT_MAD_TO_SIGMA = math.sqrt(math.pi / 2.0)
 # DDPM-style discrete schedulers sample integer timesteps in [0, 1000).
 _DISCRETE_T_MAX = 1000.0
 
@@ -161,6 +171,26 @@ def _floored(scale: float, center: float) -> float:
     return max(scale, _REL_SCALE_FLOOR * abs(center), _ABS_SCALE_FLOOR)
 
 
+def _mean_std(history: np.ndarray) -> tuple[float, float]:
+    mean = float(history.mean())
+    return mean, _floored(float(history.std()), mean)
+
+
+def _median(values: np.ndarray) -> float:
+    """np.median of finite values without its NaN checks (the detectors' hot path)."""
+    k = values.size // 2
+    if values.size % 2:
+        return float(np.partition(values, k)[k])
+    lower, upper = np.partition(values, (k - 1, k))[k - 1 : k + 1]
+    return 0.5 * (float(lower) + float(upper))
+
+
+def _median_mad(history: np.ndarray) -> tuple[float, float]:
+    median = _median(history)
+    mad = _median(np.abs(history - median))
+    return median, _floored(_MAD_TO_SIGMA * mad, median)
+
+
 def zscore(value: float, history: np.ndarray) -> float:
     """Return how many standard deviations ``value`` lies above the mean of ``history``.
 
@@ -171,9 +201,8 @@ def zscore(value: float, history: np.ndarray) -> float:
         >>> zscore(4.0, np.array([1.0, 2.0, 3.0]))  # doctest: +ELLIPSIS
         2.449...
     """
-    h = np.asarray(history, dtype=np.float64)  # (N,)
-    mean = float(h.mean())
-    return (float(value) - mean) / _floored(float(h.std()), mean)
+    mean, scale = _mean_std(np.asarray(history, dtype=np.float64))  # (N,)
+    return (float(value) - mean) / scale
 
 
 def robust_zscore(value: float, history: np.ndarray) -> float:
@@ -186,10 +215,25 @@ def robust_zscore(value: float, history: np.ndarray) -> float:
         >>> round(robust_zscore(10.0, np.array([1.0, 2.0, 3.0, 100.0])), 3)
         5.059
     """
+    median, scale = _median_mad(np.asarray(history, dtype=np.float64))  # (N,)
+    return (float(value) - median) / scale
+
+
+def log_zscore(value: float, history: np.ndarray) -> float:
+    """Return :func:`robust_zscore` of ``log(value)`` against the logs of ``history``.
+
+    Training losses are positive and right-skewed (a lognormal- or Gamma-like spread): on the log
+    scale their spread is near-symmetric and a ×k jump is the same distance at any level. NaN
+    when ``value`` or any of ``history`` is not > 0.
+
+    Example:
+        >>> round(log_zscore(10.0, np.array([1.0, 2.0, 4.0])), 3)
+        1.566
+    """
     h = np.asarray(history, dtype=np.float64)  # (N,)
-    median = float(np.median(h))
-    mad = float(np.median(np.abs(h - median)))
-    return (float(value) - median) / _floored(_MAD_TO_SIGMA * mad, median)
+    if not value > 0.0 or not bool(np.all(h > 0.0)):
+        return math.nan
+    return robust_zscore(math.log(value), np.log(h))
 
 
 def timestep_bin_index(
@@ -493,7 +537,11 @@ class SpikeVerdict:
 
 
 class _WindowSpikeDetector(_Stateful):
-    """One-sided spike detection against the last ``window`` unflagged values."""
+    """One-sided spike detection against the last ``window`` unflagged values.
+
+    A subclass says on which scale values are judged (:meth:`transform`, what the history
+    holds) and which centre and spread of the history a z-score is measured from.
+    """
 
     _STRUCTURAL = ("window",)
 
@@ -502,12 +550,27 @@ class _WindowSpikeDetector(_Stateful):
         self.sigma = _check_float("sigma", sigma)
         self.warn_sigma = _check_float("warn_sigma", warn_sigma)
         self._ring = _Ring(self.window)
+        self._stats: tuple[float, float] | None = None  # of the history as it is now
         self._last_step = -1
         self._last: SpikeVerdict | None = None
 
     @abstractmethod
-    def _score(self, value: float, history: np.ndarray) -> float:
-        """The z-score of ``value`` against ``history``."""
+    def _center_scale(self, history: np.ndarray) -> tuple[float, float]:
+        """The centre and the (floored) spread of ``history``, on the judged scale."""
+
+    def transform(self, value: float) -> float:
+        """The scale values are judged and kept on (NaN: neither judged nor kept)."""
+        return value if math.isfinite(value) else math.nan
+
+    def _history_stats(self) -> tuple[float, float]:
+        if self._stats is None:
+            self._stats = self._center_scale(self._ring.column())
+        return self._stats
+
+    @property
+    def spread(self) -> float:
+        """The history's spread on the judged scale (NaN until the window is full)."""
+        return self._history_stats()[1] if self.ready else math.nan
 
     @property
     def ready(self) -> bool:
@@ -524,10 +587,11 @@ class _WindowSpikeDetector(_Stateful):
 
     def score(self, value: float) -> float:
         """The z-score ``value`` would get now (NaN before the window is full); changes nothing."""
-        x = _check_value("value", value)
-        if not self._ring.full or not math.isfinite(x):
+        x = self.transform(_check_value("value", value))
+        if not self._ring.full or math.isnan(x):
             return math.nan
-        return self._score(x, self._ring.column())
+        center, scale = self._history_stats()
+        return (x - center) / scale
 
     def update(self, step: int, value: float, *, exclude: bool = False) -> SpikeVerdict:
         """Score ``value`` at ``step``, then keep it in the history unless it alarmed.
@@ -544,8 +608,10 @@ class _WindowSpikeDetector(_Stateful):
         z = self.score(value)
         alarm = z >= self.sigma
         verdict = SpikeVerdict(step, float(value), z, alarm, not alarm and z >= self.warn_sigma)
-        if math.isfinite(verdict.value) and not (alarm or exclude):
-            self._ring.push(step, verdict.value)
+        kept = self.transform(verdict.value)
+        if not (math.isnan(kept) or alarm or exclude):
+            self._ring.push(step, kept)
+            self._stats = None
         self._last = verdict
         return verdict
 
@@ -553,11 +619,13 @@ class _WindowSpikeDetector(_Stateful):
         """Drop the history at or after ``step``."""
         step = _check_step(step)
         self._ring.rewind(step)
+        self._stats = None
         self._last_step = step - 1
 
     def clear(self) -> None:
         """Empty the history (the series changed meaning)."""
         self._ring.clear()
+        self._stats = None
 
     def _config(self) -> dict[str, Any]:
         return {"window": self.window, "sigma": self.sigma, "warn_sigma": self.warn_sigma}
@@ -567,6 +635,7 @@ class _WindowSpikeDetector(_Stateful):
 
     def _load(self, state: Mapping[str, Any]) -> None:
         self._ring.load(state["ring"])
+        self._stats = None
         self._last_step = int(state["last_step"])
         self._last = None
 
@@ -587,8 +656,8 @@ class RollingSpikeDetector(_WindowSpikeDetector):
 
     _KIND = "RollingSpikeDetector"
 
-    def _score(self, value: float, history: np.ndarray) -> float:
-        return zscore(value, history)
+    def _center_scale(self, history: np.ndarray) -> tuple[float, float]:
+        return _mean_std(history)
 
 
 class RobustSpikeDetector(_WindowSpikeDetector):
@@ -602,8 +671,28 @@ class RobustSpikeDetector(_WindowSpikeDetector):
 
     _KIND = "RobustSpikeDetector"
 
-    def _score(self, value: float, history: np.ndarray) -> float:
-        return robust_zscore(value, history)
+    def _center_scale(self, history: np.ndarray) -> tuple[float, float]:
+        return _median_mad(history)
+
+
+class LogSpikeDetector(_WindowSpikeDetector):
+    """Like :class:`RobustSpikeDetector` on the log of the values (see :func:`log_zscore`).
+
+    Values not > 0 are scored NaN and kept out of the history.
+
+    Example:
+        >>> det = LogSpikeDetector(window=4, sigma=6.0)
+        >>> [det.update(s, v).alarm for s, v in enumerate([1.0, 1.1, 0.9, 1.0, 9.0])]
+        [False, False, False, False, True]
+    """
+
+    _KIND = "LogSpikeDetector"
+
+    def transform(self, value: float) -> float:
+        return math.log(value) if math.isfinite(value) and value > 0.0 else math.nan
+
+    def _center_scale(self, history: np.ndarray) -> tuple[float, float]:
+        return _median_mad(history)  # the history holds logs
 
 
 # --------------------------------------------------------------------------------------------
@@ -743,6 +832,156 @@ class SustainedRule(_Stateful):
     def _load(self, state: Mapping[str, Any]) -> None:
         self._ring.load(state["ring"])
         self._run = int(state["run"])
+        self._last_step = int(state["last_step"])
+
+
+class DriftRule(_Stateful):
+    """Page's CUSUM against a slow baseline: divergence and sustained level shifts.
+
+    Each value (the log of the raw loss by default: it only falls while training goes well) less
+    the baseline, an EMA of the unflagged values with a half-life of ``half_life`` steps, is
+    divided by the values' spread and clipped to ±``clip`` (one spike cannot trip it; spikes are
+    the σ rule's) and feeds ``S = max(0, S + r − slack)``. The spread is 1.25 × an EMA (half-life
+    ``spread_half_life``) of each value's distance from a fast EMA (half-life ``fast_half_life``),
+    the standard deviation for normal noise. The rule fires when ``S`` reaches ``limit``; then the
+    baseline follows the fast EMA for five of its half-lives while nothing is judged, and ``S``
+    restarts: a level shift fires once, a divergence again each time it grows past the new
+    baseline. A falling loss keeps ``S`` at 0. Nothing is judged until ``warmup`` values are
+    folded in. A rewind restarts ``S``; the baselines are kept (slow calibrations, like the
+    timestep bins).
+
+    Example:
+        >>> rule = DriftRule(half_life=100.0, limit=5.0, warmup=20)
+        >>> noise = [0.1 * (-1) ** s for s in range(200)]
+        >>> [s for s in range(200) if rule.update(s, noise[s] + (0.0 if s < 100 else 1.0))]
+        [101]
+    """
+
+    _KIND = "DriftRule"
+    _STRUCTURAL = ()
+
+    def __init__(
+        self,
+        half_life: float = 2000.0,
+        slack: float = 0.25,
+        limit: float = 20.0,
+        clip: float = 3.0,
+        fast_half_life: float = 20.0,
+        spread_half_life: float = 200.0,
+        warmup: int = 128,
+    ) -> None:
+        self.half_life = _check_float("half_life", half_life)
+        self.slack = _check_float("slack", slack)
+        self.limit = _check_float("limit", limit)
+        self.clip = _check_float("clip", clip)
+        self.fast_half_life = _check_float("fast_half_life", fast_half_life)
+        self.spread_half_life = _check_float("spread_half_life", spread_half_life)
+        self.warmup = _check_int("warmup", warmup)
+        self._alphas = tuple(
+            alpha_from_half_life(h)
+            for h in (self.half_life, self.fast_half_life, self.spread_half_life)
+        )
+        # bias-corrected EMAs: slow baseline, fast level, mean distance from the fast level
+        self._acc = [0.0, 0.0, 0.0]
+        self._weight = [0.0, 0.0, 0.0]
+        self._cusum = 0.0
+        self._seen = 0
+        self._hold = 0  # steps left while the baseline settles after firing
+        self._last_step = -1
+
+    def _mean(self, i: int) -> float:
+        return self._acc[i] / self._weight[i] if self._weight[i] > 0.0 else math.nan
+
+    @property
+    def baseline(self) -> float:
+        """The slow baseline (NaN before any value)."""
+        return self._mean(0)
+
+    @property
+    def spread(self) -> float:
+        """The values' spread around their fast level (NaN before two values)."""
+        return _DRIFT_MAD_TO_SIGMA * self._mean(2) if self._seen > 1 else math.nan
+
+    @property
+    def cusum(self) -> float:
+        """The current CUSUM statistic, in units of the spread."""
+        return self._cusum
+
+    def _fold(self, i: int, x: float) -> None:
+        a = self._alphas[i]
+        self._acc[i] = (1.0 - a) * self._acc[i] + a * x
+        self._weight[i] = (1.0 - a) * self._weight[i] + a
+
+    def update(self, step: int, value: float, *, exclude: bool = False) -> bool:
+        """Judge ``value`` at ``step``; return True when the rule fires."""
+        step = _check_step(step)
+        x = _check_value("value", value)
+        if step <= self._last_step:
+            self.rewind(step)
+        self._last_step = step
+        if not math.isfinite(x) or exclude:
+            return False
+        fired = False
+        spread = self.spread
+        if self._seen >= self.warmup and self._hold == 0 and spread > 0.0:
+            r = min(max((x - self.baseline) / spread, -self.clip), self.clip)
+            self._cusum = max(0.0, self._cusum + r - self.slack)
+            fired = self._cusum >= self.limit
+        if self._seen:
+            self._fold(2, abs(x - self._mean(1)))
+        self._fold(0, x)
+        self._fold(1, x)
+        self._seen += 1
+        if fired:
+            self._cusum = 0.0
+            self._hold = math.ceil(_DRIFT_HOLD * self.fast_half_life)
+        if self._hold > 0:  # the baseline follows the recent level until it has settled
+            self._hold -= 1
+            self._acc[0] = self._weight[0] * self._mean(1)
+        return fired
+
+    def rewind(self, step: int) -> None:
+        """Restart the CUSUM (a resumed job repeats steps); the baselines are kept."""
+        step = _check_step(step)
+        self._cusum = 0.0
+        self._last_step = step - 1
+
+    def clear(self) -> None:
+        """Forget the baselines (the series changed meaning)."""
+        self._acc, self._weight = [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]
+        self._cusum = 0.0
+        self._seen = self._hold = 0
+
+    def _config(self) -> dict[str, Any]:
+        return {
+            "half_life": self.half_life,
+            "slack": self.slack,
+            "limit": self.limit,
+            "clip": self.clip,
+            "fast_half_life": self.fast_half_life,
+            "spread_half_life": self.spread_half_life,
+            "warmup": self.warmup,
+        }
+
+    def _state(self) -> dict[str, Any]:
+        return dict(
+            acc=list(self._acc),
+            weight=list(self._weight),
+            cusum=self._cusum,
+            seen=self._seen,
+            hold=self._hold,
+            last_step=self._last_step,
+        )
+
+    def _load(self, state: Mapping[str, Any]) -> None:
+        acc = [float(v) for v in state["acc"]]
+        weight = [float(v) for v in state["weight"]]
+        if len(acc) != 3 or len(weight) != 3:
+            raise ValueError(f"EMA lists of length {len(acc)}, expected 3")
+        self._acc, self._weight = acc, weight
+        self._cusum = float(state["cusum"])
+        self._seen = int(state["seen"])
+        self._hold = int(state["hold"])
         self._last_step = int(state["last_step"])
 
 
@@ -1004,28 +1243,40 @@ def _sample_ids(ids: Any, limit: int) -> tuple[int | str, ...]:
 
 
 class LossMonitor(_Stateful):
-    """Every loss rule for one run: EMA, rolling σ spikes, Megatron and llm-foundry rules, NaN/Inf.
+    """Every loss rule for one run: EMA, σ spikes, Megatron and llm-foundry rules, drift, NaN/Inf.
 
     Per step the rules are checked most severe first and each sees the earlier ones' verdict, so
-    a step any rule flags is kept out of every history (σ window, sustained mean, timestep bins).
-    ``counts`` has one counter per rule of :data:`SPIKE_RULES` (the ``rule`` label of
-    ``texwatch_loss_spikes_total``) and ``warnings`` counts σ warnings.
+    a step any rule flags is kept out of every history and baseline (σ window, sustained mean,
+    drift baseline, timestep bins, the EMA). ``counts`` has one counter per rule of
+    :data:`SPIKE_RULES` (the ``rule`` label of ``texwatch_loss_spikes_total``) and counts each
+    flagged step once, under its most severe rule, so the counters add up to the spike events;
+    ``warnings`` counts σ warnings.
+
+    The σ rule judges, by default, the log of the value against the median and the MAD-estimated
+    σ of the logs of the last ``window`` unflagged values (``statistic="log"``, see
+    :func:`log_zscore`): training losses are positive and right-skewed, and on the log scale a
+    ×k jump is the same distance at any level. ``"robust"`` judges the values themselves against
+    their median and MAD, ``"gaussian"`` against their mean and standard deviation. A value not
+    > 0 switches a ``"log"`` monitor to ``"robust"`` for good (its histories restart).
 
     When timesteps arrive, the σ and sustained rules judge the timestep-normalised loss from then
     on (their histories restart once, as the series changes meaning); a later step without
-    timesteps is then judged only by the hard rules. ``hard_max`` always judges the raw loss.
+    timesteps is then judged only by the hard and drift rules. ``hard_max`` and ``drift`` always
+    judge the raw loss (the drift rule its log, see :class:`DriftRule`).
 
     Args:
         window: rolling window of the σ and sustained rules (default 128).
-        sigma: σ alarm level (default 6, OLMo-core's rule; the seed's 3 is honoured).
-        warn_sigma: σ warning level (default 4; above ``sigma`` it never triggers).
-        robust: judge against the rolling median and MAD instead of the mean and σ.
+        sigma: σ alarm level (default 6).
+        warn_sigma: σ warning level (default 5; above ``sigma`` it never triggers).
+        statistic: one of :data:`STATISTICS` (default ``"log"``).
         ema_alpha: EMA smoothing factor (default 0.01); or give ``ema_half_life``.
         ema_half_life: EMA half-life in steps.
         hard_max_first: how many first values make Megatron's reference maximum (default 100).
         hard_max_factor: Megatron's factor (default 10).
         sustained_factor: llm-foundry's factor over the running mean (default 2).
         sustained_steps: how many steps in a row (default 5).
+        drift_half_life: half-life in steps of the drift rule's slow baseline (default 2000).
+        drift_limit: the drift rule's CUSUM limit, in σ (default 20; see :class:`DriftRule`).
         timestep_bins: timestep bins of the normaliser (default 20).
         t_range: ``(low, high)`` of the timesteps; inferred when None.
         timestep_half_life: items after which an item's weight in its bin's mean halves.
@@ -1034,17 +1285,19 @@ class LossMonitor(_Stateful):
 
     Example:
         >>> monitor = LossMonitor(window=4, hard_max_first=2)
-        >>> for step, loss in enumerate([1.0, 1.0, 1.0, 1.0]):
+        >>> for step, loss in enumerate([1.0, 1.1, 0.9, 1.0]):
         ...     _ = monitor.update(step, loss)
         >>> update = monitor.update(4, 50.0, sample_ids=[7, 9])
         >>> update.rule, update.rules, monitor.events[-1].sample_ids
         ('hard_max', ('hard_max', 'sigma'), (7, 9))
+        >>> monitor.counts["hard_max"], monitor.counts["sigma"]
+        (1, 0)
     """
 
     _KIND = "LossMonitor"
     _STRUCTURAL = (
         "window",
-        "robust",
+        "statistic",
         "hard_max_first",
         "timestep_bins",
         "t_range",
@@ -1056,24 +1309,29 @@ class LossMonitor(_Stateful):
         self,
         window: int = 128,
         sigma: float = 6.0,
-        warn_sigma: float = 4.0,
+        warn_sigma: float = 5.0,
         *,
-        robust: bool = False,
+        statistic: str = "log",
         ema_alpha: float | None = None,
         ema_half_life: float | None = None,
         hard_max_first: int = 100,
         hard_max_factor: float = 10.0,
         sustained_factor: float = 2.0,
         sustained_steps: int = 5,
+        drift_half_life: float = 2000.0,
+        drift_limit: float = 20.0,
         timestep_bins: int = 20,
         t_range: tuple[float, float] | None = None,
         timestep_half_life: float = 100.0,
         max_events: int = 64,
         max_sample_ids: int = 256,
     ) -> None:
-        if not isinstance(robust, bool):
-            raise ValueError(f"Expected argument `robust` to be a bool but got {robust!r}")
-        self.robust = robust
+        if statistic not in STATISTICS:
+            raise ValueError(
+                f"Expected argument `statistic` to be one of {STATISTICS} but got {statistic!r}"
+            )
+        self.statistic = statistic  # what the σ rule judges now (see the class docstring)
+        self._configured_statistic = statistic
         self.max_events = _check_int("max_events", max_events)
         self.max_sample_ids = _check_int("max_sample_ids", max_sample_ids)
         # Checked here first so a bad value is reported under the monitor's argument name.
@@ -1083,13 +1341,15 @@ class LossMonitor(_Stateful):
         hard_max_factor = _check_float("hard_max_factor", hard_max_factor)
         sustained_factor = _check_float("sustained_factor", sustained_factor)
         sustained_steps = _check_int("sustained_steps", sustained_steps)
+        drift_half_life = _check_float("drift_half_life", drift_half_life)
+        drift_limit = _check_float("drift_limit", drift_limit)
         timestep_bins = _check_int("timestep_bins", timestep_bins)
         timestep_half_life = _check_float("timestep_half_life", timestep_half_life)
-        detector = RobustSpikeDetector if robust else RollingSpikeDetector
-        self._spike: _WindowSpikeDetector = detector(window, sigma, warn_sigma)
+        self._spike = self._detector(statistic, window, sigma, warn_sigma)
         self._ema = EMA(ema, history=window)
         self._hard = HardMaxRule(hard_max_first, hard_max_factor)
         self._sustained = SustainedRule(window, sustained_factor, sustained_steps)
+        self._drift = DriftRule(drift_half_life, limit=drift_limit, warmup=window)
         self._norm = TimestepNormalizer(timestep_bins, t_range, timestep_half_life)
         self._counts = dict.fromkeys(SPIKE_RULES, 0)
         self._warnings = 0
@@ -1097,6 +1357,13 @@ class LossMonitor(_Stateful):
         self._normalising = False
         self._last_step = -1
         self._last: LossUpdate | None = None
+
+    @staticmethod
+    def _detector(
+        statistic: str, window: int, sigma: float, warn_sigma: float
+    ) -> _WindowSpikeDetector:
+        kind = {"log": LogSpikeDetector, "robust": RobustSpikeDetector}
+        return kind.get(statistic, RollingSpikeDetector)(window, sigma, warn_sigma)
 
     # --- reading ------------------------------------------------------------------------------
 
@@ -1190,7 +1457,6 @@ class LossMonitor(_Stateful):
         nonfinite = not math.isfinite(loss) or (items is not None and not np.isfinite(items).all())
         if nonfinite:
             rules.append("nonfinite")
-        ema = self._ema.update(step, loss)
         if self._hard.update(step, loss, exclude=nonfinite):
             rules.append("hard_max")
 
@@ -1203,21 +1469,32 @@ class LossMonitor(_Stateful):
             value = math.nan
             if ts is not None and not nonfinite:
                 value = self._norm._normalise(ts, items, loss)
+        if self.statistic == "log" and math.isfinite(value) and value <= 0.0:
+            # A loss that can be 0 or negative has no log scale: judge the values themselves.
+            self.statistic = "robust"
+            self._spike = self._detector("robust", self.window, self.sigma, self.warn_sigma)
+            self._sustained.clear()
+            self._drift.clear()
         verdict = self._spike.update(step, value, exclude=bool(rules))
         if verdict.alarm:
             rules.append("sigma")
         if self._sustained.update(step, value, exclude=bool(rules)):
             rules.append("sustained")
+        # The drift rule judges the raw loss: a timestep-normalised ratio creeps up as training
+        # slows (its bins lag a falling loss), the raw loss does not.
+        if self._drift.update(step, self._spike.transform(loss), exclude=bool(rules)):
+            rules.append("drift")
         if ts is not None and not rules:
             self._norm._fold(ts, items, loss)
+        # A flagged loss never enters the EMA: the EMA is the level a spike is compared with.
+        ema = self._ema.update(step, math.nan if rules else loss)
 
         warning = verdict.warning and not rules
         self._warnings += warning
         rule = None
         if rules:
-            for r in rules:
-                self._counts[r] += 1
             rule = rules[0]
+            self._counts[rule] += 1
             ids = None if sample_ids is None else _sample_ids(sample_ids, self.max_sample_ids)
             self._events.append(SpikeEvent(step, loss, verdict.zscore, rule, tuple(rules), ids))
         self._last = LossUpdate(
@@ -1237,14 +1514,15 @@ class LossMonitor(_Stateful):
     def rewind(self, step: int) -> None:
         """Drop every rule's history at or after ``step`` (a resumed job repeats steps).
 
-        Counters, events and the timestep bins' means (a slow calibration, not a history of
-        steps) are kept.
+        Counters, events, the timestep bins' means and the drift baseline (slow calibrations, not
+        histories of steps) are kept.
         """
         step = _check_step(step)
         self._ema.rewind(step)
         self._spike.rewind(step)
         self._hard.rewind(step)
         self._sustained.rewind(step)
+        self._drift.rewind(step)
         self._last_step = step - 1
 
     # --- persistence --------------------------------------------------------------------------
@@ -1255,12 +1533,14 @@ class LossMonitor(_Stateful):
             "window": self.window,
             "sigma": self.sigma,
             "warn_sigma": self.warn_sigma,
-            "robust": self.robust,
+            "statistic": self._configured_statistic,
             "ema_alpha": self._ema.alpha,
             "hard_max_first": self._hard.first,
             "hard_max_factor": self._hard.factor,
             "sustained_factor": self._sustained.factor,
             "sustained_steps": self._sustained.steps,
+            "drift_half_life": self._drift.half_life,
+            "drift_limit": self._drift.limit,
             "timestep_bins": norm["bins"],
             "t_range": norm["t_range"],
             "timestep_half_life": norm["half_life"],
@@ -1274,7 +1554,9 @@ class LossMonitor(_Stateful):
             spike=self._spike.state_dict(),
             hard_max=self._hard.state_dict(),
             sustained=self._sustained.state_dict(),
+            drift=self._drift.state_dict(),
             timesteps=self._norm.state_dict(),
+            statistic=self.statistic,
             counts=dict(self._counts),
             warnings=self._warnings,
             events=[e.to_dict() for e in self._events],
@@ -1283,11 +1565,17 @@ class LossMonitor(_Stateful):
         )
 
     def _load(self, state: Mapping[str, Any]) -> None:
+        statistic = str(state["statistic"])
+        if statistic not in STATISTICS:
+            raise ValueError(f"unknown statistic {statistic!r}")
+        spike = self._detector(statistic, self.window, self.sigma, self.warn_sigma)
+        spike.load_state_dict(state["spike"])
         self._ema.load_state_dict(state["ema"])
-        self._spike.load_state_dict(state["spike"])
         self._hard.load_state_dict(state["hard_max"])
         self._sustained.load_state_dict(state["sustained"])
+        self._drift.load_state_dict(state["drift"])
         self._norm.load_state_dict(state["timesteps"])
+        self._spike, self.statistic = spike, statistic
         counts = {r: int(state["counts"][r]) for r in SPIKE_RULES}
         events = [SpikeEvent.from_dict(e) for e in state["events"]]
         self._warnings = int(state["warnings"])
