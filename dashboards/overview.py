@@ -23,15 +23,16 @@ from grafana_foundation_sdk.models import dashboard as models
 from dashboards.metrics import SCRAPE_JOB
 from dashboards.thresholds import Thresholds
 from texwatch.alarms import ALIAS_SHARE, BAND_SCORE
+from texwatch.detectors import SIGMA, WARN_SIGMA
 
 __all__ = ["DASHBOARD_UID", "SPIKE_SIGMA", "WARNING_SIGMA", "build_overview"]
 
 #: uid of the dashboard (its URL is ``/d/texwatch-overview``).
 DASHBOARD_UID = "texwatch-overview"
 #: texwatchd's default ``--spike-sigma``: z-scores past it are counted as spikes.
-SPIKE_SIGMA = 6.0
-#: z-score past which texwatchd counts a spike warning.
-WARNING_SIGMA = 4.0
+SPIKE_SIGMA = SIGMA
+#: z-score past which texwatchd counts a spike warning (its default ``--warn-sigma``).
+WARNING_SIGMA = WARN_SIGMA
 
 _DS = models.DataSourceRef(type_val="prometheus", uid="${datasource}")
 _RUN = 'run=~"$run"'
@@ -197,7 +198,8 @@ def _loss_row(ids: _Ids, board: dashboard.Dashboard) -> None:
             _series(
                 ids,
                 "Loss z-score",
-                f"Loss against its rolling mean and sigma. Past {WARNING_SIGMA:g} sigma texwatchd "
+                "Log loss against the median and robust sigma of its rolling window. Past "
+                f"{WARNING_SIGMA:g} sigma texwatchd "
                 f"warns; past {SPIKE_SIGMA:g} sigma (its default --spike-sigma) it counts a spike.",
                 [(f"texwatch_loss_zscore{{{_RUN}}}", "{{run}}")],
                 span=6,
@@ -209,8 +211,8 @@ def _loss_row(ids: _Ids, board: dashboard.Dashboard) -> None:
         _bars(
             ids,
             "Loss spikes",
-            "Spikes per detector rule (sigma, hard_max, sustained, nonfinite) and 4-sigma "
-            "warnings.",
+            "Spikes per detector rule (sigma, hard_max, sustained, drift, nonfinite) and "
+            f"{WARNING_SIGMA:g}-sigma warnings.",
             [
                 (
                     f"sum by (run, rule) (increase(texwatch_loss_spikes_total{{{_RUN}}}"

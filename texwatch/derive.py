@@ -31,7 +31,7 @@ import torch
 
 from texwatch import spectral
 from texwatch._argtypes import positive_float, positive_int
-from texwatch.detectors import SPIKE_RULES, LossMonitor, TermMonitor
+from texwatch.detectors import SIGMA, SPIKE_RULES, WARN_SIGMA, LossMonitor, TermMonitor
 from texwatch.losses import ACFPeriodLoss, LogPolarAlignLoss, SpectralPeriodLoss
 from texwatch.metric_names import TEXTURE_LOSSES
 from texwatch.store import ITEMS, SCALARS, Run, given_nan, open_run
@@ -55,8 +55,8 @@ class DeriveSettings:
 
     device: str = "cpu"
     window: int = 128
-    spike_sigma: float = 6.0
-    warn_sigma: float = 5.0
+    spike_sigma: float = SIGMA
+    warn_sigma: float = WARN_SIGMA
     dead_window: int = 100
     clip_range: float = 3.0
     spectral_window: str = "hann"

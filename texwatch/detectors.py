@@ -35,8 +35,10 @@ import numpy as np
 
 __all__ = [
     "EMA",
+    "SIGMA",
     "SPIKE_RULES",
     "STATISTICS",
+    "WARN_SIGMA",
     "DriftRule",
     "HardMaxRule",
     "LossMonitor",
@@ -62,6 +64,10 @@ __all__ = [
 
 #: The ``rule`` label values of ``texwatch_loss_spikes_total``, most severe first.
 SPIKE_RULES: tuple[str, ...] = ("nonfinite", "hard_max", "sigma", "sustained", "drift")
+SIGMA = 6.0
+"""Default σ alarm level of the loss monitor's σ rule."""
+WARN_SIGMA = 5.0
+"""Default σ warning level."""
 STATISTICS: tuple[str, ...] = ("log", "robust", "gaussian")
 """What :class:`LossMonitor`'s σ rule judges: see its ``statistic`` argument."""
 
@@ -1308,8 +1314,8 @@ class LossMonitor(_Stateful):
     def __init__(
         self,
         window: int = 128,
-        sigma: float = 6.0,
-        warn_sigma: float = 5.0,
+        sigma: float = SIGMA,
+        warn_sigma: float = WARN_SIGMA,
         *,
         statistic: str = "log",
         ema_alpha: float | None = None,
