@@ -50,6 +50,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _alarm_corpus as corpus  # noqa: E402  (the corpus beside this script)
+from _tables import table as _table  # noqa: E402
 
 from texwatch import alarms, spectral  # noqa: E402
 from texwatch.spectral import texture_metrics  # noqa: E402
@@ -160,15 +161,6 @@ def _pct(k: int, n: int) -> str:
 
 def _in_target(row: _Row, target: str) -> bool:
     return row.group in target.split("+")
-
-
-def _table(header: Sequence[str], lines: Sequence[Sequence[str]]) -> None:
-    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
-    print(" | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
-    print("-|-".join("-" * w for w in widths))
-    for line in lines:
-        print(" | ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)))
-    print()
 
 
 def _defaults(rows: Sequence[_Row], sizes: Sequence[int]) -> None:

@@ -36,15 +36,20 @@ import argparse
 import copy
 import math
 import platform
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
 import torch
 
-from texwatch.detectors import SPIKE_RULES, LossMonitor, LossUpdate
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _tables import table as _table  # noqa: E402  (beside this script)
+
+from texwatch.detectors import SPIKE_RULES, LossMonitor, LossUpdate  # noqa: E402
 
 _T_MAX = 1000
 _CHUNK = 10_000  # steps simulated at a time
@@ -288,15 +293,6 @@ def _timed(call: Callable[[], _T]) -> tuple[_T, float]:
     """``call()``'s result and its wall time in seconds."""
     start = time.perf_counter()
     return call(), time.perf_counter() - start
-
-
-def _table(header: Sequence[str], lines: Sequence[Sequence[str]]) -> None:
-    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
-    print(" | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
-    print("-|-".join("-" * w for w in widths))
-    for line in lines:
-        print(" | ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)))
-    print()
 
 
 def _rate(k: int, steps: int) -> str:
