@@ -572,6 +572,18 @@ def _spike_causes(
     return [c for c in (bad, lr_cause, ema_break) if c.evidence]
 
 
+def _flagged_terms(
+    scalars: Mapping[str, np.ndarray], prefix: str
+) -> Iterator[tuple[str, np.ndarray, int]]:
+    """Each term whose ``<prefix><term>`` column is set somewhere: the term, the rows where it
+    is (a mask) and the first such step, by term name."""
+    for key in sorted(k for k in scalars if k.startswith(prefix)):
+        flagged = scalars[key] > 0
+        if flagged.any():
+            first = int(scalars["step"][int(np.flatnonzero(flagged)[0])])
+            yield key[len(prefix) :], flagged, first
+
+
 def _dead_term_cause(scalars: Mapping[str, np.ndarray]) -> list[ProbableCause]:
     cause = ProbableCause(
         "dead_term",
@@ -581,11 +593,7 @@ def _dead_term_cause(scalars: Mapping[str, np.ndarray]) -> list[ProbableCause]:
         "assigned). Check that the code path computing it actually runs.",
     )
     steps = scalars["step"]
-    for key in sorted(k for k in scalars if k.startswith("dead/")):
-        dead = scalars[key] > 0
-        if not dead.any():
-            continue
-        term = key[len("dead/") :]
+    for term, dead, first in _flagged_terms(scalars, "dead/"):
         values = scalars.get(f"term/{term}", np.full(steps.shape, np.nan))[dead]
         weights = scalars.get(f"weight/{term}", np.ones(steps.shape))[dead]
         finite = values[np.isfinite(values)]
@@ -595,7 +603,6 @@ def _dead_term_cause(scalars: Mapping[str, np.ndarray]) -> list[ProbableCause]:
             what = "its value is always 0"
         else:
             what = f"its value stays at {float(finite[0]):.4g}"
-        first = int(steps[int(np.flatnonzero(dead)[0])])
         w = float(np.nanmedian(weights)) if np.isfinite(weights).any() else math.nan
         cause.evidence.append(
             f"term {term!r}: dead at {int(dead.sum())} of {steps.size} steps (first at step "
@@ -616,12 +623,7 @@ def _nonfinite_term_cause(scalars: Mapping[str, np.ndarray]) -> list[ProbableCau
         "the code path runs; check its inputs and its precision.",
     )
     steps = scalars["step"]
-    for key in sorted(k for k in scalars if k.startswith("term_nonfinite/")):
-        broken = scalars[key] > 0
-        if not broken.any():
-            continue
-        term = key[len("term_nonfinite/") :]
-        first = int(steps[int(np.flatnonzero(broken)[0])])
+    for term, broken, first in _flagged_terms(scalars, "term_nonfinite/"):
         cause.evidence.append(
             f"term {term!r}: non-finite at {int(broken.sum())} of {steps.size} steps "
             f"(first at step {first})"
