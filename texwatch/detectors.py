@@ -77,6 +77,9 @@ _MAD_TO_SIGMA = 1.4826
 # A flat history has no spread: keep a floor so a z-score stays finite (relative, then absolute).
 _REL_SCALE_FLOOR = 1e-6
 _ABS_SCALE_FLOOR = 1e-12
+# The drift rule's defaults, shared by DriftRule and LossMonitor: baseline half-life, CUSUM limit.
+_DRIFT_HALF_LIFE = 2000.0
+_DRIFT_LIMIT = 20.0
 # After the drift rule fires, its baseline follows the fast EMA for this many fast half-lives.
 _DRIFT_HOLD = 5.0
 # Mean absolute deviation of normal noise times this is its standard deviation (√(π/2)).
@@ -868,9 +871,9 @@ class DriftRule(_Stateful):
 
     def __init__(
         self,
-        half_life: float = 2000.0,
+        half_life: float = _DRIFT_HALF_LIFE,
         slack: float = 0.25,
-        limit: float = 20.0,
+        limit: float = _DRIFT_LIMIT,
         clip: float = 3.0,
         fast_half_life: float = 20.0,
         spread_half_life: float = 200.0,
@@ -1324,8 +1327,8 @@ class LossMonitor(_Stateful):
         hard_max_factor: float = 10.0,
         sustained_factor: float = 2.0,
         sustained_steps: int = 5,
-        drift_half_life: float = 2000.0,
-        drift_limit: float = 20.0,
+        drift_half_life: float = _DRIFT_HALF_LIFE,
+        drift_limit: float = _DRIFT_LIMIT,
         timestep_bins: int = 20,
         t_range: tuple[float, float] | None = None,
         timestep_half_life: float = 100.0,
