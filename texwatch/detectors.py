@@ -559,7 +559,6 @@ class _WindowSpikeDetector(_Stateful):
         self.sigma = _check_float("sigma", sigma)
         self.warn_sigma = _check_float("warn_sigma", warn_sigma)
         self._ring = _Ring(self.window)
-        self._stats: tuple[float, float] | None = None  # of the history as it is now
         self._last_step = -1
         self._last: SpikeVerdict | None = None
 
@@ -570,16 +569,6 @@ class _WindowSpikeDetector(_Stateful):
     def transform(self, value: float) -> float:
         """The scale values are judged and kept on (NaN: neither judged nor kept)."""
         return value if math.isfinite(value) else math.nan
-
-    def _history_stats(self) -> tuple[float, float]:
-        if self._stats is None:
-            self._stats = self._center_scale(self._ring.column())
-        return self._stats
-
-    @property
-    def spread(self) -> float:
-        """The history's spread on the judged scale (NaN until the window is full)."""
-        return self._history_stats()[1] if self.ready else math.nan
 
     @property
     def ready(self) -> bool:
@@ -599,7 +588,7 @@ class _WindowSpikeDetector(_Stateful):
         x = self.transform(_check_value("value", value))
         if not self._ring.full or math.isnan(x):
             return math.nan
-        center, scale = self._history_stats()
+        center, scale = self._center_scale(self._ring.column())
         return (x - center) / scale
 
     def update(self, step: int, value: float, *, exclude: bool = False) -> SpikeVerdict:
@@ -620,7 +609,6 @@ class _WindowSpikeDetector(_Stateful):
         kept = self.transform(verdict.value)
         if not (math.isnan(kept) or alarm or exclude):
             self._ring.push(step, kept)
-            self._stats = None
         self._last = verdict
         return verdict
 
@@ -628,13 +616,11 @@ class _WindowSpikeDetector(_Stateful):
         """Drop the history at or after ``step``."""
         step = _check_step(step)
         self._ring.rewind(step)
-        self._stats = None
         self._last_step = step - 1
 
     def clear(self) -> None:
         """Empty the history (the series changed meaning)."""
         self._ring.clear()
-        self._stats = None
 
     def _config(self) -> dict[str, Any]:
         return {"window": self.window, "sigma": self.sigma, "warn_sigma": self.warn_sigma}
@@ -644,7 +630,6 @@ class _WindowSpikeDetector(_Stateful):
 
     def _load(self, state: Mapping[str, Any]) -> None:
         self._ring.load(state["ring"])
-        self._stats = None
         self._last_step = int(state["last_step"])
         self._last = None
 
@@ -1271,7 +1256,7 @@ class LossMonitor(_Stateful):
     When timesteps arrive, the σ and sustained rules judge the timestep-normalised loss from then
     on (their histories restart once, as the series changes meaning); a later step without
     timesteps is then judged only by the hard and drift rules. ``hard_max`` and ``drift`` always
-    judge the raw loss (the drift rule its log, see :class:`DriftRule`).
+    judge the raw loss (the drift rule on the σ rule's scale: its log by default).
 
     Args:
         window: rolling window of the σ and sustained rules (default 128).
