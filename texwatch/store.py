@@ -8,6 +8,7 @@ Layout of ``runs/x.zarr`` (schema version 1)::
     zarr.json                root group; attributes:
         schema_version       1
         run, config, created, rank    run name, user config (JSON), ISO-8601 UTC time, rank or null
+        run_id               random hex id fixed at creation: tells apart runs that share a name
         committed            {"scalars": n, "items": k, "latents": m, ...}  rows readers may read
         tables               {"scalars": ["step", "time", "loss", ...], "latents": ["step", "data"]}
         drops                {"latents": n, "scalars": n, ...}  rows the client dropped (queue full,
@@ -51,6 +52,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -68,6 +70,8 @@ import zarr
 from zarr.abc.store import Store
 from zarr.codecs import BloscCodec
 from zarr.storage import LocalStore
+
+from texwatch.errors import StoreFormatError, StoreMissingError
 
 __all__ = [
     "CHUNK_TARGET_BYTES",
@@ -118,10 +122,6 @@ _MAX_CHUNK_ROWS = 1 << 17
 _CHUNK_KEYS: dict[str, Any] = {"name": "default", "separator": "."}
 _SEGMENT = re.compile(r"(?!__)[A-Za-z0-9_][A-Za-z0-9_.\-]*")
 _MAX_NAME = 200
-
-
-class StoreFormatError(ValueError):
-    """The path is not a texwatch run store this version can read or write."""
 
 
 @dataclass(frozen=True)
@@ -214,7 +214,7 @@ def _read_attrs(path: Path) -> dict[str, Any]:
 def _check_run_dir(path: Path) -> dict[str, Any]:
     """Root attributes of the run at ``path``; raise a clear error if it is not one."""
     if not path.exists():
-        raise FileNotFoundError(f"run store {str(path)!r} does not exist")
+        raise StoreMissingError(f"run store {str(path)!r} does not exist", path)
     if not path.is_dir():
         raise StoreFormatError(f"run store {str(path)!r} is a file, expected a Zarr v3 folder")
     meta = path / "zarr.json"
@@ -523,6 +523,7 @@ class RunWriter:
             "run": run if run is not None else root.name.removesuffix(".zarr"),
             "config": config_json if config_json is not None else {},
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "run_id": uuid.uuid4().hex,
             "rank": rank,
             "committed": {},
             "tables": {},
@@ -725,6 +726,14 @@ class Run:
     @property
     def name(self) -> str:
         return str(self.attrs.get("run"))
+
+    @property
+    def run_id(self) -> str:
+        """The id fixed at the run's creation; for a store made before ids, one from its path."""
+        stored = self.attrs.get("run_id")
+        if isinstance(stored, str) and stored:
+            return stored
+        return hashlib.sha1(str(self.path.resolve()).encode()).hexdigest()[:32]
 
     @property
     def config(self) -> dict[str, Any]:
@@ -955,7 +964,7 @@ def open_run(path: str | os.PathLike[str]) -> Run:
     """Open the run at ``path`` for reading.
 
     Raises:
-        FileNotFoundError: nothing at ``path``.
+        StoreMissingError: nothing at ``path`` (a ``FileNotFoundError``).
         StoreFormatError: ``path`` is a file, not a Zarr v3 group, a per-rank container (the
             message lists the rank runs), or of another schema version.
     """
