@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import base64
+import http.client
+import socket
 import ssl
 import subprocess
+import threading
+import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -204,3 +209,138 @@ def test_tls_needs_both_cert_and_key() -> None:
     registry, _ = _board()
     with pytest.raises(ValueError, match="tls-cert"):
         serve_metrics(registry, port=0, certfile="c.pem")
+
+
+def test_non_ascii_authorization_is_refused_with_401_and_no_traceback(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    registry, board = _board()
+    board.publish("r", [Sample("texwatch_last_step", {"run": "r"}, 5)])
+    server = serve_metrics(registry, bind="127.0.0.1", port=0, basic_auth=("prom", "pässwörd"))
+    tokens = [
+        b"Basic " + "prom:pässwörd".encode("latin-1"),
+        b"Basic \xc3\xa9t\xc3\xa9",
+        b"\xff\xfe\xfd",
+    ]
+    answers = []
+    try:
+        for token in tokens:
+            conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+            try:
+                conn.putrequest("GET", "/metrics")
+                conn.putheader("Authorization", token)
+                conn.endheaders()
+                response = conn.getresponse()
+                answers.append((response.status, response.read()))
+            finally:
+                conn.close()
+        body = _get(f"http://127.0.0.1:{server.port}/metrics", ("prom", "pässwörd"))
+    finally:
+        server.close()
+    assert answers == [(401, b"unauthorized\n")] * len(tokens)
+    assert 'texwatch_last_step{run="r"} 5.0' in body
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def _ipv6_loopback() -> str | None:
+    """Why this machine cannot serve on ``::1``, or None when it can."""
+    if not socket.has_ipv6:
+        return "Python was built without IPv6"
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+    except OSError as err:
+        return f"no IPv6 loopback on this machine: {err}"
+    return None
+
+
+@pytest.mark.skipif(_ipv6_loopback() is not None, reason=str(_ipv6_loopback()))
+@pytest.mark.parametrize("with_auth", [False, True])
+def test_serves_on_the_ipv6_loopback(with_auth: bool) -> None:
+    registry, board = _board()
+    board.publish("r", [Sample("texwatch_last_step", {"run": "r"}, 6)])
+    auth = ("u", "p") if with_auth else None
+    server = serve_metrics(registry, bind="::1", port=0, basic_auth=auth)
+    try:
+        body = _get(f"http://[::1]:{server.port}/metrics", auth)
+    finally:
+        server.close()
+    assert 'texwatch_last_step{run="r"} 6.0' in body
+
+
+@pytest.mark.parametrize("with_auth", [False, True])
+def test_an_idle_connection_does_not_hold_up_200_concurrent_tls_scrapes(
+    tmp_path: Path, with_auth: bool
+) -> None:
+    cert, key = _self_signed(tmp_path)
+    registry, board = _board()
+    board.publish("r", [Sample("texwatch_last_step", {"run": "r"}, 8)])
+    auth = ("u", "p") if with_auth else None
+    server = serve_metrics(
+        registry, bind="127.0.0.1", port=0, certfile=cert, keyfile=key, basic_auth=auth
+    )
+    context = ssl.create_default_context(cafile=cert)
+    url = f"https://127.0.0.1:{server.port}/metrics"
+
+    def scrape(_: int) -> str:
+        try:
+            request = urllib.request.Request(url)
+            if auth is not None:
+                token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+                request.add_header("Authorization", f"Basic {token}")
+            with urllib.request.urlopen(request, timeout=60, context=context) as response:
+                return f"{response.status} {response.read().decode()}"
+        except OSError as err:
+            return f"failed: {err!r}"
+
+    idle = socket.create_connection(("127.0.0.1", server.port), timeout=60)
+    try:
+        with ThreadPoolExecutor(max_workers=200) as pool:
+            answers = list(pool.map(scrape, range(200)))
+    finally:
+        idle.close()
+        server.close()
+    failed = [a for a in answers if not a.startswith("200 ")]
+    assert not failed, f"{len(failed)} of 200 scrapes failed, first: {failed[0]}"
+    assert all('texwatch_last_step{run="r"} 8.0' in a for a in answers)
+
+
+def _ended_by_server(sock: socket.socket) -> bool:
+    """Whether the server closed ``sock`` (end of stream or reset) rather than kept it open."""
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+
+
+def _connection_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name == "texwatch-metrics-connection"]
+
+
+@pytest.mark.parametrize("tls", [False, True])
+def test_a_silent_connection_is_dropped_after_the_timeout_and_close_ends_the_rest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tls: bool
+) -> None:
+    timeout = "texwatch.daemon._http.CONNECTION_TIMEOUT"
+    monkeypatch.setattr(timeout, 0.5)
+    cert, key = _self_signed(tmp_path) if tls else (None, None)
+    registry, _ = _board()
+    server = serve_metrics(registry, bind="127.0.0.1", port=0, certfile=cert, keyfile=key)
+    silent = socket.create_connection(("127.0.0.1", server.port), timeout=60)
+    try:
+        assert _ended_by_server(silent), "the server kept a silent connection open"
+        monkeypatch.setattr(timeout, 3600.0)
+        held = socket.create_connection(("127.0.0.1", server.port), timeout=60)
+        try:
+            deadline = time.monotonic() + 60
+            while not _connection_threads() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert _connection_threads(), "the held connection was never accepted"
+            server.close()
+            assert not _connection_threads()
+            assert _ended_by_server(held)
+        finally:
+            held.close()
+    finally:
+        silent.close()
+        server.close()

@@ -8,6 +8,7 @@ tested against.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hmac
 import ssl
@@ -16,20 +17,14 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from wsgiref.simple_server import make_server
 
-from prometheus_client import (
-    CollectorRegistry,
-    Counter,
-    Histogram,
-    make_wsgi_app,
-    start_http_server,
-)
+from prometheus_client import CollectorRegistry, Counter, Histogram, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.exposition import ThreadingWSGIServer, _SilentHandler
 from prometheus_client.registry import Collector
 
 from texwatch.metric_names import ERROR_KINDS, FAMILIES
+
+from ._http import ConnectionServer, make_server
 
 __all__ = [
     "MetricsBoard",
@@ -148,15 +143,18 @@ def read_basic_auth_file(path: str | Path) -> tuple[str, str]:
 
 
 def _with_basic_auth(app: Callable[..., Any], user: str, password: str) -> Callable[..., Any]:
-    """Wrap a WSGI app so only requests with the right Basic credentials reach it."""
-    import base64
+    """Wrap a WSGI app so only requests with the right Basic credentials reach it.
 
-    expected = base64.b64encode(f"{user}:{password}".encode()).decode()
+    The credentials are compared as bytes in constant time, so any header (non-ASCII included)
+    is an ordinary 401, never an error.
+    """
+    expected = base64.b64encode(f"{user}:{password}".encode())
 
     def guarded(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
-        given = environ.get("HTTP_AUTHORIZATION", "")
-        scheme, _, token = given.partition(" ")
-        if scheme.lower() == "basic" and hmac.compare_digest(token.strip(), expected):
+        # WSGI hands header values over as latin-1 text (PEP 3333): this gives back the bytes sent.
+        given = environ.get("HTTP_AUTHORIZATION", "").encode("latin-1", errors="replace")
+        scheme, _, token = given.strip().partition(b" ")
+        if scheme.lower() == b"basic" and hmac.compare_digest(token.strip(), expected):
             return app(environ, start_response)
         start_response(
             "401 Unauthorized",
@@ -167,10 +165,23 @@ def _with_basic_auth(app: Callable[..., Any], user: str, password: str) -> Calla
     return guarded
 
 
-class MetricsServer:
-    """A running ``/metrics`` endpoint; :meth:`close` stops it and joins its thread."""
+def _tls_context(certfile: str, keyfile: str) -> ssl.SSLContext:
+    """A server TLS context for the certificate chain and key, or a ValueError naming them."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(certfile, keyfile)
+    except (OSError, ssl.SSLError) as err:
+        raise ValueError(
+            f"Expected arguments `--tls-cert` and `--tls-key` to be a PEM certificate chain and "
+            f"its private key but loading {certfile!r} and {keyfile!r} failed: {err}"
+        ) from err
+    return context
 
-    def __init__(self, server: Any, thread: threading.Thread) -> None:
+
+class MetricsServer:
+    """A running ``/metrics`` endpoint; :meth:`close` stops it and joins its threads."""
+
+    def __init__(self, server: ConnectionServer, thread: threading.Thread) -> None:
         self._server = server
         self._thread = thread
 
@@ -180,7 +191,7 @@ class MetricsServer:
         return int(self._server.server_address[1])
 
     def close(self) -> None:
-        """Stop serving; safe to call twice."""
+        """Stop serving and end the connections still open; safe to call twice."""
         if self._thread.is_alive():
             self._server.shutdown()
             self._thread.join()
@@ -196,27 +207,21 @@ def serve_metrics(
     keyfile: str | None = None,
     basic_auth: tuple[str, str] | None = None,
 ) -> MetricsServer:
-    """Serve ``registry`` on ``bind:port``, with optional TLS and Basic authentication.
+    """Serve ``registry`` on ``bind:port`` (IPv4 or IPv6), with optional TLS and Basic auth.
 
-    Without Basic auth this is prometheus_client's own ``start_http_server`` (which brings TLS);
-    with it, the same WSGI app behind a credentials check, TLS through the same ``ssl`` module.
+    Each connection is served in its own thread, TLS handshake included, under a timeout: an
+    idle or slow client cannot hold up the other scrapes (see :mod:`texwatch.daemon._http`).
     """
     if (certfile is None) != (keyfile is None):
         raise ValueError(
             "Expected arguments `--tls-cert` and `--tls-key` together but got "
             f"cert={certfile!r}, key={keyfile!r}"
         )
-    if basic_auth is None:
-        server, thread = start_http_server(
-            port, addr=bind, registry=registry, certfile=certfile, keyfile=keyfile
-        )
-        return MetricsServer(server, thread)
-    app = _with_basic_auth(make_wsgi_app(registry), *basic_auth)
-    server = make_server(bind, port, app, ThreadingWSGIServer, handler_class=_SilentHandler)
-    if certfile and keyfile:
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(certfile, keyfile)
-        server.socket = context.wrap_socket(server.socket, server_side=True)
+    tls = _tls_context(certfile, keyfile) if certfile and keyfile else None
+    app = make_wsgi_app(registry)
+    if basic_auth is not None:
+        app = _with_basic_auth(app, *basic_auth)
+    server = make_server(app, bind=bind, port=port, tls=tls)
     thread = threading.Thread(target=server.serve_forever, name="texwatch-metrics", daemon=True)
     thread.start()
     return MetricsServer(server, thread)

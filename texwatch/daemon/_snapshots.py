@@ -12,7 +12,7 @@ import logging
 import math
 import os
 import re
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ import numpy as np
 
 from texwatch import plots
 from texwatch.detectors import SPIKE_RULES
-from texwatch.store import ITEMS, SCALARS, Run, open_run
+from texwatch.store import ITEMS, SCALARS, Run, latest_rows, open_run
 
 from ._runs import RunWorker
 
@@ -32,15 +32,20 @@ _PREFERRED = ("pred", "latents", "target")
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temp file and a rename: never half a file."""
+    """Write ``data`` to ``path`` through a temp file and a rename: never half a file.
+
+    The file gets mode 0644 less the process umask, as a plain ``open()`` of a snapshot would
+    (``tempfile`` makes 0600 files, which a dashboard or web server beside us could not read).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -50,6 +55,20 @@ def _safe_name(name: str) -> str:
 
 def _finite_or_none(value: float) -> float | None:
     return value if math.isfinite(value) else None
+
+
+def _loss_history(run: Run, rows: int) -> dict[str, np.ndarray]:
+    """The loss panel's series: the newest derived rows, the latest row per step, by step.
+
+    A resumed run stores its repeated steps again; readers keep the latest row of a step, and so
+    does the panel (drawn in storage order, its lines would jump back at each resume).
+    """
+    names = ("step", "loss", "loss_ema", "spike", "warn")
+    if not rows:
+        return {name: np.empty(0) for name in names}
+    cols = run.derived(SCALARS, max(0, rows - _LOSS_HISTORY), rows)
+    keep = latest_rows(cols["step"])
+    return {name: cols[name][keep] for name in names}
 
 
 class SnapshotWriter:
@@ -170,18 +189,7 @@ class SnapshotWriter:
             match = t_steps == steps[-1]
             if match.sum() == len(images):
                 target = t_data[match].astype(np.float32)
-        scalars_rows = worker.deriver.cursor.get(SCALARS, 0)
-        hist = (
-            run.derived(SCALARS, max(0, scalars_rows - _LOSS_HISTORY), scalars_rows)
-            if (scalars_rows)
-            else {
-                "step": np.empty(0),
-                "loss": np.empty(0),
-                "loss_ema": np.empty(0),
-                "spike": np.empty(0),
-                "warn": np.empty(0),
-            }
-        )
+        hist = _loss_history(run, worker.deriver.cursor.get(SCALARS, 0))
         ref = summary["streams"].get(stream, {}).get("ref_radius_bin")
         metrics = {
             k: v
