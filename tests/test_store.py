@@ -11,6 +11,7 @@ import pytest
 import tensorstore as ts
 import zarr
 
+from texwatch.errors import CorruptChunkError, StoreMissingError, StoreReadError
 from texwatch.store import (
     CHUNK_TARGET_BYTES,
     DERIVED,
@@ -228,8 +229,9 @@ def test_open_run_errors(store: Path, setup: str, error: type, match: str) -> No
         zarr.open_group(store, mode="w")
     elif setup == "v2":
         zarr.open_group(store, mode="w", attributes={"schema_version": 2})
-    with pytest.raises(error, match=match):
+    with pytest.raises(error, match=match) as raised:
         open_run(store)
+    assert raised.value.path is not None and Path(raised.value.path).is_relative_to(store)
 
 
 def test_writer_open_errors_leave_the_path_as_it_was(store: Path) -> None:
@@ -446,3 +448,61 @@ def test_each_commit_is_one_write_of_the_marker(
     attrs = published[0][1]
     assert attrs["committed"] == {SCALARS: 3} and attrs["cursor"] == {SCALARS: 3}
     assert json.loads(attrs["state"]) == {"ema": 1.0} and SCALARS in attrs["tables"]
+
+
+def _chunked_latents(store: Path, rows: int = 200) -> Path:
+    """A run whose latents (4x32x32 float32, 64 rows per chunk) span several chunk files."""
+    writer = RunWriter.open(store)
+    data = np.random.default_rng(0).standard_normal((rows, 4, 32, 32)).astype(np.float32)
+    writer.append("latents", {"step": np.arange(rows), "data": data})
+    writer.append(SCALARS, _scalars(np.arange(rows)))
+    writer.commit()
+    return store / "latents" / "data"
+
+
+def test_a_truncated_chunk_is_a_corrupt_chunk_error_naming_the_file(store: Path) -> None:
+    chunk = _chunked_latents(store) / "c.2.0.0.0"
+    chunk.write_bytes(chunk.read_bytes()[:100])
+    run = open_run(store)
+    assert run.stream("latents", 0, 128)[1].shape == (128, 4, 32, 32)  # rows before it still read
+    for read in (lambda: run.stream("latents", 64, 200), lambda: run.stream_at("latents", [150])):
+        with pytest.raises(CorruptChunkError, match="c.2.0.0.0") as raised:
+            read()
+        assert raised.value.path == str(chunk) and raised.value.kind == "corrupt_chunk"
+        assert str(store / "latents" / "data" / "c.2.0.0.0") in str(raised.value)
+
+
+def test_an_unreadable_chunk_is_a_store_read_error_naming_the_file(store: Path) -> None:
+    chunk = _chunked_latents(store) / "c.1.0.0.0"
+    chunk.unlink()
+    chunk.symlink_to(chunk.name)  # a link to itself: reading it fails with an OSError (ELOOP)
+    with pytest.raises(StoreReadError, match="c.1.0.0.0") as raised:
+        open_run(store).stream("latents")
+    assert raised.value.path == str(chunk) and raised.value.kind == "read"
+
+
+def test_garbage_metadata_is_a_corrupt_chunk_error_naming_the_file(store: Path) -> None:
+    folder = _chunked_latents(store)
+    DerivedWriter(store).commit({SCALARS: 0})
+    run = open_run(store)
+    (folder / "zarr.json").write_text('{"zarr_format": 3 "node_type"')
+    with pytest.raises(CorruptChunkError, match="zarr.json") as raised:
+        run.stream("latents")
+    assert raised.value.path == str(folder / "zarr.json")
+    derived = store / DERIVED / "zarr.json"
+    derived.write_text('{"attributes": {"cursor": 1 "state"')
+    for read in (run.derived_cursor, run.derived_committed, run.derived_state):
+        with pytest.raises(CorruptChunkError, match="Expecting ',' delimiter") as raised:
+            read()
+        assert raised.value.path == str(derived) and str(derived) in str(raised.value)
+
+
+def test_a_store_deleted_under_the_reader_is_store_missing(store: Path) -> None:
+    _chunked_latents(store)
+    run = open_run(store)
+    for p in sorted(store.rglob("*"), reverse=True):
+        p.unlink() if p.is_file() else p.rmdir()
+    store.rmdir()
+    with pytest.raises(StoreMissingError) as raised:
+        run.stream("latents")
+    assert raised.value.path == str(store)

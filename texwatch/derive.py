@@ -13,6 +13,11 @@ Derived tables (one row per source row, in source order):
 * one table per image stream: ``step``, the :func:`texwatch.spectral.texture_metrics` keys, the
   :func:`texwatch.spectral.latent_health` keys, and for ``pred`` with a target at the same step (or
   a reference tile) ``loss/<name>`` for the texture losses.
+
+Memory is bounded by bytes, not rows: :attr:`DeriveSettings.memory_budget` sizes each read and
+its torch work from the bytes of a row, splitting a batch into sub-batches that fit. Faults are
+bounded by stream: a stream whose rows cannot be read or derived stops alone, keeps its cursor
+and is retried on the next advance, while the loss detectors and the other streams go on.
 """
 
 from __future__ import annotations
@@ -20,8 +25,9 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import re
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,12 +38,14 @@ import torch
 from texwatch import spectral
 from texwatch._argtypes import positive_float, positive_int
 from texwatch.detectors import SIGMA, SPIKE_RULES, WARN_SIGMA, LossMonitor, TermMonitor
+from texwatch.errors import ComputeError, TexwatchError
 from texwatch.losses import ACFPeriodLoss, LogPolarAlignLoss, SpectralPeriodLoss
 from texwatch.metric_names import TEXTURE_LOSSES
-from texwatch.store import ITEMS, SCALARS, Run, given_nan, open_run
+from texwatch.store import ITEMS, SCALARS, Run, StreamSpec, given_nan, open_run
 
 __all__ = [
     "add_derive_arguments",
+    "byte_size",
     "settings_from_args",
     "DeriveSettings",
     "DerivedBatch",
@@ -47,6 +55,18 @@ __all__ = [
 
 _log = logging.getLogger("texwatch.derive")
 _TARGET_STEPS = 64  # recent steps whose target items are kept for pairing with pred rows
+_MiB = 1 << 20
+_DEFAULT_BUDGET = 512 * _MiB
+# The working set of deriving image rows, measured by benchmarks/daemon_memory.py (--model): per
+# row, this many float32 copies of it (texture_metrics with bands and a target, latent_health,
+# the texture losses); per sub-batch whatever its rows, a fixed part and this many float32 H x W
+# planes (frequency grids, windows, FFT plans).
+_ROW_COPIES = 24
+_PLANE_COPIES = 128
+_FIXED_BYTES = 32 * _MiB
+_TARGET_SHARE = 4  # the cache of target rows for pairing takes at most 1/4 of the budget
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
 @dataclass(frozen=True)
@@ -61,12 +81,38 @@ class DeriveSettings:
     clip_range: float = 3.0
     spectral_window: str = "hann"
     ref: np.ndarray | None = field(default=None, compare=False)  # (1, C, H, W) in [0, 1]
+    memory_budget: int = _DEFAULT_BUDGET  # bytes of image rows and their torch work at once
 
     def __post_init__(self) -> None:
         if self.ref is not None and (self.ref.ndim != 4 or self.ref.shape[0] != 1):
             raise ValueError(
                 f"Expected the reference tile as (1, C, H, W) but got shape {self.ref.shape}"
             )
+        if isinstance(self.memory_budget, bool) or not isinstance(self.memory_budget, int):
+            raise TypeError(f"memory_budget must be an int of bytes, got {self.memory_budget!r}")
+        if self.memory_budget <= 0:
+            raise ValueError(f"memory_budget must be > 0 bytes, got {self.memory_budget}")
+
+
+def byte_size(text: str) -> int:
+    """Bytes from a size such as ``1GiB``, ``512MiB``, ``768M`` or ``1073741824`` (units of 1024).
+
+    Raises:
+        argparse.ArgumentTypeError: quoting ``text``, when it is no size > 0.
+    """
+    match = _SIZE.fullmatch(text)
+    value = 0
+    if match is not None:
+        value = int(float(match[1]) * _UNITS[(match[2] or "")[:1].lower()])
+    if value <= 0:
+        raise argparse.ArgumentTypeError(
+            f"expected a size > 0 such as 512MiB or 1GiB but got {text!r}"
+        )
+    return value
+
+
+def _format_size(n: int) -> str:
+    return f"{n / (1 << 30):.2f} GiB" if n >= 1 << 30 else f"{n / _MiB:.0f} MiB"
 
 
 def add_derive_arguments(parser: argparse.ArgumentParser | Any) -> None:
@@ -107,6 +153,15 @@ def add_derive_arguments(parser: argparse.ArgumentParser | Any) -> None:
         help="steps (at the least) a weighted term may stay 0/constant/absent before it is dead "
         f"(default {defaults.dead_window})",
     )
+    parser.add_argument(
+        "--memory-budget",
+        type=byte_size,
+        default=defaults.memory_budget,
+        metavar="SIZE",
+        help="most memory image rows and their metrics take at once, e.g. 512MiB or 1GiB; "
+        "batches are split to fit, and the process needs ~300 MiB on top "
+        f"(default {_format_size(defaults.memory_budget)})",
+    )
 
 
 def settings_from_args(args: argparse.Namespace) -> DeriveSettings:
@@ -135,6 +190,7 @@ def settings_from_args(args: argparse.Namespace) -> DeriveSettings:
         warn_sigma=args.warn_sigma,
         dead_window=args.dead_window,
         ref=ref,
+        memory_budget=args.memory_budget,
     )
 
 
@@ -156,7 +212,9 @@ class Deriver:
     """Derives one run incrementally: each :meth:`advance` handles the next committed rows.
 
     The run is passed to each :meth:`advance`, freshly opened: an open array keeps the shape it
-    read, and readers must trust only the commit marker they just read.
+    read, and readers must trust only the commit marker they just read. A table (an image
+    stream, or ``scalars`` for the loss detectors) whose rows fail to read or derive stops at
+    the last good row while the others go on; :meth:`stream_errors` says which and why.
 
     Args:
         settings: detector and spectral settings.
@@ -202,6 +260,9 @@ class Deriver:
             else None
         )
         self._targets: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._target_budget = settings.memory_budget // _TARGET_SHARE
+        self._specs: dict[str, StreamSpec] = {}
+        self._errors: dict[str, TexwatchError] = {}
         self._losses = {
             "spectral_period": SpectralPeriodLoss(),
             "log_polar_align": LogPolarAlignLoss(),
@@ -228,6 +289,10 @@ class Deriver:
         """The newest step derived (-1 before any)."""
         return self._last_step
 
+    def stream_errors(self) -> dict[str, TexwatchError]:
+        """Tables stopped by a failure at the last advance, with the failure; empty when none."""
+        return dict(self._errors)
+
     def lag(self, committed: Mapping[str, int]) -> int:
         """Committed rows not derived yet."""
         return sum(max(0, n - self._cursor.get(t, 0)) for t, n in committed.items())
@@ -244,51 +309,133 @@ class Deriver:
     def advance(
         self, run: Run, committed: Mapping[str, int], max_rows: int = 256
     ) -> DerivedBatch | None:
-        """Derive up to ``max_rows`` new rows of each table; None when nothing is pending."""
+        """Derive up to ``max_rows`` new rows of each table; None when nothing is pending.
+
+        Image rows are read and derived in sub-batches sized to ``settings.memory_budget``. A
+        table that fails keeps the rows derived before the failure, is listed by
+        :meth:`stream_errors` and is retried from its cursor on the next call.
+        """
         tables: dict[str, dict[str, np.ndarray]] = {}
         streams = [t for t in committed if t not in (SCALARS, ITEMS)]
         # Targets first, so a pred row finds the target recorded at its step.
         streams.sort(key=lambda t: (t != "target", t))
         for name in streams:
-            start, stop = self._cursor.get(name, 0), committed[name]
-            stop = min(stop, start + max_rows)
+            start = self._cursor.get(name, 0)
+            stop = min(committed[name], start + max_rows)
             if stop <= start:
                 continue
-            steps, data = run.stream(name, start, stop)
-            if name == "target":
-                self._remember_targets(steps, data)
-            pairs = self._targets_for(run, steps) if name == "pred" else None
-            tables[name] = self._derive_stream(name, steps, data, pairs)
-            self._cursor[name] = stop
+            parts: list[dict[str, np.ndarray]] = []
+            try:
+                parts.extend(self._stream_parts(run, name, start, stop))
+            except TexwatchError as err:
+                self._errors[name] = err
+            else:
+                self._errors.pop(name, None)
+            if parts:
+                tables[name] = _concat(parts)
         if SCALARS in committed:
-            start, stop = self._cursor.get(SCALARS, 0), committed[SCALARS]
-            stop = min(stop, start + max_rows)
+            start = self._cursor.get(SCALARS, 0)
+            stop = min(committed[SCALARS], start + max_rows)
             if stop > start:
-                tables[SCALARS] = self._derive_scalars(run, start, stop, committed.get(ITEMS, 0))
-                self._cursor[SCALARS] = stop
+                try:
+                    tables[SCALARS] = self._advance_scalars(run, start, stop, committed)
+                except TexwatchError as err:
+                    self._errors[SCALARS] = err
+                else:
+                    self._errors.pop(SCALARS, None)
         if not tables:
             return None
         return DerivedBatch(tables=tables, cursor=self.cursor, state=self.state())
 
+    def _stream_parts(
+        self, run: Run, name: str, start: int, stop: int
+    ) -> Iterator[dict[str, np.ndarray]]:
+        """Derived columns of rows ``[start, stop)``, one sub-batch that fits the budget at a time.
+
+        The cursor follows each sub-batch. A read that fails is narrowed to the rows before the
+        failing one, those are derived, then the failure is raised.
+        """
+        rows = self._rows_per_batch(run, name)
+        for first in range(start, stop, rows):
+            last = min(stop, first + rows)
+            failure: TexwatchError | None = None
+            try:
+                steps, data = run.stream(name, first, last)
+            except TexwatchError as err:
+                failure = err
+                last = first + _readable_rows(run, name, first, last)
+                if last == first:
+                    raise
+                steps, data = run.stream(name, first, last)
+            cols = self._derive_rows(run, name, first, steps, data)
+            self._cursor[name] = last
+            yield cols
+            if failure is not None:
+                raise failure
+
+    def _rows_per_batch(self, run: Run, name: str) -> int:
+        """The most rows of stream ``name`` whose read and torch work fit the memory budget."""
+        spec = self._specs.get(name)
+        if spec is None:
+            spec = self._specs[name] = run.stream_spec(name)
+        c, h, w = spec.shape
+        per_row = c * h * w * (2 * spec.dtype.itemsize + 4 * _ROW_COPIES)
+        fixed = _FIXED_BYTES + _PLANE_COPIES * h * w * 4
+        budget = self._settings.memory_budget
+        rows = (budget - self._target_budget - fixed) // per_row
+        if rows < 1:
+            need = (fixed + per_row) * _TARGET_SHARE // (_TARGET_SHARE - 1) + 1
+            raise ComputeError(
+                f"argument --memory-budget: {_format_size(budget)} is too small to derive one "
+                f"row of stream {name!r} ({c}x{h}x{w} {spec.dtype}) of {str(run.path)!r}; "
+                f"expected at least {_format_size(need)}",
+                run.path / name,
+            )
+        return int(rows)
+
+    def _derive_rows(
+        self, run: Run, name: str, first: int, steps: np.ndarray, data: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        """Derived columns of rows read from ``first``; a failure of the metrics a ComputeError."""
+        if name == "target":
+            self._remember_targets(steps, data)
+        pairs = self._targets_for(run, steps) if name == "pred" else None
+        try:
+            return self._derive_stream(name, steps, data, pairs)
+        except Exception as err:  # any failure of torch or the metrics on rows that read fine
+            raise ComputeError(
+                f"cannot derive rows {first}-{first + len(steps) - 1} of stream {name!r} of "
+                f"{str(run.path)!r}: {type(err).__name__}: {err}",
+                run.path / name,
+            ) from err
+
     def _remember_targets(self, steps: np.ndarray, data: np.ndarray) -> None:
-        """Keep the newest steps' target items, for the pred rows of the same steps."""
+        """Keep the newest steps' target items, for the pred rows of the same steps.
+
+        At most ``_TARGET_STEPS`` steps and a quarter of the memory budget are kept.
+        """
         for step in np.unique(steps):
             self._targets[int(step)] = data[steps == step]
             self._targets.move_to_end(int(step))
-        while len(self._targets) > _TARGET_STEPS:
-            self._targets.popitem(last=False)
+        kept = sum(items.nbytes for items in self._targets.values())
+        while self._targets and (len(self._targets) > _TARGET_STEPS or kept > self._target_budget):
+            kept -= self._targets.popitem(last=False)[1].nbytes
 
     def _targets_for(self, run: Run, steps: np.ndarray) -> list[np.ndarray | None] | None:
         """Each pred row's own target item: the item of the same index at the same step."""
-        missing = [int(s) for s in np.unique(steps) if int(s) not in self._targets]
+        wanted = [int(s) for s in np.unique(steps)]
+        found = {s: self._targets[s] for s in wanted if s in self._targets}
+        missing = [s for s in wanted if s not in found]
         if missing and "target" in run.committed():
-            # After a restart the cache is empty: read those steps' targets from the store.
-            self._remember_targets(*run.stream_at("target", missing))
-        if not any(int(s) in self._targets for s in steps):
+            # After a restart, or past the cache: read those steps' targets from the store.
+            target_steps, data = run.stream_at("target", missing)
+            for step in np.unique(target_steps):
+                found[int(step)] = data[target_steps == step]
+        if not found:
             return None
         pairs: list[np.ndarray | None] = []
         for i, step in enumerate(steps):
-            items = self._targets.get(int(step))
+            items = found.get(int(step))
             index = int(np.sum(steps[:i] == step))  # the row's item index within its step
             pairs.append(items[index] if items is not None and index < len(items) else None)
         return pairs
@@ -320,11 +467,11 @@ class Deriver:
         out: dict[str, np.ndarray] = {"step": np.asarray(steps, dtype=np.int64)}
         out.update({k: v.detach().cpu().numpy().astype(np.float64) for k, v in metrics.items()})
         out.update({k: v.detach().cpu().numpy().astype(np.float64) for k, v in health.items()})
+        if name == "pred" and ref is not None:
+            out.update(self._texture_losses(x, ref))
         bad = int(out["nonfinite"].sum())
         if bad:
             self._nonfinite[name] = self._nonfinite.get(name, 0) + bad
-        if name == "pred" and ref is not None:
-            out.update(self._texture_losses(x, ref))
         if len(steps):
             self._last_step = max(self._last_step, int(np.max(steps)))
         return out
@@ -342,17 +489,42 @@ class Deriver:
                     cols[f"loss/{n}"][i] = float(self._losses[n](pred, target, mask))
         return cols
 
-    def _derive_scalars(
-        self, run: Run, start: int, stop: int, items_committed: int
+    def _advance_scalars(
+        self, run: Run, start: int, stop: int, committed: Mapping[str, int]
     ) -> dict[str, np.ndarray]:
+        """Feed scalar rows ``[start, stop)`` to the loss detectors; all or nothing of them.
+
+        A failure after the rows were read leaves the detectors as they were, so a retry does
+        not feed them a row twice.
+        """
         cols = run.scalars(start, stop, latest_wins=False)
-        item_start = self._cursor.get(ITEMS, 0)
+        item_start, item_stop = self._cursor.get(ITEMS, 0), committed.get(ITEMS, 0)
         items = (
-            run.items(item_start, items_committed)
-            if items_committed > item_start
+            run.items(item_start, item_stop)
+            if item_stop > item_start
             else {"step": np.empty(0, np.int64)}
         )
-        n = stop - start
+        saved = (self._loss.state_dict(), self._terms.state_dict(), self._last_step)
+        try:
+            out, used = self._derive_scalars(cols, items, stop - start)
+        except Exception as err:  # a detector failing on rows that read fine
+            self._loss.load_state_dict(saved[0])
+            self._terms.load_state_dict(saved[1])
+            self._last_step = saved[2]
+            raise ComputeError(
+                f"cannot derive scalar rows {start}-{stop - 1} of {str(run.path)!r}: "
+                f"{type(err).__name__}: {err}",
+                run.path / SCALARS,
+            ) from err
+        self._cursor[SCALARS] = stop
+        if used:
+            self._cursor[ITEMS] = item_start + used
+        return out
+
+    def _derive_scalars(
+        self, cols: Mapping[str, np.ndarray], items: Mapping[str, np.ndarray], n: int
+    ) -> tuple[dict[str, np.ndarray], int]:
+        """The scalars table of ``n`` rows, and how many ``items`` rows belonged to them."""
         terms = sorted(k[len("term/") :] for k in cols if k.startswith("term/"))
         out: dict[str, np.ndarray] = {
             "step": np.asarray(cols["step"], dtype=np.int64),
@@ -390,9 +562,7 @@ class Deriver:
                     out[f"dead/{t}"][i] = float(t in update.dead)
                     out[f"term_nonfinite/{t}"][i] = float(t in update.nonfinite)
             self._last_step = step
-        if j:
-            self._cursor[ITEMS] = item_start + j
-        return out
+        return out, j
 
     def _update_loss(
         self,
@@ -438,6 +608,24 @@ def _recorded(cols: Mapping[str, np.ndarray], column: str, i: int) -> float | No
     return value
 
 
+def _readable_rows(run: Run, name: str, start: int, stop: int) -> int:
+    """How many rows of stream ``name`` from ``start`` read before the first that fails.
+
+    Rows ``[start, stop)`` are known to fail together; the first row is tried alone first, so a
+    stream stuck at a bad row costs one more read per retry, not a bisection.
+    """
+    good, bad, probe = 0, stop - start, 1
+    while bad - good > 1:
+        try:
+            run.stream(name, start, start + probe)
+        except TexwatchError:
+            bad = probe
+        else:
+            good = probe
+        probe = (good + bad) // 2
+    return good
+
+
 def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """Join column dicts row-wise; a column missing from a part reads NaN there."""
     names = {k for p in parts for k in p}
@@ -459,6 +647,9 @@ def derive_all(
     Rows the daemon already stored under ``derived/`` are read; the rest are computed in memory
     with the same :class:`Deriver`, resumed from the daemon's cursor and detector state. Nothing
     is written.
+
+    Raises:
+        TexwatchError: the first table that could not be read or derived (it names the file).
     """
     run = open_run(path)
     settings = settings or DeriveSettings()
@@ -471,4 +662,6 @@ def derive_all(
     while (batch := deriver.advance(run, committed, batch_rows)) is not None:
         for table, cols in batch.tables.items():
             parts.setdefault(table, []).append(cols)
+    for error in deriver.stream_errors().values():
+        raise error
     return {table: _concat(p) for table, p in parts.items()}

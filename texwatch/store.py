@@ -71,7 +71,13 @@ from zarr.abc.store import Store
 from zarr.codecs import BloscCodec
 from zarr.storage import LocalStore
 
-from texwatch.errors import StoreFormatError, StoreMissingError
+from texwatch.errors import (
+    CorruptChunkError,
+    StoreFormatError,
+    StoreMissingError,
+    StoreReadError,
+    TexwatchError,
+)
 
 __all__ = [
     "CHUNK_TARGET_BYTES",
@@ -216,31 +222,37 @@ def _check_run_dir(path: Path) -> dict[str, Any]:
     if not path.exists():
         raise StoreMissingError(f"run store {str(path)!r} does not exist", path)
     if not path.is_dir():
-        raise StoreFormatError(f"run store {str(path)!r} is a file, expected a Zarr v3 folder")
+        raise StoreFormatError(
+            f"run store {str(path)!r} is a file, expected a Zarr v3 folder", path
+        )
     meta = path / "zarr.json"
     if not meta.is_file():
         ranks = run_paths(path)
         hint = f"; it holds one run per rank: {[str(p) for p in ranks]}" if ranks else ""
-        raise StoreFormatError(f"{str(path)!r} holds no zarr.json: not a Zarr v3 run store{hint}")
+        raise StoreFormatError(
+            f"{str(path)!r} holds no zarr.json: not a Zarr v3 run store{hint}", path
+        )
     try:
         node = json.loads(meta.read_text())
     except ValueError as err:
-        raise StoreFormatError(f"{str(meta)!r} is not valid JSON: {err}") from err
+        raise StoreFormatError(f"{str(meta)!r} is not valid JSON: {err}", meta) from err
     if node.get("zarr_format") != 3 or node.get("node_type") != "group":
         raise StoreFormatError(
             f"{str(path)!r} is not a Zarr v3 group "
-            f"(zarr_format={node.get('zarr_format')!r}, node_type={node.get('node_type')!r})"
+            f"(zarr_format={node.get('zarr_format')!r}, node_type={node.get('node_type')!r})",
+            meta,
         )
     attrs = node.get("attributes") or {}
     version = attrs.get("schema_version")
     if version is None:
         ranks = run_paths(path)
         hint = f"; it holds one run per rank: {[str(p) for p in ranks]}" if ranks else ""
-        raise StoreFormatError(f"{str(path)!r} is a Zarr group but not a texwatch run{hint}")
+        raise StoreFormatError(f"{str(path)!r} is a Zarr group but not a texwatch run{hint}", meta)
     if version != SCHEMA_VERSION:
         raise StoreFormatError(
             f"{str(path)!r} has schema_version {version!r}; this texwatch reads version "
-            f"{SCHEMA_VERSION}"
+            f"{SCHEMA_VERSION}",
+            meta,
         )
     return attrs
 
@@ -709,6 +721,11 @@ class Run:
     Every call re-reads the commit marker and re-opens the arrays it reads, so one ``Run`` can
     follow a store that is being written. Reads take row ranges ``[start, stop)`` clipped to the
     committed count, so incremental readers do work proportional to new rows.
+
+    A failed read raises a :class:`~texwatch.errors.TexwatchError` naming the file at fault:
+    ``CorruptChunkError`` for a chunk or metadata file that cannot be decoded,
+    ``StoreReadError`` for an I/O error, ``StoreMissingError`` when the store is gone and
+    ``StoreFormatError`` when it is not a run this version reads.
     """
 
     def __init__(self, path: Path) -> None:
@@ -721,7 +738,7 @@ class Run:
     @property
     def attrs(self) -> dict[str, Any]:
         """Root attributes, read fresh."""
-        return _check_run_dir(self.path)
+        return _run_attrs(self.path)
 
     @property
     def name(self) -> str:
@@ -843,7 +860,12 @@ class Run:
         if rows.size == 0:
             spec = self.stream_spec(name)
             return np.zeros(0, np.int64), np.zeros((0, *spec.shape), spec.dtype)
-        data = np.asarray(self._open(name, "data").get_orthogonal_selection((rows,)))
+        array = self._open(name, "data")
+        try:
+            data = np.asarray(array.get_orthogonal_selection((rows,)))
+        except _READ_FAILURES as err:
+            chunks = np.unique(rows // array.chunks[0]).tolist()
+            raise self._read_error(array, name, "data", chunks, err) from err
         return all_steps[rows], data
 
     def items(self, start: int = 0, stop: int | None = None) -> dict[str, np.ndarray]:
@@ -876,18 +898,26 @@ class Run:
 
     def derived_committed(self) -> dict[str, int]:
         """Committed rows per derived table, re-read on every call."""
-        attrs = _read_attrs(self.path / DERIVED)
+        attrs = self._derived_attrs()
         return {t: int(n) for t, n in (attrs.get("committed") or {}).items()}
 
     def derived_cursor(self) -> dict[str, int]:
         """Source rows the daemon has derived, per source table."""
-        attrs = _read_attrs(self.path / DERIVED)
+        attrs = self._derived_attrs()
         return {t: int(n) for t, n in (attrs.get("cursor") or {}).items()}
 
     def derived_state(self) -> dict[str, Any] | None:
         """The daemon's detector state as last committed, or None."""
-        text = _read_attrs(self.path / DERIVED).get("state")
-        return None if text is None else json.loads(text)
+        text = self._derived_attrs().get("state")
+        if text is None:
+            return None
+        try:
+            return dict(json.loads(text))
+        except (TypeError, ValueError) as err:
+            meta = self.path / DERIVED / "zarr.json"
+            raise CorruptChunkError(
+                f"{str(meta)!r} holds a detector state that is not a JSON object: {err}", meta
+            ) from err
 
     def derived_names(self) -> list[str]:
         """Derived tables with committed rows."""
@@ -895,11 +925,11 @@ class Run:
 
     def derived_columns(self, table: str) -> list[str]:
         """Columns of derived ``table``."""
-        return list((_read_attrs(self.path / DERIVED).get("tables") or {}).get(table, []))
+        return list((self._derived_attrs().get("tables") or {}).get(table, []))
 
     def derived(self, table: str, start: int = 0, stop: int | None = None) -> dict[str, np.ndarray]:
         """Committed rows ``[start, stop)`` of derived ``table``, every column."""
-        attrs = _read_attrs(self.path / DERIVED)
+        attrs = self._derived_attrs()
         cols = (attrs.get("tables") or {}).get(table)
         if cols is None:
             have = list(attrs.get("committed") or {})
@@ -914,8 +944,33 @@ class Run:
             streams = [t for t in committed if t not in RESERVED_TABLES]
             raise KeyError(f"no image stream {name!r} in {self.path}; have {streams}")
 
+    def _derived_attrs(self) -> dict[str, Any]:
+        """Attributes of ``derived/`` read fresh ({} before the daemon's first commit)."""
+        meta = self.path / DERIVED / "zarr.json"
+        try:
+            return _read_attrs(self.path / DERIVED)
+        except OSError as err:
+            raise StoreReadError(f"cannot read {str(meta)!r}: {err}", meta) from err
+        except ValueError as err:
+            raise CorruptChunkError(f"{str(meta)!r} is not valid JSON: {err}", meta) from err
+
     def _open(self, table: str, column: str) -> zarr.Array:
-        return zarr.open_array(self._store, path=f"{table}/{column}", mode="r")
+        meta = self.path / table / column / "zarr.json"
+        try:
+            return zarr.open_array(self._store, path=f"{table}/{column}", mode="r")
+        except FileNotFoundError as err:  # zarr's ArrayNotFoundError among them
+            if not self.path.is_dir():
+                raise StoreMissingError(
+                    f"run store {str(self.path)!r} does not exist", self.path
+                ) from err
+            raise StoreFormatError(
+                f"{str(meta)!r} is missing, yet the run lists column {column!r} of {table!r}",
+                meta,
+            ) from err
+        except OSError as err:
+            raise StoreReadError(f"cannot read {str(meta)!r}: {err}", meta) from err
+        except (ValueError, TypeError, KeyError) as err:
+            raise CorruptChunkError(f"{str(meta)!r} cannot be decoded: {err}", meta) from err
 
     def _read(
         self,
@@ -936,7 +991,60 @@ class Run:
         return {c: self._rows(table, c, start, stop) for c in cols}
 
     def _rows(self, table: str, column: str, start: int, stop: int) -> np.ndarray:
-        return np.asarray(self._open(table, column)[start:stop])
+        array = self._open(table, column)
+        try:
+            return np.asarray(array[start:stop])
+        except _READ_FAILURES as err:
+            per = array.chunks[0]
+            chunks = range(start // per, (stop - 1) // per + 1)
+            raise self._read_error(array, table, column, chunks, err) from err
+
+    def _read_error(
+        self,
+        array: zarr.Array,
+        table: str,
+        column: str,
+        chunks: Iterable[int],
+        err: BaseException,
+    ) -> TexwatchError:
+        """The typed error of a failed read, naming the first of ``chunks`` that fails alone.
+
+        zarr decodes the chunks of a read together and its error names none, so each chunk is
+        read again on its own to find the file at fault.
+        """
+        folder = self.path / table / column
+        per = array.chunks[0]
+        for i in chunks:
+            try:
+                array[i * per : (i + 1) * per]
+            except _READ_FAILURES as chunk_err:
+                key = array.metadata.encode_chunk_key((i, *(0,) * (array.ndim - 1)))
+                return _read_failure(folder / key, chunk_err)
+        return _read_failure(folder, err)
+
+
+_READ_FAILURES = (OSError, RuntimeError, ValueError)
+"""What zarr and its codecs raise for an unreadable or undecodable file (blosc: RuntimeError)."""
+
+
+def _read_failure(path: Path, err: BaseException) -> TexwatchError:
+    """``err`` of reading ``path`` as a typed error: I/O is a read error, the rest corruption."""
+    if isinstance(err, OSError):
+        return StoreReadError(f"cannot read {str(path)!r}: {err}", path)
+    return CorruptChunkError(f"{str(path)!r} cannot be decoded: {err}", path)
+
+
+def _run_attrs(path: Path) -> dict[str, Any]:
+    """Root attributes of the run at ``path``, as :func:`_check_run_dir`, I/O errors typed."""
+    meta = path / "zarr.json"
+    try:
+        return _check_run_dir(path)
+    except TexwatchError:
+        raise
+    except FileNotFoundError as err:  # deleted between the checks and the read
+        raise StoreMissingError(f"run store {str(path)!r} does not exist", path) from err
+    except OSError as err:
+        raise StoreReadError(f"cannot read {str(meta)!r}: {err}", meta) from err
 
 
 _SCALAR_BASE = {"step": np.int64, "time": np.float64}
@@ -967,7 +1075,8 @@ def open_run(path: str | os.PathLike[str]) -> Run:
         StoreMissingError: nothing at ``path`` (a ``FileNotFoundError``).
         StoreFormatError: ``path`` is a file, not a Zarr v3 group, a per-rank container (the
             message lists the rank runs), or of another schema version.
+        StoreReadError: its ``zarr.json`` cannot be read (an I/O error).
     """
     root = Path(path)
-    _check_run_dir(root)
+    _run_attrs(root)
     return Run(root)
