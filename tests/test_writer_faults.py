@@ -33,6 +33,7 @@ from texwatch.store import (
     RunWriter,
     given_nan,
     open_run,
+    remove_run,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -175,22 +176,39 @@ def test_a_closed_run_writer_lets_the_next_in_and_refuses_writes(path: Path) -> 
     RunWriter.open(path).close()
 
 
+def test_remove_run_deletes_the_run_and_its_lock_but_never_under_a_live_writer(path: Path) -> None:
+    with Recorder(path) as rec:
+        rec.record(0, 1.0)
+        with pytest.raises(StoreLockedError):
+            remove_run(path)
+    remove_run(path)
+    assert list(path.parent.iterdir()) == []
+    with Recorder(path) as rec:  # a new run in its place
+        rec.record(0, 2.0)
+    assert open_run(path).scalars()["loss"].tolist() == [2.0]
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_a_forked_child_does_not_keep_the_run_locked(path: Path) -> None:
     """A DataLoader worker forked by the trainer must not hold the lock after the trainer."""
     writer = RunWriter.open(path)
     read_end, write_end = os.pipe()
+    started, ready = os.pipe()
     pid = os.fork()
-    if pid == 0:  # the child waits, alive, until the parent is done
+    if pid == 0:  # the child says it runs (its fork handlers ran), then waits for the parent
         os.close(write_end)
+        os.write(ready, b"1")
         os.read(read_end, 1)
         os._exit(0)
     os.close(read_end)
+    os.close(ready)
     try:
+        assert os.read(started, 1) == b"1"
         writer.close()
         RunWriter.open(path).close()
     finally:
         os.close(write_end)
+        os.close(started)
         os.waitpid(pid, 0)
 
 

@@ -111,6 +111,7 @@ __all__ = [
     "given_nan",
     "latest_rows",
     "open_run",
+    "remove_run",
     "run_paths",
 ]
 
@@ -354,22 +355,26 @@ class _WriterLock:
     @classmethod
     def take(cls, lock: Path, store: Path) -> _WriterLock:
         """Lock ``lock`` for the writer of ``store``; StoreLockedError naming the holder if held."""
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _lock_holder(fd)
-            os.close(fd)
-            raise StoreLockedError(
-                f"run store {str(store)!r} already has a live writer ({holder}); one store takes "
-                f"one writer at a time. Record to another path, pass all_ranks=True if every rank "
-                f"of a distributed job records (each into path/rank<r>), or stop the other job. "
-                f"(lock file {str(lock)!r})",
-                store,
-            ) from None
-        except BaseException:
-            os.close(fd)
-            raise
+        while True:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _lock_holder(fd)
+                os.close(fd)
+                raise StoreLockedError(
+                    f"run store {str(store)!r} already has a live writer ({holder}); one store "
+                    f"takes one writer at a time. Record to another path, pass all_ranks=True if "
+                    f"every rank of a distributed job records (each into path/rank<r>), or stop "
+                    f"the other job. (lock file {str(lock)!r})",
+                    store,
+                ) from None
+            except BaseException:
+                os.close(fd)
+                raise
+            if _same_file(fd, lock):
+                break
+            os.close(fd)  # remove_run unlinked the file locked here: lock the one there now
         holder_info = {
             "pid": os.getpid(),
             "host": socket.gethostname(),
@@ -399,6 +404,13 @@ class _WriterLock:
     @property
     def held(self) -> bool:
         return self._fd >= 0
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        return os.stat(path).st_ino == os.fstat(fd).st_ino
+    except FileNotFoundError:
+        return False
 
 
 def _lock_holder(fd: int) -> str:
@@ -1197,6 +1209,24 @@ def _latest_call_rows(steps: np.ndarray, wanted: np.ndarray) -> np.ndarray:
         first = hits[gaps[-1] + 1] if gaps.size else hits[0]
         rows.append(np.arange(first, hits[-1] + 1))
     return np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
+
+
+def remove_run(path: str | os.PathLike[str]) -> None:
+    """Delete the run at ``path`` and its lock file; refuse while a writer holds it.
+
+    Raises:
+        StoreLockedError: a live writer holds the run.
+        StoreFormatError / StoreMissingError: ``path`` is not a run.
+    """
+    root = Path(path)
+    _check_run_dir(root)
+    lock_file = _lock_path(root, per_rank=False)
+    lock = _WriterLock.take(lock_file, root)
+    try:
+        shutil.rmtree(root)
+        lock_file.unlink()  # a writer that opened it meanwhile finds it gone and locks anew
+    finally:
+        lock.release()
 
 
 def open_run(path: str | os.PathLike[str]) -> Run:
