@@ -168,6 +168,7 @@ def test_resume_appends_and_latest_row_wins(store: Path) -> None:
     writer.append(SCALARS, _scalars(np.arange(100)))
     writer.append("latents", _latents(np.arange(0, 100, 10)))
     writer.commit()
+    writer.close()
     resumed = RunWriter.open(store, run="r", config={"resumed": True})
     assert resumed.committed() == {SCALARS: 100, "latents": 10}
     spec = resumed.stream_spec("latents")

@@ -676,7 +676,7 @@ def _metric_lines(exposition: str, runs: Sequence[str]) -> dict[str, str]:
 
 def _fresh_store(path: Path, snapshots: Path) -> None:
     """Remove an earlier demo's store (and its snapshots); refuse to touch anything else."""
-    from texwatch.store import open_run
+    from texwatch.store import open_run, remove_run
 
     if not path.exists():
         return
@@ -686,7 +686,7 @@ def _fresh_store(path: Path, snapshots: Path) -> None:
         is_demo = False
     if not is_demo:
         raise DemoError(f"{path} exists and is not a texwatch demo run; choose another --out")
-    shutil.rmtree(path)
+    remove_run(path)
     shutil.rmtree(snapshots / path.stem, ignore_errors=True)
 
 

@@ -35,6 +35,7 @@ import numpy as np
 
 __all__ = [
     "EMA",
+    "MAX_TERMS",
     "SIGMA",
     "SPIKE_RULES",
     "STATISTICS",
@@ -70,6 +71,8 @@ WARN_SIGMA = 5.0
 """Default σ warning level."""
 STATISTICS: tuple[str, ...] = ("log", "robust", "gaussian")
 """What :class:`LossMonitor`'s σ rule judges: see its ``statistic`` argument."""
+MAX_TERMS = 256
+"""Distinct loss terms a run may have: TermMonitor's default, enforced by the client's record()."""
 
 _STATE_VERSION = 2
 # MAD of a normal sample times this is its standard deviation.
@@ -1758,7 +1761,7 @@ class TermMonitor(_Stateful):
     _KIND = "TermMonitor"
     _STRUCTURAL = ("max_terms",)
 
-    def __init__(self, window: int = 100, *, max_terms: int = 256) -> None:
+    def __init__(self, window: int = 100, *, max_terms: int = MAX_TERMS) -> None:
         self.window = _check_int("window", window)
         self.max_terms = _check_int("max_terms", max_terms)
         self._terms: dict[str, _Term] = {}

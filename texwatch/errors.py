@@ -11,6 +11,7 @@ __all__ = [
     "ComputeError",
     "CorruptChunkError",
     "StoreFormatError",
+    "StoreLockedError",
     "StoreMissingError",
     "StoreReadError",
     "TexwatchError",
@@ -55,3 +56,13 @@ class ComputeError(TexwatchError):
     """Deriving metrics from rows that were read fine failed (spectral metrics, losses, torch)."""
 
     kind = "compute"
+
+
+class StoreLockedError(TexwatchError, RuntimeError):
+    """Another live writer holds the run store: one store takes one writer at a time.
+
+    Raised by the client on the caller's thread, never by texwatchd; its kind is "schema" (the
+    store cannot be written by this process).
+    """
+
+    kind = "schema"

@@ -12,14 +12,18 @@ Layout of ``runs/x.zarr`` (schema version 1)::
         committed            {"scalars": n, "items": k, "latents": m, ...}  rows readers may read
         tables               {"scalars": ["step", "time", "loss", ...], "latents": ["step", "data"]}
         drops                {"latents": n, "scalars": n, ...}  rows the client dropped (queue full,
-                             memory budget, write errors)
+                             memory budget, write errors); "scalars/over_cap": term, weight
+                             and scalar values dropped past the caps on names (rows are kept)
         nonfinite            {"loss": n, "term/v": n, "latents": n, ...}  rows holding NaN/Inf
         errors               number of failed writes in the client's writer thread
     scalars/step             int64   one row per record() call (fill -1)
     scalars/time             float64 unix seconds at record()
     scalars/loss             float64 step loss (mean of per-item losses); NaN where not given
     scalars/<name>           float64 lr, term/<name>, weight/<name>, user scalars, checkpoint
-                             (1.0 at checkpoint steps); NaN for rows without a value
+                             (1.0 at checkpoint steps); NaN for rows without a value. At most
+                             ``MAX_TERMS`` loss terms (term and weight names together) and
+                             ``MAX_SCALARS`` user scalars, so the marker stays small; a name's
+                             longest stored column is at most ``MAX_NAME`` characters
     scalars/nonfinite/loss   1.0 where the loss was given and NaN (which ``loss`` alone cannot
                              tell from a row recorded without a loss), else NaN; the same
                              for each loss term as ``nonfinite/term/<name>``
@@ -41,7 +45,14 @@ counts (with the column lists and counters) in one atomic write of the group's `
 (zarr>=3.1.3 writes every key to a temporary file and renames it into place). Readers read that
 marker first, re-open arrays on every read and never read past it, so a writer killed at any
 instant leaves a store whose committed rows are intact. A writer that resumes starts at the
-committed counts and overwrites whatever an earlier writer left uncommitted.
+committed counts and overwrites whatever an earlier writer left uncommitted. Nothing is fsync'd
+unless the writer is opened ``durable``: then every file and folder is on disk, data before
+marker, when a commit returns (docs/storage.md says what a power cut can lose either way).
+
+One writer per run: ``RunWriter.open`` holds an exclusive ``flock`` on ``.<name>.lock`` beside
+the run folder (``.<name>.rank<r>.lock`` beside a per-rank container), outside the Zarr tree, for
+the writer's life. The kernel drops it when the process dies, even by kill -9; a second writer
+gets ``StoreLockedError`` naming the holder. Readers never take it.
 
 Example:
     >>> run = open_run("runs/x.zarr")                                   # doctest: +SKIP
@@ -51,14 +62,18 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import fcntl
 import hashlib
 import json
 import math
 import os
 import re
 import shutil
+import socket
 import uuid
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -69,11 +84,13 @@ import numpy as np
 import zarr
 from zarr.abc.store import Store
 from zarr.codecs import BloscCodec
+from zarr.core.buffer import Buffer
 from zarr.storage import LocalStore
 
 from texwatch.errors import (
     CorruptChunkError,
     StoreFormatError,
+    StoreLockedError,
     StoreMissingError,
     StoreReadError,
     TexwatchError,
@@ -84,18 +101,24 @@ __all__ = [
     "DERIVED",
     "ITEMS",
     "LOSS_NAN",
+    "MAX_NAME",
+    "MAX_SCALARS",
+    "OVER_CAP",
     "RESERVED_TABLES",
     "SCALARS",
+    "NONFINITE",
     "SCHEMA_VERSION",
     "DerivedWriter",
     "Run",
     "RunWriter",
     "StoreFormatError",
+    "StoreLockedError",
     "StreamSpec",
     "check_name",
     "given_nan",
     "latest_rows",
     "open_run",
+    "remove_run",
     "run_paths",
 ]
 
@@ -109,6 +132,17 @@ SCALARS = "scalars"
 ITEMS = "items"
 DERIVED = "derived"
 
+MAX_NAME = 200
+"""Longest table or column name, counted as stored (``nonfinite/term/<name>`` included)."""
+MAX_SCALARS = 256
+"""Distinct user scalar names (``scalars=`` keys) a run may have, so its marker stays small."""
+OVER_CAP = f"{SCALARS}/over_cap"
+"""The ``drops`` key counting term, weight and scalar values dropped past a cap on names."""
+
+
+NONFINITE = "nonfinite"
+"""Folder of the scalar columns marking given NaN values (see ``given_nan``)."""
+
 
 def given_nan(column: str) -> str:
     """The scalar column marking rows whose given ``column`` value was NaN.
@@ -116,7 +150,7 @@ def given_nan(column: str) -> str:
     A NaN in ``column`` alone reads like a row recorded without that value; the marker (1.0,
     else NaN) tells a value that was computed and came out NaN from one that was not computed.
     """
-    return f"nonfinite/{column}"
+    return f"{NONFINITE}/{column}"
 
 
 LOSS_NAN = given_nan("loss")
@@ -127,7 +161,6 @@ RESERVED_TABLES = frozenset({SCALARS, ITEMS, DERIVED})
 _MAX_CHUNK_ROWS = 1 << 17
 _CHUNK_KEYS: dict[str, Any] = {"name": "default", "separator": "."}
 _SEGMENT = re.compile(r"(?!__)[A-Za-z0-9_][A-Za-z0-9_.\-]*")
-_MAX_NAME = 200
 
 
 @dataclass(frozen=True)
@@ -149,13 +182,13 @@ def check_name(name: object, what: str) -> str:
     segments = name.split("/")
     if (
         not name
-        or len(name) > _MAX_NAME
+        or len(name) > MAX_NAME
         or any(_SEGMENT.fullmatch(s) is None for s in segments)
         or any(s == "zarr.json" or s.endswith(".partial") for s in segments)
     ):
         raise ValueError(
             f"{what} must be '/'-separated segments of letters, digits, '_', '.', '-' "
-            f"(not starting with '.' or '__', at most {_MAX_NAME} characters), got {name!r}"
+            f"(not starting with '.' or '__', at most {MAX_NAME} characters), got {name!r}"
         )
     return name
 
@@ -215,6 +248,25 @@ def _read_attrs(path: Path) -> dict[str, Any]:
         return {}
     attributes = node.get("attributes", {})
     return attributes if isinstance(attributes, dict) else {}
+
+
+def _create_run(root: Path, attrs: dict[str, Any], durable: bool) -> bool:
+    """Make the run group at ``root``; False if another process made one there first.
+
+    It is built aside and renamed into place, so a kill never leaves a half-made store.
+    """
+    aside = root.parent / f".{root.name}.{uuid.uuid4().hex}.partial"
+    zarr.open_group(_local_store(aside, durable), mode="w-", zarr_format=3, attributes=attrs)
+    try:
+        os.rename(aside, root)
+    except OSError:
+        shutil.rmtree(aside, ignore_errors=True)
+        if not (root / "zarr.json").is_file():
+            raise
+        return False
+    if durable:
+        _fsync_dir(root.parent)
+    return True
 
 
 def _check_run_dir(path: Path) -> dict[str, Any]:
@@ -294,6 +346,181 @@ def _json_attr(value: Any, what: str) -> Any:
         return json.loads(json.dumps(value, default=default, allow_nan=False))
     except ValueError as err:
         raise ValueError(f"{what} must be JSON without NaN/Infinity: {err}") from err
+
+
+# --- one writer per run, durable writes ---------------------------------------------------------
+
+
+_held_locks: weakref.WeakSet[_WriterLock] = weakref.WeakSet()
+
+
+class _WriterLock:
+    """An exclusive ``flock`` on a run's lock file, held from ``take`` until ``release``.
+
+    The lock belongs to the open file, so the kernel drops it when the process dies, however it
+    dies. A child forked while it is held closes its copy at once: a DataLoader worker that
+    outlives a killed trainer must not keep the run locked.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    @classmethod
+    def take(cls, lock: Path, store: Path) -> _WriterLock:
+        """Lock ``lock`` for the writer of ``store``; StoreLockedError naming the holder if held."""
+        while True:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _lock_holder(fd)
+                os.close(fd)
+                raise StoreLockedError(
+                    f"run store {str(store)!r} already has a live writer ({holder}); one store "
+                    f"takes one writer at a time. Record to another path, pass all_ranks=True if "
+                    f"every rank of a distributed job records (each into path/rank<r>), or stop "
+                    f"the other job. (lock file {str(lock)!r})",
+                    store,
+                ) from None
+            except BaseException:
+                os.close(fd)
+                raise
+            if _same_file(fd, lock):
+                break
+            os.close(fd)  # remove_run unlinked the file locked here: lock the one there now
+        holder_info = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "store": str(store),
+        }
+        with contextlib.suppress(OSError):  # only the error message of a second writer uses it
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(holder_info).encode(), 0)
+        held = cls(fd)
+        _held_locks.add(held)
+        return held
+
+    def release(self) -> None:
+        """Drop the lock (closing the file drops it); safe to call twice."""
+        _held_locks.discard(self)
+        self._close()
+
+    def __del__(self) -> None:  # a writer dropped without close() still lets the next one in
+        self._close()
+
+    def _close(self) -> None:
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+    @property
+    def held(self) -> bool:
+        return self._fd >= 0
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        return os.stat(path).st_ino == os.fstat(fd).st_ino
+    except FileNotFoundError:
+        return False
+
+
+def _lock_holder(fd: int) -> str:
+    """Who holds the lock on ``fd``, as its lock file says."""
+    try:
+        info = json.loads(os.pread(fd, 4096, 0))
+        return f"pid {int(info['pid'])} on {info['host']}, since {info['started']}"
+    except (OSError, ValueError, TypeError, KeyError):
+        return "another process"
+
+
+def _close_locks_in_child() -> None:
+    # Closing the child's copy leaves the parent's lock held: flock is dropped only when every
+    # copy of the open file is closed.
+    for held in list(_held_locks):
+        held._close()
+    _held_locks.clear()
+
+
+os.register_at_fork(after_in_child=_close_locks_in_child)
+
+
+def _lock_path(root: Path, per_rank: bool) -> Path:
+    """The lock file of the run at ``root``: beside it, or beside its per-rank container."""
+    real = Path(os.path.realpath(root))
+    if per_rank:
+        return real.parent.parent / f".{real.parent.name}.{real.name}.lock"
+    return real.parent / f".{real.name}.lock"
+
+
+class _DurableStore(LocalStore):
+    """A LocalStore whose every write is on disk when it returns (see ``_durable_put``)."""
+
+    async def set(self, key: str, value: Buffer) -> None:
+        await self._durable_set(key, value, exclusive=False)
+
+    async def set_if_not_exists(self, key: str, value: Buffer) -> None:
+        with contextlib.suppress(FileExistsError):
+            await self._durable_set(key, value, exclusive=True)
+
+    async def _durable_set(self, key: str, value: Buffer, exclusive: bool) -> None:
+        if not self._is_open:
+            await self._open()
+        self._check_writable()
+        await asyncio.to_thread(_durable_put, self.root / key, value, exclusive)
+
+
+def _durable_put(path: Path, value: Buffer, exclusive: bool) -> None:
+    """Write ``path`` atomically and durably: data fsync'd before the rename, folders after.
+
+    Folders made for the file are synced in their parents too, so a power cut after this
+    returns finds the file, whole, under its name.
+    """
+    made = _make_dirs(path.parent)
+    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.partial")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(value.as_buffer_like())
+            f.flush()
+            os.fsync(f.fileno())
+        if exclusive:
+            os.link(tmp, path)  # fails if path exists
+            os.unlink(tmp)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    for folder in made:
+        _fsync_dir(folder.parent)
+
+
+def _make_dirs(folder: Path) -> list[Path]:
+    """Create ``folder`` and its missing parents; the folders this call made, outermost first."""
+    missing: list[Path] = []
+    while not folder.is_dir():
+        missing.append(folder)
+        folder = folder.parent
+    made: list[Path] = []
+    for new in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # another thread of this commit made it
+            new.mkdir()
+            made.append(new)
+    return made
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _local_store(root: Path, durable: bool) -> LocalStore:
+    return _DurableStore(root) if durable else LocalStore(root)
 
 
 @dataclass
@@ -465,13 +692,17 @@ class RunWriter:
     """Appends rows to a run's root tables and commits them; used by the client's writer thread.
 
     Not thread-safe: one thread appends and commits. ``open`` runs on the caller's thread so a bad
-    path or schema fails there.
+    path, schema or a live writer already there fails there. ``close`` (or the process's end)
+    lets the next writer in.
     """
 
-    def __init__(self, path: Path, group: zarr.Group, attrs: Mapping[str, Any]) -> None:
+    def __init__(
+        self, path: Path, group: zarr.Group, attrs: Mapping[str, Any], lock: _WriterLock
+    ) -> None:
         self.path = path
         self._group = group
         self._attrs = dict(attrs)
+        self._lock = lock
         self._tables = _Tables(
             group.store, "", attrs.get("committed") or {}, attrs.get("tables") or {}
         )
@@ -485,6 +716,7 @@ class RunWriter:
         config: Mapping[str, Any] | None = None,
         rank: int | None = None,
         per_rank: bool = False,
+        durable: bool = False,
     ) -> RunWriter:
         """Create the run at ``path``, or reopen it to resume (appending after committed rows).
 
@@ -495,8 +727,11 @@ class RunWriter:
             rank: the distributed rank writing this run, or None.
             per_rank: write the run at ``path/rank<rank>`` inside a plain container group, so
                 every rank of a job has its own run (see ``run_paths``).
+            durable: fsync every file and folder written, data before marker, so a commit
+                survives a power cut once ``commit`` returns (slower: see docs/storage.md).
 
         Raises:
+            StoreLockedError: another live writer (this process or another) holds the run.
             StoreFormatError: ``path`` is a file, a non-empty non-store folder, or a store of
                 another schema version.
             ValueError / TypeError: ``run`` or ``config`` are invalid.
@@ -506,56 +741,67 @@ class RunWriter:
             raise TypeError(f"run must be a non-empty str, got {run!r}")
         if config is not None and not isinstance(config, Mapping):
             raise TypeError(f"config must be a dict, got {type(config).__name__}")
+        if not isinstance(durable, bool):
+            raise TypeError(f"durable must be a bool, got {type(durable).__name__}")
         config_json = None if config is None else _json_attr(dict(config), "config")
         if per_rank:
             if rank is None or rank < 0:
                 raise ValueError(f"per_rank needs rank >= 0, got rank={rank!r}")
             _ensure_container(root)
             root = root / f"rank{rank}"
+        # what is plainly not a run fails before a lock file is made beside it
         if root.exists() and not root.is_dir():
             raise StoreFormatError(f"run store {str(root)!r} is a file, expected a folder")
         if (root / "zarr.json").exists():
-            stored = _check_run_dir(root)
+            _check_run_dir(root)
+        elif root.exists() and any(root.iterdir()):
+            raise StoreFormatError(
+                f"{str(root)!r} exists, is not empty and holds no zarr.json: not a run store"
+            )
+        root.parent.mkdir(parents=True, exist_ok=True)
+        lock = _WriterLock.take(_lock_path(root, per_rank), root)
+        try:
+            if not (root / "zarr.json").is_file():
+                attrs: dict[str, Any] = {
+                    "schema_version": SCHEMA_VERSION,
+                    "run": run if run is not None else root.name.removesuffix(".zarr"),
+                    "config": config_json if config_json is not None else {},
+                    "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                    "run_id": uuid.uuid4().hex,
+                    "rank": rank,
+                    "committed": {},
+                    "tables": {},
+                    "drops": {},
+                    "nonfinite": {},
+                    "errors": 0,
+                }
+                if _create_run(root, attrs, durable):
+                    group = zarr.open_group(_local_store(root, durable), mode="r+", zarr_format=3)
+                    return cls(root, group, attrs, lock)
+            stored = _check_run_dir(root)  # read under the lock: the last writer's final commit
             if run is not None and stored.get("run") != run:
                 raise ValueError(
                     f"run={run!r} but the store at {str(root)!r} holds run {stored.get('run')!r}; "
                     f"use another path or the stored name"
                 )
-            group = zarr.open_group(LocalStore(root), mode="r+", zarr_format=3)
+            group = zarr.open_group(_local_store(root, durable), mode="r+", zarr_format=3)
             if config_json is not None:
                 group = group.update_attributes({"config": config_json})
                 stored["config"] = config_json
-            return cls(root, group, stored)
-        if root.exists() and any(root.iterdir()):
-            raise StoreFormatError(
-                f"{str(root)!r} exists, is not empty and holds no zarr.json: not a run store"
-            )
-        attrs: dict[str, Any] = {
-            "schema_version": SCHEMA_VERSION,
-            "run": run if run is not None else root.name.removesuffix(".zarr"),
-            "config": config_json if config_json is not None else {},
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "run_id": uuid.uuid4().hex,
-            "rank": rank,
-            "committed": {},
-            "tables": {},
-            "drops": {},
-            "nonfinite": {},
-            "errors": 0,
-        }
-        # build it aside and rename it into place, so a kill never leaves a half-made store
-        root.parent.mkdir(parents=True, exist_ok=True)
-        aside = root.parent / f".{root.name}.{uuid.uuid4().hex}.partial"
-        zarr.open_group(LocalStore(aside), mode="w-", zarr_format=3, attributes=attrs)
-        try:
-            os.rename(aside, root)
-        except OSError:
-            shutil.rmtree(aside, ignore_errors=True)
-            if not (root / "zarr.json").is_file():
-                raise
-            return cls.open(root, run=run, config=config, rank=rank)  # another process won
-        group = zarr.open_group(LocalStore(root), mode="r+", zarr_format=3)
-        return cls(root, group, attrs)
+            return cls(root, group, stored, lock)
+        except BaseException:
+            lock.release()
+            raise
+
+    def close(self) -> None:
+        """Let the next writer in; appends and commits fail afterwards. Safe to call twice."""
+        self._lock.release()
+
+    def __enter__(self) -> RunWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @property
     def name(self) -> str:
@@ -596,6 +842,7 @@ class RunWriter:
         Image streams take ``{"step": (n,), "data": (n, C, H, W)}``; ``scalars`` and ``items``
         take 1-D columns. Columns not given read NaN (-1 for int) for these rows.
         """
+        self._check_open()
         if table == DERIVED or table.startswith(DERIVED + "/"):
             raise ValueError(f"table {table!r} is the daemon's: use DerivedWriter")
         if table not in RESERVED_TABLES:
@@ -618,6 +865,7 @@ class RunWriter:
         errors: int | None = None,
     ) -> dict[str, int]:
         """Publish the appended rows and the counters in one atomic attributes write."""
+        self._check_open()
         update: dict[str, Any] = self._tables.marker()
         if drops is not None:
             update["drops"] = {k: int(v) for k, v in drops.items()}
@@ -635,6 +883,10 @@ class RunWriter:
     def rollback(self) -> None:
         """Forget rows appended since the last commit (after a failed write)."""
         self._tables.rollback()
+
+    def _check_open(self) -> None:
+        if not self._lock.held:
+            raise RuntimeError(f"the writer of {str(self.path)!r} is closed")
 
 
 class DerivedWriter:
@@ -1066,6 +1318,24 @@ def _latest_call_rows(steps: np.ndarray, wanted: np.ndarray) -> np.ndarray:
         first = hits[gaps[-1] + 1] if gaps.size else hits[0]
         rows.append(np.arange(first, hits[-1] + 1))
     return np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
+
+
+def remove_run(path: str | os.PathLike[str]) -> None:
+    """Delete the run at ``path`` and its lock file; refuse while a writer holds it.
+
+    Raises:
+        StoreLockedError: a live writer holds the run.
+        StoreFormatError / StoreMissingError: ``path`` is not a run.
+    """
+    root = Path(path)
+    _check_run_dir(root)
+    lock_file = _lock_path(root, per_rank=False)
+    lock = _WriterLock.take(lock_file, root)
+    try:
+        shutil.rmtree(root)
+        lock_file.unlink()  # a writer that opened it meanwhile finds it gone and locks anew
+    finally:
+        lock.release()
 
 
 def open_run(path: str | os.PathLike[str]) -> Run:

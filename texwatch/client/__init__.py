@@ -13,6 +13,8 @@ Example:
     >>> tw.close()
 """
 
+from texwatch.errors import StoreLockedError
+
 from ._api import close, flush, get_recorder, init, record
 from ._recorder import (
     DEFAULT_EVERY,
@@ -33,6 +35,7 @@ __all__ = [
     "STREAM_MAX_ITEMS",
     "Recorder",
     "RecorderStats",
+    "StoreLockedError",
     "WriterError",
     "close",
     "detect_rank",

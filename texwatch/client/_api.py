@@ -29,11 +29,13 @@ def init(
     queue_size: int = 8192,
     max_wait: float = 0.005,
     max_pending_bytes: int = 256 << 20,
+    durable: bool = False,
 ) -> Recorder:
     """Start recording into ``path`` (or ``$TEXWATCH_STORE``); closes a previous default recorder.
 
     Arguments are those of :class:`Recorder`. Calling ``init()`` is optional: ``record()`` starts
-    a default recorder from ``$TEXWATCH_STORE``.
+    a default recorder from ``$TEXWATCH_STORE``. Raises ``StoreLockedError`` if another live
+    writer holds the store.
 
     Example:
         >>> import texwatch.client as tw                                   # doctest: +SKIP
@@ -55,6 +57,7 @@ def init(
         queue_size=queue_size,
         max_wait=max_wait,
         max_pending_bytes=max_pending_bytes,
+        durable=durable,
     )
     with _lock:
         _default = recorder

@@ -26,6 +26,7 @@ __all__ = [
     "Captured",
     "Copy",
     "Meta",
+    "check_tensor",
     "describe",
     "is_tensor",
     "release",
@@ -88,6 +89,15 @@ class Meta:
         return n
 
 
+def check_tensor(value: Any, what: Callable[[], str]) -> None:
+    """Refuse a tensor with no values to copy (meta) or not laid out densely (sparse, nested)."""
+    torch = sys.modules["torch"]
+    if value.layout != torch.strided:
+        raise TypeError(f"{what()} must be a dense tensor, got layout {value.layout}")
+    if value.is_meta:
+        raise ValueError(f"{what()} is a meta tensor: it has no values to record")
+
+
 def describe(value: Any, what: Callable[[], str]) -> Meta:
     """Shape/dtype of a tensor, ndarray, list or tuple; TypeError naming ``what()`` otherwise.
 
@@ -95,6 +105,7 @@ def describe(value: Any, what: Callable[[], str]) -> Meta:
     """
     torch = sys.modules.get("torch")
     if torch is not None and isinstance(value, torch.Tensor):
+        check_tensor(value, what)
         return Meta(value, tuple(value.shape), _torch_facts(value.dtype), True)
     if isinstance(value, (list, tuple)):
         value = np.asarray(value)
@@ -152,6 +163,10 @@ class Captured:
         self._event: Any = None
         self._pool: BufferPool | None = None
         self._key: tuple[Any, ...] = ()
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self._value.shape)
 
     def resolve(self) -> np.ndarray:
         """The copied values as numpy (valid until ``release``); waits for a pending CUDA copy."""

@@ -40,9 +40,30 @@ from typing import Any
 
 import numpy as np
 
-from texwatch.store import ITEMS, RESERVED_TABLES, SCALARS, RunWriter, check_name
+from texwatch.detectors import MAX_TERMS
+from texwatch.store import (
+    ITEMS,
+    MAX_NAME,
+    MAX_SCALARS,
+    NONFINITE,
+    OVER_CAP,
+    RESERVED_TABLES,
+    SCALARS,
+    RunWriter,
+    check_name,
+    given_nan,
+)
 
-from ._capture import BufferPool, Capture, Meta, describe, is_tensor, release, torch_kind
+from ._capture import (
+    BufferPool,
+    Capture,
+    Meta,
+    check_tensor,
+    describe,
+    is_tensor,
+    release,
+    torch_kind,
+)
 from ._stats import Counters, RecorderStats, WriterError
 from ._writer import STOP, Flush, Row, Writer
 
@@ -68,7 +89,10 @@ STREAM_MAX_ITEMS = 4
 
 _BUILTIN_STREAMS = ("latents", "pred", "target")
 _RESERVED_SCALARS = frozenset({"step", "time", "loss", "checkpoint"})
-_RESERVED_SEGMENTS = _RESERVED_SCALARS | {"term", "weight"}  # first segment of user scalar names
+_TERM, _WEIGHT, _USER = "term/", "weight/", ""  # column prefixes of terms=, weights=, scalars=
+# first segments a user scalar name may not have: the columns texwatch writes itself
+_RESERVED_SEGMENTS = _RESERVED_SCALARS | {_TERM[:-1], _WEIGHT[:-1], NONFINITE}
+_MAX_STEP = 2**63 - 1  # steps are stored as int64
 _BLOCK_BYTES = 16 << 20  # commit early once this many image bytes are pending
 _POLL = 0.0005
 
@@ -153,10 +177,17 @@ def _per_stream(
     return merged, other
 
 
+def _show_int(n: int) -> str:
+    """``n`` for an error message; a huge int by its size (str() refuses past 4300 digits)."""
+    return str(n) if n.bit_length() <= 256 else f"an int of {n.bit_length()} bits"
+
+
 def _check_step(step: Any) -> int:
     if type(step) is int:
         if step < 0:
-            raise ValueError(f"record(): step must be >= 0, got {step}")
+            raise ValueError(f"record(): step must be >= 0, got {_show_int(step)}")
+        if step > _MAX_STEP:
+            raise ValueError(f"record(): step must fit int64 (<= 2**63 - 1), got {_show_int(step)}")
         return step
     if isinstance(step, np.integer) and not isinstance(step, np.bool_):
         return _check_step(int(step))
@@ -177,9 +208,15 @@ def _number(value: Any, arg: str, key: str | None, batch_ok: bool) -> Any:
     if kind is float:
         return value
     if kind is int or (isinstance(value, np.number) and not isinstance(value, np.complexfloating)):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:
+            raise ValueError(
+                f"{_arg_name(arg, key)} is {_show_int(int(value))}, too large for a float64"
+            ) from None
     torch = sys.modules.get("torch")
     if torch is not None and isinstance(value, torch.Tensor):
+        check_tensor(value, lambda: _arg_name(arg, key))
         shape = value.shape
         dtype_kind = torch_kind(value.dtype)
     elif kind is bool or isinstance(value, np.bool_):
@@ -254,7 +291,14 @@ class Recorder:
         queue_size: rows that may wait for the writer thread.
         max_wait: longest the caller waits for a full queue before dropping the row.
         max_pending_bytes: image bytes copied but not yet written; beyond it image rows drop.
+        durable: fsync each commit's files and folders, data before marker, so committed rows
+            survive a power cut (costs a few fsyncs a commit: see docs/storage.md).
         rank: override the detected rank (``torch.distributed`` or ``$RANK``).
+
+    One store takes one writer: a second ``Recorder`` on the same path, in this process or
+    another, raises ``StoreLockedError`` until the first is closed or its process ends. A run
+    keeps at most ``MAX_TERMS`` loss terms and ``MAX_SCALARS`` user scalar names; values of
+    further names are dropped and counted (``drops["scalars/over_cap"]``), their rows kept.
 
     Example:
         >>> with Recorder("runs/x.zarr", run="lora", every={"pred": 50}) as rec:  # doctest: +SKIP
@@ -274,6 +318,7 @@ class Recorder:
         queue_size: int = 8192,
         max_wait: float = 0.005,
         max_pending_bytes: int = 256 << 20,
+        durable: bool = False,
         rank: int | None = None,
     ) -> None:
         self._closed = True  # until the writer runs
@@ -310,6 +355,8 @@ class Recorder:
         self._warned_error = False
         self._streams: dict[str, tuple[tuple[int, int, int], np.dtype[Any]]] = {}
         self._scalar_cols: set[str] = {"step", "time", "loss"}
+        self._known: dict[str, set[str]] = {_TERM: set(), _WEIGHT: set(), _USER: set()}
+        self._warned_cap: set[str] = set()
         self._tables: set[str] = set()
         self._counters = Counters({}, {}, 0, {}, max_pending_bytes)
         if not self.active:
@@ -318,26 +365,35 @@ class Recorder:
             return
         if all_ranks and self.rank is None:
             self.rank = 0
-        store = RunWriter.open(path, run=run, config=config, rank=self.rank, per_rank=all_ranks)
-        self.path = store.path
-        self.run = store.name
-        for table in store.table_names():
-            self._tables.add(table)
-            if table == SCALARS:
-                self._scalar_cols.update(store.columns(table))
-            elif table not in RESERVED_TABLES:
-                spec = store.stream_spec(table)
-                if spec is not None:
-                    self._streams[table] = (spec.shape, spec.dtype)
-        drops, nonfinite, errors = store.counters()
-        self._counters = Counters(drops, nonfinite, errors, store.committed(), max_pending_bytes)
-        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._queue_size = queue_size
-        self._pool = BufferPool(max_pending_bytes)
-        self._writer = Writer(
-            store, self._queue, self._counters, float(flush_interval), _BLOCK_BYTES
+        store = RunWriter.open(
+            path, run=run, config=config, rank=self.rank, per_rank=all_ranks, durable=durable
         )
-        self._writer.start()
+        try:
+            self.path = store.path
+            self.run = store.name
+            for table in store.table_names():
+                self._tables.add(table)
+                if table == SCALARS:
+                    self._know(store.columns(table))
+                elif table not in RESERVED_TABLES:
+                    spec = store.stream_spec(table)
+                    if spec is not None:
+                        self._streams[table] = (spec.shape, spec.dtype)
+            drops, nonfinite, errors = store.counters()
+            self._counters = Counters(
+                drops, nonfinite, errors, store.committed(), max_pending_bytes
+            )
+            self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+            self._queue_size = queue_size
+            self._pool = BufferPool(max_pending_bytes)
+            self._store = store
+            self._writer = Writer(
+                store, self._queue, self._counters, float(flush_interval), _BLOCK_BYTES
+            )
+            self._writer.start()
+        except BaseException:
+            store.close()
+            raise
         self._closed = False
         _track(self)
 
@@ -393,7 +449,7 @@ class Recorder:
             raise RuntimeError(f"record(): the Recorder for {str(self.path)!r} is closed")
         if self._counters.failed and not self._warned_error:
             self._warn_error()
-        if type(step) is not int or step < 0:
+        if type(step) is not int or step < 0 or step > _MAX_STEP:
             step = _check_step(step)
         row = Row(step, time.time())
 
@@ -445,7 +501,9 @@ class Recorder:
             new_columns = [c for c in columns if c not in self._scalar_cols]
             new_streams = [p for p in plans if p.name not in self._streams]
             if new_columns or new_streams:
-                self._register(new_columns, new_streams)
+                refused = self._register(new_columns, new_streams)
+                if refused:
+                    values = [(c, v) for c, v in values if c not in refused]
 
         # 3. copy
         capture = Capture(self._pool)
@@ -476,18 +534,40 @@ class Recorder:
         self._enqueue(row, plans, next(iter(batch.values())) if batch else 0)
 
     def _column(self, prefix: str, name: Any, what: str) -> str:
-        """The scalar column for key ``name`` of ``terms``/``weights``/``scalars``, checked."""
-        if type(name) is str:
-            column = prefix + name
-            if column in self._scalar_cols and column not in _RESERVED_SCALARS:
-                return column
+        """The scalar column for key ``name`` of ``terms``/``weights``/``scalars``, checked.
+
+        Every column the name is stored as (``nonfinite/term/<name>`` for a term) must fit
+        ``MAX_NAME``, and user scalars may not take the names of texwatch's own columns.
+        """
+        if type(name) is str and name in self._known[prefix]:
+            return prefix + name
         check_name(name, f"record(): {what} key")
-        if not prefix and name.split("/")[0] in _RESERVED_SEGMENTS:
+        if prefix == _USER and name.split("/")[0] in _RESERVED_SEGMENTS:
             raise ValueError(
                 f"record(): scalars key {name!r} is reserved (it may not start with "
                 f"{sorted(_RESERVED_SEGMENTS)}); pass loss=, terms=, weights= or checkpoint="
             )
-        return prefix + name
+        column = prefix + name
+        longest = given_nan(column) if prefix == _TERM else column
+        if len(longest) > MAX_NAME:
+            raise ValueError(
+                f"record(): {what} key {name!r} is too long: it is stored as column "
+                f"{longest!r} ({len(longest)} characters, at most {MAX_NAME}); use at most "
+                f"{MAX_NAME - len(longest) + len(name)} characters"
+            )
+        return column
+
+    def _know(self, columns: list[str]) -> None:
+        """Take stored scalar columns as registered (a resumed run)."""
+        self._scalar_cols.update(columns)
+        for column in columns:
+            for prefix in (_TERM, _WEIGHT):
+                if column.startswith(prefix):
+                    self._known[prefix].add(column[len(prefix) :])
+                    break
+            else:
+                if column.split("/")[0] not in _RESERVED_SEGMENTS:
+                    self._known[_USER].add(column)
 
     @staticmethod
     def _item_metas(sample_ids: Any, timesteps: Any) -> dict[str, Meta]:
@@ -540,6 +620,7 @@ class Recorder:
         _untrack(self)
         self._queue.put(STOP)
         self._writer.join()
+        self._store.close()
         self._raise_errors("close")
 
     def __enter__(self) -> Recorder:
@@ -610,11 +691,28 @@ class Recorder:
             plans.append(_StreamPlan(name, meta, (c, h, w), dtype, keep, items))
         return plans
 
-    def _register(self, columns: list[str], streams: list[_StreamPlan]) -> None:
+    def _register(self, columns: list[str], streams: list[_StreamPlan]) -> set[str]:
+        """Register new scalar columns and streams; the columns refused by a cap on names.
+
+        Raises on a clash before anything is registered; a refused column is counted and
+        warned about once, its value dropped and its row kept.
+        """
+        refused: set[str] = set()
         with self._names_lock:
             scalar_cols = set(self._scalar_cols)
+            known = {prefix: set(names) for prefix, names in self._known.items()}
             for name in columns:
                 if name in scalar_cols:
+                    continue
+                prefix = next((p for p in (_TERM, _WEIGHT) if name.startswith(p)), _USER)
+                key = name[len(prefix) :]
+                if prefix == _USER:
+                    full = name != "checkpoint" and len(known[_USER]) >= MAX_SCALARS
+                else:
+                    terms = known[_TERM] | known[_WEIGHT]
+                    full = key not in terms and len(terms) >= MAX_TERMS
+                if full:
+                    refused.add(name)
                     continue
                 for other in scalar_cols:
                     if other.startswith(name + "/") or name.startswith(other + "/"):
@@ -623,6 +721,8 @@ class Recorder:
                             f"be a folder of another"
                         )
                 scalar_cols.add(name)
+                if name != "checkpoint":
+                    known[prefix].add(key)
             tables = self._tables | RESERVED_TABLES
             added: dict[str, tuple[tuple[int, int, int], np.dtype[Any]]] = {}
             for plan in streams:
@@ -637,8 +737,32 @@ class Recorder:
                 tables.add(plan.name)
                 added[plan.name] = (plan.shape, plan.dtype)
             self._scalar_cols = scalar_cols
+            self._known = known
             self._tables = tables
             self._streams.update(added)
+        if refused:
+            self._over_cap(refused)
+        return refused
+
+    def _over_cap(self, refused: set[str]) -> None:
+        self._counters.drop(OVER_CAP, len(refused))
+        users = sorted(c for c in refused if not c.startswith((_TERM, _WEIGHT)))
+        for kind, names in (("scalars", users), ("terms", sorted(refused - set(users)))):
+            if not names or kind in self._warned_cap:
+                continue
+            self._warned_cap.add(kind)
+            cap = (
+                f"{MAX_SCALARS} scalars (scalars= names)"
+                if kind == "scalars"
+                else f"{MAX_TERMS} loss terms (terms= and weights= names), all texwatchd tracks"
+            )
+            warnings.warn(
+                f"texwatch: {str(self.path)!r} has {cap} already: values of new names such as "
+                f"{names[0]!r} are dropped and counted in drops[{OVER_CAP!r}]; their rows are "
+                f"kept. (warned once)",
+                RuntimeWarning,
+                stacklevel=4,
+            )
 
     def _put(self, item: Any, deadline: float | None) -> bool:
         """Queue ``item`` unless closed; wait for space until ``deadline`` (None: forever)."""

@@ -3,11 +3,14 @@
 Like TensorBoard's ``_AsyncWriter``: a bounded queue, a daemon worker, a sentinel to stop it,
 flush markers the caller waits on, and a worker exception kept for the caller. Unlike it, an
 error never stops the worker: it is counted, the failed block is retried without its image
-streams (so scalars survive a full disk), and the rest is dropped and counted.
+streams (so scalars survive a full disk), and the rest is dropped and counted. Every row taken
+from the queue ends committed or counted in ``drops``, whatever fails, the error handling
+included; a row that cannot be stored is dropped alone, its neighbours kept.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import queue
 import threading
@@ -17,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from texwatch.store import ITEMS, RESERVED_TABLES, SCALARS, RunWriter, given_nan
+from texwatch.store import ITEMS, SCALARS, RunWriter, given_nan
 
 from ._capture import Captured, Copy, resolve
 from ._stats import Counters
@@ -29,6 +32,7 @@ STOP = object()
 
 _ITEM_COLUMNS = {"loss": np.float64, "timestep": np.float64, "sample_id": np.int64}
 _MAX_BLOCK_ROWS = 1 << 16
+_INT64_MAX = int(np.iinfo(np.int64).max)
 
 
 @dataclass(slots=True)
@@ -42,6 +46,18 @@ class Row:
     items: dict[str, Copy] | None = None  # timestep, sample_id
     images: dict[str, tuple[Copy, np.dtype[Any]]] | None = None
     nbytes: int = 0  # image bytes reserved from the memory budget
+
+    def counts(self) -> dict[str, int]:
+        """Rows this call adds per table, from the copies' shapes (nothing is resolved)."""
+        out = {SCALARS: 1}
+        per_item = list((self.items or {}).values())
+        if self.loss is not None and not isinstance(self.loss, float) and len(self.loss.shape):
+            per_item.append(self.loss)
+        if per_item:
+            out[ITEMS] = int(per_item[0].shape[0])
+        for name, (copy, _) in (self.images or {}).items():
+            out[name] = int(copy.shape[0]) if len(copy.shape) == 4 else 1
+        return out
 
     def copies(self) -> list[Captured]:
         """Every copy the row holds, to release once its rows are written or dropped."""
@@ -73,6 +89,7 @@ class _Batch:
 
     def __init__(self) -> None:
         self.rows = 0
+        self.item_rows = 0
         self.nbytes = 0
         self._steps: list[int] = []
         self._times: list[float] = []
@@ -91,8 +108,11 @@ class _Batch:
     def add(self, row: Row) -> None:
         """Resolve the row's copies (waiting on CUDA events) and add it to the columns.
 
-        Everything is resolved before the batch changes, so a row that fails leaves no trace.
+        Everything is resolved and checked before the batch changes, so a row that fails leaves
+        no trace.
         """
+        if not 0 <= row.step <= _INT64_MAX:
+            raise ValueError(f"step {row.step} does not fit int64")
         columns: dict[str, float | Copy] = {}
         item_values = dict(row.items or {})
         if row.loss is not None:
@@ -133,6 +153,7 @@ class _Batch:
             self._scalars.setdefault(name, []).append((index, number))
         for key, values in items.items():
             self._items[key].append(values)
+        self.item_rows += len(items.get("step", ()))
         for name, data in images.items():
             bad = int((~np.isfinite(data).reshape(data.shape[0], -1).all(axis=1)).sum())
             if bad:
@@ -162,12 +183,10 @@ class _Batch:
                 out[name] = {"step": np.concatenate(steps), "data": np.concatenate(blocks)}
         return out
 
-    def row_counts(self, images: bool = True) -> dict[str, int]:
-        return {
-            t: len(next(iter(cols.values())))
-            for t, cols in self.tables(images).items()
-            if images or t in RESERVED_TABLES
-        }
+    def row_counts(self) -> dict[str, int]:
+        """Rows per table, kept as plain counts: taking them cannot fail."""
+        counts = {SCALARS: self.rows, ITEMS: self.item_rows, **self.stream_rows()}
+        return {table: n for table, n in counts.items() if n}
 
     def stream_rows(self) -> dict[str, int]:
         return {name: sum(len(s) for s in steps) for name, (steps, _) in self._streams.items()}
@@ -220,7 +239,12 @@ class Writer(threading.Thread):
             batch.add(row)
         except Exception as err:  # a failed CUDA copy, a bad value: count it, keep going
             self._counters.fail(err)
-            self._counters.drop(SCALARS, 1)
+            try:
+                counts = row.counts()
+            except Exception:  # shapes unreadable: the row itself is still counted
+                counts = {SCALARS: 1}
+            for table, rows in counts.items():
+                self._counters.drop(table, rows)
             self._counters.release(row.nbytes)
             for captured in row.copies():
                 captured.release()
@@ -228,35 +252,52 @@ class Writer(threading.Thread):
     def _commit(self, batch: _Batch) -> None:
         """Write the batch and publish it; on failure retry without images, then drop.
 
-        Never raises: every failure is counted and kept for flush()/close().
+        Never raises: every failure is counted and kept for flush()/close(), and the rows not
+        committed when anything fails, the error handling included, are counted as dropped.
         """
-        failed = False
+        pending = batch.row_counts()
+        failed = committed = False
         try:
             if batch.nonfinite:
                 self._counters.add_nonfinite(batch.nonfinite)
-            for images in (True, False) if batch.stream_rows() else (False,):
+            streams = batch.stream_rows()
+            for images in (True, False) if streams else (False,):
                 if not batch.rows:
                     break
                 try:
                     for table, columns in batch.tables(images).items():
                         self._store.append(table, columns)
                     self._publish(force=True)
+                    pending, committed = {}, True
                     return
                 except Exception as err:
-                    self._store.rollback()
-                    self._counters.fail(err)
                     failed = True
-                    dropped = batch.stream_rows() if images else batch.row_counts(images=False)
-                    for table, rows in dropped.items():
-                        self._counters.drop(table, rows)
-            self._publish()  # counters only: readers see the drops and errors
+                    self._counters.fail(err)
+                    self._rollback()
+                    if images:  # the retry goes without them
+                        for table, rows in streams.items():
+                            self._counters.drop(table, pending.pop(table, rows))
         except Exception as err:
-            self._store.rollback()
             if not failed:  # else the same failure again, already counted
                 self._counters.fail(err)
+            failed = True
+            self._rollback()
         finally:
+            for table, rows in pending.items():
+                self._counters.drop(table, rows)
+            if not committed:
+                # counters only, so readers see the drops and errors; if this fails too, the
+                # counters stay pending and the next commit publishes them
+                with contextlib.suppress(Exception):
+                    self._publish()
             batch.release()
             self._counters.release(batch.nbytes)
+
+    def _rollback(self) -> None:
+        try:
+            self._store.rollback()
+        except Exception as err:
+            self._counters.fail(err)
 
     def _publish(self, force: bool = False) -> None:
         drops, nonfinite, errors, version = self._counters.published()
