@@ -28,7 +28,6 @@ from ._watch import Watcher
 __all__ = ["Daemon", "DaemonOptions"]
 
 _log = logging.getLogger("texwatch.daemon")
-_CLOSE_SECONDS = 10.0  # how long close() waits for a busy turn before leaving it behind
 
 
 @dataclass(frozen=True)
@@ -44,7 +43,7 @@ class DaemonOptions:
     snapshot_every: int = 1000
     forget_after: float = 24 * 3600.0
     stall_after: float = 60.0
-    turn_seconds: float = 1.0
+    turn_seconds: float = 0.5
 
 
 def _is_store(path: Path) -> bool:
@@ -136,15 +135,15 @@ class Daemon:
         self._watcher.wake()
 
     def close(self) -> None:
-        """Stop watching and wait (boundedly) for turns in flight; safe to call twice."""
+        """Stop watching and wait for turns in flight, a stalled one no longer; safe twice."""
         self._stop.set()
         self._watcher.close()
         for run in self._runs.values():
             if run.thread is None:
                 continue
-            run.thread.join(_CLOSE_SECONDS)
+            run.thread.join(max(0.0, run.started + self._options.stall_after - time.monotonic()))
             if run.thread.is_alive():
-                _log.warning("%s: its turn is still blocked; leaving it behind", run.path)
+                _log.warning("%s: its turn is stalled; leaving it behind", run.path)
 
     # --- finding runs ---------------------------------------------------------------------------
 

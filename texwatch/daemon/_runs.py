@@ -46,7 +46,7 @@ class RunWorker:
         settings: DeriveSettings,
         *,
         batch_rows: int = 256,
-        turn_seconds: float = 1.0,
+        turn_seconds: float = 0.5,
         on_batch: Callable[[RunWorker, DerivedBatch], None] | None = None,
     ) -> None:
         self.path = path
