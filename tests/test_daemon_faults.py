@@ -389,3 +389,25 @@ def test_a_failure_is_counted_by_its_type_and_a_bug_logged_with_its_traceback(
     (record,) = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert str(error) in record.getMessage()
     assert (record.exc_info is not None) == traceback
+
+
+def test_catch_up_ends_when_rows_are_left_that_no_turn_derives(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As a stream stopped by a corrupt chunk leaves its rows behind: --once must still end.
+    store = tmp_path / "stuck.zarr"
+    write_run(store, range(100))
+    monkeypatch.setattr(Deriver, "lag", lambda self, committed: 7)
+    registry = CollectorRegistry()
+    daemon = _daemon([store], registry, tmp_path)
+    done = threading.Event()
+    loop = threading.Thread(target=lambda: (daemon.catch_up(), done.set()))
+    loop.start()
+    try:
+        assert done.wait(DEADLINE), "catch_up never ended"
+    finally:
+        daemon.stop()
+        loop.join()
+        daemon.close()
+    assert open_run(store).derived_cursor()[SCALARS] == 100
+    assert _value(registry, "texwatch_daemon_lag_rows", run="stuck") == 7

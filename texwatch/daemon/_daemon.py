@@ -360,9 +360,9 @@ class Daemon:
         return done
 
     def _pending(self) -> bool:
-        """Some run has committed rows left to derive and can take a turn now."""
+        """Some run has rows left to derive, can take a turn now, and derived some in its last."""
         return any(
-            not r.busy and r.worker is not None and r.path not in self._failures and r.worker.lag
+            not r.busy and r.worker is not None and r.rows and r.worker.lag
             for r in list(self._runs.values())
         )
 
