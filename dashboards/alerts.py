@@ -136,7 +136,9 @@ def alert_rules(thresholds: Thresholds | None = None) -> tuple[AlertRule, ...]:
             name="TexwatchLossSpikes",
             uid="texwatch-loss-spikes",
             query=_counted_within(
-                'texwatch_loss_spikes_total{rule!~"nonfinite|drift"}', th.spike_window, "run"
+                'texwatch_loss_spikes_total{rule!~"nonfinite|drift"}',
+                th.spike_window,
+                "run, run_id",
             ),
             op=">=",
             threshold=th.spike_count,
@@ -153,7 +155,7 @@ def alert_rules(thresholds: Thresholds | None = None) -> tuple[AlertRule, ...]:
             name="TexwatchLossDrift",
             uid="texwatch-loss-drift",
             query=_counted_within(
-                'texwatch_loss_spikes_total{rule="drift"}', th.spike_window, "run"
+                'texwatch_loss_spikes_total{rule="drift"}', th.spike_window, "run, run_id"
             ),
             op=">=",
             threshold=1.0,
@@ -169,7 +171,9 @@ def alert_rules(thresholds: Thresholds | None = None) -> tuple[AlertRule, ...]:
         AlertRule(
             name="TexwatchNonFinite",
             uid="texwatch-nonfinite",
-            query=_counted_within("texwatch_nonfinite_total", th.nonfinite_window, "run, stream"),
+            query=_counted_within(
+                "texwatch_nonfinite_total", th.nonfinite_window, "run, run_id, stream"
+            ),
             op=">",
             threshold=0.0,
             for_="0s",

@@ -531,13 +531,24 @@ def _daemon_row(ids: _Ids, board: dashboard.Dashboard, th: Thresholds) -> None:
         )
     )
     board.with_panel(
+        _stat(
+            ids,
+            "Stalled runs",
+            "Runs whose work has not returned within texwatchd's --stall-after (a hung read): "
+            "their metrics are frozen while the other runs go on.",
+            [(f"sum(texwatch_run_stalled{{{_RUN}}})", "stalled")],
+            span=4,
+            steps=_steps((None, "green"), (1.0, "red")),
+        )
+    )
+    board.with_panel(
         _with_threshold_lines(
             _series(
                 ids,
                 "Lag (committed rows not yet derived)",
                 f"Above {th.lag_rows:g} rows for {th.lag_for} fires TexwatchDaemonLagging.",
                 [(f"texwatch_daemon_lag_rows{{{_RUN}}}", "{{run}}")],
-                span=8,
+                span=6,
             ),
             _steps((None, "green"), (th.lag_rows, "red")),
         )
@@ -549,7 +560,7 @@ def _daemon_row(ids: _Ids, board: dashboard.Dashboard, th: Thresholds) -> None:
             "Seconds since texwatchd last derived rows of each run.",
             [(f"time() - texwatch_last_processed_timestamp_seconds{{{_RUN}}}", "{{run}}")],
             unit="s",
-            span=8,
+            span=6,
         )
     )
     quantiles = [

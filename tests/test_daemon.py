@@ -95,21 +95,31 @@ def _daemon(
     return Daemon(opts, DeriveSettings(window=64, dead_window=20), MetricsBoard(registry))
 
 
-def _pass_once(
+def _catch_up(
     stores: list[Path], registry: CollectorRegistry, tmp_path: Path, **options: Any
 ) -> None:
-    """One derivation pass by a fresh daemon, closed afterwards."""
+    """Derive every committed row with a fresh daemon, closed afterwards."""
     daemon = _daemon(stores, registry, tmp_path, **options)
     try:
-        daemon.pass_once()
+        daemon.catch_up()
     finally:
         daemon.close()
 
 
+def _values(registry: CollectorRegistry, metric: str, **labels: str) -> list[float]:
+    """Values of the samples of ``metric`` whose labels include ``labels`` (run_id aside)."""
+    return [
+        s.value
+        for family in registry.collect()
+        for s in family.samples
+        if s.name == metric and labels.items() <= s.labels.items()
+    ]
+
+
 def _value(registry: CollectorRegistry, metric: str, **labels: str) -> float:
-    value = registry.get_sample_value(metric, labels)
-    assert value is not None, f"{metric}{labels} not exported"
-    return value
+    values = _values(registry, metric, **labels)
+    assert len(values) == 1, f"{metric}{labels} exported {len(values)} times"
+    return values[0]
 
 
 def test_a_nan_term_is_exported_non_finite_not_dead(tmp_path: Path) -> None:
@@ -121,7 +131,7 @@ def test_a_nan_term_is_exported_non_finite_not_dead(tmp_path: Path) -> None:
             terms = {"v": 1.0 / (step + 1), "nan": math.nan}
             rec.record(step, 1.0 / (step + 1), terms=terms, weights={"v": 1.0, "absent": 0.5})
     registry = CollectorRegistry()
-    _pass_once([store], registry, tmp_path)
+    _catch_up([store], registry, tmp_path)
     state = {
         term: (
             _value(registry, "texwatch_loss_term_dead", run="terms", term=term),
@@ -138,7 +148,7 @@ def test_derives_every_committed_row_once_and_exports(tmp_path: Path) -> None:
     store = tmp_path / "doubled.zarr"
     write_run(store, range(300), spike_at=250, pred_period=2 * PERIOD)
     registry = CollectorRegistry()
-    _pass_once([store], registry, tmp_path)
+    _catch_up([store], registry, tmp_path)
     run = open_run(store)
     committed = run.committed()
     assert run.derived_cursor() == committed
@@ -178,7 +188,7 @@ def test_a_faithful_pred_does_not_look_harmonic(tmp_path: Path) -> None:
     store = tmp_path / "clean.zarr"
     write_run(store, range(100))
     registry = CollectorRegistry()
-    _pass_once([store], registry, tmp_path)
+    _catch_up([store], registry, tmp_path)
     scale = _value(registry, "texwatch_tile_scale", run="clean", stream="pred")
     assert scale == pytest.approx(1.0, rel=0.05)
     assert harmonic_lock(scale) is None
@@ -187,11 +197,11 @@ def test_a_faithful_pred_does_not_look_harmonic(tmp_path: Path) -> None:
 def test_restart_resumes_from_the_cursor_without_gap_or_duplicate(tmp_path: Path) -> None:
     store = tmp_path / "r.zarr"
     write_run(store, range(150))
-    _pass_once([store], CollectorRegistry(), tmp_path)
+    _catch_up([store], CollectorRegistry(), tmp_path)
     write_run(store, range(150, 260), seed=1)
     registry = CollectorRegistry()
     # Before deriving anything new the restarted daemon exports the stored newest values.
-    _pass_once([store], registry, tmp_path)
+    _catch_up([store], registry, tmp_path)
     run = open_run(store)
     np.testing.assert_array_equal(run.derived(SCALARS)["step"], np.arange(260))
     assert _value(registry, "texwatch_last_step", run="r") == 259
@@ -200,7 +210,7 @@ def test_restart_resumes_from_the_cursor_without_gap_or_duplicate(tmp_path: Path
 def test_derive_all_matches_the_daemon_and_fills_the_rest_in_memory(tmp_path: Path) -> None:
     store = tmp_path / "d.zarr"
     write_run(store, range(200), spike_at=150)
-    _pass_once([store], CollectorRegistry(), tmp_path)
+    _catch_up([store], CollectorRegistry(), tmp_path)
     stored = {t: open_run(store).derived(t) for t in (SCALARS, "pred")}
     write_run(store, range(200, 240), seed=2)
     everything = derive_all(store, DeriveSettings(window=64, dead_window=20))
@@ -218,11 +228,11 @@ def test_snapshots_are_written_per_interval_atomically(tmp_path: Path) -> None:
     write_run(store, range(260), spike_at=200)
     daemon = _daemon([store], CollectorRegistry(), tmp_path, snapshot_every=100)
     try:
-        daemon.pass_once()
+        daemon.catch_up()
         daemon.snapshot_all()
     finally:
         daemon.close()
-    folder = tmp_path / "snaps" / "s"
+    folder = tmp_path / "snaps" / f"s-{open_run(store).run_id[:8]}"
     names = sorted(p.name for p in folder.iterdir())
     assert not [n for n in names if n.endswith(".tmp")]
     pngs = [n for n in names if n.endswith(".png")]
@@ -241,18 +251,14 @@ def test_snapshots_are_written_per_interval_atomically(tmp_path: Path) -> None:
     assert [s["step"] for s in every_spike] == [200]
 
 
-def _corrupt_a_chunk(store: Path) -> None:
-    chunk = next(p for p in sorted((store / "pred" / "data").iterdir()) if p.name.startswith("c."))
-    chunk.write_bytes(b"\x00garbage" * 8)
-
-
 def test_faults_are_counted_once_and_other_runs_keep_being_served(tmp_path: Path) -> None:
     good, corrupt, gone, alien = (
         tmp_path / f"{n}.zarr" for n in ("good", "corrupt", "gone", "alien")
     )
     for store in (good, corrupt, gone, alien):
         write_run(store, range(60))
-    _corrupt_a_chunk(corrupt)
+    (corrupt / "derived").mkdir()
+    (corrupt / "derived" / "zarr.json").write_bytes(b"\x00garbage" * 8)
     root_json = alien / "zarr.json"
     meta = json.loads(root_json.read_text())
     meta["attributes"]["schema_version"] = 99
@@ -260,21 +266,22 @@ def test_faults_are_counted_once_and_other_runs_keep_being_served(tmp_path: Path
     registry = CollectorRegistry()
     daemon = _daemon([good, corrupt, gone, alien], registry, tmp_path)
     try:
-        daemon.pass_once()
+        daemon.catch_up()
         assert _value(registry, "texwatch_last_step", run="gone") == 59
         for p in sorted(gone.rglob("*"), reverse=True):
             p.unlink() if p.is_file() else p.rmdir()
         gone.rmdir()
         write_run(good, range(60, 80), seed=3)
-        daemon.pass_once()
+        daemon.catch_up()
         daemon.pass_once()
     finally:
         daemon.close()
     assert _value(registry, "texwatch_errors_total", kind="corrupt_chunk") == 1
     assert _value(registry, "texwatch_errors_total", kind="schema") == 1
     assert _value(registry, "texwatch_errors_total", kind="store_missing") == 1
-    assert registry.get_sample_value("texwatch_last_step", {"run": "gone"}) is None
+    assert _values(registry, "texwatch_last_step", run="gone") == []
     assert _value(registry, "texwatch_last_step", run="good") == 79
+    assert _value(registry, "texwatch_errors_total", kind="internal") == 0
 
 
 def test_once_cli_derives_snapshots_and_exits(tmp_path: Path) -> None:
@@ -283,7 +290,7 @@ def test_once_cli_derives_snapshots_and_exits(tmp_path: Path) -> None:
     snaps = tmp_path / "out"
     code = main(["--store", str(store), "--once", "--snapshot-dir", str(snaps), "--device", "cpu"])
     assert code == 0
-    assert (snaps / "cli" / "119.png").exists()
+    assert (snaps / f"cli-{open_run(store).run_id[:8]}" / "119.png").exists()
     assert open_run(store).derived_cursor()[SCALARS] == 120
 
 
@@ -293,7 +300,8 @@ def test_once_cli_derives_snapshots_and_exits(tmp_path: Path) -> None:
         ([], "--store"),
         (["--store", "x.zarr", "--poll", "0"], "--poll"),
         (["--store", "x.zarr", "--device", "nonsense"], "--device"),
-        (["--root", "/nonexistent/folder"], "--root"),
+        (["--root", __file__], "--root"),
+        (["--store", "x.zarr", "--stall-after", "0"], "expected a number > 0 but got '0'"),
         (["--store", "x.zarr", "--batch-rows", "1.5"], "expected an integer >= 1 but got '1.5'"),
         (["--store", "x.zarr", "--spike-sigma", "-1"], "expected a number > 0 but got '-1'"),
         (["--store", "x.zarr", "--rescan", "soon"], "expected a number > 0 but got 'soon'"),
@@ -319,7 +327,7 @@ def test_nonfinite_loss_is_counted_and_flagged(tmp_path: Path) -> None:
     )
     writer.commit(nonfinite={"loss": 1})  # as the client counts the rows it saw
     registry = CollectorRegistry()
-    _pass_once([store], registry, tmp_path)
+    _catch_up([store], registry, tmp_path)
     assert _value(registry, "texwatch_nonfinite_total", run="nan", stream="loss") == 1
     assert _value(registry, "texwatch_loss_spikes_total", run="nan", rule="nonfinite") == 1
 
@@ -338,7 +346,7 @@ def test_the_loop_wakes_on_commits_and_stops_on_request(tmp_path: Path, poll: fl
 
         def wait_for(run: str, step: float) -> None:
             deadline = time.monotonic() + 30
-            while registry.get_sample_value("texwatch_last_step", {"run": run}) != step:
+            while _values(registry, "texwatch_last_step", run=run) != [step]:
                 assert time.monotonic() < deadline, f"{run} never reached step {step}"
                 time.sleep(0.05)
 
@@ -360,13 +368,13 @@ def test_runs_idle_for_long_drop_out_of_the_exposition(tmp_path: Path) -> None:
     registry = CollectorRegistry()
     daemon = _daemon([store], registry, tmp_path, forget_after=0.2)
     try:
-        daemon.pass_once()
+        daemon.catch_up()
         assert _value(registry, "texwatch_last_step", run="idle") == 29
         time.sleep(0.3)
         daemon.pass_once()
-        assert registry.get_sample_value("texwatch_last_step", {"run": "idle"}) is None
+        assert _values(registry, "texwatch_last_step", run="idle") == []
         write_run(store, range(30, 40), seed=1)
-        daemon.pass_once()
+        daemon.catch_up()
         assert _value(registry, "texwatch_last_step", run="idle") == 39
     finally:
         daemon.close()

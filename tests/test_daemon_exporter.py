@@ -34,26 +34,34 @@ def _board() -> tuple[CollectorRegistry, MetricsBoard]:
 
 def test_publish_replaces_a_runs_samples_and_forget_drops_them() -> None:
     registry, board = _board()
-    board.publish("a", [Sample("texwatch_loss", {"run": "a"}, 1.5)])
-    board.publish("b", [Sample("texwatch_loss", {"run": "b"}, 2.0)])
-    board.publish("a", [Sample("texwatch_loss_ema", {"run": "a"}, 1.2)])
-    assert registry.get_sample_value("texwatch_loss", {"run": "a"}) is None
-    assert registry.get_sample_value("texwatch_loss_ema", {"run": "a"}) == 1.2
+    board.publish("a", [Sample("texwatch_loss", {"run": "a", "run_id": "a"}, 1.5)])
+    board.publish("b", [Sample("texwatch_loss", {"run": "b", "run_id": "b"}, 2.0)])
+    board.publish("a", [Sample("texwatch_loss_ema", {"run": "a", "run_id": "a"}, 1.2)])
+    assert registry.get_sample_value("texwatch_loss", {"run": "a", "run_id": "a"}) is None
+    assert registry.get_sample_value("texwatch_loss_ema", {"run": "a", "run_id": "a"}) == 1.2
     assert registry.get_sample_value("texwatch_runs") == 2
-    board.observe_processing("a", 0.01)
+    board.observe_processing("a", "a", 0.01)
     board.forget("a")
-    assert registry.get_sample_value("texwatch_loss_ema", {"run": "a"}) is None
-    assert registry.get_sample_value("texwatch_processing_seconds_count", {"run": "a"}) is None
-    assert registry.get_sample_value("texwatch_loss", {"run": "b"}) == 2.0
+    assert registry.get_sample_value("texwatch_loss_ema", {"run": "a", "run_id": "a"}) is None
+    assert (
+        registry.get_sample_value("texwatch_processing_seconds_count", {"run": "a", "run_id": "a"})
+        is None
+    )
+    assert registry.get_sample_value("texwatch_loss", {"run": "b", "run_id": "b"}) == 2.0
     assert board.runs() == ["b"]
 
 
 def test_counters_are_exposed_with_total_suffix() -> None:
     registry, board = _board()
-    board.publish("r", [Sample("texwatch_loss_spikes", {"run": "r", "rule": "sigma"}, 3.0)])
+    board.publish(
+        "r", [Sample("texwatch_loss_spikes", {"run": "r", "run_id": "r", "rule": "sigma"}, 3.0)]
+    )
     board.count_error("corrupt_chunk")
     assert (
-        registry.get_sample_value("texwatch_loss_spikes_total", {"run": "r", "rule": "sigma"}) == 3
+        registry.get_sample_value(
+            "texwatch_loss_spikes_total", {"run": "r", "run_id": "r", "rule": "sigma"}
+        )
+        == 3
     )
     assert registry.get_sample_value("texwatch_errors_total", {"kind": "corrupt_chunk"}) == 1
     assert registry.get_sample_value("texwatch_errors_total", {"kind": "schema"}) == 0
@@ -62,9 +70,12 @@ def test_counters_are_exposed_with_total_suffix() -> None:
 @pytest.mark.parametrize(
     ("sample", "message"),
     [
-        (Sample("texwatch_nope", {"run": "r"}, 1.0), "texwatch_nope"),
-        (Sample("texwatch_loss", {"run": "r", "step": "5"}, 1.0), "labels"),
-        (Sample("texwatch_processing_seconds", {"run": "r"}, 1.0), "texwatch_processing_seconds"),
+        (Sample("texwatch_nope", {"run": "r", "run_id": "r"}, 1.0), "texwatch_nope"),
+        (Sample("texwatch_loss", {"run": "r", "run_id": "r", "step": "5"}, 1.0), "labels"),
+        (
+            Sample("texwatch_processing_seconds", {"run": "r", "run_id": "r"}, 1.0),
+            "texwatch_processing_seconds",
+        ),
     ],
 )
 def test_publish_rejects_unknown_names_and_labels(sample: Sample, message: str) -> None:
@@ -86,10 +97,13 @@ def _full_board() -> tuple[CollectorRegistry, MetricsBoard]:
     for fam in FAMILIES.values():
         if fam.kind == "histogram" or fam.name in ("texwatch_runs", "texwatch_errors"):
             continue
-        labels = {name: {"run": "r1", "stream": "pred"}.get(name, "x") for name in fam.labels}
+        labels = {
+            name: {"run": "r1", "run_id": "r1", "stream": "pred"}.get(name, "x")
+            for name in fam.labels
+        }
         samples.append(Sample(fam.name, labels, 0.25))
     board.publish("r1", samples)
-    board.observe_processing("r1", 0.02)
+    board.observe_processing("r1", "r1", 0.02)
     board.count_error("read")
     return registry, board
 
@@ -125,13 +139,13 @@ def _get(
 
 def test_server_serves_metrics_on_loopback() -> None:
     registry, board = _board()
-    board.publish("r", [Sample("texwatch_last_step", {"run": "r"}, 42)])
+    board.publish("r", [Sample("texwatch_last_step", {"run": "r", "run_id": "r"}, 42)])
     server = serve_metrics(registry, bind="127.0.0.1", port=0)
     try:
         body = _get(f"http://127.0.0.1:{server.port}/metrics")
     finally:
         server.close()
-    assert 'texwatch_last_step{run="r"} 42.0' in body
+    assert 'texwatch_last_step{run="r",run_id="r"} 42.0' in body
     server.close()
 
 
@@ -139,7 +153,7 @@ def test_basic_auth_rejects_missing_and_wrong_credentials(tmp_path: Path) -> Non
     auth_file = tmp_path / "auth"
     auth_file.write_text("prom:s3cret\n")
     registry, board = _board()
-    board.publish("r", [Sample("texwatch_last_step", {"run": "r"}, 7)])
+    board.publish("r", [Sample("texwatch_last_step", {"run": "r", "run_id": "r"}, 7)])
     server = serve_metrics(
         registry, bind="127.0.0.1", port=0, basic_auth=read_basic_auth_file(auth_file)
     )
@@ -149,7 +163,7 @@ def test_basic_auth_rejects_missing_and_wrong_credentials(tmp_path: Path) -> Non
             with pytest.raises(urllib.error.HTTPError) as err:
                 _get(url, auth)
             assert err.value.code == 401
-        assert 'texwatch_last_step{run="r"} 7.0' in _get(url, ("prom", "s3cret"))
+        assert 'texwatch_last_step{run="r",run_id="r"} 7.0' in _get(url, ("prom", "s3cret"))
     finally:
         server.close()
 
@@ -192,7 +206,7 @@ def _self_signed(tmp_path: Path) -> tuple[str, str]:
 def test_tls_serves_over_https(tmp_path: Path, with_auth: bool) -> None:
     cert, key = _self_signed(tmp_path)
     registry, board = _board()
-    board.publish("r", [Sample("texwatch_last_step", {"run": "r"}, 3)])
+    board.publish("r", [Sample("texwatch_last_step", {"run": "r", "run_id": "r"}, 3)])
     auth = ("u", "p") if with_auth else None
     server = serve_metrics(
         registry, bind="127.0.0.1", port=0, certfile=cert, keyfile=key, basic_auth=auth
@@ -202,7 +216,7 @@ def test_tls_serves_over_https(tmp_path: Path, with_auth: bool) -> None:
         body = _get(f"https://127.0.0.1:{server.port}/metrics", auth, context)
     finally:
         server.close()
-    assert 'texwatch_last_step{run="r"} 3.0' in body
+    assert 'texwatch_last_step{run="r",run_id="r"} 3.0' in body
 
 
 def test_tls_needs_both_cert_and_key() -> None:

@@ -36,9 +36,11 @@ class Family:
     doc: str
 
 
-_STREAM = ("run", "stream")
-_RUN = ("run",)
-_TERM = ("run", "term")
+#: Every per-run series carries the run's name (``run``) and its unique id (``run_id``): runs that
+#: share a name (a job started twice, the ranks of an ``all_ranks`` job) keep their own series.
+_RUN = ("run", "run_id")
+_STREAM = (*_RUN, "stream")
+_TERM = (*_RUN, "term")
 
 #: Per-stream texture metrics: derived key (spectral.py) -> exported family name.
 STREAM_METRIC_NAMES: dict[str, str] = {
@@ -100,13 +102,13 @@ FAMILIES: dict[str, Family] = {
         Family(
             "texwatch_texture_loss",
             "gauge",
-            ("run", "stream", "loss"),
+            (*_STREAM, "loss"),
             "Texture losses between the stream and the target or reference tile.",
         ),
         Family("texwatch_loss", "gauge", _RUN, "Training loss of the newest step."),
         Family("texwatch_loss_ema", "gauge", _RUN, "Exponential moving average of the loss."),
         Family("texwatch_loss_zscore", "gauge", _RUN, "Loss z-score against the rolling window."),
-        Family("texwatch_loss_spikes", "counter", ("run", "rule"), "Loss spikes, by the rule."),
+        Family("texwatch_loss_spikes", "counter", (*_RUN, "rule"), "Loss spikes, by the rule."),
         Family("texwatch_loss_spike_warnings", "counter", _RUN, "Loss values over the warn level."),
         Family("texwatch_loss_term", "gauge", _TERM, "Unweighted value of a loss term."),
         Family("texwatch_loss_term_weight", "gauge", _TERM, "Weight of a loss term."),
@@ -119,7 +121,7 @@ FAMILIES: dict[str, Family] = {
             "1 while a term's latest value is NaN or Inf.",
         ),
         Family("texwatch_dead_loss_terms", "gauge", _RUN, "Number of dead loss terms."),
-        Family("texwatch_scalar", "gauge", ("run", "name"), "User scalars (lr, grad_norm, ...)."),
+        Family("texwatch_scalar", "gauge", (*_RUN, "name"), "User scalars (lr, grad_norm, ...)."),
         Family("texwatch_nonfinite", "counter", _STREAM, "Non-finite values seen, by stream."),
         Family("texwatch_last_step", "gauge", _RUN, "Newest committed step derived."),
         Family("texwatch_daemon_lag_rows", "gauge", _RUN, "Committed rows not yet derived."),
@@ -136,6 +138,12 @@ FAMILIES: dict[str, Family] = {
             "Rows the client dropped under back-pressure, as counted in the store.",
         ),
         Family("texwatch_runs", "gauge", (), "Runs being served."),
+        Family(
+            "texwatch_run_stalled",
+            "gauge",
+            _RUN,
+            "1 while texwatchd's work on the run has not returned within --stall-after seconds.",
+        ),
         Family("texwatch_errors", "counter", ("kind",), "Daemon errors, by kind."),
         Family(
             "texwatch_processing_seconds",
@@ -146,5 +154,17 @@ FAMILIES: dict[str, Family] = {
     ]
 }
 
-#: Values of the ``kind`` label of ``texwatch_errors_total``.
-ERROR_KINDS = ("corrupt_chunk", "store_missing", "schema", "read", "compute", "snapshot")
+#: Values of the ``kind`` label of ``texwatch_errors_total``: a typed error's ``kind``
+#: (:mod:`texwatch.errors`), ``snapshot``, ``stalled`` (a run's work did not return within
+#: ``--stall-after``), and ``internal`` for any other exception: a texwatch bug, logged with its
+#: traceback.
+ERROR_KINDS = (
+    "corrupt_chunk",
+    "store_missing",
+    "schema",
+    "read",
+    "compute",
+    "snapshot",
+    "stalled",
+    "internal",
+)

@@ -907,15 +907,54 @@ class DerivedWriter:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         _check_run_dir(self.path)
+        self._open()
+
+    def _open(self) -> None:
         store = LocalStore(self.path)
+        self._attrs = self._read_marker()
         self._group = zarr.open_group(store, path=DERIVED, mode="a", zarr_format=3)
-        self._attrs = _read_attrs(self.path / DERIVED)
         self._tables = _Tables(
             store,
             DERIVED,
             self._attrs.get("committed") or {},
             self._attrs.get("tables") or {},
         )
+
+    def _read_marker(self) -> dict[str, Any]:
+        """The attributes of ``derived/zarr.json`` ({} before the first commit), read strictly."""
+        marker = self.path / DERIVED / "zarr.json"
+        if not marker.is_file():
+            return {}
+        try:
+            node = json.loads(marker.read_bytes())
+        except ValueError as err:
+            raise CorruptChunkError(
+                f"derived marker {str(marker)!r} is not valid JSON ({err}); delete "
+                f"{str(marker.parent)!r} and texwatchd derives the run again",
+                marker,
+            ) from err
+        attrs = node.get("attributes") if isinstance(node, dict) else None
+        if not isinstance(node, dict) or node.get("node_type") != "group":
+            raise StoreFormatError(f"derived marker {str(marker)!r} is not a Zarr group", marker)
+        return dict(attrs) if isinstance(attrs, dict) else {}
+
+    def missing(self) -> Path | None:
+        """The first file of committed derived data that is gone (``derived/`` deleted), or None.
+
+        The marker is written when the writer opens, so it is checked from the start.
+        """
+        derived = self.path / DERIVED
+        needed = [derived / "zarr.json"] + [
+            derived / table / column / "zarr.json"
+            for table, columns in (self._attrs.get("tables") or {}).items()
+            for column in columns
+        ]
+        return next((p for p in needed if not p.is_file()), None)
+
+    def recreate(self) -> None:
+        """Delete what is left of ``derived/`` and start it empty, to derive the run again."""
+        shutil.rmtree(self.path / DERIVED, ignore_errors=True)
+        self._open()
 
     def cursor(self) -> dict[str, int]:
         """Source rows already derived, per source table, as last committed."""

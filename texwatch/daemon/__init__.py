@@ -28,6 +28,7 @@ __all__ = ["Daemon", "DaemonOptions", "build_parser", "main"]
 
 def build_parser() -> argparse.ArgumentParser:
     """The texwatchd command line."""
+    defaults = DaemonOptions()
     p = argparse.ArgumentParser(
         prog="texwatchd",
         description="Watch texwatch run stores and serve their metrics to Prometheus.",
@@ -39,10 +40,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         default=[],
         metavar="PATH",
-        help="a run store (repeatable)",
+        help="a run store (repeatable; a per-rank folder serves each rank's run); one that does "
+        "not exist yet is waited for",
     )
     what.add_argument(
-        "--root", type=Path, metavar="DIR", help="serve every *.zarr in DIR, picking up new ones"
+        "--root",
+        type=Path,
+        metavar="DIR",
+        help="serve every *.zarr in DIR, picking up new ones (DIR may appear later)",
     )
     what.add_argument(
         "--poll",
@@ -53,20 +58,39 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument(
         "--rescan",
         type=positive_float,
-        default=5.0,
+        default=defaults.rescan,
         metavar="SECONDS",
-        help="look at every run at least this often (default 5)",
+        help=f"look at every run at least this often (default {defaults.rescan:g})",
     )
     what.add_argument(
-        "--once", action="store_true", help="derive the backlog, write snapshots, and exit"
+        "--stall-after",
+        type=positive_float,
+        default=defaults.stall_after,
+        metavar="SECONDS",
+        help="report a run whose work has not returned for this long, e.g. a hung read "
+        f"(default {defaults.stall_after:g})",
+    )
+    what.add_argument(
+        "--turn-seconds",
+        type=positive_float,
+        default=defaults.turn_seconds,
+        metavar="SECONDS",
+        help="how long one run's turn (one batch) should take, and the longest the others wait "
+        f"for it (default {defaults.turn_seconds:g})",
+    )
+    what.add_argument(
+        "--once",
+        action="store_true",
+        help="derive the backlog, write snapshots, and exit (1 when a store failed)",
     )
     derive = p.add_argument_group("derivation")
     add_derive_arguments(derive)
     derive.add_argument(
         "--batch-rows",
         type=positive_int,
-        default=256,
-        help="most rows per table derived and committed at once (default 256)",
+        default=defaults.batch_rows,
+        help="most rows per table derived and committed in one turn of a run "
+        f"(default {defaults.batch_rows})",
     )
     serve = p.add_argument_group("serving")
     serve.add_argument("--port", type=int, default=9400, help="/metrics port (default 9400)")
@@ -82,30 +106,31 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--forget-after",
         type=positive_float,
-        default=24 * 3600.0,
+        default=defaults.forget_after,
         metavar="SECONDS",
-        help="drop a run's series after this long without a commit (default 1 day)",
+        help="drop a run's series after this long without a commit "
+        f"(default {defaults.forget_after:g})",
     )
     snap = p.add_argument_group("snapshots")
     snap.add_argument(
         "--snapshot-dir",
         type=Path,
         metavar="DIR",
-        help="where <run>/<step>.png|.json go (default: snapshots/ beside the store)",
+        help="where <run>-<run id>/<step>.png|.json go (default: snapshots/ beside the store)",
     )
     snap.add_argument(
         "--snapshot-every",
         type=positive_int,
-        default=1000,
+        default=defaults.snapshot_every,
         metavar="STEPS",
-        help="steps between snapshots (default 1000)",
+        help=f"steps between snapshots (default {defaults.snapshot_every})",
     )
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run texwatchd; the exit code (0, or 2 for bad arguments)."""
+    """Run texwatchd; the exit code: 0, 2 for bad arguments, 1 when ``--once`` saw a store fail."""
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -132,6 +157,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         snapshot_dir=args.snapshot_dir,
         snapshot_every=args.snapshot_every,
         forget_after=args.forget_after,
+        stall_after=args.stall_after,
+        turn_seconds=args.turn_seconds,
     )
     registry = prometheus_client.CollectorRegistry()
     board = MetricsBoard(registry)
@@ -169,7 +196,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         daemon.close()
         if server is not None:
             server.close()
-    return 0
+    failures = daemon.failures if args.once else {}
+    for path, why in failures.items():
+        print(f"texwatchd: store {path} failed: {why}", file=sys.stderr)
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":

@@ -1,19 +1,26 @@
-"""texwatchd's main loop: find runs, wake on commits, derive, export, snapshot, survive faults."""
+"""texwatchd's main loop: find runs, give each a turn, export, snapshot, survive faults.
+
+Each turn of a run (open it, derive one batch, commit it) runs on a thread of its own, so a read
+that never returns (a hung NFS file) holds up that run only. A round gives every run one turn and
+waits at most ``turn_seconds`` for it before going on to the next run; a run whose turn is still
+busy gets no new one, and one busy for longer than ``stall_after`` is reported stalled until it
+returns. Each run sizes its batches so a turn takes about ``turn_seconds``: a backlog is caught up
+one bounded batch at a time, interleaved with the other runs.
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
 import time
-import traceback
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from texwatch.derive import DerivedBatch, DeriveSettings
-from texwatch.store import StoreFormatError
+from texwatch.errors import StoreFormatError, StoreMissingError, TexwatchError
+from texwatch.store import run_paths
 
-from ._exporter import MetricsBoard
+from ._exporter import MetricsBoard, Sample
 from ._runs import RunWorker
 from ._snapshots import SnapshotWriter
 from ._watch import Watcher
@@ -35,30 +42,45 @@ class DaemonOptions:
     snapshot_dir: Path | None = None
     snapshot_every: int = 1000
     forget_after: float = 24 * 3600.0
+    stall_after: float = 60.0
+    turn_seconds: float = 0.5
 
 
 def _is_store(path: Path) -> bool:
     return path.is_dir() and (path / "zarr.json").is_file()
 
 
-def _classify(err: BaseException, path: Path) -> str:
-    """The ``texwatch_errors_total`` kind of a failure while working on the store at ``path``."""
-    if isinstance(err, StoreFormatError):
-        return "schema"
-    if not path.exists() or isinstance(err, FileNotFoundError):
-        return "store_missing"
-    modules = {
-        frame.f_globals.get("__name__", "") for frame, _ in traceback.walk_tb(err.__traceback__)
-    }
-    if any(m.startswith(("texwatch.spectral", "texwatch.losses", "torch")) for m in modules):
-        return "compute"
-    if any(m.startswith(("numcodecs", "zarr.codecs", "json")) for m in modules):
-        return "corrupt_chunk"
-    return "read"
+def _runs_at(path: Path) -> list[Path]:
+    """The run stores at ``path``: itself, or the ``rank<r>`` runs of a per-rank folder."""
+    try:
+        ranks = run_paths(path)
+    except (OSError, ValueError):  # unreadable: opening it names the fault
+        ranks = []
+    return ranks or [path]
+
+
+class _Run:
+    """One watched store: its worker once opened, and the turn in flight on its thread."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.worker: RunWorker | None = None
+        self.thread: threading.Thread | None = None
+        self.finished = threading.Event()
+        self.started = 0.0
+        self.rows = 0
+        self.error: Exception | None = None
+        self.stalled = False
+        self.announced = False
+
+    @property
+    def busy(self) -> bool:
+        """A turn was started and is not handled yet (it may have finished meanwhile)."""
+        return self.thread is not None
 
 
 class Daemon:
-    """Serves every watched run: derive on wake, publish to ``board``, snapshot on intervals.
+    """Serves every watched run: a turn each per round, results on ``board``, snapshots.
 
     Args:
         options: what to watch.
@@ -71,115 +93,307 @@ class Daemon:
     ) -> None:
         if options.root is None and not options.stores:
             raise ValueError("Expected `--store PATH` or `--root DIR` but got neither")
-        if options.root is not None and not options.root.is_dir():
+        if options.root is not None and options.root.exists() and not options.root.is_dir():
             raise ValueError(
                 f"Expected argument `--root` to be a folder but got {str(options.root)!r}"
             )
+        for flag, seconds in (
+            ("--stall-after", options.stall_after),
+            ("--turn-seconds", options.turn_seconds),
+        ):
+            if not seconds > 0:
+                raise ValueError(f"Expected argument `{flag}` > 0 seconds but got {seconds!r}")
         self._options = options
         self._settings = settings
         self._board = board
         self._stop = threading.Event()
-        self._workers: dict[Path, RunWorker] = {}
-        self._failures: dict[Path, str] = {}
+        self._once = False
+        self._runs: dict[Path, _Run] = {}
+        self._owners: dict[str, Path] = {}  # run id -> the store serving it
+        self._lock = threading.Lock()  # _owners and the failure records, shared with turns
+        self._failures: dict[Path, tuple[str, str]] = {}
+        self._snapshot_failures: dict[str, str] = {}
+        self._waiting: set[Path] = set()
+        self._snapshot_lock = threading.Lock()
         self._snapshots = SnapshotWriter(options.snapshot_dir, options.snapshot_every)
         self._watcher = Watcher(root=options.root, poll=options.poll, rescan=options.rescan)
 
     @property
-    def workers(self) -> dict[Path, RunWorker]:
-        """The runs being served, by store path."""
-        return dict(self._workers)
+    def workers(self) -> dict[str, RunWorker]:
+        """The runs being served, by run id."""
+        return {r.worker.run_id: r.worker for r in self._runs.values() if r.worker is not None}
+
+    @property
+    def failures(self) -> dict[Path, str]:
+        """The stores failing now (their last error) and why, as ``"kind: message"``."""
+        with self._lock:
+            return {p: f"{kind}: {message}" for p, (kind, message) in self._failures.items()}
 
     def stop(self) -> None:
-        """Ask the loop to end after the current batch (SIGTERM)."""
+        """Ask the loop to end after the current turn (SIGTERM)."""
         self._stop.set()
         self._watcher.wake()
 
     def close(self) -> None:
-        """Stop watching; safe to call twice."""
+        """Stop watching and wait for turns in flight, a stalled one no longer; safe twice."""
+        self._stop.set()
         self._watcher.close()
+        for run in self._runs.values():
+            if run.thread is None:
+                continue
+            run.thread.join(max(0.0, run.started + self._options.stall_after - time.monotonic()))
+            if run.thread.is_alive():
+                _log.warning("%s: its turn is stalled; leaving it behind", run.path)
 
-    def _candidates(self) -> list[Path]:
-        paths = [p.resolve() for p in self._options.stores]
-        if self._options.root is not None:
-            paths += sorted(p.resolve() for p in self._options.root.glob("*.zarr") if _is_store(p))
-        return list(dict.fromkeys(paths))
+    # --- finding runs ---------------------------------------------------------------------------
 
-    def _fail(self, path: Path, err: BaseException) -> None:
-        """Log and count a failure once per distinct cause; the run is retried on later wakes."""
-        kind = _classify(err, path)
-        signature = f"{kind}:{type(err).__name__}:{err}"
-        if self._failures.get(path) != signature:
-            self._failures[path] = signature
-            self._board.count_error(kind)
-            _log.error("%s: %s error: %s", path, kind, err)
-        if kind == "store_missing" and path in self._workers:
-            self._board.forget(self._workers.pop(path).name)
-            self._watcher.remove_store(path)
+    def _wait_for(self, path: Path, what: str) -> None:
+        """A path that does not exist yet: waited for while serving, a failure with ``--once``."""
+        if self._once:
+            err = StoreMissingError(f"{what} {str(path)!r} does not exist", path)
+            self._report(path, err.kind, str(err))
+        elif path not in self._waiting:
+            self._waiting.add(path)
+            _log.info("waiting for %s %s to appear", what, path)
 
-    def _worker(self, path: Path, on_batch: Callable[[RunWorker, DerivedBatch], None]) -> RunWorker:
-        worker = self._workers.get(path)
-        if worker is None:
-            worker = RunWorker(
-                path, self._settings, batch_rows=self._options.batch_rows, on_batch=on_batch
+    def _discover(self) -> list[_Run]:
+        """The runs to serve now, new ones added and vanished ones dropped."""
+        found: list[Path] = []
+        for path in self._options.stores:
+            if path.exists():
+                self._waiting.discard(path)
+                found += _runs_at(path.resolve())
+            else:
+                self._wait_for(path, "run store")
+        root = self._options.root
+        if root is not None:
+            if self._watcher.watch_root():
+                self._waiting.discard(root)
+                for child in sorted(root.glob("*.zarr")):
+                    if _is_store(child):
+                        found += _runs_at(child.resolve())
+            else:
+                self._wait_for(root, "--root folder")
+        paths = list(dict.fromkeys(found))
+        for path in [p for p in self._runs if p not in paths]:
+            self._vanished(self._runs[path])
+        for path in paths:
+            self._runs.setdefault(path, _Run(path))
+        return [self._runs[p] for p in paths]
+
+    def _vanished(self, run: _Run) -> None:
+        if run.busy:
+            return  # dropped once its turn is handled
+        if run.worker is not None and not run.path.exists():
+            err = StoreMissingError(f"run store {str(run.path)!r} was deleted", run.path)
+            self._report(run.path, err.kind, str(err))
+        self._drop(run)
+
+    def _drop(self, run: _Run) -> None:
+        self._runs.pop(run.path, None)
+        self._watcher.remove_store(run.path)
+        if run.worker is not None:
+            self._board.forget(run.worker.run_id)
+            with self._lock:
+                self._owners.pop(run.worker.run_id, None)
+            run.worker = None
+
+    # --- turns ----------------------------------------------------------------------------------
+
+    def _claim(self, worker: RunWorker, path: Path) -> None:
+        """Serve each run id from one store only: a copied store would overwrite its series."""
+        with self._lock:
+            owner = self._owners.setdefault(worker.run_id, path)
+        if owner != path:
+            raise StoreFormatError(
+                f"run store {str(path)!r} holds run_id {worker.run_id!r}, already served from "
+                f"{str(owner)!r} (a copy?); give the copy a new run_id in its zarr.json",
+                path,
             )
-            self._workers[path] = worker
-            self._watcher.add_store(path)
-            _log.info("serving run %r from %s", worker.name, path)
-        return worker
+
+    def _turn(self, run: _Run) -> None:
+        """One turn, on the run's own thread: open the run if needed and derive one batch."""
+        try:
+            if run.worker is None:
+                worker = RunWorker(
+                    run.path,
+                    self._settings,
+                    batch_rows=self._options.batch_rows,
+                    turn_seconds=self._options.turn_seconds,
+                    on_batch=self._on_batch,
+                )
+                self._claim(worker, run.path)
+                run.worker = worker
+            run.rows = run.worker.step()
+        except Exception as err:  # handed to the loop, which counts and logs it
+            run.error = err
+        finally:
+            run.finished.set()
+            self._watcher.wake()
+
+    def _start(self, run: _Run) -> None:
+        run.finished.clear()
+        run.rows, run.error = 0, None
+        run.started = time.monotonic()
+        run.thread = threading.Thread(
+            target=self._turn, args=(run,), name=f"texwatch-run-{run.path.name}", daemon=True
+        )
+        run.thread.start()
+
+    def _harvest(self, run: _Run) -> int:
+        """Handle a finished turn: count its failure or publish its results; rows derived."""
+        assert run.thread is not None
+        run.thread.join()
+        run.thread = None
+        took = time.monotonic() - run.started
+        if run.stalled:
+            run.stalled = False
+            _log.info("%s: its turn returned after %.0f s", run.path, took)
+        if run.error is not None:
+            self._fail(run, run.error)
+            return 0
+        worker = run.worker
+        assert worker is not None
+        if not run.announced:
+            run.announced = True
+            self._watcher.add_store(run.path)
+            _log.info("serving run %r (id %s) from %s", worker.name, worker.run_id, run.path)
+        with self._lock:
+            self._failures.pop(run.path, None)
+        self._board.observe_processing(worker.run_id, worker.name, took)
+        idle = time.time() - worker.last_activity
+        if idle > self._options.forget_after:
+            if worker.run_id in self._board.runs():
+                _log.info("%s: no commit for %.0f s; its series are dropped", run.path, idle)
+                self._board.forget(worker.run_id)
+        else:
+            stalled = Sample("texwatch_run_stalled", worker.labels, 0.0)
+            self._board.publish(worker.run_id, [*worker.samples(), stalled])
+        return run.rows
+
+    def _check_stalled(self, run: _Run) -> None:
+        took = time.monotonic() - run.started
+        if run.stalled or took < self._options.stall_after:
+            return
+        run.stalled = True
+        self._report(
+            run.path,
+            "stalled",
+            f"its turn has not returned for {took:.0f} s (a hung read?); it gets no new turn "
+            "until it does",
+        )
+        worker = run.worker
+        if worker is not None:
+            self._board.set_stalled(worker.run_id, worker.labels, True)
+
+    # --- failures -------------------------------------------------------------------------------
+
+    def _report(self, path: Path, kind: str, message: str, error: Exception | None = None) -> None:
+        """Count and log a failure once per distinct cause; the run is retried on later turns."""
+        with self._lock:
+            if self._failures.get(path) == (kind, message):
+                return
+            self._failures[path] = (kind, message)
+        self._board.count_error(kind)
+        _log.error("%s: %s error: %s", path, kind, message, exc_info=error)
+
+    def _fail(self, run: _Run, err: Exception) -> None:
+        if isinstance(err, TexwatchError):
+            self._report(run.path, err.kind, str(err))
+        else:  # not a failure texwatch knows: a bug, logged with its traceback
+            self._report(run.path, "internal", f"{type(err).__name__}: {err}", err)
+        if isinstance(err, StoreMissingError):
+            self._drop(run)
+
+    # --- snapshots ------------------------------------------------------------------------------
 
     def _on_batch(self, worker: RunWorker, batch: DerivedBatch) -> None:
-        self._board.publish(worker.name, worker.samples())
         try:
-            self._snapshots.on_batch(worker, batch.cursor)
+            with self._snapshot_lock:
+                self._snapshots.on_batch(worker, batch.cursor)
         except Exception as err:  # a snapshot must never stop derivation
             self._snapshot_failed(worker, err)
 
     def _snapshot_failed(self, worker: RunWorker, err: Exception) -> None:
-        signature = f"snapshot:{type(err).__name__}:{err}"
-        if self._failures.get(worker.path) != signature:
-            self._failures[worker.path] = signature
-            self._board.count_error("snapshot")
-            _log.error("%s: snapshot error: %s", worker.path, err)
-
-    def pass_once(self) -> int:
-        """Look at every run once and derive what is pending; rows derived in all."""
-        done = 0
-        for path in self._candidates():
-            if self._stop.is_set():
-                break
-            started = time.perf_counter()
-            try:
-                worker = self._worker(path, self._on_batch)
-                done += worker.process(self._stop)
-            except Exception as err:  # one bad run must not stop the others
-                self._fail(path, err)
-                continue
-            self._failures.pop(path, None)
-            self._board.observe_processing(worker.name, time.perf_counter() - started)
-            idle = time.time() - worker.last_activity
-            if idle > self._options.forget_after:
-                if worker.name in self._board.runs():
-                    _log.info("%s: no commit for %.0f s; its series are dropped", path, idle)
-                    self._board.forget(worker.name)
-            else:
-                self._board.publish(worker.name, worker.samples())
-        for path in [p for p in self._workers if not p.exists()]:
-            self._fail(path, FileNotFoundError(f"store {path} was deleted"))
-        return done
+        signature = f"{type(err).__name__}:{err}"
+        with self._lock:
+            if self._snapshot_failures.get(worker.run_id) == signature:
+                return
+            self._snapshot_failures[worker.run_id] = signature
+        self._board.count_error("snapshot")
+        _log.error("%s: snapshot error: %s", worker.path, err)
 
     def snapshot_all(self) -> None:
         """Write a snapshot of every run's newest step now (at the end of ``--once``)."""
-        for worker in self._workers.values():
+        for run in self._runs.values():
+            worker = run.worker
+            if worker is None or run.busy:
+                continue
             try:
-                self._snapshots.write(worker, worker.deriver.cursor)
+                with self._snapshot_lock:
+                    self._snapshots.write(worker, worker.deriver.cursor)
             except Exception as err:
                 self._snapshot_failed(worker, err)
 
+    # --- the loop -------------------------------------------------------------------------------
+
+    def pass_once(self) -> int:
+        """One round: every run gets one turn (at most one batch); rows derived in all.
+
+        A run whose earlier turn is still busy gets none, and is reported once it has been busy
+        for ``stall_after`` seconds.
+        """
+        done = 0
+        for run in self._discover():
+            if self._stop.is_set():
+                break
+            if run.busy and not run.finished.is_set():
+                self._check_stalled(run)
+                continue
+            if run.busy:  # a turn that finished after the round stopped waiting for it
+                done += self._harvest(run)
+                if run.path not in self._runs:
+                    continue
+            self._start(run)
+            if run.finished.wait(self._options.turn_seconds):
+                done += self._harvest(run)
+        return done
+
+    def _pending(self) -> bool:
+        """Some run has rows left to derive, can take a turn now, and derived some in its last."""
+        return any(
+            not r.busy and r.worker is not None and r.rows and r.worker.lag
+            for r in list(self._runs.values())
+        )
+
+    def _busy(self) -> bool:
+        """Some turn is in flight and not (yet) reported stalled."""
+        return any(r.busy and not r.stalled for r in list(self._runs.values()))
+
+    def catch_up(self) -> int:
+        """Rounds until every run has derived what is committed, or fails, or stalls; rows."""
+        done = 0
+        while not self._stop.is_set():
+            done += self.pass_once()
+            if self._pending():
+                continue
+            if not self._busy():
+                break
+            self._watcher.wait()
+        return done
+
     def run(self, *, once: bool = False) -> None:
-        """Serve until :meth:`stop`; with ``once``, derive the backlog, snapshot, and return."""
+        """Serve until :meth:`stop`; with ``once``, derive the backlog, snapshot, and return.
+
+        With ``once`` a store that does not exist is a failure (see :attr:`failures`); serving,
+        it is waited for.
+        """
+        self._once = once
+        if once:
+            self.catch_up()
+            self.snapshot_all()
+            return
         while not self._stop.is_set():
             self.pass_once()
-            if once:
-                self.snapshot_all()
-                return
-            self._watcher.wait()
+            if not self._pending():
+                self._watcher.wait()

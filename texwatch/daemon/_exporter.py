@@ -47,20 +47,22 @@ class Sample:
 class MetricsBoard(Collector):
     """The latest results of every run, published by the pipeline and read by scrapes.
 
-    Each run's samples are replaced as a whole, so a scrape sees one consistent batch per run.
-    Errors and processing times are ordinary prometheus_client metrics in the same registry.
+    Runs are keyed by their unique id (two runs may share a name); each run's samples are
+    replaced as a whole, so a scrape sees one consistent batch per run. Errors and processing
+    times are ordinary prometheus_client metrics in the same registry.
 
     Example:
         >>> registry = CollectorRegistry()
         >>> board = MetricsBoard(registry)
-        >>> board.publish("r1", [Sample("texwatch_loss", {"run": "r1"}, 0.5)])
-        >>> registry.get_sample_value("texwatch_loss", {"run": "r1"})
+        >>> board.publish("id1", [Sample("texwatch_loss", {"run": "r1", "run_id": "id1"}, 0.5)])
+        >>> registry.get_sample_value("texwatch_loss", {"run": "r1", "run_id": "id1"})
         0.5
     """
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self._lock = threading.Lock()
         self._runs: dict[str, tuple[Sample, ...]] = {}
+        self._observed: dict[str, str] = {}  # run id -> name, of the processing histogram
         self._errors = Counter(
             "texwatch_errors", FAMILIES["texwatch_errors"].doc, ["kind"], registry=registry
         )
@@ -69,35 +71,36 @@ class MetricsBoard(Collector):
         self._processing = Histogram(
             "texwatch_processing_seconds",
             FAMILIES["texwatch_processing_seconds"].doc,
-            ["run"],
+            list(FAMILIES["texwatch_processing_seconds"].labels),
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
             registry=registry,
         )
         registry.register(self)
 
-    def publish(self, run: str, samples: Iterable[Sample]) -> None:
-        """Replace everything exported for ``run`` by ``samples``."""
-        checked = tuple(samples)
-        for s in checked:
-            family = FAMILIES.get(s.name)
-            if family is None or family.kind == "histogram" or tuple(s.labels) != family.labels:
-                raise ValueError(
-                    f"Expected sample {s.name!r} to be a known family with labels "
-                    f"{family.labels if family else '?'} but got labels {tuple(s.labels)}"
-                )
+    def publish(self, run_id: str, samples: Iterable[Sample]) -> None:
+        """Replace everything exported for the run ``run_id`` by ``samples``."""
+        checked = self._checked(samples)
         with self._lock:
-            self._runs[run] = checked
+            self._runs[run_id] = checked
 
-    def forget(self, run: str) -> None:
-        """Stop exporting ``run`` (deleted, or finished long ago)."""
+    def set_stalled(self, run_id: str, labels: Mapping[str, str], stalled: bool) -> None:
+        """Set the run's ``texwatch_run_stalled`` and keep its other samples (its turn is busy)."""
+        (sample,) = self._checked([Sample("texwatch_run_stalled", dict(labels), float(stalled))])
         with self._lock:
-            known = self._runs.pop(run, None) is not None
-        if known:
+            kept = tuple(s for s in self._runs.get(run_id, ()) if s.name != sample.name)
+            self._runs[run_id] = (*kept, sample)
+
+    def forget(self, run_id: str) -> None:
+        """Stop exporting the run ``run_id`` (deleted, or finished long ago)."""
+        with self._lock:
+            self._runs.pop(run_id, None)
+            name = self._observed.pop(run_id, None)
+        if name is not None:
             with contextlib.suppress(KeyError):
-                self._processing.remove(run)
+                self._processing.remove(name, run_id)
 
     def runs(self) -> list[str]:
-        """Names of the runs being exported."""
+        """Ids of the runs being exported."""
         with self._lock:
             return sorted(self._runs)
 
@@ -107,9 +110,24 @@ class MetricsBoard(Collector):
             raise ValueError(f"Expected error kind in {ERROR_KINDS} but got {kind!r}")
         self._errors.labels(kind=kind).inc()
 
-    def observe_processing(self, run: str, seconds: float) -> None:
-        """Record how long one wake spent on ``run``."""
-        self._processing.labels(run=run).observe(seconds)
+    def observe_processing(self, run_id: str, name: str, seconds: float) -> None:
+        """Record how long one turn spent on the run ``run_id`` named ``name``."""
+        with self._lock:
+            self._observed[run_id] = name
+        self._processing.labels(run=name, run_id=run_id).observe(seconds)
+
+    @staticmethod
+    def _checked(samples: Iterable[Sample]) -> tuple[Sample, ...]:
+        """``samples`` if each is of a known family with exactly its labels, else ValueError."""
+        checked = tuple(samples)
+        for s in checked:
+            family = FAMILIES.get(s.name)
+            if family is None or family.kind == "histogram" or tuple(s.labels) != family.labels:
+                raise ValueError(
+                    f"Expected sample {s.name!r} to be a known family with labels "
+                    f"{family.labels if family else '?'} but got labels {tuple(s.labels)}"
+                )
+        return checked
 
     def collect(self) -> Iterator[Metric]:
         with self._lock:

@@ -1,13 +1,14 @@
-"""One watched run inside texwatchd: derive its new rows, store them, publish its metrics."""
+"""One watched run inside texwatchd: derive its new rows a batch at a time, store them, keep the
+values it exports."""
 
 from __future__ import annotations
 
 import logging
 import math
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -25,12 +26,17 @@ _TAIL_ROWS = 64  # derived rows re-read at start, to export the newest values af
 
 
 class RunWorker:
-    """Derives one run from its cursor in bounded batches and keeps its exported samples.
+    """Derives one run from its cursor, one bounded batch per :meth:`step`, and keeps its samples.
+
+    Not thread-safe: texwatchd runs each step on a thread of its own, never two at once.
 
     Args:
         path: the run's store.
         settings: derivation settings shared by every run of the daemon.
-        batch_rows: the most source rows per table derived (and committed) at once.
+        batch_rows: the most source rows per table derived (and committed) in one step.
+        turn_seconds: how long one step should take: the rows of the next step are halved after a
+            step that took longer and doubled (up to ``batch_rows``) after one that took under a
+            quarter, so a backlog of large images does not hold up other runs.
         on_batch: called after each committed batch (snapshots hook), with the worker and batch.
     """
 
@@ -40,27 +46,30 @@ class RunWorker:
         settings: DeriveSettings,
         *,
         batch_rows: int = 256,
+        turn_seconds: float = 0.5,
         on_batch: Callable[[RunWorker, DerivedBatch], None] | None = None,
     ) -> None:
         self.path = path
         self._settings = settings
-        self._batch_rows = batch_rows
+        self._batch_rows = self._rows = batch_rows
+        self._turn_seconds = turn_seconds
         self._on_batch = on_batch
         run = open_run(path)
-        self.name = run.name or path.stem
+        self.name = str(run.attrs.get("run") or path.stem)
+        self.run_id = run.run_id
         self._writer = DerivedWriter(path)
-        cursor = self._writer.cursor()
-        self._deriver = Deriver(settings, cursor=cursor, state=self._writer.state())
-        self._latest_streams: dict[str, dict[str, float]] = {}
-        self._latest_scalars: dict[str, float] = {}
-        self._latest_derived: dict[str, float] = {}
-        self._lag = 0
+        self._committed: dict[str, int] = {}
         self._drops: dict[str, int] = {}
         self._scalar_nonfinite: dict[str, int] = {}
-        self._processed_at = math.nan
         self.last_activity = time.time()  # last new commit or derived batch: idle runs are dropped
-        self._committed: dict[str, int] = {}
-        self._load_tail(run, cursor)
+        self._start_over_if_derived_is_gone()
+        self._reset(self._writer.cursor(), self._writer.state())
+        self._load_tail(run, self._deriver.cursor)
+
+    @property
+    def labels(self) -> dict[str, str]:
+        """The labels naming this run on every series: its name and its unique id."""
+        return {"run": self.name, "run_id": self.run_id}
 
     @property
     def deriver(self) -> Deriver:
@@ -68,9 +77,35 @@ class RunWorker:
         return self._deriver
 
     @property
+    def lag(self) -> int:
+        """Rows committed (as last read, after the newest step) that are not derived yet."""
+        return self._deriver.lag(self._committed)
+
+    @property
     def latest_streams(self) -> dict[str, dict[str, float]]:
         """Per stream, the derived values of its newest step (means over that step's rows)."""
         return {k: dict(v) for k, v in self._latest_streams.items()}
+
+    def _reset(self, cursor: Mapping[str, int], state: Mapping[str, Any] | None) -> None:
+        self._deriver = Deriver(self._settings, cursor=cursor, state=state)
+        self._latest_streams: dict[str, dict[str, float]] = {}
+        self._latest_scalars: dict[str, float] = {}
+        self._latest_derived: dict[str, float] = {}
+        self._processed_at = math.nan
+
+    def _start_over_if_derived_is_gone(self) -> bool:
+        """Re-create ``derived/`` from scratch when its marker or one of its arrays is gone."""
+        gone = self._writer.missing()
+        if gone is None:
+            return False
+        _log.warning(
+            "%s: %s is gone (derived/ deleted?); re-creating derived/ and deriving the run again "
+            "from its first row",
+            self.path,
+            gone,
+        )
+        self._writer.recreate()
+        return True
 
     def _load_tail(self, run: Run, cursor: Mapping[str, int]) -> None:
         """After a restart, export the newest stored values before anything new arrives."""
@@ -83,42 +118,44 @@ class RunWorker:
         if scalars:
             self._remember_source(run.scalars(scalars - 1, scalars, latest_wins=False))
 
-    def process(self, stop: threading.Event) -> int:
-        """Derive everything committed past the cursor (or until ``stop``); rows derived."""
+    def step(self) -> int:
+        """Derive and commit at most one batch of the rows committed past the cursor; its rows.
+
+        The commit marker is read again after the batch, so :attr:`lag` counts what arrived
+        meanwhile.
+        """
+        started = time.perf_counter()
+        if self._start_over_if_derived_is_gone():
+            self._reset({}, None)
         run = open_run(self.path)
         committed = run.committed()
         if committed != self._committed:
             self.last_activity = time.time()
-            self._committed = dict(committed)
+        self._committed = committed
         self._drops = run.drops()
         # The client saw the given values: its counts of non-finite loss / term rows are exact.
-        streams = set(committed)
-        self._scalar_nonfinite = {k: v for k, v in run.nonfinite().items() if k not in streams}
-        backlog = self._deriver.lag(committed)
-        done = 0
-        while not stop.is_set():
-            batch = self._deriver.advance(run, committed, self._batch_rows)
-            if batch is None:
-                break
-            for table, cols in batch.tables.items():
-                self._writer.append(table, cols)
-            self._writer.commit(batch.cursor, batch.state)
-            for table, cols in batch.tables.items():
-                self._remember(table, cols)
-            if SCALARS in batch.tables:
-                end = batch.cursor[SCALARS]
-                self._remember_source(run.scalars(end - 1, end, latest_wins=False))
-            done += batch.rows
-            self._lag = self._deriver.lag(committed)
-            self._processed_at = time.time()
-            if backlog > 4 * self._batch_rows:
-                _log.info("%s: caught up %d of %d rows", self.name, done, backlog)
-            if self._on_batch is not None:
-                self._on_batch(self, batch)
-        self._lag = self._deriver.lag(committed)
-        if done:
-            self.last_activity = time.time()
-        return done
+        self._scalar_nonfinite = {k: v for k, v in run.nonfinite().items() if k not in committed}
+        batch = self._deriver.advance(run, committed, self._rows)
+        if batch is None:
+            return 0
+        for table, cols in batch.tables.items():
+            self._writer.append(table, cols)
+        self._writer.commit(batch.cursor, batch.state)
+        for table, cols in batch.tables.items():
+            self._remember(table, cols)
+        if SCALARS in batch.tables:
+            end = batch.cursor[SCALARS]
+            self._remember_source(run.scalars(end - 1, end, latest_wins=False))
+        self._processed_at = self.last_activity = time.time()
+        self._committed = run.committed()
+        if self._on_batch is not None:
+            self._on_batch(self, batch)
+        took = time.perf_counter() - started
+        if took > self._turn_seconds:
+            self._rows = max(1, self._rows // 2)
+        elif took < self._turn_seconds / 4:
+            self._rows = min(self._batch_rows, 2 * self._rows)
+        return batch.rows
 
     def _remember(self, table: str, cols: Mapping[str, np.ndarray]) -> None:
         steps = cols.get("step")
@@ -140,13 +177,13 @@ class RunWorker:
 
     def samples(self) -> Iterator[Sample]:
         """Everything this run exports, from the latest derived results (no computation)."""
-        run = {"run": self.name}
-        yield Sample("texwatch_daemon_lag_rows", run, self._lag)
+        run = self.labels
+        yield Sample("texwatch_daemon_lag_rows", run, self.lag)
         yield Sample("texwatch_last_step", run, self._deriver.last_step)
         if not math.isnan(self._processed_at):
             yield Sample("texwatch_last_processed_timestamp_seconds", run, self._processed_at)
         for stream, values in self._latest_streams.items():
-            labels = {"run": self.name, "stream": stream}
+            labels = {**run, "stream": stream}
             for key, value in values.items():
                 name = STREAM_METRIC_NAMES.get(key) or STREAM_HEALTH_NAMES.get(key)
                 if name is not None:
@@ -161,28 +198,28 @@ class RunWorker:
             yield Sample("texwatch_loss_zscore", run, derived.get("loss_zscore", math.nan))
         monitor = self._deriver.loss_monitor
         for rule, count in monitor.counts.items():
-            yield Sample("texwatch_loss_spikes", {"run": self.name, "rule": rule}, count)
+            yield Sample("texwatch_loss_spikes", {**run, "rule": rule}, count)
         yield Sample("texwatch_loss_spike_warnings", run, monitor.warnings)
         yield from self._term_samples()
         for key, value in self._latest_scalars.items():
             if key in _RESERVED or key.startswith(("term/", "weight/", "nonfinite/")):
                 continue
-            yield Sample("texwatch_scalar", {"run": self.name, "name": key}, value)
+            yield Sample("texwatch_scalar", {**run, "name": key}, value)
         # Known sources start at 0, so the first NaN shows as an increase, not a new series.
         nonfinite = dict.fromkeys(["loss", *self._latest_streams], 0)
         nonfinite.update(self._scalar_nonfinite)
         nonfinite.update(self._deriver.nonfinite)
         for stream, count in nonfinite.items():
-            yield Sample("texwatch_nonfinite", {"run": self.name, "stream": stream}, count)
+            yield Sample("texwatch_nonfinite", {**run, "stream": stream}, count)
         for stream, count in self._drops.items():
-            labels = {"run": self.name, "stream": stream}
+            labels = {**run, "stream": stream}
             yield Sample("texwatch_client_dropped_rows", labels, count)
 
     def _term_samples(self) -> Iterator[Sample]:
         terms = sorted(k[len("term/") :] for k in self._latest_scalars if k.startswith("term/"))
         dead = 0
         for term in terms:
-            labels = {"run": self.name, "term": term}
+            labels = {**self.labels, "term": term}
             is_dead = self._latest_derived.get(f"dead/{term}", 0.0) == 1.0
             dead += is_dead
             yield Sample("texwatch_loss_term", labels, self._latest_scalars[f"term/{term}"])
@@ -193,4 +230,4 @@ class RunWorker:
             yield Sample("texwatch_loss_term_dead", labels, float(is_dead))
             broken = self._latest_derived.get(f"term_nonfinite/{term}", 0.0) == 1.0
             yield Sample("texwatch_loss_term_nonfinite", labels, float(broken))
-        yield Sample("texwatch_dead_loss_terms", {"run": self.name}, dead)
+        yield Sample("texwatch_dead_loss_terms", self.labels, dead)

@@ -1,8 +1,9 @@
 """Snapshots: one PNG and one JSON per run and interval, written atomically.
 
-``<dir>/<run>/<step>.png`` shows the newest samples, their spectrum, radial profile and ACF, the
-loss with EMA and spikes, and the diff heatmap when a target exists; ``<step>.json`` holds every
-metric of the interval (means over the interval's derived rows) and its spikes.
+``<dir>/<run>-<id>/<step>.png`` shows the newest samples, their spectrum, radial profile and ACF,
+the loss with EMA and spikes, and the diff heatmap when a target exists; ``<step>.json`` holds
+every metric of the interval (means over the interval's derived rows) and its spikes. ``<id>`` is
+the first 8 characters of the run's unique id, so runs that share a name keep their own folders.
 """
 
 from __future__ import annotations
@@ -75,7 +76,8 @@ class SnapshotWriter:
     """Writes a run's snapshot each time its steps cross a multiple of ``every``.
 
     Args:
-        directory: where ``<run>/<step>.png|.json`` go; None for ``snapshots/`` next to each store.
+        directory: where ``<run>-<id>/<step>.png|.json`` go; None for ``snapshots/`` next to
+            each store.
         every: steps between snapshots.
     """
 
@@ -88,9 +90,13 @@ class SnapshotWriter:
         self._rows_at_last: dict[str, dict[str, int]] = {}
 
     def folder(self, worker: RunWorker) -> Path:
-        """The folder holding ``worker``'s snapshots."""
+        """The folder holding ``worker``'s snapshots: ``<run name>-<first 8 of the run id>``.
+
+        The id keeps apart runs that share a name (a job started twice, the ranks of an
+        ``all_ranks`` job).
+        """
         base = self._directory if self._directory is not None else worker.path.parent / "snapshots"
-        return base / _safe_name(worker.name)
+        return base / f"{_safe_name(worker.name)}-{_safe_name(worker.run_id[:8])}"
 
     def on_batch(self, worker: RunWorker, cursor: dict[str, int]) -> None:
         """Write a snapshot when the newest derived step entered a new interval."""
@@ -98,7 +104,7 @@ class SnapshotWriter:
         if step < 0:
             return
         interval = step // self._every
-        previous = self._last_interval.setdefault(worker.name, interval)
+        previous = self._last_interval.setdefault(worker.run_id, interval)
         if interval > previous:
             self.write(worker, cursor)
 
@@ -108,7 +114,7 @@ class SnapshotWriter:
         if step < 0:
             return None
         run = open_run(worker.path)
-        since = self._rows_at_last.get(worker.name, {})
+        since = self._rows_at_last.get(worker.run_id, {})
         summary = self._summary(run, worker, cursor, since)
         folder = self.folder(worker)
         png = self._figure(run, worker, step, summary)
@@ -116,8 +122,8 @@ class SnapshotWriter:
             write_atomic(folder / f"{step}.png", png)
         body = json.dumps(summary, indent=2, sort_keys=True, allow_nan=False).encode()
         write_atomic(folder / f"{step}.json", body)
-        self._last_interval[worker.name] = step // self._every
-        self._rows_at_last[worker.name] = dict(cursor)
+        self._last_interval[worker.run_id] = step // self._every
+        self._rows_at_last[worker.run_id] = dict(cursor)
         return folder / f"{step}.png"
 
     def _summary(

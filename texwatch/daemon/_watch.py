@@ -4,7 +4,8 @@ A wake only says "look": the pipeline then reads the commit marker and works fro
 so a missed or duplicated event costs nothing but latency. zarr (>= 3.1.3) writes every key to a
 ``*.partial`` file and renames it into place; a commit is the rename onto the store's root
 ``zarr.json``. We watch each store's top folder (non-recursive) and ``--root`` itself, ignore
-``*.partial``, and also wake on a timer because inotify queue overflows are only logged.
+``*.partial``, and also wake on a timer because inotify queue overflows are only logged. A root
+that does not exist yet is watched from the first :meth:`Watcher.watch_root` that finds it.
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ class Watcher:
     """Watches stores (and optionally a root folder for new ``*.zarr`` runs) for commits.
 
     Args:
-        root: folder whose new ``*.zarr`` children are runs to pick up, or None.
+        root: folder whose new ``*.zarr`` children are runs to pick up, or None; it may appear
+            later (see :meth:`watch_root`).
         poll: seconds between polls to use the polling backend (NFS, CIFS, FUSE); None for the
             native observer, with polling as the fallback when it cannot start.
         rescan: the longest :meth:`wait` sleeps without an event.
@@ -73,8 +75,8 @@ class Watcher:
         self._lock = threading.Lock()
         self._handler = _Handler(self)
         self._observer = self._start_observer()
-        if self._root is not None:
-            self._schedule(self._root)
+        self._root_watched = False
+        self.watch_root()
 
     @property
     def backend(self) -> str:
@@ -102,6 +104,14 @@ class Watcher:
             _log.warning(
                 "cannot watch %s (%s); relying on the %.1f s rescan", folder, err, self._rescan
             )
+
+    def watch_root(self) -> bool:
+        """Start watching the root folder if it exists now (idempotent); whether it is watched."""
+        if self._root is None or self._root_watched or not self._root.is_dir():
+            return self._root_watched
+        self._root_watched = True
+        self._schedule(self._root)
+        return True
 
     def add_store(self, path: str | Path) -> None:
         """Start watching one store's top folder for commits (idempotent)."""
