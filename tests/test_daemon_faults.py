@@ -241,6 +241,57 @@ def test_a_garbage_derived_marker_is_an_error_naming_the_file(tmp_path: Path) ->
     assert str(marker) in daemon.failures[store]
 
 
+def _write_latents(store: Path, rows: int = 200) -> Path:
+    """A run of ``rows`` steps with latents 4x32x32 every step; the path of latents chunk 2.
+
+    A latents row is 16 KiB, so a chunk holds 64 rows and chunk 2 rows 128-191.
+    """
+    rng = np.random.default_rng(11)
+    writer = RunWriter.open(store)
+    steps = np.arange(rows)
+    writer.append(SCALARS, {"step": steps, "loss": 1.0 + 0.05 * rng.standard_normal(rows)})
+    writer.append(
+        "latents", {"step": steps, "data": rng.standard_normal((rows, 4, 32, 32), np.float32)}
+    )
+    writer.commit()
+    writer.close()
+    return store / "latents" / "data" / "c.2.0.0.0"
+
+
+def test_a_corrupt_stream_is_counted_once_fails_once_by_name_and_clears_when_repaired(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = tmp_path / "run.zarr"
+    chunk = _write_latents(store)
+    good = chunk.read_bytes()
+    chunk.write_bytes(good[: len(good) // 3])
+    registry = CollectorRegistry()
+    daemon = _daemon([store], registry, tmp_path)
+    try:
+        daemon.catch_up()
+        daemon.pass_once()  # the stream is retried, not counted again
+        assert _errors(registry)["corrupt_chunk"] == 1
+        assert sum(_errors(registry).values()) == 1
+        assert str(chunk) in daemon.failures[store.resolve() / "latents"]
+        cursor = open_run(store).derived_cursor()
+        assert cursor[SCALARS] == 200 and cursor["latents"] == 128  # only latents stopped
+        chunk.write_bytes(good)
+        daemon.catch_up()
+        assert daemon.failures == {}
+        assert open_run(store).derived_cursor()["latents"] == 200
+    finally:
+        daemon.close()
+
+    bad, other = tmp_path / "bad.zarr", tmp_path / "other.zarr"
+    _write_latents(bad).write_bytes(good[:100])
+    _write_latents(other)
+    argv = ["--store", str(bad), "--store", str(other), "--once", "--device", "cpu"]
+    assert main(argv) == 1
+    assert f"store {bad.resolve() / 'latents'} failed: corrupt_chunk" in capsys.readouterr().err
+    assert open_run(bad).derived_cursor()[SCALARS] == 200
+    assert open_run(other).derived_cursor()["latents"] == 200
+
+
 # --- items 10 and 11: failed stores with --once, stores that are not there yet ------------------
 
 

@@ -258,8 +258,7 @@ class Daemon:
             run.announced = True
             self._watcher.add_store(run.path)
             _log.info("serving run %r (id %s) from %s", worker.name, worker.run_id, run.path)
-        with self._lock:
-            self._failures.pop(run.path, None)
+        self._stream_failures(run.path, worker)
         self._board.observe_processing(worker.run_id, worker.name, took)
         idle = time.time() - worker.last_activity
         if idle > self._options.forget_after:
@@ -296,6 +295,20 @@ class Daemon:
             self._failures[path] = (kind, message)
         self._board.count_error(kind)
         _log.error("%s: %s error: %s", path, kind, message, exc_info=error)
+
+    def _stream_failures(self, path: Path, worker: RunWorker) -> None:
+        """After a turn that returned: the store is well; its stopped streams are reported alone.
+
+        A stream is keyed ``<store>/<stream>``, so a corrupt ``latents`` chunk is counted once,
+        fails ``--once`` by name, and is forgotten when the stream derives again.
+        """
+        errors = worker.deriver.stream_errors()
+        with self._lock:
+            self._failures.pop(path, None)
+            for key in [k for k in self._failures if k.parent == path and k.name not in errors]:
+                del self._failures[key]
+        for table, err in errors.items():
+            self._report(path / table, err.kind, str(err))
 
     def _fail(self, run: _Run, err: Exception) -> None:
         if isinstance(err, TexwatchError):
