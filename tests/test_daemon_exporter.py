@@ -229,7 +229,7 @@ def test_non_ascii_authorization_is_refused_with_401_and_no_traceback(
     capfd: pytest.CaptureFixture[str],
 ) -> None:
     registry, board = _board()
-    board.publish("r", [Sample("texwatch_last_step", {"run": "r"}, 5)])
+    board.publish("r", [Sample("texwatch_last_step", {"run": "r", "run_id": "r"}, 5)])
     server = serve_metrics(registry, bind="127.0.0.1", port=0, basic_auth=("prom", "pässwörd"))
     tokens = [
         b"Basic " + "prom:pässwörd".encode("latin-1"),
@@ -252,7 +252,7 @@ def test_non_ascii_authorization_is_refused_with_401_and_no_traceback(
     finally:
         server.close()
     assert answers == [(401, b"unauthorized\n")] * len(tokens)
-    assert 'texwatch_last_step{run="r"} 5.0' in body
+    assert 'texwatch_last_step{run="r",run_id="r"} 5.0' in body
     assert "Traceback" not in capfd.readouterr().err
 
 
@@ -272,14 +272,14 @@ def _ipv6_loopback() -> str | None:
 @pytest.mark.parametrize("with_auth", [False, True])
 def test_serves_on_the_ipv6_loopback(with_auth: bool) -> None:
     registry, board = _board()
-    board.publish("r", [Sample("texwatch_last_step", {"run": "r"}, 6)])
+    board.publish("r", [Sample("texwatch_last_step", {"run": "r", "run_id": "r"}, 6)])
     auth = ("u", "p") if with_auth else None
     server = serve_metrics(registry, bind="::1", port=0, basic_auth=auth)
     try:
         body = _get(f"http://[::1]:{server.port}/metrics", auth)
     finally:
         server.close()
-    assert 'texwatch_last_step{run="r"} 6.0' in body
+    assert 'texwatch_last_step{run="r",run_id="r"} 6.0' in body
 
 
 @pytest.mark.parametrize("with_auth", [False, True])
@@ -288,7 +288,7 @@ def test_an_idle_connection_does_not_hold_up_200_concurrent_tls_scrapes(
 ) -> None:
     cert, key = _self_signed(tmp_path)
     registry, board = _board()
-    board.publish("r", [Sample("texwatch_last_step", {"run": "r"}, 8)])
+    board.publish("r", [Sample("texwatch_last_step", {"run": "r", "run_id": "r"}, 8)])
     auth = ("u", "p") if with_auth else None
     server = serve_metrics(
         registry, bind="127.0.0.1", port=0, certfile=cert, keyfile=key, basic_auth=auth
@@ -316,7 +316,7 @@ def test_an_idle_connection_does_not_hold_up_200_concurrent_tls_scrapes(
         server.close()
     failed = [a for a in answers if not a.startswith("200 ")]
     assert not failed, f"{len(failed)} of 200 scrapes failed, first: {failed[0]}"
-    assert all('texwatch_last_step{run="r"} 8.0' in a for a in answers)
+    assert all('texwatch_last_step{run="r",run_id="r"} 8.0' in a for a in answers)
 
 
 def _ended_by_server(sock: socket.socket) -> bool:
