@@ -20,6 +20,7 @@ from test_daemon import write_run
 
 from texwatch.daemon import Daemon, DaemonOptions, main
 from texwatch.daemon._exporter import MetricsBoard
+from texwatch.daemon._runs import RunWorker
 from texwatch.derive import Deriver, DeriveSettings, derive_all
 from texwatch.errors import ComputeError, CorruptChunkError
 from texwatch.metric_names import ERROR_KINDS
@@ -167,6 +168,19 @@ def test_a_backlog_is_derived_a_batch_per_round_while_other_runs_keep_up(tmp_pat
     assert _value(registry, "texwatch_daemon_lag_rows", run="backlog") == 0
     assert _value(registry, "texwatch_last_step", run="backlog") == 3099
     assert _value(registry, "texwatch_last_step", run="healthy") == newest
+
+
+def test_a_slow_turn_shrinks_image_rows_but_never_the_loss_detectors_rows(tmp_path: Path) -> None:
+    store = tmp_path / "slow.zarr"
+    write_run(store, range(128), image_every=1, commit_every=128)
+    # Any real turn takes longer than this: every turn counts as slow.
+    worker = RunWorker(store, DeriveSettings(window=32), batch_rows=32, turn_seconds=1e-9)
+    cursors = []
+    for _ in range(4):
+        worker.step()
+        cursor = open_run(store).derived_cursor()
+        cursors.append((cursor[SCALARS], cursor["pred"]))
+    assert cursors == [(32, 32), (64, 48), (96, 56), (128, 60)]
 
 
 # --- item 9: derived/ deleted, or its marker garbage --------------------------------------------

@@ -307,21 +307,30 @@ class Deriver:
         }
 
     def advance(
-        self, run: Run, committed: Mapping[str, int], max_rows: int = 256
+        self,
+        run: Run,
+        committed: Mapping[str, int],
+        max_rows: int = 256,
+        *,
+        image_rows: int | None = None,
     ) -> DerivedBatch | None:
         """Derive up to ``max_rows`` new rows of each table; None when nothing is pending.
 
-        Image rows are read and derived in sub-batches sized to ``settings.memory_budget``. A
-        table that fails keeps the rows derived before the failure, is listed by
-        :meth:`stream_errors` and is retried from its cursor on the next call.
+        ``image_rows`` caps the rows of each image stream lower (their metrics cost milliseconds
+        a row where a scalar row costs microseconds), so a caller bounding a batch's time need
+        not starve the loss detectors. Image rows are read and derived in sub-batches sized to
+        ``settings.memory_budget``. A table that fails keeps the rows derived before the
+        failure, is listed by :meth:`stream_errors` and is retried from its cursor on the next
+        call.
         """
         tables: dict[str, dict[str, np.ndarray]] = {}
         streams = [t for t in committed if t not in (SCALARS, ITEMS)]
         # Targets first, so a pred row finds the target recorded at its step.
         streams.sort(key=lambda t: (t != "target", t))
+        per_stream = max_rows if image_rows is None else min(max_rows, image_rows)
         for name in streams:
             start = self._cursor.get(name, 0)
-            stop = min(committed[name], start + max_rows)
+            stop = min(committed[name], start + per_stream)
             if stop <= start:
                 continue
             parts: list[dict[str, np.ndarray]] = []

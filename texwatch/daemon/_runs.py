@@ -34,9 +34,10 @@ class RunWorker:
         path: the run's store.
         settings: derivation settings shared by every run of the daemon.
         batch_rows: the most source rows per table derived (and committed) in one step.
-        turn_seconds: how long one step should take: the rows of the next step are halved after a
-            step that took longer and doubled (up to ``batch_rows``) after one that took under a
-            quarter, so a backlog of large images does not hold up other runs.
+        turn_seconds: how long one step should take: the image rows of the next step are halved
+            after a step that took longer and doubled (up to ``batch_rows``) after one that took
+            under a quarter, so a backlog of large images does not hold up other runs. Scalar
+            rows, microseconds each, always go ``batch_rows`` at a time.
         on_batch: called after each committed batch (snapshots hook), with the worker and batch.
     """
 
@@ -135,7 +136,7 @@ class RunWorker:
         self._drops = run.drops()
         # The client saw the given values: its counts of non-finite loss / term rows are exact.
         self._scalar_nonfinite = {k: v for k, v in run.nonfinite().items() if k not in committed}
-        batch = self._deriver.advance(run, committed, self._rows)
+        batch = self._deriver.advance(run, committed, self._batch_rows, image_rows=self._rows)
         if batch is None:
             return 0
         for table, cols in batch.tables.items():
