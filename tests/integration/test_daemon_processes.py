@@ -92,7 +92,7 @@ def _sample(text: str, name: str, **labels: str) -> float | None:
     return None
 
 
-def _wait_for(port: int, name: str, expected: float, timeout: float = 90.0, **labels: str) -> str:
+def _wait_for(port: int, name: str, expected: float, timeout: float = 240.0, **labels: str) -> str:
     deadline = time.monotonic() + timeout
     text = ""
     while time.monotonic() < deadline:
