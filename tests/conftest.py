@@ -1,12 +1,15 @@
-"""Suite-wide guards: every test must clean up the threads it starts."""
+"""Suite-wide guards (every test must clean up the threads it starts) and the client's fixtures."""
 
 from __future__ import annotations
 
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+
+import texwatch.client as tw
 
 _PROCESS_WIDE = ("zarr_io", "asyncio_")
 
@@ -30,3 +33,18 @@ def _no_leaked_threads() -> Iterator[None]:
             return
         time.sleep(0.05)
     pytest.fail(f"test leaked threads: {[t.name for t in leaked]}")
+
+
+@pytest.fixture()
+def path(tmp_path: Path) -> Path:
+    """A run store path whose parent folder does not exist yet."""
+    return tmp_path / "runs" / "x.zarr"
+
+
+@pytest.fixture()
+def no_default_recorder(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """No ``$TEXWATCH_STORE`` or ``$RANK`` from outside; the default recorder closed after."""
+    monkeypatch.delenv("TEXWATCH_STORE", raising=False)
+    monkeypatch.delenv("RANK", raising=False)
+    yield
+    tw.close()

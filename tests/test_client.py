@@ -29,18 +29,7 @@ from texwatch.store import (
     run_paths,
 )
 
-
-@pytest.fixture()
-def path(tmp_path: Path) -> Path:
-    return tmp_path / "runs" / "x.zarr"
-
-
-@pytest.fixture(autouse=True)
-def _no_default_recorder(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.delenv("TEXWATCH_STORE", raising=False)
-    monkeypatch.delenv("RANK", raising=False)
-    yield
-    tw.close()
+pytestmark = pytest.mark.usefixtures("no_default_recorder")
 
 
 def test_round_trip_of_every_argument(path: Path) -> None:

@@ -10,7 +10,6 @@ import os
 import subprocess
 import sys
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -60,18 +59,7 @@ rec.close()
 print("done", flush=True)
 """
 
-
-@pytest.fixture()
-def path(tmp_path: Path) -> Path:
-    return tmp_path / "runs" / "x.zarr"
-
-
-@pytest.fixture(autouse=True)
-def _no_default_recorder(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.delenv("TEXWATCH_STORE", raising=False)
-    monkeypatch.delenv("RANK", raising=False)
-    yield
-    tw.close()
+pytestmark = pytest.mark.usefixtures("no_default_recorder")
 
 
 def _start_first_writer(path: Path, all_ranks: bool = False) -> subprocess.Popen[str]:
