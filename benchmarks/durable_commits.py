@@ -106,6 +106,15 @@ def _records(root: Path, calls: int, durable: bool) -> tuple[np.ndarray, np.ndar
     return walls, cpus, flushed
 
 
+def _line(
+    durable: bool, wall: np.ndarray, cpu: np.ndarray, *, scale: float, base: float, extra: str
+) -> list[str]:
+    """One table line: medians and p99s of wall and CPU time in ``1/scale`` s, ``extra``, ratio."""
+    (w50, w99), (c50, c99) = _stats(wall), _stats(cpu)
+    times = [f"{v * scale:.{1 if scale > 1e3 else 2}f}" for v in (w50, w99, c50, c99)]
+    return ["durable" if durable else "default", *times, extra, f"{w50 / base:.2f}"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dir", type=Path, default=None, help="where the stores go (default: TMP)")
@@ -120,21 +129,16 @@ def main() -> None:
         )
         commits = _commits(root, blocks)
         base = float(np.median(commits[False][0]))
-        lines = []
-        for mode in (False, True):
-            wall, cpu = commits[mode]
-            (w50, w99), (c50, c99) = _stats(wall), _stats(cpu)
-            lines.append(
-                [
-                    "durable" if mode else "default",
-                    f"{w50 * 1e3:.2f}",
-                    f"{w99 * 1e3:.2f}",
-                    f"{c50 * 1e3:.2f}",
-                    f"{c99 * 1e3:.2f}",
-                    f"{1.0 / float(np.mean(wall)):.0f}",
-                    f"{w50 / base:.2f}",
-                ]
+        lines = [
+            _line(
+                mode,
+                *commits[mode],
+                scale=1e3,
+                base=base,
+                extra=f"{1.0 / float(np.mean(commits[mode][0])):.0f}",
             )
+            for mode in (False, True)
+        ]
         print(
             f"(a) one commit of {_BLOCK_ROWS} scalar + {_LATENT_ROWS} latents rows, {blocks} each"
         )
@@ -152,21 +156,16 @@ def main() -> None:
         )
         results = {mode: _records(root, calls, mode) for mode in (False, True)}
         base = float(np.median(results[False][0]))
-        lines = []
-        for mode in (False, True):
-            wall, cpu, flushed = results[mode]
-            (w50, w99), (c50, c99) = _stats(wall), _stats(cpu)
-            lines.append(
-                [
-                    "durable" if mode else "default",
-                    f"{w50 * 1e6:.1f}",
-                    f"{w99 * 1e6:.1f}",
-                    f"{c50 * 1e6:.1f}",
-                    f"{c99 * 1e6:.1f}",
-                    f"{flushed * 1e3:.1f}",
-                    f"{w50 / base:.2f}",
-                ]
+        lines = [
+            _line(
+                mode,
+                *results[mode][:2],
+                scale=1e6,
+                base=base,
+                extra=f"{results[mode][2] * 1e3:.1f}",
             )
+            for mode in (False, True)
+        ]
         print(f"(b) record(step, loss, latents=1x4x64x64, scalars), {calls} calls, flush 0.02 s")
         table(
             [
