@@ -438,7 +438,7 @@ def test_a_failure_is_counted_by_its_type_and_a_bug_logged_with_its_traceback(
     store = tmp_path / "f.zarr"
     write_run(store, range(30))
 
-    def advance(self: Deriver, *args: object) -> None:
+    def advance(self: Deriver, *args: object, **kwargs: object) -> None:
         raise error
 
     monkeypatch.setattr(Deriver, "advance", advance)
