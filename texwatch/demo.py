@@ -150,7 +150,7 @@ class DemoResult:
         out: the output folder.
         runs: run store per variant name (``bad``, ``good``).
         report_dir: holds ``index.html``, ``report.pdf`` and ``report.json``.
-        snapshot_dir: texwatchd's ``<run>/<step>.png|.json``.
+        snapshot_dir: texwatchd's ``<run>-<run id>/<step>.png|.json``.
         metrics_url: texwatchd's endpoint (gone after the demo unless ``keep_serving``).
         metrics_file: the endpoint's last scrape, saved.
         causes: probable-cause keys the report found, per variant name.
@@ -676,18 +676,21 @@ def _metric_lines(exposition: str, runs: Sequence[str]) -> dict[str, str]:
 
 def _fresh_store(path: Path, snapshots: Path) -> None:
     """Remove an earlier demo's store (and its snapshots); refuse to touch anything else."""
+    from texwatch.daemon import snapshot_folder_name
     from texwatch.store import open_run, remove_run
 
     if not path.exists():
         return
     try:
-        is_demo = bool(open_run(path).config.get(_DEMO_KEY))
+        run = open_run(path)
+        is_demo = bool(run.config.get(_DEMO_KEY))
     except (OSError, ValueError):
         is_demo = False
     if not is_demo:
         raise DemoError(f"{path} exists and is not a texwatch demo run; choose another --out")
+    folder = snapshots / snapshot_folder_name(run.name, run.run_id)
     remove_run(path)
-    shutil.rmtree(snapshots / path.stem, ignore_errors=True)
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def _judge(causes: Mapping[str, list[str]]) -> dict[str, list[str]]:
@@ -846,7 +849,7 @@ def _print_where(result: DemoResult, daemon: _Daemon, keep_serving: bool, log: I
     print(
         f"  report     {result.report_dir / 'index.html'} (also report.pdf, report.json)", file=log
     )
-    print(f"  snapshots  {result.snapshot_dir}/<run>/<step>.png and .json", file=log)
+    print(f"  snapshots  {result.snapshot_dir}/<run>-<run id>/<step>.png and .json", file=log)
     print(f"  metrics    {served}", file=log)
     print(f"  runs       {', '.join(str(p) for p in result.runs.values())}", file=log)
     print(f"  daemon log {daemon.log_path}", file=log, flush=True)

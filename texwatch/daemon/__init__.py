@@ -22,8 +22,9 @@ from texwatch._memory import retain_freed_memory
 from texwatch.derive import add_derive_arguments, settings_from_args
 
 from ._daemon import Daemon, DaemonOptions
+from ._snapshots import snapshot_folder_name
 
-__all__ = ["Daemon", "DaemonOptions", "build_parser", "main"]
+__all__ = ["Daemon", "DaemonOptions", "build_parser", "main", "snapshot_folder_name"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -54,6 +54,15 @@ def _safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "run"
 
 
+def snapshot_folder_name(name: str, run_id: str) -> str:
+    """The snapshot folder of a run: ``<run name>-<first 8 of the run id>``, safe for any name.
+
+    The id keeps apart runs that share a name (a job started twice, the ranks of an
+    ``all_ranks`` job).
+    """
+    return f"{_safe_name(name)}-{_safe_name(run_id[:8])}"
+
+
 def _finite_or_none(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
@@ -90,13 +99,9 @@ class SnapshotWriter:
         self._rows_at_last: dict[str, dict[str, int]] = {}
 
     def folder(self, worker: RunWorker) -> Path:
-        """The folder holding ``worker``'s snapshots: ``<run name>-<first 8 of the run id>``.
-
-        The id keeps apart runs that share a name (a job started twice, the ranks of an
-        ``all_ranks`` job).
-        """
+        """The folder holding ``worker``'s snapshots (see :func:`snapshot_folder_name`)."""
         base = self._directory if self._directory is not None else worker.path.parent / "snapshots"
-        return base / f"{_safe_name(worker.name)}-{_safe_name(worker.run_id[:8])}"
+        return base / snapshot_folder_name(worker.name, worker.run_id)
 
     def on_batch(self, worker: RunWorker, cursor: dict[str, int]) -> None:
         """Write a snapshot when the newest derived step entered a new interval."""
