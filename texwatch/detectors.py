@@ -457,11 +457,31 @@ class _Stateful(ABC):
         return obj
 
 
+class _Series(_Stateful):
+    """A detector fed one step at a time; a step at or before the last one rewinds it first.
+
+    A resumed job repeats the steps after its checkpoint: each :meth:`update` goes through
+    :meth:`_step_to`, so the detector forgets what it saw from that step on before judging it.
+    """
+
+    _last_step: int
+
+    @abstractmethod
+    def rewind(self, step: int) -> None:
+        """Forget what was seen at or after ``step``."""
+
+    def _step_to(self, step: int) -> None:
+        """Make the checked ``step`` the last one, rewinding first if it is not past it."""
+        if step <= self._last_step:
+            self.rewind(step)
+        self._last_step = step
+
+
 # --------------------------------------------------------------------------------------------
 # EMA.
 
 
-class EMA(_Stateful):
+class EMA(_Series):
     """Exponential moving average of a series, skipping non-finite values, rewindable.
 
     Args:
@@ -499,9 +519,7 @@ class EMA(_Stateful):
         """Fold ``value`` at ``step`` in (a non-finite value is skipped) and return the average."""
         step = _check_step(step)
         x = _check_value("value", value)
-        if step <= self._last_step:
-            self.rewind(step)
-        self._last_step = step
+        self._step_to(step)
         if math.isfinite(x):
             self._ring.push(step, self._value)
             old = self._value
@@ -548,7 +566,7 @@ class SpikeVerdict:
     warning: bool
 
 
-class _WindowSpikeDetector(_Stateful):
+class _WindowSpikeDetector(_Series):
     """One-sided spike detection against the last ``window`` unflagged values.
 
     A subclass says on which scale values are judged (:meth:`transform`, what the history
@@ -603,9 +621,7 @@ class _WindowSpikeDetector(_Stateful):
             exclude: keep the value out of the history anyway (another rule flagged it).
         """
         step = _check_step(step)
-        if step <= self._last_step:
-            self.rewind(step)
-        self._last_step = step
+        self._step_to(step)
         z = self.score(value)
         alarm = z >= self.sigma
         verdict = SpikeVerdict(step, float(value), z, alarm, not alarm and z >= self.warn_sigma)
@@ -696,7 +712,7 @@ class LogSpikeDetector(_WindowSpikeDetector):
 # Hard rules.
 
 
-class HardMaxRule(_Stateful):
+class HardMaxRule(_Series):
     """Megatron's rule: flag a value ≥ ``factor`` × the maximum of the first ``first`` values.
 
     Non-finite and excluded values are not collected; nothing fires until ``first`` values are
@@ -726,9 +742,7 @@ class HardMaxRule(_Stateful):
         """Check ``value`` at ``step``; return True when it fires."""
         step = _check_step(step)
         x = _check_value("value", value)
-        if step <= self._last_step:
-            self.rewind(step)
-        self._last_step = step
+        self._step_to(step)
         if not math.isfinite(x):
             return False
         if not self._ring.full:
@@ -755,7 +769,7 @@ class HardMaxRule(_Stateful):
         self._last_step = int(state["last_step"])
 
 
-class SustainedRule(_Stateful):
+class SustainedRule(_Series):
     """llm-foundry's rule: fire when ``steps`` values in a row are ≥ ``factor`` × the running mean.
 
     The running mean is over the last ``window`` values, high ones included as llm-foundry does
@@ -794,9 +808,7 @@ class SustainedRule(_Stateful):
         """Check ``value`` at ``step``; return True on the step the high run reaches ``steps``."""
         step = _check_step(step)
         x = _check_value("value", value)
-        if step <= self._last_step:
-            self.rewind(step)
-        self._last_step = step
+        self._step_to(step)
         if not math.isfinite(x):
             self._run = 0
             return False
@@ -832,7 +844,7 @@ class SustainedRule(_Stateful):
         self._last_step = int(state["last_step"])
 
 
-class DriftRule(_Stateful):
+class DriftRule(_Series):
     """Page's CUSUM against a slow baseline: divergence and sustained level shifts.
 
     Each value (the log of the raw loss by default: it only falls while training goes well) less
@@ -913,9 +925,7 @@ class DriftRule(_Stateful):
         """Judge ``value`` at ``step``; return True when the rule fires."""
         step = _check_step(step)
         x = _check_value("value", value)
-        if step <= self._last_step:
-            self.rewind(step)
-        self._last_step = step
+        self._step_to(step)
         if not math.isfinite(x) or exclude:
             return False
         fired = False
