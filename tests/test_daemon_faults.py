@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -18,7 +19,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from test_daemon import write_run
 
-from texwatch.daemon import Daemon, DaemonOptions, main
+from texwatch.daemon import Daemon, DaemonOptions, _runs, main
 from texwatch.daemon._exporter import MetricsBoard
 from texwatch.daemon._runs import RunWorker
 from texwatch.derive import Deriver, DeriveSettings, derive_all
@@ -170,17 +171,29 @@ def test_a_backlog_is_derived_a_batch_per_round_while_other_runs_keep_up(tmp_pat
     assert _value(registry, "texwatch_last_step", run="healthy") == newest
 
 
-def test_a_slow_turn_shrinks_image_rows_but_never_the_loss_detectors_rows(tmp_path: Path) -> None:
+def test_image_rows_start_at_one_grow_on_fast_turns_and_halve_on_slow_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new run's first turn derives one image row per stream, so even its first turn is short;
+    the loss detectors' scalar rows always go a whole batch at a time."""
     store = tmp_path / "slow.zarr"
     write_run(store, range(128), image_every=1, commit_every=128)
-    # Any real turn takes longer than this: every turn counts as slow.
-    worker = RunWorker(store, DeriveSettings(window=32), batch_rows=32, turn_seconds=1e-9)
+    durations = iter([0.0, 0.0, 0.0, 5.0, 5.0, 0.0])  # each turn's duration, by a fake clock
+    readings: list[float] = []
+
+    def perf_counter() -> float:  # a turn reads it at its start and at its end
+        readings.append(readings[-1] + next(durations) if len(readings) % 2 else 0.0)
+        return readings[-1]
+
+    monkeypatch.setattr(_runs, "time", SimpleNamespace(perf_counter=perf_counter, time=time.time))
+    worker = RunWorker(store, DeriveSettings(window=32), batch_rows=32, turn_seconds=1.0)
     cursors = []
-    for _ in range(4):
+    for _ in range(6):
         worker.step()
         cursor = open_run(store).derived_cursor()
         cursors.append((cursor[SCALARS], cursor["pred"]))
-    assert cursors == [(32, 32), (64, 48), (96, 56), (128, 60)]
+    # pred rows per turn: 1, 2, 4 (fast: doubled), 8 (slow: halved), 4 (slow), 2.
+    assert cursors == [(32, 1), (64, 3), (96, 7), (128, 15), (128, 19), (128, 21)]
 
 
 # --- item 9: derived/ deleted, or its marker garbage --------------------------------------------

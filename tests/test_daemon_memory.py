@@ -47,10 +47,10 @@ def _backlog(store: Path) -> None:
         writer.commit()
 
 
-def _derive_under_limit(store: Path, tmp_path: Path, budget: str) -> dict[str, int]:
+def _derive_under_limit(store: Path, tmp_path: Path, *options: str) -> dict[str, int]:
     env = {**os.environ, "MALLOC_ARENA_MAX": "1", "OMP_NUM_THREADS": "2"}
     argv = [sys.executable, "-c", _CHILD, str(HEADROOM), "--store", str(store), "--once"]
-    argv += ["--device", "cpu", "--memory-budget", budget, "--snapshot-dir", str(tmp_path)]
+    argv += ["--device", "cpu", "--snapshot-dir", str(tmp_path), *options]
     subprocess.run(argv, env=env, capture_output=True, timeout=1800)
     return open_run(store).derived_cursor()
 
@@ -60,11 +60,14 @@ def test_a_backlog_derives_under_an_address_space_limit_the_unbounded_batch_exce
     tmp_path: Path,
 ) -> None:
     unbounded, budgeted = tmp_path / "unbounded.zarr", tmp_path / "budgeted.zarr"
+    # Image batches start at 1 row and double after every turn under a quarter of
+    # --turn-seconds (all of them here): unbudgeted, a batch of 128 or 256 rows is read and
+    # derived at once, and it cannot fit.
     _backlog(unbounded)
     _backlog(budgeted)
-    # Before the budget, a 256-row batch was read and derived at once: it cannot fit.
-    assert _derive_under_limit(unbounded, tmp_path, "1TiB").get("pred", 0) < ROWS
-    cursor = _derive_under_limit(budgeted, tmp_path, "128MiB")
+    unbudgeted = ("--memory-budget", "1TiB", "--turn-seconds", "1e9")
+    assert _derive_under_limit(unbounded, tmp_path, *unbudgeted).get("pred", 0) < ROWS
+    cursor = _derive_under_limit(budgeted, tmp_path, "--memory-budget", "128MiB")
     assert cursor["pred"] == ROWS and cursor[SCALARS] == ROWS
     derived = open_run(budgeted).derived("pred")
     assert derived["step"].tolist() == list(range(ROWS))

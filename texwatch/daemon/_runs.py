@@ -34,10 +34,11 @@ class RunWorker:
         path: the run's store.
         settings: derivation settings shared by every run of the daemon.
         batch_rows: the most source rows per table derived (and committed) in one step.
-        turn_seconds: how long one step should take: the image rows of the next step are halved
-            after a step that took longer and doubled (up to ``batch_rows``) after one that took
-            under a quarter, so a backlog of large images does not hold up other runs. Scalar
-            rows, microseconds each, always go ``batch_rows`` at a time.
+        turn_seconds: how long one step should take: the first step derives one image row per
+            stream, and the image rows of the next step are halved after a step that took longer
+            and doubled (up to ``batch_rows``) after one that took under a quarter, so a new run's
+            backlog of large images does not hold up other runs, not even on its first step.
+            Scalar rows, microseconds each, always go ``batch_rows`` at a time.
         on_batch: called after each committed batch (snapshots hook), with the worker and batch.
     """
 
@@ -52,7 +53,8 @@ class RunWorker:
     ) -> None:
         self.path = path
         self._settings = settings
-        self._batch_rows = self._rows = batch_rows
+        self._batch_rows = batch_rows
+        self._rows = 1
         self._turn_seconds = turn_seconds
         self._on_batch = on_batch
         run = open_run(path)
