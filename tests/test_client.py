@@ -17,7 +17,14 @@ import torch
 import zarr
 
 import texwatch.client as tw
-from texwatch.client import DEFAULT_EVERY, DEFAULT_MAX_ITEMS, Recorder, WriterError, detect_rank
+from texwatch.client import (
+    DEFAULT_EVERY,
+    DEFAULT_MAX_ITEMS,
+    Recorder,
+    RecorderOptions,
+    WriterError,
+    detect_rank,
+)
 from texwatch.store import (
     ITEMS,
     LOSS_NAN,
@@ -250,6 +257,27 @@ def test_bad_init_arguments(path: Path, kwargs: dict[str, Any], error: type, mat
     with pytest.raises(error, match=match):
         Recorder(path, **kwargs)
     assert not path.exists()
+
+
+def test_options_are_one_declaration_shared_by_recorder_and_init(path: Path) -> None:
+    with pytest.raises(
+        TypeError, match=r"Recorder\(\): unknown option 'flush'; expected one of run"
+    ):
+        Recorder(path, flush=1.0)
+    with pytest.raises(TypeError, match=r"init\(\): unknown option 'durabel'"):
+        tw.init(path, durabel=True)
+    with pytest.raises(TypeError, match="options must be a RecorderOptions, got dict"):
+        Recorder(path, options={"run": "x"})  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"every\['pred'\] must be >= 1"):
+        RecorderOptions(every={"pred": 0})
+    assert not path.exists()
+    shared = RecorderOptions(run="base", every={"latents": 2})
+    with Recorder(path, options=shared, run="mine") as rec:  # keywords override the object
+        for step in range(4):
+            rec.record(step, 1.0, latents=np.ones((1, 4, 2, 2), np.float32))
+    run = open_run(path)
+    assert run.name == "mine" and run.stream("latents")[0].tolist() == [0, 2]
+    assert shared.run == "base"
 
 
 def test_bad_store_paths(path: Path) -> None:

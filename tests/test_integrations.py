@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import texwatch.client as tw
+from texwatch.client import RecorderOptions
 from texwatch.integrations.accelerate import AcceleratorRecorder
 from texwatch.integrations.lightning import TexwatchCallback
 from texwatch.store import open_run
@@ -200,6 +201,13 @@ def test_lightning_callback_rejects_bad_arguments() -> None:
         TexwatchCallback(recorder="runs/x.zarr")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="path"):
         TexwatchCallback(42)  # type: ignore[arg-type]
+    # Options are checked when the callback is made, not when fitting starts on rank 0.
+    with pytest.raises(TypeError, match=r"TexwatchCallback\(\): unknown option 'flush'"):
+        TexwatchCallback("runs/x.zarr", flush=1.0)
+    with pytest.raises(ValueError, match="flush_interval must be finite and > 0"):
+        TexwatchCallback("runs/x.zarr", flush_interval=0)
+    with pytest.raises(ValueError, match="all_ranks=True given"):
+        TexwatchCallback("runs/x.zarr", all_ranks=True)
 
 
 def test_accelerate_helper_records_one_row_per_optimizer_step(tmp_path: Path) -> None:
@@ -232,6 +240,28 @@ def test_accelerate_helper_rejects_a_non_accelerator(tmp_path: Path) -> None:
     with pytest.raises(TypeError, match="accelerator"):
         AcceleratorRecorder(object(), tmp_path / "x.zarr")  # type: ignore[arg-type]
     assert not (tmp_path / "x.zarr").exists()
+
+
+def test_accelerate_helper_takes_every_recorder_option_and_refuses_all_ranks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    accelerator = Accelerator(cpu=True)
+    with pytest.raises(ValueError, match=r"AcceleratorRecorder\(\): all_ranks=True given"):
+        AcceleratorRecorder(accelerator, tmp_path / "x.zarr", all_ranks=True)
+    with pytest.raises(TypeError, match="unknown option 'max_item'"):
+        AcceleratorRecorder(accelerator, tmp_path / "x.zarr", max_item=2)
+    assert not (tmp_path / "x.zarr").exists()
+    synced: list[int] = []
+    fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), fsync(fd))[1])
+    options = RecorderOptions(run="acc", max_items=1)
+    with AcceleratorRecorder(
+        accelerator, tmp_path / "acc.zarr", options=options, durable=True
+    ) as rec:
+        rec.record(0, 1.0, latents=np.ones((3, 4, 8, 8), np.float32))
+    assert synced  # durable=True reached the store
+    run = open_run(tmp_path / "acc.zarr")
+    assert run.name == "acc" and run.stream("latents")[1].shape == (1, 4, 8, 8)
 
 
 _WORKER = textwrap.dedent(

@@ -16,6 +16,7 @@ Example:
 from texwatch.errors import StoreLockedError
 
 from ._api import close, flush, get_recorder, init, record
+from ._options import RecorderOptions
 from ._recorder import (
     DEFAULT_EVERY,
     DEFAULT_MAX_ITEMS,
@@ -34,6 +35,7 @@ __all__ = [
     "STREAM_EVERY",
     "STREAM_MAX_ITEMS",
     "Recorder",
+    "RecorderOptions",
     "RecorderStats",
     "StoreLockedError",
     "WriterError",

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from ._options import RecorderOptions, options_from
 from ._recorder import ENV_STORE, Recorder
 
 __all__ = ["close", "flush", "get_recorder", "init", "record"]
@@ -20,22 +21,14 @@ _default: Recorder | None = None
 def init(
     path: str | os.PathLike[str] | None = None,
     *,
-    run: str | None = None,
-    config: Mapping[str, Any] | None = None,
-    every: Mapping[str, int] | None = None,
-    max_items: Mapping[str, int] | int | None = None,
-    all_ranks: bool = False,
-    flush_interval: float = 1.0,
-    queue_size: int = 8192,
-    max_wait: float = 0.005,
-    max_pending_bytes: int = 256 << 20,
-    durable: bool = False,
+    options: RecorderOptions | None = None,
+    **overrides: Any,
 ) -> Recorder:
     """Start recording into ``path`` (or ``$TEXWATCH_STORE``); closes a previous default recorder.
 
-    Arguments are those of :class:`Recorder`. Calling ``init()`` is optional: ``record()`` starts
-    a default recorder from ``$TEXWATCH_STORE``. Raises ``StoreLockedError`` if another live
-    writer holds the store.
+    Arguments are those of :class:`Recorder`: a :class:`RecorderOptions` and/or its fields as
+    keywords. Calling ``init()`` is optional: ``record()`` starts a default recorder from
+    ``$TEXWATCH_STORE``. Raises ``StoreLockedError`` if another live writer holds the store.
 
     Example:
         >>> import texwatch.client as tw                                   # doctest: +SKIP
@@ -46,19 +39,7 @@ def init(
         previous, _default = _default, None
     if previous is not None:
         previous.close()
-    recorder = Recorder(
-        path,
-        run=run,
-        config=config,
-        every=every,
-        max_items=max_items,
-        all_ranks=all_ranks,
-        flush_interval=flush_interval,
-        queue_size=queue_size,
-        max_wait=max_wait,
-        max_pending_bytes=max_pending_bytes,
-        durable=durable,
-    )
+    recorder = Recorder(path, options=options_from(options, overrides, "init()"))
     with _lock:
         _default = recorder
     return recorder

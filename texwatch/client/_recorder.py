@@ -26,7 +26,6 @@ runs and checkpoints. Scalars and per-item rows (loss, timesteps, sample ids) ar
 from __future__ import annotations
 
 import atexit
-import math
 import os
 import queue
 import sys
@@ -64,6 +63,7 @@ from ._capture import (
     release,
     torch_kind,
 )
+from ._options import RecorderOptions, count, options_from, per_stream
 from ._stats import Counters, RecorderStats, WriterError
 from ._writer import STOP, Flush, Row, Writer
 
@@ -145,36 +145,6 @@ def detect_rank() -> int | None:
     if rank < 0:
         raise ValueError(f"environment variable RANK must be >= 0, got {rank}")
     return rank
-
-
-def _count(value: Any, what: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{what} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{what} must be >= {minimum}, got {value}")
-    return int(value)
-
-
-def _per_stream(
-    value: Mapping[str, int] | int | None,
-    what: str,
-    defaults: Mapping[str, int],
-    other: int,
-    allow_int: bool,
-) -> tuple[dict[str, int], int]:
-    """(per-stream values, value for streams not named) from an ``every``/``max_items`` argument."""
-    if value is None:
-        return dict(defaults), other
-    if allow_int and not isinstance(value, Mapping):
-        n = _count(value, what)
-        return {}, n
-    if not isinstance(value, Mapping):
-        raise TypeError(f"{what} must be a dict of stream name -> int, got {type(value).__name__}")
-    merged = dict(defaults)
-    for name, n in value.items():
-        check_name(name, f"{what} key")
-        merged[name] = _count(n, f"{what}[{name!r}]")
-    return merged, other
 
 
 def _show_int(n: int) -> str:
@@ -281,18 +251,9 @@ class Recorder:
 
     Args:
         path: the run folder (``runs/x.zarr``); falls back to ``$TEXWATCH_STORE``.
-        run: run name (default: the folder name without ``.zarr``).
-        config: JSON-able training configuration stored with the run.
-        every: per-stream sampling period in steps (see the module table for defaults).
-        max_items: first N items of a batch kept per stream: one int for all, or per stream.
-        all_ranks: record on every distributed rank, each into ``path/rank<r>``; by default only
-            rank 0 records and other ranks' calls return at once.
-        flush_interval: seconds after which queued rows are committed (readers see them).
-        queue_size: rows that may wait for the writer thread.
-        max_wait: longest the caller waits for a full queue before dropping the row.
-        max_pending_bytes: image bytes copied but not yet written; beyond it image rows drop.
-        durable: fsync each commit's files and folders, data before marker, so committed rows
-            survive a power cut (costs a few fsyncs a commit: see docs/storage.md).
+        options: a :class:`RecorderOptions`; keyword arguments (its fields: ``run``, ``config``,
+            ``every``, ``max_items``, ``all_ranks``, ``flush_interval``, ``queue_size``,
+            ``max_wait``, ``max_pending_bytes``, ``durable``) override its values.
         rank: override the detected rank (``torch.distributed`` or ``$RANK``).
 
     One store takes one writer: a second ``Recorder`` on the same path, in this process or
@@ -309,46 +270,29 @@ class Recorder:
         self,
         path: str | os.PathLike[str] | None = None,
         *,
-        run: str | None = None,
-        config: Mapping[str, Any] | None = None,
-        every: Mapping[str, int] | None = None,
-        max_items: Mapping[str, int] | int | None = None,
-        all_ranks: bool = False,
-        flush_interval: float = 1.0,
-        queue_size: int = 8192,
-        max_wait: float = 0.005,
-        max_pending_bytes: int = 256 << 20,
-        durable: bool = False,
+        options: RecorderOptions | None = None,
         rank: int | None = None,
+        **overrides: Any,
     ) -> None:
         self._closed = True  # until the writer runs
+        opts = options_from(options, overrides, "Recorder()")
         if path is None:
             path = os.environ.get(ENV_STORE) or None
             if path is None:
                 raise ValueError(f"path: none given and ${ENV_STORE} is not set; expected a folder")
         if not isinstance(path, (str, os.PathLike)):
             raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
-        if not isinstance(all_ranks, bool):
-            raise TypeError(f"all_ranks must be a bool, got {type(all_ranks).__name__}")
-        limits = (("flush_interval", flush_interval, ">"), ("max_wait", max_wait, ">="))
-        for what, seconds, low in limits:
-            if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
-                raise TypeError(f"{what} must be a number of seconds, got {type(seconds).__name__}")
-            ok = seconds > 0 if low == ">" else seconds >= 0
-            if not ok or not math.isfinite(seconds):
-                raise ValueError(f"{what} must be finite and {low} 0 seconds, got {seconds}")
-        queue_size = _count(queue_size, "queue_size")
-        max_pending_bytes = _count(max_pending_bytes, "max_pending_bytes", minimum=0)
-        self._every, self._every_other = _per_stream(
-            every, "every", DEFAULT_EVERY, STREAM_EVERY, allow_int=False
+        self._every, self._every_other = per_stream(
+            "every", opts.every, DEFAULT_EVERY, STREAM_EVERY, allow_int=False
         )
-        self._max_items, self._max_items_other = _per_stream(
-            max_items, "max_items", DEFAULT_MAX_ITEMS, STREAM_MAX_ITEMS, allow_int=True
+        self._max_items, self._max_items_other = per_stream(
+            "max_items", opts.max_items, DEFAULT_MAX_ITEMS, STREAM_MAX_ITEMS, allow_int=True
         )
-        self.rank = detect_rank() if rank is None else _count(rank, "rank", minimum=0)
+        self.rank = detect_rank() if rank is None else count("rank", rank, minimum=0)
+        all_ranks = opts.all_ranks
         self.active = all_ranks or self.rank in (None, 0)
         self.path = Path(path) if not all_ranks else Path(path) / f"rank{self.rank or 0}"
-        self._max_wait = float(max_wait)
+        self._max_wait = float(opts.max_wait)
         self._queue_lock = threading.Lock()
         self._names_lock = threading.Lock()
         self._warned_drop = False
@@ -358,15 +302,20 @@ class Recorder:
         self._known: dict[str, set[str]] = {_TERM: set(), _WEIGHT: set(), _USER: set()}
         self._warned_cap: set[str] = set()
         self._tables: set[str] = set()
-        self._counters = Counters({}, {}, 0, {}, max_pending_bytes)
+        self._counters = Counters({}, {}, 0, {}, opts.max_pending_bytes)
         if not self.active:
-            self.run = run
+            self.run = opts.run
             self._closed = False
             return
         if all_ranks and self.rank is None:
             self.rank = 0
         store = RunWriter.open(
-            path, run=run, config=config, rank=self.rank, per_rank=all_ranks, durable=durable
+            path,
+            run=opts.run,
+            config=opts.config,
+            rank=self.rank,
+            per_rank=all_ranks,
+            durable=opts.durable,
         )
         try:
             self.path = store.path
@@ -381,14 +330,14 @@ class Recorder:
                         self._streams[table] = (spec.shape, spec.dtype)
             drops, nonfinite, errors = store.counters()
             self._counters = Counters(
-                drops, nonfinite, errors, store.committed(), max_pending_bytes
+                drops, nonfinite, errors, store.committed(), opts.max_pending_bytes
             )
             self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-            self._queue_size = queue_size
-            self._pool = BufferPool(max_pending_bytes)
+            self._queue_size = opts.queue_size
+            self._pool = BufferPool(opts.max_pending_bytes)
             self._store = store
             self._writer = Writer(
-                store, self._queue, self._counters, float(flush_interval), _BLOCK_BYTES
+                store, self._queue, self._counters, float(opts.flush_interval), _BLOCK_BYTES
             )
             self._writer.start()
         except BaseException:

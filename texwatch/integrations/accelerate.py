@@ -22,12 +22,12 @@ Example:
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 from typing import Any
 
 from accelerate import Accelerator
 
-from texwatch.client import Recorder
+from texwatch.client import Recorder, RecorderOptions
+from texwatch.client._options import options_from
 
 __all__ = ["AcceleratorRecorder"]
 
@@ -38,12 +38,15 @@ class AcceleratorRecorder:
     Args:
         accelerator: the job's ``accelerate.Accelerator``.
         path: the run store (``runs/x.zarr``), or None for ``$TEXWATCH_STORE``.
-        run, config, every, max_items, flush_interval: as for :class:`texwatch.client.Recorder`.
         per_optimizer_step: skip calls made while ``accelerator.sync_gradients`` is False (the
             micro-steps of gradient accumulation), so each row is one optimizer step.
+        options: a :class:`texwatch.client.RecorderOptions`; keyword arguments (its fields)
+            override its values, as for :class:`texwatch.client.Recorder`. ``all_ranks`` is
+            refused: accelerate's main process records.
 
     Raises:
-        TypeError: ``accelerator`` is not an ``accelerate.Accelerator``.
+        TypeError: ``accelerator`` is not an ``accelerate.Accelerator``, or an unknown option.
+        ValueError: ``all_ranks=True``.
     """
 
     def __init__(
@@ -51,12 +54,9 @@ class AcceleratorRecorder:
         accelerator: Accelerator,
         path: str | os.PathLike[str] | None = None,
         *,
-        run: str | None = None,
-        config: Mapping[str, Any] | None = None,
-        every: Mapping[str, int] | None = None,
-        max_items: Mapping[str, int] | int | None = None,
-        flush_interval: float = 1.0,
         per_optimizer_step: bool = True,
+        options: RecorderOptions | None = None,
+        **overrides: Any,
     ) -> None:
         if not isinstance(accelerator, Accelerator):
             raise TypeError(
@@ -68,20 +68,13 @@ class AcceleratorRecorder:
                 f"Expected argument `per_optimizer_step` to be a bool but got "
                 f"{type(per_optimizer_step).__name__}"
             )
+        opts = options_from(options, overrides, "AcceleratorRecorder()", main_process=True)
         self.accelerator = accelerator
         self.per_optimizer_step = per_optimizer_step
         self._recorder: Recorder | None = None
         if accelerator.is_main_process:
             # rank=0: accelerate already decided this process records, whatever $RANK says.
-            self._recorder = Recorder(
-                path,
-                run=run,
-                config=config,
-                every=every,
-                max_items=max_items,
-                flush_interval=flush_interval,
-                rank=0,
-            )
+            self._recorder = Recorder(path, options=opts, rank=0)
 
     @property
     def recorder(self) -> Recorder | None:

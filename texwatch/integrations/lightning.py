@@ -28,7 +28,8 @@ try:
 except ImportError:  # the standalone package, when the unified `lightning` is not installed
     import pytorch_lightning as pl  # type: ignore[no-redef]
 
-from texwatch.client import Recorder
+from texwatch.client import Recorder, RecorderOptions
+from texwatch.client._options import options_from
 
 __all__ = ["RECORDED_KEYS", "TexwatchCallback"]
 
@@ -73,20 +74,19 @@ class TexwatchCallback(pl.Callback):
     Args:
         path: the run store (``runs/x.zarr``), or None for ``$TEXWATCH_STORE``; unused when
             ``recorder`` is given.
-        run, config, every, max_items, flush_interval: as for :class:`texwatch.client.Recorder`.
         recorder: record into this recorder instead; the caller closes it.
+        options: a :class:`texwatch.client.RecorderOptions`; keyword arguments (its fields)
+            override its values, as for :class:`texwatch.client.Recorder`; checked here, used
+            when fitting starts. ``all_ranks`` is refused: global rank 0 records.
     """
 
     def __init__(
         self,
         path: str | os.PathLike[str] | None = None,
         *,
-        run: str | None = None,
-        config: Mapping[str, Any] | None = None,
-        every: Mapping[str, int] | None = None,
-        max_items: Mapping[str, int] | int | None = None,
-        flush_interval: float = 1.0,
         recorder: Recorder | None = None,
+        options: RecorderOptions | None = None,
+        **overrides: Any,
     ) -> None:
         if recorder is not None and not isinstance(recorder, Recorder):
             raise TypeError(
@@ -98,13 +98,7 @@ class TexwatchCallback(pl.Callback):
                 f"Expected argument `path` to be a str or os.PathLike but got {type(path).__name__}"
             )
         self._path = path
-        self._options: dict[str, Any] = {
-            "run": run,
-            "config": config,
-            "every": every,
-            "max_items": max_items,
-            "flush_interval": flush_interval,
-        }
+        self._options = options_from(options, overrides, "TexwatchCallback()", main_process=True)
         self._recorder = recorder
         self._owns = recorder is None
         self._pending: _Pending | None = None
@@ -120,7 +114,7 @@ class TexwatchCallback(pl.Callback):
         """Open the store on global rank 0 when fitting starts."""
         if stage == "fit" and trainer.is_global_zero and self._recorder is None:
             # rank=0: Lightning already decided this process records, whatever $RANK says.
-            self._recorder = Recorder(self._path, rank=0, **self._options)
+            self._recorder = Recorder(self._path, options=self._options, rank=0)
         self._last_global_step = trainer.global_step - 1
 
     def on_train_batch_start(
