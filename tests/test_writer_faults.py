@@ -19,10 +19,11 @@ import torch
 import zarr
 
 import texwatch.client as tw
+from texwatch import store as store_module
 from texwatch.client import Recorder, WriterError
 from texwatch.client._writer import Row, _Batch
 from texwatch.detectors import MAX_TERMS, TermMonitor
-from texwatch.errors import StoreLockedError
+from texwatch.errors import LockUnsupportedError, StoreLockedError
 from texwatch.store import (
     ITEMS,
     MAX_NAME,
@@ -198,6 +199,23 @@ def test_a_forked_child_does_not_keep_the_run_locked(path: Path) -> None:
         os.close(write_end)
         os.close(started)
         os.waitpid(pid, 0)
+
+
+@pytest.mark.parametrize("code", [errno.ENOLCK, errno.EOPNOTSUPP])
+def test_a_filesystem_without_flock_is_refused_and_the_store_untouched(
+    path: Path, monkeypatch: pytest.MonkeyPatch, code: int
+) -> None:
+    with Recorder(path) as rec:
+        rec.record(0, 1.0)
+    before = {p: p.read_bytes() for p in path.rglob("*") if p.is_file()}
+
+    def no_flock(fd: int, operation: int) -> None:
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(store_module.fcntl, "flock", no_flock)
+    with pytest.raises(LockUnsupportedError, match="cannot be fenced.*does not support flock"):
+        Recorder(path)
+    assert {p: p.read_bytes() for p in path.rglob("*") if p.is_file()} == before
 
 
 # --- items 2-5, 16: every limit refused at record() ------------------------------------------

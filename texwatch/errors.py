@@ -10,6 +10,7 @@ from __future__ import annotations
 __all__ = [
     "ComputeError",
     "CorruptChunkError",
+    "LockUnsupportedError",
     "StoreFormatError",
     "StoreLockedError",
     "StoreMissingError",
@@ -63,6 +64,16 @@ class StoreLockedError(TexwatchError, RuntimeError):
 
     Raised by the client on the caller's thread, never by texwatchd; its kind is "schema" (the
     store cannot be written by this process).
+    """
+
+    kind = "schema"
+
+
+class LockUnsupportedError(TexwatchError, OSError):
+    """The store's filesystem cannot ``flock`` (some FUSE mounts, NFS without a lock manager).
+
+    texwatch refuses to write rather than write unfenced: two writers would interleave rows.
+    Raised by the client on the caller's thread; its kind is "schema".
     """
 
     kind = "schema"

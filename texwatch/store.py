@@ -64,6 +64,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -91,6 +92,7 @@ from zarr.storage import LocalStore
 
 from texwatch.errors import (
     CorruptChunkError,
+    LockUnsupportedError,
     StoreFormatError,
     StoreLockedError,
     StoreMissingError,
@@ -356,6 +358,9 @@ def _json_attr(value: Any, what: str) -> Any:
 _held_locks: weakref.WeakSet[_WriterLock] = weakref.WeakSet()
 
 
+_NO_FLOCK = frozenset({errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL, errno.ENOSYS})
+
+
 class _WriterLock:
     """An exclusive ``flock`` on a run's lock file, held from ``take`` until ``release``.
 
@@ -384,6 +389,17 @@ class _WriterLock:
                     f"the other job. (lock file {str(lock)!r})",
                     store,
                 ) from None
+            except OSError as err:
+                os.close(fd)
+                if err.errno not in _NO_FLOCK:
+                    raise
+                raise LockUnsupportedError(
+                    f"run store {str(store)!r} cannot be fenced: the filesystem of {str(lock)!r} "
+                    f"does not support flock ({err.strerror}). texwatch takes one writer per "
+                    f"store and will not write unfenced; record to a local disk (or an NFS "
+                    f"mount with a lock manager) and copy the store afterwards",
+                    store,
+                ) from err
             except BaseException:
                 os.close(fd)
                 raise
