@@ -213,6 +213,22 @@ def alert_rules(thresholds: Thresholds | None = None) -> tuple[AlertRule, ...]:
             ),
         ),
         AlertRule(
+            name="TexwatchRunStalled",
+            uid="texwatch-run-stalled",
+            query="texwatch_run_stalled",
+            op=">",
+            threshold=0.0,
+            for_="0s",
+            severity="warning",
+            summary="texwatchd is stuck reading run {{ $labels.run }}",
+            description=(
+                "texwatchd's turn on run {{ $labels.run }} has not returned for --stall-after "
+                "seconds (60 by default): a read of its store hangs (an NFS server gone, a "
+                "frozen disk). Its metrics are stale; other runs are served. Check the store's "
+                "mount; the run resumes from its cursor once the read returns."
+            ),
+        ),
+        AlertRule(
             name="TexwatchDaemonDown",
             uid="texwatch-daemon-down",
             query=up,

@@ -302,6 +302,7 @@ def test_both_alert_forms_agree() -> None:
             "TexwatchNonFinite",
             "TexwatchDeadLossTerm",
             "TexwatchDaemonLagging",
+            "TexwatchRunStalled",
             "TexwatchDaemonDown",
             "TexwatchDaemonAbsent",
         }
