@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 from collections.abc import Iterator
@@ -71,6 +72,29 @@ def _write_resumed_run(path: Path) -> None:
             images = rng.random((1, 1, 32, 32), dtype=np.float32)
             writer.append("pred", {"step": block[-1:], "data": images})
             writer.commit()
+
+
+def test_a_resumed_runs_snapshot_lists_the_spikes_of_its_latest_rows_by_step(
+    tmp_path: Path,
+) -> None:
+    store = tmp_path / "resumed.zarr"
+    writer = RunWriter.open(store, run="resumed")
+    # Steps 0..299, then a resume at step 150 writing 150..299 again. The first pass spikes at
+    # steps 200 and 250, the resumed pass at 220 only.
+    for segment, (first, spikes) in enumerate(((0, (200, 250)), (150, (220,)))):
+        steps = np.arange(first, 300)
+        loss = 1.0 + 0.01 * np.sin(steps) + 0.001 * segment
+        loss[np.isin(steps, spikes)] = 50.0
+        writer.append(SCALARS, {"step": steps, "loss": loss})
+        writer.commit()
+    snaps = tmp_path / "snaps"
+    code = main(["--store", str(store), "--once", "--snapshot-dir", str(snaps), "--device", "cpu"])
+    assert code == 0
+    (summary_file,) = snaps.rglob("299.json")
+    summary = json.loads(summary_file.read_text())
+    # 200 and 250 of the first pass were recorded again without a spike: the latest rows win.
+    assert [s["step"] for s in summary["loss"]["spikes"]] == [220]
+    assert summary["spike_counts"]["hard_max"] == 3  # every flagged row, counted when derived
 
 
 def test_a_resumed_runs_loss_panel_is_drawn_once_per_step_with_the_latest_rows(

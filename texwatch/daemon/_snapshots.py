@@ -141,6 +141,13 @@ class SnapshotWriter:
             if table == ITEMS or rows <= start:
                 continue
             cols = run.derived(table, start, rows)
+            ema_last = math.nan
+            if table == SCALARS:  # one row a step (image tables: one row an item)
+                ema_last = float(cols["loss_ema"][-1])  # the newest, in storage order
+                # A resumed run's repeated steps: the latest row of each wins, ordered by step,
+                # as in the loss panel and the report.
+                keep = latest_rows(cols["step"])
+                cols = {k: v[keep] for k, v in cols.items()}
             means = {
                 k: _finite_or_none(float(np.nanmean(v))) if np.isfinite(v).any() else None
                 for k, v in cols.items()
@@ -150,7 +157,7 @@ class SnapshotWriter:
                 flagged = cols["spike"] == 1
                 loss = {
                     "mean": means.get("loss"),
-                    "ema_last": _finite_or_none(float(cols["loss_ema"][-1])),
+                    "ema_last": _finite_or_none(ema_last),
                     "spikes": [
                         {"step": int(s), "rule": SPIKE_RULES[int(r) - 1]}
                         for s, r in zip(
