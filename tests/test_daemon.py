@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from prometheus_client import CollectorRegistry
 
 from texwatch.alarms import harmonic_lock
@@ -294,10 +295,42 @@ def test_once_cli_derives_snapshots_and_exits(tmp_path: Path) -> None:
     assert open_run(store).derived_cursor()[SCALARS] == 120
 
 
+@pytest.mark.parametrize(("extra", "threads"), [([], 1), (["--threads", "2"], 2)])
+def test_derivation_runs_on_the_threads_asked_for_one_by_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, extra: list[str], threads: int
+) -> None:
+    store = tmp_path / "t.zarr"
+    write_run(store, range(20))
+    seen: list[int] = []
+    advance = Deriver.advance
+
+    def spy(self: Deriver, *args: Any, **kwargs: Any) -> Any:
+        seen.append(torch.get_num_threads())
+        return advance(self, *args, **kwargs)
+
+    monkeypatch.setattr(Deriver, "advance", spy)
+    before = torch.get_num_threads()
+    code = main(
+        [
+            "--store",
+            str(store),
+            "--once",
+            "--device",
+            "cpu",
+            "--snapshot-dir",
+            str(tmp_path),
+            *extra,
+        ]
+    )
+    assert code == 0 and seen and set(seen) == {threads}
+    assert torch.get_num_threads() == before
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
         ([], "--store"),
+        (["--store", "x.zarr", "--threads", "0"], "expected an integer >= 1 but got '0'"),
         (["--store", "x.zarr", "--poll", "0"], "--poll"),
         (["--store", "x.zarr", "--device", "nonsense"], "--device"),
         (["--root", __file__], "--root"),

@@ -87,6 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
     derive = p.add_argument_group("derivation")
     add_derive_arguments(derive)
     derive.add_argument(
+        "--threads",
+        type=positive_int,
+        default=1,
+        help="CPU threads of the metrics' torch work (default 1: a sidecar leaves the cores to "
+        "the training job beside it; more derive a CPU backlog faster)",
+    )
+    derive.add_argument(
         "--batch-rows",
         type=positive_int,
         default=defaults.batch_rows,
@@ -141,6 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("one of --store PATH or --root DIR is required")
     retain_freed_memory()
     import prometheus_client
+    import torch
 
     from ._exporter import MetricsBoard, read_basic_auth_file, serve_metrics
 
@@ -191,12 +199,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, _terminate)
     signal.signal(signal.SIGINT, _terminate)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
     try:
         daemon.run(once=args.once)
     finally:
         daemon.close()
         if server is not None:
             server.close()
+        torch.set_num_threads(threads)  # main() called from Python gives the process back
     failures = daemon.failures if args.once else {}
     for path, why in failures.items():
         print(f"texwatchd: store {path} failed: {why}", file=sys.stderr)
