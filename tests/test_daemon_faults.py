@@ -174,11 +174,12 @@ def test_a_backlog_is_derived_a_batch_per_round_while_other_runs_keep_up(tmp_pat
 def test_image_rows_start_at_one_grow_on_fast_turns_and_halve_on_slow_ones(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A new run's first turn derives one image row per stream, so even its first turn is short;
+    """A new run's first image turn derives one row per stream, so even its first turn is short;
     the loss detectors' scalar rows always go a whole batch at a time."""
     store = tmp_path / "slow.zarr"
     write_run(store, range(128), image_every=1, commit_every=128)
-    durations = iter([0.0, 0.0, 0.0, 5.0, 5.0, 0.0])  # each turn's duration, by a fake clock
+    # Each turn's duration, by a fake clock; the first turn takes the scalars alone.
+    durations = iter([0.0, 0.0, 0.0, 0.0, 5.0, 5.0, 0.0])
     readings: list[float] = []
 
     def perf_counter() -> float:  # a turn reads it at its start and at its end
@@ -186,14 +187,33 @@ def test_image_rows_start_at_one_grow_on_fast_turns_and_halve_on_slow_ones(
         return readings[-1]
 
     monkeypatch.setattr(_runs, "time", SimpleNamespace(perf_counter=perf_counter, time=time.time))
-    worker = RunWorker(store, DeriveSettings(window=32), batch_rows=32, turn_seconds=1.0)
+    worker = RunWorker(store, DeriveSettings(window=32), batch_rows=128, turn_seconds=1.0)
     cursors = []
-    for _ in range(6):
+    for _ in range(7):
         worker.step()
         cursor = open_run(store).derived_cursor()
-        cursors.append((cursor[SCALARS], cursor["pred"]))
+        cursors.append((cursor[SCALARS], cursor.get("pred", 0)))
     # pred rows per turn: 1, 2, 4 (fast: doubled), 8 (slow: halved), 4 (slow), 2.
-    assert cursors == [(32, 1), (64, 3), (96, 7), (128, 15), (128, 19), (128, 21)]
+    assert cursors == [(128, 0), (128, 1), (128, 3), (128, 7), (128, 15), (128, 19), (128, 21)]
+
+
+def test_new_loss_rows_go_out_before_the_images_committed_with_them(tmp_path: Path) -> None:
+    store = tmp_path / "r.zarr"
+    write_run(store, range(20), image_every=1, commit_every=20)
+    worker = RunWorker(store, DeriveSettings(window=8), batch_rows=64)
+    derived = []
+    for more in (range(20, 30), range(30, 40), None, None):
+        worker.step()
+        cursor = open_run(store).derived_cursor()
+        derived.append((cursor[SCALARS], cursor.get("pred", 0), worker.deriver.last_step))
+        if more is not None:
+            write_run(store, more, image_every=1, commit_every=10, seed=more.start)
+    # Turn 1: the loss alone (its last step exported at once); turn 2: the images, with the
+    # loss committed meanwhile, so new loss rows never starve the images; then alternate again.
+    assert derived[0] == (20, 0, 19)
+    assert derived[1][:2] == (30, 1)
+    assert derived[2][:2] == (40, 1)
+    assert derived[3][1] > 1 and derived[3][0] == 40
 
 
 # --- item 9: derived/ deleted, or its marker garbage --------------------------------------------

@@ -38,7 +38,8 @@ class RunWorker:
             stream, and the image rows of the next step are halved after a step that took longer
             and doubled (up to ``batch_rows``) after one that took under a quarter, so a new run's
             backlog of large images does not hold up other runs, not even on its first step.
-            Scalar rows, microseconds each, always go ``batch_rows`` at a time.
+            Scalar rows, microseconds each, always go ``batch_rows`` at a time, and new ones in
+            a step of their own before the images committed with them.
         on_batch: called after each committed batch (snapshots hook), with the worker and batch.
     """
 
@@ -64,6 +65,7 @@ class RunWorker:
         self._committed: dict[str, int] = {}
         self._drops: dict[str, int] = {}
         self._scalar_nonfinite: dict[str, int] = {}
+        self._scalars_only_last = False
         self.last_activity = time.time()  # last new commit or derived batch: idle runs are dropped
         self._start_over_if_derived_is_gone()
         self._reset(self._writer.cursor(), self._writer.state())
@@ -138,7 +140,15 @@ class RunWorker:
         self._drops = run.drops()
         # The client saw the given values: its counts of non-finite loss / term rows are exact.
         self._scalar_nonfinite = {k: v for k, v in run.nonfinite().items() if k not in committed}
-        batch = self._deriver.advance(run, committed, self._batch_rows, image_rows=self._rows)
+        # New loss rows go out in a turn of their own, so a commit carrying images reaches
+        # /metrics as fast as a scalar one; the next turn takes the images (and any newer loss).
+        cursor = self._deriver.cursor
+        pending = {t for t, n in committed.items() if n > cursor.get(t, 0)}
+        scalars_only = SCALARS in pending and bool(pending - {SCALARS, ITEMS})
+        scalars_only = scalars_only and not self._scalars_only_last
+        self._scalars_only_last = scalars_only
+        image_rows = 0 if scalars_only else self._rows
+        batch = self._deriver.advance(run, committed, self._batch_rows, image_rows=image_rows)
         if batch is None:
             return 0
         for table, cols in batch.tables.items():
@@ -154,6 +164,8 @@ class RunWorker:
         if self._on_batch is not None:
             self._on_batch(self, batch)
         took = time.perf_counter() - started
+        if scalars_only:  # its time says nothing about image rows
+            return batch.rows
         if took > self._turn_seconds:
             self._rows = max(1, self._rows // 2)
         elif took < self._turn_seconds / 4:
