@@ -5,17 +5,21 @@ from __future__ import annotations
 import json
 import os
 import stat
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from prometheus_client import CollectorRegistry
+from test_daemon import _daemon, _value, write_run
+from test_daemon_faults import DEADLINE
 
 from texwatch import plots
-from texwatch.daemon import main
+from texwatch.daemon import main, snapshot_folder_name
 from texwatch.daemon._snapshots import write_atomic
-from texwatch.store import ITEMS, SCALARS, RunWriter
+from texwatch.store import ITEMS, SCALARS, RunWriter, open_run
 
 
 @pytest.fixture
@@ -122,3 +126,55 @@ def test_a_resumed_runs_loss_panel_is_drawn_once_per_step_with_the_latest_rows(
         assert np.all(np.diff(x) > 0), f"{label} x data goes back"
         np.testing.assert_array_equal(x, steps)
     np.testing.assert_allclose(lines["loss"][:, 1], expected)
+
+
+def _pngs(folder: Path) -> list[int]:
+    return sorted(int(p.stem) for p in folder.glob("*.png"))
+
+
+def test_a_backlog_writes_only_its_latest_snapshot_and_the_live_edge_one_per_interval(
+    tmp_path: Path,
+) -> None:
+    store = tmp_path / "b.zarr"
+    write_run(store, range(1000), image_every=50, commit_every=100)
+    daemon = _daemon([store], CollectorRegistry(), tmp_path, snapshot_every=100)
+    folder = tmp_path / "snaps" / snapshot_folder_name("b", open_run(store).run_id)
+    try:
+        daemon.catch_up()  # 1,000 committed steps: nine intervals crossed while catching up
+        for first in (1000, 1100):  # then the live edge: one interval at a time
+            write_run(store, range(first, first + 100), image_every=50, commit_every=100)
+            daemon.catch_up()
+    finally:
+        daemon.close()  # writes the snapshots due
+    # A snapshot is taken at the first batch entering an interval (batches of 64 rows here).
+    assert [step // 100 for step in _pngs(folder)] == [9, 10, 11]
+
+
+def test_a_slow_snapshot_never_holds_up_derivation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = tmp_path / "s.zarr"
+    write_run(store, range(150), image_every=50, commit_every=50)
+    release = threading.Event()
+    figure = plots.snapshot_figure
+
+    def blocked(*args: Any, **kwargs: Any) -> bytes:
+        assert release.wait(DEADLINE), "never released"
+        return figure(*args, **kwargs)
+
+    monkeypatch.setattr(plots, "snapshot_figure", blocked)
+    registry = CollectorRegistry()
+    daemon = _daemon([store], registry, tmp_path, snapshot_every=100)
+    try:
+        daemon.catch_up()  # the snapshot of step 149 is being drawn, and blocked
+        write_run(store, range(150, 400), image_every=50, commit_every=50, seed=2)
+        daemon.catch_up()
+        assert _value(registry, "texwatch_last_step", run="s") == 399
+        release.set()
+    finally:
+        release.set()
+        daemon.close()
+    folder = tmp_path / "snaps" / snapshot_folder_name("s", open_run(store).run_id)
+    # Interval 1's snapshot was drawn while the run went on to interval 3; interval 2's
+    # request was superseded before the renderer was free.
+    assert [step // 100 for step in _pngs(folder)] == [1, 3]

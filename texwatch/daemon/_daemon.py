@@ -114,8 +114,9 @@ class Daemon:
         self._failures: dict[Path, tuple[str, str]] = {}
         self._snapshot_failures: dict[str, str] = {}
         self._waiting: set[Path] = set()
-        self._snapshot_lock = threading.Lock()
-        self._snapshots = SnapshotWriter(options.snapshot_dir, options.snapshot_every)
+        self._snapshots = SnapshotWriter(
+            options.snapshot_dir, options.snapshot_every, self._snapshot_failed
+        )
         self._watcher = Watcher(root=options.root, poll=options.poll, rescan=options.rescan)
 
     @property
@@ -144,6 +145,7 @@ class Daemon:
             run.thread.join(max(0.0, run.started + self._options.stall_after - time.monotonic()))
             if run.thread.is_alive():
                 _log.warning("%s: its turn is stalled; leaving it behind", run.path)
+        self._snapshots.close()
 
     # --- finding runs ---------------------------------------------------------------------------
 
@@ -322,19 +324,18 @@ class Daemon:
 
     def _on_batch(self, worker: RunWorker, batch: DerivedBatch) -> None:
         try:
-            with self._snapshot_lock:
-                self._snapshots.on_batch(worker, batch.cursor)
+            self._snapshots.on_batch(worker, batch.cursor)
         except Exception as err:  # a snapshot must never stop derivation
-            self._snapshot_failed(worker, err)
+            self._snapshot_failed(worker.run_id, worker.path, err)
 
-    def _snapshot_failed(self, worker: RunWorker, err: Exception) -> None:
+    def _snapshot_failed(self, run_id: str, path: Path, err: Exception) -> None:
         signature = f"{type(err).__name__}:{err}"
         with self._lock:
-            if self._snapshot_failures.get(worker.run_id) == signature:
+            if self._snapshot_failures.get(run_id) == signature:
                 return
-            self._snapshot_failures[worker.run_id] = signature
+            self._snapshot_failures[run_id] = signature
         self._board.count_error("snapshot")
-        _log.error("%s: snapshot error: %s", worker.path, err)
+        _log.error("%s: snapshot error: %s", path, err)
 
     def snapshot_all(self) -> None:
         """Write a snapshot of every run's newest step now (at the end of ``--once``)."""
@@ -343,10 +344,9 @@ class Daemon:
             if worker is None or run.busy:
                 continue
             try:
-                with self._snapshot_lock:
-                    self._snapshots.write(worker, worker.deriver.cursor)
+                self._snapshots.write_now(worker)
             except Exception as err:
-                self._snapshot_failed(worker, err)
+                self._snapshot_failed(worker.run_id, worker.path, err)
 
     # --- the loop -------------------------------------------------------------------------------
 

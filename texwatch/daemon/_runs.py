@@ -86,6 +86,13 @@ class RunWorker:
         """Rows committed (as last read, after the newest step) that are not derived yet."""
         return self._deriver.lag(self._committed)
 
+    def newest_committed_step(self) -> int | None:
+        """The step of the newest committed loss row (as last read), or None without one."""
+        rows = self._committed.get(SCALARS, 0)
+        if not rows:
+            return None
+        return int(open_run(self.path).scalars(rows - 1, rows, latest_wins=False)["step"][-1])
+
     @property
     def latest_streams(self) -> dict[str, dict[str, float]]:
         """Per stream, the derived values of its newest step (means over that step's rows)."""

@@ -14,6 +14,10 @@ import math
 import os
 import re
 import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -81,59 +85,167 @@ def _loss_history(run: Run, rows: int) -> dict[str, np.ndarray]:
     return {name: cols[name][keep] for name in names}
 
 
+@dataclass(frozen=True)
+class _Request:
+    """A snapshot to write: what it shows of the run, taken on the run's turn (the renderer
+    never reads a worker that its next turn is changing)."""
+
+    path: Path
+    name: str
+    run_id: str
+    step: int
+    cursor: dict[str, int]
+    latest_streams: dict[str, dict[str, float]]
+    spike_counts: dict[str, int]
+    nonfinite: dict[str, int]
+    live: bool  # its interval is the newest committed one: no later snapshot supersedes it
+    since: float  # monotonic time of the oldest request this one superseded
+
+
+def _request(worker: RunWorker, cursor: dict[str, int], live: bool, since: float) -> _Request:
+    deriver = worker.deriver
+    return _Request(
+        path=worker.path,
+        name=worker.name,
+        run_id=worker.run_id,
+        step=deriver.last_step,
+        cursor=dict(cursor),
+        latest_streams=worker.latest_streams,
+        spike_counts=dict(deriver.loss_monitor.counts),
+        nonfinite=dict(deriver.nonfinite),
+        live=live,
+        since=since,
+    )
+
+
 class SnapshotWriter:
-    """Writes a run's snapshot each time its steps cross a multiple of ``every``.
+    """Writes a run's snapshot each time its steps cross a multiple of ``every``, on a thread of
+    its own, so rendering (about a second of matplotlib on a CPU) never holds up derivation.
+
+    A run at its live edge gets one snapshot per interval, written at once. While a run catches
+    up a backlog, each interval's request replaces the last, and one is written when the run
+    reaches its newest committed interval, or once a request has waited ``defer`` seconds (a
+    run that never catches up still shows progress).
 
     Args:
         directory: where ``<run>-<id>/<step>.png|.json`` go; None for ``snapshots/`` next to
             each store.
         every: steps between snapshots.
+        on_error: called with the run id, its store and the exception when a snapshot fails.
+        defer: longest a backlog's snapshot waits, in seconds.
     """
 
-    def __init__(self, directory: Path | None, every: int) -> None:
+    def __init__(
+        self,
+        directory: Path | None,
+        every: int,
+        on_error: Callable[[str, Path, Exception], None],
+        *,
+        defer: float = 60.0,
+    ) -> None:
         if every < 1:
             raise ValueError(f"Expected argument `--snapshot-every` >= 1 but got {every!r}")
         self._directory = directory
         self._every = every
-        self._last_interval: dict[str, int] = {}
-        self._rows_at_last: dict[str, dict[str, int]] = {}
+        self._on_error = on_error
+        self._defer = defer
+        self._last_interval: dict[str, int] = {}  # turn threads: the interval last requested
+        self._rows_at_last: dict[str, dict[str, int]] = {}  # renders: cursor at the last one
+        self._rendered_step: dict[str, int] = {}  # renders: step of the last one
+        self._pending: dict[str, _Request] = {}
+        self._wake = threading.Condition()
+        self._render_lock = threading.Lock()
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name="texwatch-snapshots", daemon=True)
+        self._thread.start()
 
-    def folder(self, worker: RunWorker) -> Path:
-        """The folder holding ``worker``'s snapshots (see :func:`snapshot_folder_name`)."""
-        base = self._directory if self._directory is not None else worker.path.parent / "snapshots"
-        return base / snapshot_folder_name(worker.name, worker.run_id)
+    def _folder(self, request: _Request) -> Path:
+        base = self._directory if self._directory is not None else request.path.parent / "snapshots"
+        return base / snapshot_folder_name(request.name, request.run_id)
 
     def on_batch(self, worker: RunWorker, cursor: dict[str, int]) -> None:
-        """Write a snapshot when the newest derived step entered a new interval."""
+        """On the run's turn: ask for a snapshot when the newest derived step entered a new
+        interval."""
         step = worker.deriver.last_step
         if step < 0:
             return
         interval = step // self._every
-        previous = self._last_interval.setdefault(worker.run_id, interval)
-        if interval > previous:
-            self.write(worker, cursor)
+        with self._wake:
+            previous = self._last_interval.setdefault(worker.run_id, interval)
+            if interval <= previous:
+                return
+            self._last_interval[worker.run_id] = interval
+        newest = worker.newest_committed_step()
+        live = newest is None or newest // self._every <= interval
+        with self._wake:
+            older = self._pending.get(worker.run_id)
+            since = older.since if older is not None else time.monotonic()
+            self._pending[worker.run_id] = _request(worker, cursor, live, since)
+            self._wake.notify()
 
-    def write(self, worker: RunWorker, cursor: dict[str, int]) -> Path | None:
-        """Write the snapshot of the newest step now; the PNG's path, or None with no rows."""
-        step = worker.deriver.last_step
-        if step < 0:
+    def write_now(self, worker: RunWorker) -> Path | None:
+        """Write the snapshot of ``worker``'s newest step now, on this thread; its PNG, or None
+        with no rows. A request of the run still waiting is dropped: this one is newer."""
+        if worker.deriver.last_step < 0:
             return None
-        run = open_run(worker.path)
-        since = self._rows_at_last.get(worker.run_id, {})
-        summary = self._summary(run, worker, cursor, since)
-        folder = self.folder(worker)
-        png = self._figure(run, worker, step, summary)
-        if png is not None:
-            write_atomic(folder / f"{step}.png", png)
-        body = json.dumps(summary, indent=2, sort_keys=True, allow_nan=False).encode()
-        write_atomic(folder / f"{step}.json", body)
-        self._last_interval[worker.run_id] = step // self._every
-        self._rows_at_last[worker.run_id] = dict(cursor)
-        return folder / f"{step}.png"
+        with self._wake:
+            self._pending.pop(worker.run_id, None)
+            self._last_interval[worker.run_id] = worker.deriver.last_step // self._every
+        return self._render(_request(worker, worker.deriver.cursor, True, time.monotonic()))
 
-    def _summary(
-        self, run: Run, worker: RunWorker, cursor: dict[str, int], since: dict[str, int]
-    ) -> dict[str, Any]:
+    def close(self) -> None:
+        """Write the snapshots due now, then stop the renderer; a backlog's deferred request is
+        dropped. Safe twice."""
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+        self._thread.join()
+
+    def _loop(self) -> None:
+        while True:
+            with self._wake:
+                request = self._next_ready()
+                while request is None and not self._closed:
+                    self._wake.wait(self._wait_seconds())
+                    request = self._next_ready()
+                if request is None:
+                    return
+                del self._pending[request.run_id]
+            try:
+                self._render(request)
+            except Exception as err:  # a snapshot must never stop texwatchd
+                self._on_error(request.run_id, request.path, err)
+
+    def _next_ready(self) -> _Request | None:
+        now = time.monotonic()
+        ready = [r for r in self._pending.values() if r.live or now - r.since >= self._defer]
+        return min(ready, key=lambda r: r.since) if ready else None
+
+    def _wait_seconds(self) -> float | None:
+        if not self._pending:
+            return None
+        oldest = min(r.since for r in self._pending.values())
+        return max(0.0, oldest + self._defer - time.monotonic())
+
+    def _render(self, request: _Request) -> Path | None:
+        with self._render_lock:
+            if request.step < self._rendered_step.get(request.run_id, -1):
+                return None  # write_now wrote a newer one meanwhile
+            run = open_run(request.path)
+            since = self._rows_at_last.get(request.run_id, {})
+            summary = self._summary(run, request, since)
+            folder = self._folder(request)
+            png = self._figure(run, request, summary)
+            if png is not None:
+                write_atomic(folder / f"{request.step}.png", png)
+            body = json.dumps(summary, indent=2, sort_keys=True, allow_nan=False).encode()
+            write_atomic(folder / f"{request.step}.json", body)
+            self._rows_at_last[request.run_id] = dict(request.cursor)
+            self._rendered_step[request.run_id] = request.step
+            return folder / f"{request.step}.png"
+
+    def _summary(self, run: Run, request: _Request, since: dict[str, int]) -> dict[str, Any]:
+        cursor = request.cursor
         streams: dict[str, dict[str, float | None]] = {}
         loss: dict[str, Any] = {}
         for table, rows in cursor.items():
@@ -170,26 +282,24 @@ class SnapshotWriter:
             else:
                 streams[table] = means
         # A stream with no row in this interval shows its newest values.
-        for table, values in worker.latest_streams.items():
+        for table, values in request.latest_streams.items():
             streams.setdefault(table, {k: _finite_or_none(v) for k, v in values.items()})
         return {
-            "run": worker.name,
-            "store": str(worker.path),
-            "step": worker.deriver.last_step,
+            "run": request.name,
+            "store": str(request.path),
+            "step": request.step,
             "interval_start_rows": since,
             "interval_end_rows": cursor,
             "streams": streams,
             "loss": loss,
-            "spike_counts": dict(worker.deriver.loss_monitor.counts),
-            "nonfinite": worker.deriver.nonfinite,
+            "spike_counts": request.spike_counts,
+            "nonfinite": request.nonfinite,
         }
 
-    def _figure(
-        self, run: Run, worker: RunWorker, step: int, summary: dict[str, Any]
-    ) -> bytes | None:
+    def _figure(self, run: Run, request: _Request, summary: dict[str, Any]) -> bytes | None:
         # Rows up to the cursor, not the commit marker: while a backlog is caught up, an interval's
         # snapshot shows that interval's samples.
-        derived = worker.deriver.cursor
+        derived = request.cursor
         stream = next((s for s in _PREFERRED if derived.get(s)), None)
         if stream is None:
             stream = next((s for s in derived if s not in (SCALARS, ITEMS) and derived[s]), None)
@@ -207,7 +317,7 @@ class SnapshotWriter:
             match = t_steps == steps[-1]
             if match.sum() == len(images):
                 target = t_data[match].astype(np.float32)
-        hist = _loss_history(run, worker.deriver.cursor.get(SCALARS, 0))
+        hist = _loss_history(run, derived.get(SCALARS, 0))
         ref = summary["streams"].get(stream, {}).get("ref_radius_bin")
         metrics = {
             k: v
@@ -224,5 +334,5 @@ class SnapshotWriter:
             target=target,
             ref_radius=ref,
             metrics=metrics,
-            title=f"{worker.name} — {stream} at step {step}",
+            title=f"{request.name} — {stream} at step {request.step}",
         )
