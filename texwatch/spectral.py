@@ -1382,6 +1382,8 @@ def latent_health(x: Tensor, *, clip_range: float = 3.0) -> dict[str, Tensor]:
     with _full_precision(x.device):
         v = x.reshape(x.shape[0], -1).to(_work_dtype(x))
         finite = torch.isfinite(v)
+        if bool(finite.all()):  # the common case, in a third of the passes
+            return _finite_health(v, r)
         n = finite.sum(dim=1).to(v.dtype)
         zero = torch.zeros((), dtype=v.dtype, device=v.device)
         z = torch.where(finite, v, zero)
@@ -1400,6 +1402,23 @@ def latent_health(x: Tensor, *, clip_range: float = 3.0) -> dict[str, Tensor]:
             "clip_excess": torch.relu(mag - r).sum(dim=1) / n / r,
         }
         return {key: value.float() for key, value in out.items()}
+
+
+def _finite_health(v: Tensor, r: float) -> dict[str, Tensor]:
+    """:func:`latent_health` of ``(B, N)`` values that are all finite."""
+    var, mean = torch.var_mean(v, dim=1, correction=0)
+    low, high = torch.aminmax(v, dim=1)
+    excess = torch.relu(v.abs() - r)
+    out = {
+        "mean": mean,
+        "std": var.sqrt(),
+        "min": low,
+        "max": high,
+        "nonfinite": torch.zeros_like(mean),
+        "clip_fraction": (excess > 0).sum(dim=1) / v.shape[1],
+        "clip_excess": excess.sum(dim=1) / v.shape[1] / r,
+    }
+    return {key: value.float() for key, value in out.items()}
 
 
 def power_spectrum(x: Tensor, *, mask: Tensor | None = None, window: str = "hann") -> Tensor:
