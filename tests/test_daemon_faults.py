@@ -197,6 +197,20 @@ def test_image_rows_start_at_one_grow_on_fast_turns_and_halve_on_slow_ones(
     assert cursors == [(128, 0), (128, 1), (128, 3), (128, 7), (128, 15), (128, 19), (128, 21)]
 
 
+def test_without_a_turn_bound_image_rows_go_whole_batches_at_once(tmp_path: Path) -> None:
+    store = tmp_path / "once.zarr"
+    write_run(store, range(100), image_every=1, commit_every=100)
+    worker = RunWorker(store, DeriveSettings(window=32), batch_rows=64, turn_seconds=None)
+    cursors = []
+    for _ in range(3):
+        worker.step()
+        cursor = open_run(store).derived_cursor()
+        cursors.append((cursor[SCALARS], cursor.get("pred", 0)))
+    # The loss first, then each table 64 rows a turn from the first image turn on (--once).
+    assert cursors == [(64, 0), (100, 64), (100, 100)]
+    assert open_run(store).derived("pred")["step"].tolist() == list(range(100))
+
+
 def test_new_loss_rows_go_out_before_the_images_committed_with_them(tmp_path: Path) -> None:
     store = tmp_path / "r.zarr"
     write_run(store, range(20), image_every=1, commit_every=20)

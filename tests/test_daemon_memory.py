@@ -60,13 +60,11 @@ def test_a_backlog_derives_under_an_address_space_limit_the_unbounded_batch_exce
     tmp_path: Path,
 ) -> None:
     unbounded, budgeted = tmp_path / "unbounded.zarr", tmp_path / "budgeted.zarr"
-    # Image batches start at 1 row and double after every turn under a quarter of
-    # --turn-seconds (all of them here): unbudgeted, a batch of 128 or 256 rows is read and
-    # derived at once, and it cannot fit.
+    # --once derives whole batches: unbudgeted, 256 rows are read and derived at once, and
+    # they cannot fit.
     _backlog(unbounded)
     _backlog(budgeted)
-    unbudgeted = ("--memory-budget", "1TiB", "--turn-seconds", "1e9")
-    assert _derive_under_limit(unbounded, tmp_path, *unbudgeted).get("pred", 0) < ROWS
+    assert _derive_under_limit(unbounded, tmp_path, "--memory-budget", "1TiB").get("pred", 0) < ROWS
     cursor = _derive_under_limit(budgeted, tmp_path, "--memory-budget", "128MiB")
     assert cursor["pred"] == ROWS and cursor[SCALARS] == ROWS
     derived = open_run(budgeted).derived("pred")

@@ -221,7 +221,7 @@ class Daemon:
                     run.path,
                     self._settings,
                     batch_rows=self._options.batch_rows,
-                    turn_seconds=self._options.turn_seconds,
+                    turn_seconds=None if self._once else self._options.turn_seconds,
                     on_batch=self._on_batch,
                 )
                 self._claim(worker, run.path)

@@ -34,12 +34,14 @@ class RunWorker:
         path: the run's store.
         settings: derivation settings shared by every run of the daemon.
         batch_rows: the most source rows per table derived (and committed) in one step.
-        turn_seconds: how long one step should take: the first step derives one image row per
+        turn_seconds: how long one step should take. The first step derives one image row per
             stream, and the image rows of the next step are halved after a step that took longer
             and doubled (up to ``batch_rows``) after one that took under a quarter, so a new run's
             backlog of large images does not hold up other runs, not even on its first step.
-            Scalar rows, microseconds each, always go ``batch_rows`` at a time, and new ones in
-            a step of their own before the images committed with them.
+            None: no bound, image rows go ``batch_rows`` at a time (``--once``, where nobody
+            waits: whole batches cost the least CPU per row). Scalar rows, microseconds each,
+            always go ``batch_rows`` at a time, and new ones in a step of their own before the
+            images committed with them.
         on_batch: called after each committed batch (snapshots hook), with the worker and batch.
     """
 
@@ -49,13 +51,13 @@ class RunWorker:
         settings: DeriveSettings,
         *,
         batch_rows: int = 256,
-        turn_seconds: float = 0.5,
+        turn_seconds: float | None = 0.5,
         on_batch: Callable[[RunWorker, DerivedBatch], None] | None = None,
     ) -> None:
         self.path = path
         self._settings = settings
         self._batch_rows = batch_rows
-        self._rows = 1
+        self._rows = batch_rows if turn_seconds is None else 1
         self._turn_seconds = turn_seconds
         self._on_batch = on_batch
         run = open_run(path)
@@ -171,7 +173,7 @@ class RunWorker:
         if self._on_batch is not None:
             self._on_batch(self, batch)
         took = time.perf_counter() - started
-        if scalars_only:  # its time says nothing about image rows
+        if scalars_only or self._turn_seconds is None:  # image rows stay as they are
             return batch.rows
         if took > self._turn_seconds:
             self._rows = max(1, self._rows // 2)
