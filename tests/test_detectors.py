@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import doctest
 import json
 import math
@@ -357,15 +358,18 @@ def test_timestep_normalisation_removes_false_alarms_and_keeps_real_spike() -> N
 
 
 def test_timestep_normalisation_from_batch_loss_only() -> None:
-    n = 4_000
-    t, items = _diffusion_stream(1, n, batch=2)
-    raw, norm = LossMonitor(sigma=3.0), LossMonitor(sigma=3.0)
+    n, spike = 4_000, 3_000
+    t, items = _diffusion_stream(1, n, batch=4)
+    items[spike] *= 3.0  # every item 3× its usual loss: inside the timestep mix's range
+    raw, norm = LossMonitor(), LossMonitor()
+    flagged: dict[str, list[int]] = {"raw": [], "norm": []}
     for s in range(n):
         loss = float(items[s].mean())
-        raw.update(s, loss)
-        norm.update(s, loss, timesteps=t[s])
-    assert norm.counts["sigma"] <= raw.counts["sigma"] / 3
-    assert raw.counts["sigma"] >= 40
+        if raw.update(s, loss).rule:
+            flagged["raw"].append(s)
+        if norm.update(s, loss, timesteps=t[s]).rule:
+            flagged["norm"].append(s)
+    assert flagged == {"raw": [], "norm": [spike]}
 
 
 def test_normalizer_attribution_recovers_bin_means_from_batch_loss() -> None:
@@ -610,6 +614,91 @@ def test_heavy_tails_page_rarely_on_the_log_scale_and_a_10x_spike_still_does() -
     assert [e.step for e in log.events] == [20_000]
     assert sum(gaussian.counts.values()) >= 6  # a Gaussian σ rule pages on the tail
     assert log.warnings <= 10
+
+
+def _timestep_mix(seed: int, n: int, batch: int) -> tuple[np.ndarray, np.ndarray]:
+    """The benchmark's diffusion loss with Gamma(25) item noise: (n, B) timesteps, items."""
+    rng = np.random.default_rng(seed)
+    t = rng.integers(0, 1000, size=(n, batch))
+    scale = 0.02 + 0.3 * np.exp(-t / 150) + 0.03 * (1 - t / 1000)
+    return t, scale * rng.gamma(25.0, 1.0 / 25.0, size=(n, batch))
+
+
+def test_the_log_rule_reads_its_spread_off_the_upper_tail_of_a_bounded_loss() -> None:
+    # The batch loss of a timestep mix is bounded above with a long lower tail: a MAD-based σ
+    # puts 10× the usual loss inside 6σ; the window's reach does not, nor the clean maximum.
+    _, items = _timestep_mix(0, 20_000, batch=8)
+    loss = items.mean(axis=1)
+    monitor = LossMonitor()
+    flagged = [s for s, v in enumerate(loss) if monitor.update(s, float(v)).rule]
+    assert flagged == [] and monitor.warnings == 0
+    history = loss[-monitor.window :]
+    spike = 10.0 * float(np.median(history))
+    assert log_zscore(spike, history) < 6.0  # the MAD's σ would miss it
+    assert copy.deepcopy(monitor).update(20_000, spike).rule == "sigma"
+    replay = copy.deepcopy(monitor).update(20_000, float(loss.max()))
+    assert replay.rule is None and replay.zscore < 5.0
+
+
+def test_a_batch_one_item_dominates_needs_a_larger_jump() -> None:
+    # With only the batch loss, a batch whose small-t item carries most of it has that item's
+    # noise, not the batch's: the same normalised jump is flagged on a balanced batch only.
+    t, items = _timestep_mix(3, 2_000, batch=4)
+    monitor = LossMonitor()
+    for s in range(2_000):
+        monitor.update(s, float(items[s].mean()), timesteps=t[s])
+    balanced, dominated = np.array([400, 450, 500, 550]), np.array([0, 990, 995, 999])
+    found = {}
+    for name, ts in (("balanced", balanced), ("dominated", dominated)):
+        loss = 2.5 / TimestepNormalizer.normalise(monitor._norm, ts, loss=1.0)  # normalised 2.5
+        found[name] = copy.deepcopy(monitor).update(2_000, loss, timesteps=ts)
+    assert found["balanced"].value == pytest.approx(found["dominated"].value)
+    assert found["balanced"].rule == "sigma" and found["dominated"].rule is None
+    assert found["dominated"].zscore < found["balanced"].zscore * 0.75
+
+
+def test_spread_factors_scale_the_history_and_the_value() -> None:
+    rng = np.random.default_rng(2)
+    noise = rng.normal(0.0, 0.1, size=400)
+    plain, scaled = LogSpikeDetector(window=64), LogSpikeDetector(window=64)
+    for s, x in enumerate(noise):
+        plain.update(s, math.exp(x))
+        scaled.update(s, math.exp(2.0 * x), spread=2.0)  # twice the noise, and it says so
+    assert scaled.reach == pytest.approx(plain.reach)  # the reach is per unit spread factor
+    assert plain.score(math.exp(0.7)) == pytest.approx(scaled.score(math.exp(1.4), spread=2.0))
+    assert plain.score(math.exp(0.7)) > 6.0 > scaled.score(math.exp(0.7), spread=2.0)
+    reach = plain.reach
+    plain.rewind(380)  # a resumed job: the history goes, the reach is a calibration and stays
+    assert plain.reach == reach and len(plain) == 44 and not plain.ready
+    plain.clear()
+    assert math.isnan(plain.reach)
+    with pytest.raises(ValueError, match="`spread` to be a positive finite float but got 0.0"):
+        plain.score(1.0, spread=0.0)
+
+
+def test_batch_loss_with_timesteps_round_trips_and_resumes_identically() -> None:
+    t, items = _timestep_mix(9, 1_600, batch=4)
+    items[900] *= 10.0
+
+    def feed(monitor: LossMonitor, s: int) -> str:
+        step = s if s < 1_200 else s - 300  # a resume in the second half
+        return repr(monitor.update(step, float(items[s].mean()), timesteps=t[s]))
+
+    straight = LossMonitor()
+    for s in range(600):
+        feed(straight, s)
+    restored = LossMonitor.from_state_dict(_json_round_trip(straight.state_dict()))
+    outputs = [(feed(straight, s), feed(restored, s)) for s in range(600, 1_600)]
+    assert all(a == b for a, b in outputs)
+    assert json.dumps(restored.state_dict()) == json.dumps(straight.state_dict())
+    assert [e.step for e in straight.events] == [900]
+
+
+def test_a_state_of_the_previous_layout_is_refused_clearly() -> None:
+    old = LossMonitor().state_dict()
+    old["version"] = 2  # the release before spread factors and the reach average
+    with pytest.raises(ValueError, match="`LossMonitor` state_dict of version 3 but got version 2"):
+        LossMonitor().load_state_dict(old)
 
 
 def test_a_flagged_step_stays_out_of_the_ema_and_counts_once() -> None:

@@ -74,9 +74,16 @@ STATISTICS: tuple[str, ...] = ("log", "robust", "gaussian")
 MAX_TERMS = 256
 """Distinct loss terms a run may have: TermMonitor's default, enforced by the client's record()."""
 
-_STATE_VERSION = 2
+_STATE_VERSION = 3  # 3: the spike detectors keep each value's spread factor and a reach EMA
 # MAD of a normal sample times this is its standard deviation.
 _MAD_TO_SIGMA = 1.4826
+# The log σ rule's spread: the window's reach (its 98 % quantile less its median), averaged over
+# windows with this half-life in steps, counts as _REACH_SIGMAS σ. Normal noise reaches 2.05 σ;
+# 2.22 puts 6σ at 2.7 reaches, the least that keeps every configuration of
+# benchmarks/detector_quality.py within one false alarm per 100k steps.
+_REACH_Q = 0.98
+_REACH_HALF_LIFE = 1000.0
+_REACH_SIGMAS = 2.22
 # A flat history has no spread: keep a floor so a z-score stays finite (relative, then absolute).
 _REL_SCALE_FLOOR = 1e-6
 _ABS_SCALE_FLOOR = 1e-12
@@ -201,6 +208,14 @@ def _median_mad(history: np.ndarray) -> tuple[float, float]:
     median = _median(history)
     mad = _median(np.abs(history - median))
     return median, _floored(_MAD_TO_SIGMA * mad, median)
+
+
+def _quantile(values: np.ndarray, q: float) -> float:
+    """np.quantile's linear interpolation without its checks (the detectors' hot path)."""
+    pos = q * (values.size - 1)
+    k = min(int(pos), values.size - 2)
+    lower, upper = np.partition(values, (k, k + 1))[k : k + 2]
+    return float(lower) + (pos - k) * (float(upper) - float(lower))
 
 
 def zscore(value: float, history: np.ndarray) -> float:
@@ -570,7 +585,10 @@ class _WindowSpikeDetector(_Series):
     """One-sided spike detection against the last ``window`` unflagged values.
 
     A subclass says on which scale values are judged (:meth:`transform`, what the history
-    holds) and which centre and spread of the history a z-score is measured from.
+    holds) and which centre and spread of the history a z-score is measured from. Each value may
+    come with a spread factor, how noisy it is relative to the others (a batch dominated by one
+    item is noisier than a balanced one): the history's deviations are divided by their factors
+    before the spread is measured, and a value's z-score by its own.
     """
 
     _STRUCTURAL = ("window",)
@@ -579,13 +597,16 @@ class _WindowSpikeDetector(_Series):
         self.window = _check_int("window", window, minimum=2)
         self.sigma = _check_float("sigma", sigma)
         self.warn_sigma = _check_float("warn_sigma", warn_sigma)
-        self._ring = _Ring(self.window)
+        self._ring = _Ring(self.window, width=2)  # (value on the judged scale, spread factor)
         self._last_step = -1
         self._last: SpikeVerdict | None = None
 
     @abstractmethod
-    def _center_scale(self, history: np.ndarray) -> tuple[float, float]:
-        """The centre and the (floored) spread of ``history``, on the judged scale."""
+    def _center_scale(self, history: np.ndarray, factors: np.ndarray) -> tuple[float, float]:
+        """The centre of ``history`` and the (floored) spread of its deviations over ``factors``."""
+
+    def _pushed(self) -> None:
+        """Called after a value joined the history (a subclass's calibration follows it)."""
 
     def transform(self, value: float) -> float:
         """The scale values are judged and kept on (NaN: neither judged nor kept)."""
@@ -604,30 +625,35 @@ class _WindowSpikeDetector(_Series):
     def __len__(self) -> int:
         return len(self._ring)
 
-    def score(self, value: float) -> float:
+    def score(self, value: float, spread: float = 1.0) -> float:
         """The z-score ``value`` would get now (NaN before the window is full); changes nothing."""
         x = self.transform(_check_value("value", value))
+        spread = _check_float("spread", spread)
         if not self._ring.full or math.isnan(x):
             return math.nan
-        center, scale = self._center_scale(self._ring.column())
-        return (x - center) / scale
+        center, scale = self._center_scale(self._ring.column(0), self._ring.column(1))
+        return (x - center) / (spread * scale)
 
-    def update(self, step: int, value: float, *, exclude: bool = False) -> SpikeVerdict:
+    def update(
+        self, step: int, value: float, *, spread: float = 1.0, exclude: bool = False
+    ) -> SpikeVerdict:
         """Score ``value`` at ``step``, then keep it in the history unless it alarmed.
 
         Args:
             step: the training step; a step not after the last one rewinds first.
             value: the new value; a non-finite one is scored NaN and not kept.
+            spread: the value's spread factor (> 0; 1 when all values are alike).
             exclude: keep the value out of the history anyway (another rule flagged it).
         """
         step = _check_step(step)
         self._step_to(step)
-        z = self.score(value)
+        z = self.score(value, spread)
         alarm = z >= self.sigma
         verdict = SpikeVerdict(step, float(value), z, alarm, not alarm and z >= self.warn_sigma)
         kept = self.transform(verdict.value)
         if not (math.isnan(kept) or alarm or exclude):
-            self._ring.push(step, kept)
+            self._ring.push(step, kept, spread)
+            self._pushed()
         self._last = verdict
         return verdict
 
@@ -669,8 +695,9 @@ class RollingSpikeDetector(_WindowSpikeDetector):
 
     _KIND = "RollingSpikeDetector"
 
-    def _center_scale(self, history: np.ndarray) -> tuple[float, float]:
-        return _mean_std(history)
+    def _center_scale(self, history: np.ndarray, factors: np.ndarray) -> tuple[float, float]:
+        mean = float(history.mean())
+        return mean, _floored(float(np.sqrt(np.mean(((history - mean) / factors) ** 2))), mean)
 
 
 class RobustSpikeDetector(_WindowSpikeDetector):
@@ -684,14 +711,22 @@ class RobustSpikeDetector(_WindowSpikeDetector):
 
     _KIND = "RobustSpikeDetector"
 
-    def _center_scale(self, history: np.ndarray) -> tuple[float, float]:
-        return _median_mad(history)
+    def _center_scale(self, history: np.ndarray, factors: np.ndarray) -> tuple[float, float]:
+        median = _median(history)
+        mad = _median(np.abs(history - median) / factors)
+        return median, _floored(_MAD_TO_SIGMA * mad, median)
 
 
 class LogSpikeDetector(_WindowSpikeDetector):
-    """Like :class:`RobustSpikeDetector` on the log of the values (see :func:`log_zscore`).
+    """Spikes of the log of the values above their rolling median, in σ read off the upper tail.
 
-    Values not > 0 are scored NaN and kept out of the history.
+    The spread is the window's reach, its 98 % quantile less its median, averaged over windows
+    (an EMA with a half-life of 1,000 steps) and counted as 2.22 σ (normal noise reaches 2.05 σ).
+    A loss's log is not symmetric: the batch loss of a timestep mix is bounded above and has a
+    long lower tail, so a MAD-based σ sits far above its clean maximum; the reach measures the
+    side spikes come from, and its average keeps the threshold as steady as a long window. The
+    reach average is a calibration: a rewind keeps it, :meth:`clear` restarts it. Values not
+    > 0 are scored NaN and kept out of the history.
 
     Example:
         >>> det = LogSpikeDetector(window=4, sigma=6.0)
@@ -701,11 +736,61 @@ class LogSpikeDetector(_WindowSpikeDetector):
 
     _KIND = "LogSpikeDetector"
 
+    def __init__(self, window: int = 128, sigma: float = 6.0, warn_sigma: float = 4.0) -> None:
+        super().__init__(window, sigma, warn_sigma)
+        self._alpha = alpha_from_half_life(_REACH_HALF_LIFE)
+        self._reach = [0.0, 0.0]  # bias-corrected EMA of the window's reach: sum, weight
+        self._median: float | None = None  # the window's median, kept from _pushed() till it moves
+
+    @property
+    def reach(self) -> float:
+        """The averaged reach of the window's logs, per unit spread factor (NaN before any)."""
+        acc, weight = self._reach
+        return acc / weight if weight > 0.0 else math.nan
+
     def transform(self, value: float) -> float:
         return math.log(value) if math.isfinite(value) and value > 0.0 else math.nan
 
-    def _center_scale(self, history: np.ndarray) -> tuple[float, float]:
-        return _median_mad(history)  # the history holds logs
+    def _center_scale(self, history: np.ndarray, factors: np.ndarray) -> tuple[float, float]:
+        if self._median is None:
+            self._median = _median(history)  # the history holds logs
+        median = self._median
+        return median, _floored(self.reach / _REACH_SIGMAS, median)
+
+    def _pushed(self) -> None:
+        self._median = None
+        if not self._ring.full:
+            return
+        history = self._ring.column(0)
+        self._median = _median(history)
+        reach = _quantile((history - self._median) / self._ring.column(1), _REACH_Q)
+        acc, weight = self._reach
+        self._reach = [
+            (1.0 - self._alpha) * acc + self._alpha * reach,
+            (1.0 - self._alpha) * weight + self._alpha,
+        ]
+
+    def rewind(self, step: int) -> None:
+        """Drop the history at or after ``step``; the reach average is kept."""
+        super().rewind(step)
+        self._median = None
+
+    def clear(self) -> None:
+        """Empty the history and restart the reach average (the series changed meaning)."""
+        super().clear()
+        self._reach = [0.0, 0.0]
+        self._median = None
+
+    def _state(self) -> dict[str, Any]:
+        return dict(super()._state(), reach=list(self._reach))
+
+    def _load(self, state: Mapping[str, Any]) -> None:
+        reach = [float(v) for v in state["reach"]]
+        if len(reach) != 2:
+            raise ValueError(f"reach of length {len(reach)}, expected 2")
+        super()._load(state)
+        self._reach = reach
+        self._median = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -1003,7 +1088,10 @@ class TimestepNormalizer(_Stateful):
     the running mean of its timestep bin leaves a series whose spread is the training's own.
     Each bin keeps a bias-corrected EMA (constant memory); a bin not seen yet borrows the mean over
     all items. When only the batch loss is known, it is shared out to the items in proportion to
-    their bins' current means before the bins are updated (exact for one item per batch).
+    their bins' current means before the bins are updated (exact for one item per batch); the
+    normalised batch loss is then a mean of the items' noise weighted by those means, whose spread
+    grows with √(Σm²)/Σm (1/√B for a balanced batch, near 1 when one item dominates): the loss
+    monitor scales each step's deviation by it.
 
     Args:
         bins: number of equal-width timestep bins.
@@ -1094,18 +1182,28 @@ class TimestepNormalizer(_Stateful):
         With ``item_losses``: the mean of each item's loss over its bin mean. With only the batch
         ``loss``: the loss over the mean of the items' bin means. NaN before anything is known.
         """
-        return self._normalise(*self._inputs(timesteps, item_losses, loss))
+        return self._normalise(*self._inputs(timesteps, item_losses, loss))[0]
 
-    def _normalise(self, t: np.ndarray, items: np.ndarray | None, batch_loss: float) -> float:
+    def _normalise(
+        self, t: np.ndarray, items: np.ndarray | None, batch_loss: float
+    ) -> tuple[float, float]:
+        """The normalised loss and its spread factor, √(Σw²)/Σw over the items' weights in it.
+
+        The items weigh alike when their losses are known; with only the batch loss each weighs
+        its bin's mean, so a batch that one small-t item dominates has the noise of one item.
+        """
         expected = self._expected(t)  # (B,)
         with np.errstate(invalid="ignore", divide="ignore"):
             if items is not None:
                 ratios = np.where(expected > 0.0, items / expected, np.nan)  # (B,)
                 ok = np.isfinite(ratios)
-                return float(ratios[ok].mean()) if ok.any() else math.nan
-            ok = np.isfinite(expected)
-            scale = float(expected[ok].mean()) if ok.any() else math.nan
-            return batch_loss / scale if scale > 0.0 else math.nan
+                n = int(ok.sum())
+                return (float(ratios[ok].mean()), 1.0 / math.sqrt(n)) if n else (math.nan, 1.0)
+            w = expected[np.isfinite(expected)]  # (B',)
+            total = float(w.sum()) if w.size else math.nan
+            if not total > 0.0:
+                return math.nan, 1.0
+            return batch_loss / (total / w.size), math.sqrt(float(np.dot(w, w))) / total
 
     def update(self, timesteps: Any, *, item_losses: Any = None, loss: float | None = None) -> None:
         """Fold a batch into its bins' running means (non-finite items are skipped)."""
@@ -1259,15 +1357,18 @@ class LossMonitor(_Stateful):
     flagged step once, under its most severe rule, so the counters add up to the spike events;
     ``warnings`` counts σ warnings.
 
-    The σ rule judges, by default, the log of the value against the median and the MAD-estimated
-    σ of the logs of the last ``window`` unflagged values (``statistic="log"``, see
-    :func:`log_zscore`): training losses are positive and right-skewed, and on the log scale a
-    ×k jump is the same distance at any level. ``"robust"`` judges the values themselves against
-    their median and MAD, ``"gaussian"`` against their mean and standard deviation. A value not
-    > 0 switches a ``"log"`` monitor to ``"robust"`` for good (its histories restart).
+    The σ rule judges, by default, the log of the value against the median of the logs of the
+    last ``window`` unflagged values, in σ read off their upper tail (``statistic="log"``, see
+    :class:`LogSpikeDetector`): training losses are positive and right-skewed, and on the log
+    scale a ×k jump is the same distance at any level. ``"robust"`` judges the values themselves
+    against their median and MAD, ``"gaussian"`` against their mean and standard deviation. A
+    value not > 0 switches a ``"log"`` monitor to ``"robust"`` for good (its histories restart).
 
     When timesteps arrive, the σ and sustained rules judge the timestep-normalised loss from then
-    on (their histories restart once, as the series changes meaning); a later step without
+    on (their histories restart once, as the series changes meaning); with only the batch loss,
+    each step's deviation is scaled by its batch's spread factor (see
+    :class:`TimestepNormalizer`), so a batch one small-t item dominates needs a larger jump to be
+    flagged than a balanced one. A later step without
     timesteps is then judged only by the hard and drift rules. ``hard_max`` and ``drift`` always
     judge the raw loss (the drift rule on the σ rule's scale: its log by default).
 
@@ -1471,18 +1572,18 @@ class LossMonitor(_Stateful):
             self._normalising = True
             self._spike.clear()
             self._sustained.clear()
-        value = loss
+        value, spread = loss, 1.0
         if self._normalising:
             value = math.nan
             if ts is not None and not nonfinite:
-                value = self._norm._normalise(ts, items, loss)
+                value, spread = self._norm._normalise(ts, items, loss)
         if self.statistic == "log" and math.isfinite(value) and value <= 0.0:
             # A loss that can be 0 or negative has no log scale: judge the values themselves.
             self.statistic = "robust"
             self._spike = self._detector("robust", self.window, self.sigma, self.warn_sigma)
             self._sustained.clear()
             self._drift.clear()
-        verdict = self._spike.update(step, value, exclude=bool(rules))
+        verdict = self._spike.update(step, value, spread=spread, exclude=bool(rules))
         if verdict.alarm:
             rules.append("sigma")
         if self._sustained.update(step, value, exclude=bool(rules)):
