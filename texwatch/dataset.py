@@ -464,10 +464,16 @@ def _summary_png(doc: dict[str, Any], base: Path, outlier_z: float) -> bytes:
         reasons += [f"{o['metric']} {o['side']}" for o in doc["outliers"] if o["path"] == rel]
         reasons += ["bad mask" for m in doc["masks"]["invalid"] if m["image"] == rel]
         x = load_image(base / rel)
-        ax.imshow(to_display(x[0].numpy()), cmap="gray", vmin=0, vmax=1)
+        h, w = x.shape[-2:]
+        # Reduced by whole blocks to the thumbnail's pixels: imshow resamples less.
+        thumb, k = plots.fit_pixels(to_display(x[0].numpy()), *plots.axes_pixels(ax))
+        cover = (-0.5, thumb.shape[1] * k - 0.5, thumb.shape[0] * k - 0.5, -0.5)
+        ax.imshow(thumb, cmap="gray", vmin=0, vmax=1, extent=cover)
+        ax.set_xlim(-0.5, w - 0.5)
+        ax.set_ylim(h - 0.5, -0.5)
         ax.set_title(plots.literal(f"{Path(rel).name[:24]}\n{', '.join(reasons)}"), fontsize=7)
         ax.set_axis_off()
-    return plots.figure_png(fig)
+    return plots.fast_png(fig)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

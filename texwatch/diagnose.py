@@ -2,11 +2,14 @@
 
 For each image: the texture metrics of :func:`texwatch.spectral.texture_metrics` with the band
 scan (against the reference tile when ``--ref`` is given), value statistics, whether it holds a
-periodic texture, Sobel + connected-component anomaly regions, and — for every image after the
+periodic texture, Sobel + connected-component anomaly regions (8-connected,
+:func:`scipy.ndimage.label`), and — for every image after the
 first with the same size — the difference heatmap against the first (the seed's
 ``--images in.png out.png``), gained by ``--heatmap-scale``. The readings are the report's
 probable causes (:func:`texwatch.report.probable_causes`) with the same thresholds. Figures are
-written for the first ``--max-images`` images; the JSON holds every image.
+written for the first ``--max-images`` images; the JSON holds every image. Every figure is
+drawn on one reused figure (``texwatch._diagnosis_figure``), which keeps what does not change
+between images; the PNG is encoded in a helper thread.
 
 ``diagnose.json`` holds ``settings`` and, per image:
 
@@ -38,6 +41,7 @@ import math
 import re
 import sys
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -109,6 +113,7 @@ def _figure_name(index: int, name: str) -> str:
 
 
 def _image_figure(
+    canvas: Any,
     x: torch.Tensor,
     name: str,
     metrics: Mapping[str, object],
@@ -119,26 +124,23 @@ def _image_figure(
     mask: torch.Tensor | None,
     window: str,
     readings: Sequence[str],
-) -> bytes:
+) -> np.ndarray:
+    """One image's figure as (H, W, 4) RGBA pixels, drawn on ``canvas`` (a ``DiagnosisFigure``)."""
     from texwatch import plots
 
     panel = plots.spectrum_panel(x, mask=mask, ref_radius=ref_radius, window=window)
-    fig = plots.new_figure(15.0, 9.0)
-    axes = plots.axes_grid(fig, 2, 3)
-    plots.draw_anomalies(axes[0, 0], x[0], boxes, title=f"image, {len(boxes)} Sobel anomalies")
-    plots.draw_log_spectrum(axes[0, 1], panel)
-    plots.draw_radial_profile(axes[0, 2], panel)
-    plots.draw_acf(axes[1, 0], panel)
-    if heat is not None:
-        plots.draw_heatmap(axes[1, 1], heat, title=heat_title)
-    else:
-        axes[1, 1].set_axis_off()
-        axes[1, 1].set_title("no difference heatmap (first image, or other size)", fontsize=9)
-    plots.draw_text_table(axes[1, 2], metrics, title="metrics")
     said = "; ".join(readings) if readings else "no probable cause"
     shape = f"{x.shape[1]}×{x.shape[2]}×{x.shape[3]}"
-    plots.set_title(fig, plots.literal(f"{name}  ({shape}) — {said}"))
-    return plots.figure_png(fig)
+    return canvas.render_pixels(
+        x[0],
+        panel,
+        boxes=boxes,
+        heat=heat,
+        heat_title=heat_title,
+        metrics=metrics,
+        title=f"{name}  ({shape}) — {said}",
+        image_title=f"image, {len(boxes)} Sobel anomalies",
+    )
 
 
 def diagnose(
@@ -214,6 +216,12 @@ def diagnose(
         out.mkdir(parents=True, exist_ok=True)
     first = loaded[0][1]
     results = []
+    canvas = None
+    # The PNG compression (zlib frees the GIL) and file write of one figure run in a helper
+    # thread, beside the next image's analysis; one at most is in flight, so memory stays
+    # bounded and a write error surfaces with the next figure.
+    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="texwatch-diagnose-png")
+    writing: Future[None] | None = None
     bar = progress(total=len(loaded), desc="diagnose", quiet=quiet)
     try:
         for index, (name, x) in enumerate(loaded):
@@ -264,7 +272,12 @@ def diagnose(
                 if diff is not None:
                     shown["mean_abs_diff"] = diff["mean_abs_diff"]
                 ref_r = metrics.get("ref_radius_bin", math.nan)
-                png = _image_figure(
+                if canvas is None:
+                    from texwatch._diagnosis_figure import diagnosis_figure
+
+                    canvas = diagnosis_figure()  # one figure, redrawn for every image
+                pixels = _image_figure(
+                    canvas,
                     x,
                     name,
                     shown,
@@ -276,7 +289,9 @@ def diagnose(
                     window,
                     [c.title for c in causes],
                 )
-                (out / figure).write_bytes(png)
+                if writing is not None:
+                    writing.result()
+                writing = writer.submit(_write_png, out / figure, pixels)
             results.append(
                 {
                     "name": name,
@@ -297,7 +312,10 @@ def diagnose(
                 }
             )
             bar.update()
+        if writing is not None:
+            writing.result()
     finally:
+        writer.shutdown(wait=True)
         bar.close()
     doc = {
         "format": "texwatch-diagnose",
@@ -317,6 +335,12 @@ def diagnose(
         text = json.dumps(jsonable(doc), indent=1, allow_nan=False)
         (out / "diagnose.json").write_text(text, encoding="utf-8")
     return doc
+
+
+def _write_png(path: Path, pixels: np.ndarray) -> None:
+    from texwatch.plots import png_rgb
+
+    path.write_bytes(png_rgb(pixels))
 
 
 def _source(item: str | Path | torch.Tensor | None) -> str | None:

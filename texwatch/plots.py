@@ -14,6 +14,7 @@ import io
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple, cast
 
 import numpy as np
 import torch
@@ -39,11 +40,15 @@ __all__ = [
     "draw_series",
     "draw_text_table",
     "axes_grid",
+    "axes_pixels",
+    "fast_png",
     "figure_png",
+    "fit_pixels",
     "grid_spec",
     "image_grid",
     "literal",
     "new_figure",
+    "png_rgb",
     "set_title",
     "snapshot_figure",
     "spectrum_panel",
@@ -241,11 +246,17 @@ def _marker_radii(f_star: float, ref_radius: float | None) -> list[tuple[str, fl
     return marks
 
 
-def draw_log_spectrum(ax: Axes, panel: SpectrumPanel, *, title: str = "log power spectrum") -> None:
-    """Draw the centred log spectrum, zoomed around the markers, with f*, 2f*, f*/2, ref rings.
+class _View(NamedTuple):
+    """The part of a centred (H, W) map that a panel shows, and where it sits in the axes."""
 
-    Axes are FFT indices (kx, ky); on a non-square image a radius is an ellipse there.
-    """
+    crop: np.ndarray
+    extent: tuple[float, float, float, float]  # (left, right, bottom, top), imshow's order
+    clim: tuple[float, float]
+    marks: list  # the spectrum's (name, radius) markers, or the ACF's periods (px)
+
+
+def _spectrum_view(panel: SpectrumPanel) -> _View:
+    """The log spectrum zoomed around the markers (FFT indices) and its 5–99.9 % colour range."""
     lp = panel.log_power
     h, w = lp.shape
     cy, cx = h // 2, w // 2
@@ -260,6 +271,31 @@ def draw_log_spectrum(ax: Axes, panel: SpectrumPanel, *, title: str = "log power
     finite = crop[np.isfinite(crop)]
     vmin, vmax = np.percentile(finite, [5.0, 99.9]) if finite.size else (0.0, 1.0)
     extent = (x0 - cx - 0.5, x1 - cx - 0.5, y1 - cy - 0.5, y0 - cy - 0.5)
+    return _View(crop, extent, (float(vmin), float(vmax)), marks)
+
+
+def _acf_view(panel: SpectrumPanel) -> _View:
+    """The centre of the ACF, 2.2 periods around lag 0 (px), and the periods it rings."""
+    acf = panel.acf
+    h, w = acf.shape
+    cy, cx = h // 2, w // 2
+    periods = [p for p in (panel.acf_period, panel.fft_period) if _finite(p) and p > 0]
+    reach = 2.2 * max(periods) if periods else min(h, w) / 8
+    half = int(min(max(reach, 8.0), min(h, w) / 2))
+    crop = acf[cy - half : cy + half + 1, cx - half : cx + half + 1]
+    extent = (-half - 0.5, half + 0.5, half + 0.5, -half - 0.5)
+    return _View(crop, extent, (-1.0, 1.0), periods)
+
+
+def draw_log_spectrum(ax: Axes, panel: SpectrumPanel, *, title: str = "log power spectrum") -> None:
+    """Draw the centred log spectrum, zoomed around the markers, with f*, 2f*, f*/2, ref rings.
+
+    Axes are FFT indices (kx, ky); on a non-square image a radius is an ellipse there.
+    """
+    view = _spectrum_view(panel)
+    crop, extent, (vmin, vmax), marks = view.crop, view.extent, view.clim, view.marks
+    h, w = panel.log_power.shape
+    n = panel.n
     ax.imshow(
         crop,
         cmap="viridis",
@@ -321,19 +357,14 @@ def draw_radial_profile(ax: Axes, panel: SpectrumPanel, *, title: str = "radial 
 
 def draw_acf(ax: Axes, panel: SpectrumPanel, *, title: str = "autocorrelation") -> None:
     """Draw the centre of the 2-D ACF with rings at the ACF period and at the FFT period N/f*."""
-    acf = panel.acf
-    h, w = acf.shape
-    cy, cx = h // 2, w // 2
-    periods = [p for p in (panel.acf_period, panel.fft_period) if _finite(p) and p > 0]
-    reach = 2.2 * max(periods) if periods else min(h, w) / 8
-    half = int(min(max(reach, 8.0), min(h, w) / 2))
-    crop = acf[cy - half : cy + half + 1, cx - half : cx + half + 1]
+    view = _acf_view(panel)
+    periods = view.marks
     ax.imshow(
-        crop,
+        view.crop,
         cmap="RdBu_r",
         vmin=-1.0,
         vmax=1.0,
-        extent=(-half - 0.5, half + 0.5, half + 0.5, -half - 0.5),
+        extent=view.extent,
         interpolation="nearest",
     )
     if _finite(panel.acf_period) and panel.acf_period > 0:
@@ -545,3 +576,72 @@ def snapshot_figure(
     if title:
         set_title(fig, literal(title))
     return figure_png(fig, dpi=dpi)
+
+
+def _reduce(a: np.ndarray, k: int, how: str) -> np.ndarray:
+    """``a`` (H, W[, C]) reduced by k × k blocks (``"mean"`` or ``"max"``), edges repeated."""
+    if k <= 1:
+        return a
+    h, w = a.shape[:2]
+    ph, pw = -h % k, -w % k
+    if ph or pw:
+        a = np.pad(a, ((0, ph), (0, pw)) + ((0, 0),) * (a.ndim - 2), mode="edge")
+    blocks = a.reshape(a.shape[0] // k, k, a.shape[1] // k, k, *a.shape[2:])
+    return blocks.max(axis=(1, 3)) if how == "max" else blocks.mean(axis=(1, 3))
+
+
+def fit_pixels(
+    a: np.ndarray, height: float, width: float, *, how: str = "mean"
+) -> tuple[np.ndarray, int]:
+    """``a`` (H, W[, C]) reduced by whole k × k blocks to between 1 and 2 times ``height`` ×
+    ``width`` pixels, and k (1: unchanged, when ``a`` is smaller than twice that). What
+    ``imshow`` shows of a large image in a small panel, at a fraction of its resampling cost;
+    the last blocks repeat the edge, so the result covers k·ceil(H/k) × k·ceil(W/k) source px."""
+    a = np.asarray(a)
+    k = int(min(a.shape[0] / max(height, 1.0), a.shape[1] / max(width, 1.0)))
+    return (_reduce(a, k, how), k) if k > 1 else (a, 1)
+
+
+def axes_pixels(ax: Axes) -> tuple[float, float]:
+    """(height, width) of ``ax`` in pixels at its figure's dpi."""
+    fig = cast(Figure, ax.get_figure(root=True))
+    box = ax.get_position()
+    w_in, h_in = fig.get_size_inches()
+    return box.height * h_in * fig.dpi, box.width * w_in * fig.dpi
+
+
+def fast_png(fig: Figure) -> bytes:
+    """Draw ``fig`` (opaque) on its Agg canvas and encode it with :func:`png_rgb`: as
+    :func:`figure_png` at the figure's dpi, in a fraction of the encoding time."""
+    canvas = cast(FigureCanvasAgg, fig.canvas)
+    canvas.draw()
+    return png_rgb(np.asarray(canvas.buffer_rgba()))
+
+
+def png_rgb(rgb: np.ndarray, *, level: int = 1) -> bytes:
+    """Encode an (H, W, 3) uint8 array as an RGB PNG: no row filter, zlib ``level``. An
+    (H, W, 4) array is taken as opaque RGBA: its alpha is dropped.
+
+    Figures are mostly flat colour, which deflate packs well without PNG's row filters; Pillow's
+    adaptive filtering costs more time than the encoding itself and gives larger files here.
+    """
+    import struct
+    import zlib
+
+    h, w = rgb.shape[:2]
+    rows = np.empty((h, 1 + 3 * w), np.uint8)
+    rows[:, 0] = 0  # filter type None
+    rows[:, 1:].reshape(h, w, 3)[...] = rgb[:, :, :3]  # one copy, also from RGBA
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(data, zlib.crc32(kind))
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    return b"".join(
+        (
+            b"\x89PNG\r\n\x1a\n",
+            chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)),
+            chunk(b"IDAT", zlib.compress(rows.data, level)),
+            chunk(b"IEND", b""),
+        )
+    )

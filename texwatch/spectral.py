@@ -1612,26 +1612,13 @@ class AnomalyRegions:
     Attributes:
         count: Connected regions (8-connectivity) of at least ``min_area`` px.
         area_share: Share of the image's pixels inside those regions.
-        boxes: One ``(y0, x0, y1, x1)`` half-open box per region, largest region first.
+        boxes: One ``(y0, x0, y1, x1)`` half-open box per region, largest region first (ties in
+            the raster order of their first pixel).
     """
 
     count: int
     area_share: float
     boxes: tuple[tuple[int, int, int, int], ...]
-
-
-def _connected_components(hot: Tensor) -> Tensor:
-    """8-connected labels (B, H, W) int64 of a boolean map; 0 = background."""
-    b, h, w = hot.shape
-    seeds = torch.arange(1, h * w + 1, dtype=torch.float64, device=hot.device).view(1, h, w)
-    labels = torch.where(hot, seeds, torch.zeros((), dtype=torch.float64, device=hot.device))
-    for _ in range(h * w):
-        grown = F.max_pool2d(labels[:, None], kernel_size=3, stride=1, padding=1)[:, 0]
-        grown = torch.where(hot, grown, labels)
-        if torch.equal(grown, labels):
-            break
-        labels = grown
-    return labels.long()
 
 
 @torch.no_grad()
@@ -1642,7 +1629,8 @@ def sobel_anomalies(
 
     A pixel is anomalous when its magnitude exceeds the image's median by more than
     ``threshold`` robust standard deviations (1.4826 × median absolute deviation); anomalous
-    pixels are grouped into 8-connected regions and regions under ``min_area`` px dropped.
+    pixels are grouped into 8-connected regions (:func:`scipy.ndimage.label`: pixels touching
+    only at a corner are one region) and regions under ``min_area`` px dropped.
     Apply it to a prediction, or to ``pred - target`` to localise where they differ.
     """
     thr = _check_positive_float(threshold, "threshold")
@@ -1653,30 +1641,17 @@ def sobel_anomalies(
     median = flat.nanmedian(dim=1).values
     mad = (flat - median[:, None]).abs().nanmedian(dim=1).values * 1.4826
     z = (mag - median[:, None, None]) / mad.clamp_min(1e-12)[:, None, None]
-    labels = _connected_components(z > thr)
+    from texwatch._components import regions
+
+    hot = (z > thr).cpu().numpy()
     results: list[AnomalyRegions] = []
-    ys = torch.arange(h, device=mag.device)[:, None].expand(h, w).flatten()
-    xs = torch.arange(w, device=mag.device)[None, :].expand(h, w).flatten()
     for i in range(b):
-        lab = labels[i].flatten()
-        ids, counts = torch.unique(lab[lab > 0], return_counts=True)
-        keep = counts >= min_area
-        ids, counts = ids[keep], counts[keep]
-        order = torch.argsort(counts, descending=True, stable=True)
-        boxes = []
-        for region in ids[order].tolist():
-            inside = lab == region
-            boxes.append(
-                (
-                    int(ys[inside].min()),
-                    int(xs[inside].min()),
-                    int(ys[inside].max()) + 1,
-                    int(xs[inside].max()) + 1,
-                )
-            )
+        found = regions(hot[i], min_area=min_area)
         results.append(
             AnomalyRegions(
-                count=len(boxes), area_share=float(counts.sum()) / (h * w), boxes=tuple(boxes)
+                count=len(found.boxes),
+                area_share=float(found.areas.sum()) / (h * w),
+                boxes=found.boxes,
             )
         )
     return results
