@@ -5,10 +5,10 @@ Six 512×512 images are written as PNG files: scikit-image's bundled brick, gras
 checkerboard. Each repeat runs, in alternating order so that load drift touches both alike:
 
 - the reference: ``run_diagnostics_from_tensors`` of ``Diagnosis/diag_tiling.py`` from the
-  Gainward777/Texture_Loss repository (the script texwatch diagnose grew from, kept outside this repository: its path
-  is the required ``--reference``), on each image loaded with the script's own ``load_rgb``: its
-  spectra, ACF, local period map, banding, shift and resize checks, seven PNG figures and a JSON
-  summary per image;
+  Gainward777/Texture_Loss repository (the script texwatch diagnose grew from, kept outside
+  this repository: its path is the required ``--reference``), on each image loaded with the
+  script's own ``load_rgb``: its spectra, ACF, local period map, banding, shift and resize
+  checks, seven PNG figures and a JSON summary per image;
 - ``texwatch diagnose`` on the six files: metrics with the band scan, value statistics,
   periodicity, Sobel anomaly regions, the difference heatmap against the first image, the probable
   causes, one 2 × 3-panel PNG per image and ``diagnose.json``;
