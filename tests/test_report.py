@@ -410,3 +410,183 @@ def test_the_report_does_not_import_diagnose() -> None:
     code = "import sys, texwatch.report; print('texwatch.diagnose' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"
+
+
+def test_the_report_and_diagnose_do_not_import_each_other() -> None:
+    import ast
+
+    import texwatch
+
+    root = Path(texwatch.__file__).parent
+
+    def imported(path: Path) -> set[str]:
+        tree = ast.parse(path.read_text())
+        names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        return names | {
+            n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level == 0
+        }
+
+    assert not any(m.startswith("texwatch.report") for m in imported(root / "diagnose.py"))
+    for module in (root / "report").glob("*.py"):
+        assert not any(m.startswith("texwatch.diagnose") for m in imported(module)), module
+    code = "import sys, texwatch.causes; print(sorted(m for m in sys.modules if 'report' in m))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+
+
+# ---- scalars only, long runs and resumed runs: the streamed loader ---------------------------
+
+
+def test_a_scalars_only_store_with_checkpoints_reports(tmp_path: Path, capsys) -> None:
+    import texwatch.client as tw
+
+    store = tmp_path / "scalars.zarr"
+    with tw.Recorder(store, run="scalars") as rec:
+        for step in range(120):
+            rec.record(
+                step,
+                1.0 + 0.01 * math.sin(step),
+                terms={"v": 1.0},
+                scalars={"lr": 1e-4},
+                checkpoint=step in (40, 80),
+            )
+    out = tmp_path / "out"
+    assert main(["report", str(store), "-o", str(out), "--quiet", "--checkpoints"]) == 0
+    assert capsys.readouterr().err == ""
+    doc = _doc(out)
+    assert doc["steps"] == [40, 80] and doc["runs"][0]["checkpoint_steps"] == [40, 80]
+    assert [c["columns"] for c in doc["checkpoints"]] == [[], []]
+    html = (out / "index.html").read_text()
+    assert "nothing to compare across steps" in html
+    assert main(["report", str(store), "-o", str(tmp_path / "auto"), "--quiet"]) == 0
+    assert _doc(tmp_path / "auto")["selection"] == "recorded checkpoints"
+
+
+def _whole_table(path: Path, settings) -> dict[str, np.ndarray]:
+    """The run's per-step scalar table held whole, derived and joined as the report did before
+    it streamed: the reference the streamed loader must match."""
+    from texwatch.derive import derive_all
+    from texwatch.store import latest_rows
+
+    derived = derive_all(path, settings)["scalars"]
+    keep = latest_rows(derived["step"])
+    table = {k: np.asarray(v)[keep] for k, v in derived.items()}
+    raw = open_run(path).scalars()
+    assert np.array_equal(raw["step"], table["step"])
+    for name, col in raw.items():
+        if name not in table and name != "time":
+            table[name] = col
+    return table
+
+
+def _write_scalars(path: Path, steps: np.ndarray, seed: int) -> None:
+    from texwatch.store import SCALARS, RunWriter
+
+    rng = np.random.default_rng(seed)
+    with RunWriter.open(path, run=path.stem) as writer:
+        for block in np.array_split(steps, max(1, steps.size // 4000)):
+            n = block.size
+            loss = 1.0 + 0.02 * rng.standard_normal(n)
+            loss[block % 2011 == 1000] = 8.0
+            writer.append(
+                SCALARS,
+                {
+                    "step": block,
+                    "loss": loss,
+                    "term/v": loss,
+                    "term/edge": np.zeros(n),
+                    "weight/v": np.ones(n),
+                    "weight/edge": np.full(n, 0.06),
+                    "lr": np.full(n, 1e-4),
+                },
+            )
+            writer.commit()
+
+
+def test_a_long_run_is_read_in_chunks_and_drawn_decimated_with_every_spike(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from texwatch.derive import DeriveSettings
+    from texwatch.report import _load
+
+    monkeypatch.setattr(_load, "CHUNK_ROWS", 3000)
+    monkeypatch.setattr(_load, "_PLAN_ROWS", 5000)
+    n = 24_000
+    store = tmp_path / "long.zarr"
+    _write_scalars(store, np.arange(n), seed=3)
+    settings = DeriveSettings(window=64, dead_window=50)
+    whole = _whole_table(store, settings)
+    doc = build_report_for(store, tmp_path / "out", settings)
+    run = doc["runs"][0]
+    series = run["series"]
+    shown = np.array(series["scalars"]["step"])
+    assert series["rows"] == {"scalars": n} and series["decimated"]
+    assert shown.size < n / 4  # held and drawn: a few rows per bucket, not every step
+    spikes = whole["step"][whole["spike"] > 0]
+    assert spikes.size >= 10 and [s["step"] for s in run["spikes"]] == spikes.tolist()
+    assert set(spikes.tolist()) <= set(shown.tolist())  # every spike is drawn
+    warnings = whole["step"][whole["warn"] > 0]
+    assert run["warning_steps"] == warnings.tolist()
+    rows = np.searchsorted(whole["step"], shown)
+    for name, col in series["scalars"].items():  # kept rows hold the table's own values
+        if name != "step" and not name.startswith("weighted/"):
+            assert np.allclose(np.array(col, dtype=float), whole[name][rows], equal_nan=True)
+    loss = np.array(series["scalars"]["loss"], dtype=float)
+    assert np.nanmin(loss) == run["loss"]["min_loss"] == np.nanmin(whole["loss"])
+    assert np.nanmax(loss) == run["loss"]["max_loss"] == np.nanmax(whole["loss"])
+    ids = {int(s): [] for s in spikes}
+    expected = probable_causes(whole, {}, [], sizes={}, sample_ids=ids)
+    assert json.loads(json.dumps([_asdict(c) for c in expected], default=str)) == run["causes"]
+    assert "dead_term" in {c["key"] for c in run["causes"]}
+
+
+def test_a_resumed_run_whose_first_attempt_outlives_the_second_reads_like_the_whole_table(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from texwatch.derive import DeriveSettings
+    from texwatch.report import _load
+
+    monkeypatch.setattr(_load, "CHUNK_ROWS", 37)
+    # the first attempt ran to step 599; the job resumed at 200 and stopped at 399, so steps
+    # 400..599 keep the first attempt's rows, written before the second's
+    store = tmp_path / "resumed.zarr"
+    _write_scalars(store, np.arange(600), seed=4)
+    from texwatch.store import SCALARS, RunWriter
+
+    with RunWriter.open(store) as writer:
+        steps = np.arange(200, 400)
+        loss = np.full(200, 1.5)
+        loss[[50, 120]] = 12.0
+        writer.append(
+            SCALARS,
+            {"step": steps, "loss": loss, "term/v": loss, "term/edge": np.zeros(200)},
+        )
+        writer.commit()
+    settings = DeriveSettings(window=32, dead_window=30)
+    whole = _whole_table(store, settings)
+    doc = build_report_for(store, tmp_path / "out", settings)
+    run = doc["runs"][0]
+    series = run["series"]["scalars"]
+    assert not run["series"]["decimated"] and series["step"] == list(range(600))
+    for name, col in whole.items():
+        assert np.allclose(np.array(series[name], dtype=float), col, equal_nan=True), name
+    spikes = whole["step"][whole["spike"] > 0].tolist()
+    assert {250, 320} <= set(spikes) and [s["step"] for s in run["spikes"]] == spikes
+    expected = probable_causes(whole, {}, [], sizes={}, sample_ids={s: [] for s in spikes})
+    assert json.loads(json.dumps([_asdict(c) for c in expected], default=str)) == run["causes"]
+    assert run["loss"]["last_step"] == 599 and run["loss"]["steps"] == 600
+
+
+def build_report_for(store: Path, out: Path, settings) -> dict:
+    from texwatch.report import build_report
+
+    build_report([store], out, settings=settings)
+    return _doc(out)
+
+
+def _asdict(cause: ProbableCause) -> dict:
+    import dataclasses
+
+    from texwatch._json import jsonable
+
+    return jsonable(dataclasses.asdict(cause))

@@ -184,7 +184,7 @@ def diagnose(
 
     from texwatch import spectral
     from texwatch._progress import progress
-    from texwatch.report import Thresholds, probable_causes
+    from texwatch.causes import Thresholds, probable_causes
 
     if not images:
         raise _InputError("no image given")
@@ -394,7 +394,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``texwatch diagnose``: 0 on success, 2 with one line on stderr for a bad input."""
-    from texwatch.report import ReportError, Thresholds
+    from texwatch.causes import ReportError, Thresholds
 
     try:
         thresholds = Thresholds.from_pairs(args.threshold)
