@@ -5,8 +5,8 @@ one row per step (:func:`texwatch.report.step_table`). The scalar table holds a 
 step, millions of them: it is derived and read in chunks of :data:`CHUNK_ROWS` rows, each chunk
 read once, in step order, by a :class:`ScalarDigest` that keeps only what the report shows of it
 (the loss readings' evidence, totals, the last row, the flagged steps and a decimated table for
-the figures and the JSON series). Only the run's ``step`` column (8 bytes a row) is held whole,
-to know which row of a resumed step is the latest.
+the figures and the JSON series). Only a resumed run's ``step`` column (8 bytes a row) is held
+whole, to know which row of a repeated step is the latest.
 """
 
 from __future__ import annotations
