@@ -222,6 +222,11 @@ def test_derive_all_matches_the_daemon_and_fills_the_rest_in_memory(tmp_path: Pa
     assert everything[SCALARS]["spike"].sum() == 1
     # Nothing was written by the report path.
     assert open_run(store).derived_committed()[SCALARS] == 200
+    # One table alone (the report reads the scalars in chunks of its own): the same rows.
+    streams = derive_all(store, DeriveSettings(window=64, dead_window=20), tables=["pred"])
+    assert set(streams) == {"pred"}
+    for key, values in everything["pred"].items():
+        np.testing.assert_array_equal(streams["pred"][key], values)
 
 
 def test_snapshots_are_written_per_interval_atomically(tmp_path: Path) -> None:

@@ -27,7 +27,7 @@ import logging
 import math
 import re
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -649,25 +649,33 @@ def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
 
 
 def derive_all(
-    path: str | Path, settings: DeriveSettings | None = None, *, batch_rows: int = 512
+    path: str | Path,
+    settings: DeriveSettings | None = None,
+    *,
+    batch_rows: int = 512,
+    tables: Iterable[str] | None = None,
 ) -> dict[str, dict[str, np.ndarray]]:
     """Derived columns for every committed row of every table of the run at ``path``.
 
     Rows the daemon already stored under ``derived/`` are read; the rest are computed in memory
     with the same :class:`Deriver`, resumed from the daemon's cursor and detector state. Nothing
-    is written.
+    is written. ``tables`` limits it to those tables (``scalars``, image streams), so a caller
+    can read a long scalar table its own way (``texwatch report`` reads it in chunks).
 
     Raises:
         TexwatchError: the first table that could not be read or derived (it names the file).
     """
     run = open_run(path)
     settings = settings or DeriveSettings()
+    wanted = None if tables is None else set(tables)
+    if wanted is not None and SCALARS in wanted:
+        wanted.add(ITEMS)  # the loss detectors read the per-item rows beside the scalar rows
     parts: dict[str, list[dict[str, np.ndarray]]] = {}
     for table, rows in run.derived_committed().items():
-        if rows:
+        if rows and (wanted is None or table in wanted):
             parts.setdefault(table, []).append(run.derived(table, 0, rows))
     deriver = Deriver(settings, cursor=run.derived_cursor(), state=run.derived_state())
-    committed = run.committed()
+    committed = {t: n for t, n in run.committed().items() if wanted is None or t in wanted}
     while (batch := deriver.advance(run, committed, batch_rows)) is not None:
         for table, cols in batch.tables.items():
             parts.setdefault(table, []).append(cols)

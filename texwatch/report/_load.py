@@ -5,8 +5,8 @@ one row per step (:func:`texwatch.report.step_table`). The scalar table holds a 
 step, millions of them: it is derived and read in chunks of :data:`CHUNK_ROWS` rows, each chunk
 read once, in step order, by a :class:`ScalarDigest` that keeps only what the report shows of it
 (the loss readings' evidence, totals, the last row, the flagged steps and a decimated table for
-the figures and the JSON series). Only the run's ``step`` column (8 bytes a row) is held whole,
-to know which row of a resumed step is the latest.
+the figures and the JSON series). Only a resumed run's ``step`` column (8 bytes a row) is held
+whole, to know which row of a repeated step is the latest.
 """
 
 from __future__ import annotations
@@ -45,7 +45,6 @@ CHUNK_ROWS = 32768
 """Scalar rows derived and read at once."""
 
 _PLAN_ROWS = 1 << 17  # step rows read at once to check that steps increase
-_IMAGE_BATCH_ROWS = 512  # image rows per advance, as derive_all: targets are paired within it
 _DERIVED_BASE = ("loss", "loss_ema", "loss_zscore", "spike", "spike_rule", "warn")
 _TERM_FLAGS = ("share/", "dead/", "term_nonfinite/")
 _STREAM_ORDER = {"pred": 0, "target": 1, "latents": 2}
@@ -207,7 +206,7 @@ def load_run(
     """
     chunk_rows = chunk_rows or CHUNK_ROWS
     try:
-        streams = _derive_streams(run, settings, _IMAGE_BATCH_ROWS)
+        streams = _derive_streams(run, settings)
         digest = _read_scalars(run, settings, thresholds, chunk_rows)
         sizes = {name: tuple(int(s) for s in run.stream_spec(name).shape[1:]) for name in streams}
     except (OSError, ValueError, KeyError, TexwatchError) as err:
@@ -223,41 +222,13 @@ def load_run(
     )
 
 
-def _derive_streams(
-    run: Run, settings: DeriveSettings, batch_rows: int
-) -> dict[str, dict[str, np.ndarray]]:
-    """Every image stream's derived columns, one row per step (as :func:`derive_all` has them)."""
-    from texwatch.derive import Deriver
-    from texwatch.store import ITEMS, SCALARS
+def _derive_streams(run: Run, settings: DeriveSettings) -> dict[str, dict[str, np.ndarray]]:
+    """Every image stream's derived columns, one row per step."""
+    from texwatch.derive import derive_all
 
-    parts: dict[str, list[dict[str, np.ndarray]]] = {}
-    for table, rows in run.derived_committed().items():
-        if rows and table != SCALARS:
-            parts.setdefault(table, []).append(run.derived(table, 0, rows))
-    images = {t: n for t, n in run.committed().items() if t not in (SCALARS, ITEMS)}
-    deriver = Deriver(settings, cursor=run.derived_cursor(), state=run.derived_state())
-    while (batch := deriver.advance(run, images, batch_rows)) is not None:
-        for table, cols in batch.tables.items():
-            parts.setdefault(table, []).append(cols)
-    for error in deriver.stream_errors().values():
-        raise error
-    names = sorted(parts, key=lambda n: (_STREAM_ORDER.get(n, 3), n))
-    return {name: step_table(_rows_joined(parts[name])) for name in names}
-
-
-def _rows_joined(parts: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """Column dicts joined row-wise; a column missing from a part reads NaN there."""
-    names = sorted({k for p in parts for k in p})
-    sizes = [len(next(iter(p.values()))) if p else 0 for p in parts]
-    return {
-        k: np.concatenate(
-            [
-                np.asarray(p[k]) if k in p else np.full(n, np.nan)
-                for p, n in zip(parts, sizes, strict=True)
-            ]
-        )
-        for k in names
-    }
+    derived = derive_all(run.path, settings, tables=run.stream_names())
+    names = sorted(derived, key=lambda n: (_STREAM_ORDER.get(n, 3), n))
+    return {name: step_table(derived[name]) for name in names}
 
 
 # --------------------------------------------------------------------------------------------

@@ -50,13 +50,6 @@ _VAL_PREFIX = "val/"
 _MAX_SPIKE_ROWS = 200  # spikes listed in the loss section's table (the JSON has them all)
 
 
-def _finite(v: Any) -> bool:
-    try:
-        return math.isfinite(float(v))
-    except (TypeError, ValueError):
-        return False
-
-
 def _column(table: Mapping[str, np.ndarray], key: str, fill: float = math.nan) -> np.ndarray:
     col = table.get(key)
     return np.full(table["step"].size, fill) if col is None else np.asarray(col)
@@ -395,7 +388,7 @@ def checkpoint_section(
         value = columns[-1].get("fundamental_radius_bin")
         f_star = float(value) if isinstance(value, (int, float)) else math.nan
         columns[-1][FFT_PERIOD_KEY] = (
-            fft_period(f_star, rd.sizes[name]) if _finite(f_star) else math.nan
+            fft_period(f_star, rd.sizes[name]) if math.isfinite(f_star) else math.nan
         )
     pictured = [r for r in rows if not r[1].startswith(_VAL_PREFIX)]
     if pictured:
