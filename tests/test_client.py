@@ -25,9 +25,11 @@ from texwatch.client import (
     WriterError,
     detect_rank,
 )
+from texwatch.detectors import MAX_TERMS
 from texwatch.store import (
     ITEMS,
     LOSS_NAN,
+    OVER_CAP,
     SCALARS,
     RunWriter,
     StoreFormatError,
@@ -570,3 +572,190 @@ def test_stats_snapshot(path: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert "Recorder(" in repr(rec)
+
+
+# --- issue #16: validation once per call signature ----------------------------------------------
+
+
+def _signature_changes() -> list[tuple[dict[str, Any], dict[str, Any], type[Exception], str]]:
+    """(a call whose signature gets cached, the same call with one thing changed, error)."""
+    t = torch.tensor(0.5)
+    x = torch.zeros(2, 4, 8, 8)
+    return [
+        ({"terms": {"v": t}}, {"terms": {"v": t, "a b": t}}, ValueError, "segments"),
+        ({"terms": {"v": t}}, {"terms": {"v": t, "x" * 190: t}}, ValueError, "too long"),
+        ({"scalars": {"lr": 1.0}}, {"scalars": {"lr": 1.0, "loss": 1.0}}, ValueError, "reserved"),
+        ({"latents": x}, {"latents": torch.zeros(2, 4, 4, 4)}, ValueError, "created with"),
+        ({"loss": t}, {"loss": torch.ones(2, 2)}, ValueError, "scalar or a 1-D"),
+        ({"loss": t}, {"loss": torch.ones(1, dtype=torch.complex64)}, TypeError, "real numbers"),
+        ({"latents": x}, {"latents": x.bool()}, TypeError, "float or integer"),
+        ({"loss": 1.0}, {"loss": torch.ones(2, 2)}, ValueError, "scalar or a 1-D"),
+        ({"scalars": {"lr": 1.0}}, {"scalars": {"lr": torch.ones(3)}}, ValueError, r"\(0-d\)"),
+        ({"scalars": {"lr": 1.0}}, {"scalars": {"lr": "high"}}, TypeError, r"scalars\['lr'\]"),
+        ({"loss": t}, {"loss": torch.empty((), device="meta")}, ValueError, "meta tensor"),
+        ({"loss": t}, {"loss": torch.ones(2).to_sparse()}, TypeError, "dense tensor"),
+        (
+            {"loss": torch.ones(4), "sample_ids": torch.arange(4)},
+            {"loss": torch.ones(4), "sample_ids": torch.arange(3)},
+            ValueError,
+            "disagree",
+        ),
+        ({"checkpoint": True}, {"checkpoint": "yes"}, TypeError, "checkpoint must be a bool"),
+        ({"images": {"u": x}}, {"images": {"u": x, "latents": x}}, ValueError, "reserved"),
+        ({"timesteps": np.arange(2)}, {"timesteps": np.zeros((2, 2))}, ValueError, "1-D"),
+    ]
+
+
+@pytest.mark.parametrize(("good", "bad", "error", "match"), _signature_changes())
+def test_a_changed_signature_is_validated_again_and_refused_with_nothing_recorded(
+    path: Path, good: dict[str, Any], bad: dict[str, Any], error: type[Exception], match: str
+) -> None:
+    with Recorder(path) as rec:
+        rec.record(0, **good)
+        rec.record(1, **good)  # the signature is cached now
+        rec.flush()
+        before = (open_run(path).committed(), open_run(path).scalar_names())
+        with pytest.raises(error, match=match):
+            rec.record(2, **bad)
+        rec.flush()
+        assert rec.stats.recorded == 2 and rec.stats.drops == {}
+        assert (open_run(path).committed(), open_run(path).scalar_names()) == before
+        rec.record(2, **good)
+    run = open_run(path)
+    assert run.scalars()["step"].tolist() == [0, 1, 2] and run.errors() == 0
+
+
+def test_values_stay_checked_on_every_call_of_a_cached_signature(path: Path) -> None:
+    loss = torch.tensor(1.0)
+    with Recorder(path) as rec:
+        for step, value in enumerate([1.0, math.nan, 2.0, math.inf, -math.inf, 3.0]):
+            loss.fill_(value)  # the same tensor, changed in place: one signature
+            rec.record(step, loss, terms={"v": loss})
+        with pytest.raises(ValueError, match="step must fit int64"):
+            rec.record(2**63, loss, terms={"v": loss})
+        with pytest.raises(ValueError, match="step must be >= 0"):
+            rec.record(-1, loss, terms={"v": loss})
+        rec.record(6, 5)
+        with pytest.raises(ValueError, match=r"loss is an int of 3322 bits, too large"):
+            rec.record(7, 10**1000)  # an int: same signature, a value a float64 cannot hold
+        with pytest.raises(ValueError, match=r"scalars\['n'\] is .* too large"):
+            rec.record(7, 5, scalars={"n": 10**400})
+        assert rec.stats.recorded == 7
+    run = open_run(path)
+    cols = run.scalars()
+    np.testing.assert_array_equal(cols["step"], np.arange(7))
+    np.testing.assert_array_equal(cols["loss"], [1, math.nan, 2, math.inf, -math.inf, 3, 5])
+    assert run.nonfinite() == {"loss": 3, "term/v": 3}
+    np.testing.assert_array_equal(
+        cols[LOSS_NAN], [np.nan, 1, np.nan, np.nan, np.nan, np.nan, np.nan]
+    )
+
+
+def test_a_name_past_the_cap_is_counted_on_every_call_of_its_signature(path: Path) -> None:
+    with Recorder(path) as rec:
+        for i in range(MAX_TERMS):
+            rec.record(i, 1.0, terms={f"t{i}": 1.0})
+        with pytest.warns(RuntimeWarning, match="loss terms"):
+            for step in range(MAX_TERMS, MAX_TERMS + 5):
+                rec.record(step, 1.0, terms={"late": 1.0, "t0": 0.5})
+    run = open_run(path)
+    assert run.drops() == {OVER_CAP: 5} and run.committed() == {SCALARS: MAX_TERMS + 5}
+    assert "term/late" not in run.scalar_names()
+    np.testing.assert_array_equal(run.scalars()["term/t0"][-5:], 0.5)
+
+
+def test_a_lazily_negated_tensor_is_recorded_with_its_sign(path: Path) -> None:
+    negated = torch.tensor(1 + 2j).conj().imag  # -2.0, kept as +2.0 and a negative bit
+    assert negated.is_neg()
+    plain = torch.tensor(2.0)
+    given = [plain, negated, negated, plain, negated]  # each order of the two signatures
+    with Recorder(path) as rec:
+        for step, loss in enumerate(given):
+            rec.record(step, loss)
+        for step, term in enumerate(given, start=len(given)):
+            rec.record(step, 1.0, terms={"v": term})
+    cols = open_run(path).scalars()
+    np.testing.assert_array_equal(cols["loss"][:5], [2.0, -2.0, -2.0, 2.0, -2.0])
+    np.testing.assert_array_equal(cols["term/v"][5:], [2.0, -2.0, -2.0, 2.0, -2.0])
+
+
+def test_images_laid_out_in_any_order_are_copied_exactly(path: Path) -> None:
+    rng = np.random.default_rng(0)
+    last = torch.rand(3, 3, 16, 16).to(memory_format=torch.channels_last)
+    swapped = rng.random((3, 3, 16, 1024), dtype=np.float32).swapaxes(2, 3)  # 192 KiB: pooled
+    seen: list[tuple[np.ndarray, np.ndarray]] = []
+    with Recorder(path, every={"pred": 1}) as rec:
+        for step in range(3):
+            rec.record(step, pred=last, images={"s": swapped})
+            seen.append((last.numpy().copy(), swapped.copy()))
+            last.add_(1.0)  # in place, after the call: never reaches the store
+            swapped += 1.0
+    run = open_run(path)
+    np.testing.assert_array_equal(run.stream("pred")[1], np.concatenate([p for p, _ in seen]))
+    np.testing.assert_array_equal(run.stream("s")[1], np.concatenate([s for _, s in seen]))
+
+
+def _record_until_closed(
+    rec: Recorder, accepted: list[int], refused: list[BaseException], started: threading.Event
+) -> None:
+    loss = torch.tensor(1.0)
+    step = 0
+    while True:
+        try:
+            rec.record(step, loss, latents=np.ones((1, 1, 2, 2), np.float32))
+        except RuntimeError as err:
+            refused.append(err)
+            return
+        accepted.append(step)
+        step += 1
+        if step == 100:
+            started.set()
+
+
+def test_a_record_racing_close_is_committed_or_refused(path: Path) -> None:
+    """record() takes no lock against close(): every call's row is committed, or it raises."""
+    for attempt in range(5):
+        store = path.parent / f"race{attempt}.zarr"
+        rec = Recorder(store)
+        accepted: list[int] = []
+        refused: list[BaseException] = []
+        started = threading.Event()
+        thread = threading.Thread(
+            target=_record_until_closed, args=(rec, accepted, refused, started)
+        )
+        thread.start()
+        assert started.wait(10.0)
+        rec.close()
+        thread.join(10.0)
+        assert refused and "closed" in str(refused[0])
+        run = open_run(store)
+        assert run.scalars()["step"].tolist() == accepted
+        assert run.committed()["latents"] == len(accepted) and run.drops() == {}
+        assert rec.stats.recorded == len(accepted)
+
+
+def test_recorded_is_exact_across_threads(path: Path) -> None:
+    with Recorder(path, queue_size=100_000) as rec:
+
+        def work(first: int) -> None:
+            loss = torch.tensor(0.5)
+            for step in range(first, first + 2000):
+                rec.record(step, loss)
+
+        threads = [threading.Thread(target=work, args=(2000 * k,)) for k in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        rec.flush()
+        assert rec.stats.recorded == 8000 and rec.stats.committed[SCALARS] == 8000
+
+
+def test_the_signature_cache_is_bounded(path: Path) -> None:
+    from texwatch.client._recorder import _MAX_PLANS
+
+    with Recorder(path) as rec:
+        for b in range(1, _MAX_PLANS + 50):  # a new shape of per-item loss each call
+            rec.record(b, torch.ones(b))
+        assert len(rec._plans) <= _MAX_PLANS
+    assert open_run(path).committed()[SCALARS] == _MAX_PLANS + 49

@@ -8,6 +8,13 @@ so later in-place changes never leak into the store.
 
 Large copies go into buffers recycled through a ``BufferPool``: a fresh multi-MiB allocation per
 call costs page faults that would dominate the copy itself.
+
+Host copies hold the GIL (``host_copy``: a memoryview memcpy, not ``numpy.copyto``; a CPU tensor
+is read through ``numpy(force=True)``, not ``detach()``). Torch ops called from Python and large
+numpy copies release the GIL, and while the writer thread runs Python the caller then waits up
+to the interpreter's switch interval (5 ms) to get it back, once per release: issue #16 measured
+a 15 ms p99 for an image call of 0.8 ms median. A memcpy holding the GIL for a millisecond only
+delays the writer.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ __all__ = [
     "Meta",
     "check_tensor",
     "describe",
+    "host_copy",
     "is_tensor",
     "release",
     "resolve",
@@ -202,6 +210,26 @@ def release(copy: Copy) -> None:
         copy.release()
 
 
+def host_copy(pool: BufferPool, array: np.ndarray, nbytes: int) -> Copy:
+    """A C-ordered copy of ``array`` (``nbytes`` long): a plain array if small, else pooled.
+
+    The copy holds the GIL (see the module docstring); a non-contiguous array falls back to
+    ``numpy.copyto``, which releases it.
+    """
+    small = nbytes < POOL_MIN_BYTES
+    key: tuple[Any, ...] = ("numpy", array.shape, array.dtype)
+    buffer = np.empty(key[1], key[2]) if small else pool.take(key, nbytes)
+    try:
+        buffer.data.cast("B")[:] = array.data.cast("B")
+    except (TypeError, ValueError):  # not C-contiguous, or a dtype without a buffer format
+        np.copyto(buffer, array)
+    if small:
+        return buffer
+    captured = Captured(buffer, nbytes)
+    captured._pool, captured._key = pool, key
+    return captured
+
+
 class Capture:
     """The copies of one ``record()`` call; ``seal()`` records the CUDA events after them."""
 
@@ -226,15 +254,22 @@ class Capture:
         """Copy ``meta.value`` (its first ``items`` rows when given) to the host."""
         value = meta.value
         shape = meta.shape
+        cut = False
         if items is not None and items < shape[0]:
-            value = value[:items]
-            shape = (items, *shape[1:])
+            shape, cut = (items, *shape[1:]), True
         nbytes = meta.itemsize
         for s in shape:
             nbytes *= s
         if not meta.tensor:
-            return self._copy_array(value, shape, nbytes)
-        value = value.detach()
+            return host_copy(self._pool, value[:items] if cut else value, nbytes)
+        if value.is_cpu:
+            try:
+                array = value.numpy(force=True)  # on CPU, force only detaches
+            except (TypeError, RuntimeError):  # bfloat16 and other dtypes numpy lacks
+                pass
+            else:
+                return host_copy(self._pool, array[:items] if cut else array, nbytes)
+        value = (value[:items] if cut else value).detach()
         if value.is_cuda:
             key = ("torch", shape, value.dtype, True)
             buffer = self._pool.take(key, nbytes)
@@ -246,25 +281,12 @@ class Capture:
             return captured
         if not value.is_cpu:  # other accelerators: a plain synchronous copy
             return Captured(value.to("cpu", copy=True), nbytes)
-        try:
-            # numpy's single-threaded memcpy: torch's intra-op threads stall on a busy machine
-            return self._copy_array(value.numpy(), shape, nbytes)
-        except (TypeError, RuntimeError):  # bfloat16 and other dtypes numpy lacks
-            pass
         if nbytes < POOL_MIN_BYTES:
             torch = sys.modules["torch"]
             return Captured(value.clone(memory_format=torch.contiguous_format), nbytes)
         key = ("torch", shape, value.dtype, False)
         buffer = self._pool.take(key, nbytes)
         buffer.copy_(value)
-        return self._pooled(buffer, key, nbytes)
-
-    def _copy_array(self, value: np.ndarray, shape: tuple[int, ...], nbytes: int) -> Copy:
-        if nbytes < POOL_MIN_BYTES:
-            return np.array(value, order="C")
-        key: tuple[Any, ...] = ("numpy", shape, value.dtype)
-        buffer = self._pool.take(key, nbytes)
-        np.copyto(buffer, value)
         return self._pooled(buffer, key, nbytes)
 
     def _pooled(self, buffer: Any, key: tuple[Any, ...], nbytes: int) -> Captured:

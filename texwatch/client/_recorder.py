@@ -1,9 +1,10 @@
 """``Recorder``: validates and copies on the training thread, hands rows to the writer thread.
 
-The training thread only checks arguments, takes host copies (no ``.item()``, no CUDA sync) and
-puts one row on a bounded queue; a background thread does everything else. When the queue or the
-image memory budget is full, image rows are dropped first and scalar rows last, every drop is
-counted (root attribute ``drops``) and a warning is printed once.
+The training thread checks a call's arguments the first time it sees the call's signature (see
+``_sig``), takes host copies (no ``.item()``, no CUDA sync, the GIL kept) and puts one tuple on a
+bounded queue, with no lock and without waking the writer; a background thread does everything
+else. When the queue or the image memory budget is full, image rows are dropped first and scalar
+rows last, every drop is counted (root attribute ``drops``) and a warning is printed once.
 
 Sampling defaults (override with ``every=`` / ``max_items=``):
 
@@ -26,6 +27,7 @@ runs and checkpoints. Scalars and per-item rows (loss, timesteps, sample ids) ar
 from __future__ import annotations
 
 import atexit
+import ctypes
 import os
 import queue
 import sys
@@ -56,16 +58,18 @@ from texwatch.store import (
 from ._capture import (
     BufferPool,
     Capture,
+    Copy,
     Meta,
     check_tensor,
     describe,
+    host_copy,
     is_tensor,
     release,
     torch_kind,
 )
 from ._options import RecorderOptions, count, options_from, per_stream
 from ._stats import Counters, RecorderStats, WriterError
-from ._writer import STOP, Flush, Row, Writer
+from ._writer import STOP, Flush, Layout, Row, Writer, as_row
 
 __all__ = [
     "DEFAULT_EVERY",
@@ -92,9 +96,11 @@ _RESERVED_SCALARS = frozenset({"step", "time", "loss", "checkpoint"})
 _TERM, _WEIGHT, _USER = "term/", "weight/", ""  # column prefixes of terms=, weights=, scalars=
 # first segments a user scalar name may not have: the columns texwatch writes itself
 _RESERVED_SEGMENTS = _RESERVED_SCALARS | {_TERM[:-1], _WEIGHT[:-1], NONFINITE}
-_MAX_STEP = 2**63 - 1  # steps are stored as int64
+_MAX_STEP = 2**63 - 1  # steps are stored as int64 (record() spells it out: no global to read)
 _BLOCK_BYTES = 16 << 20  # commit early once this many image bytes are pending
 _POLL = 0.0005
+_MAX_PLANS = 256  # signatures cached per recorder; the cache starts over when full
+_now = time.time
 
 
 _open_lock = threading.Lock()
@@ -221,29 +227,311 @@ def _mapping(value: Any, what: str) -> Mapping[str, Any]:
     return value
 
 
-class _StreamPlan:
-    __slots__ = ("dtype", "items", "keep", "meta", "name", "shape")
+# --- the signature cache -------------------------------------------------------------------------
+#
+# What record() checks depends on a call's signature: which arguments are given, the names in its
+# dicts, each value's type, and for arrays their shape, dtype, device and layout. A signature seen
+# before maps to a _Plan, and the call only copies its values and puts one tuple on the queue.
+# Values are never part of a signature: the step's range is checked on every call, NaN/Inf are
+# counted by the writer, sampling (step % every) and the memory budget are applied per call, and
+# an int too large for a float64 is refused when it is converted. Names only ever get registered
+# (a name clash or a full cap never goes away), so a plan stays valid for the recorder's life.
+
+
+class _Uncached(Exception):
+    """A value whose signature is not cached (lists, subclasses...): validated on every call."""
+
+
+class _NoTensor:  # stands in for torch.Tensor until a call has passed one (torch is never imported)
+    pass
+
+
+_tensor: Any = _NoTensor
+_NUMBERS = frozenset(
+    {int, *(np.dtype(c).type for c in np.typecodes["AllInteger"] + np.typecodes["Float"])}
+)
+
+
+def _know_torch() -> None:
+    """Take ``torch.Tensor`` for signatures once torch is imported (by the caller, never here)."""
+    global _tensor
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        _tensor = torch.Tensor
+
+
+def _sig(value: Any) -> Any:
+    """What validation (and the choice of copy) reads of ``value``, without touching its data.
+
+    A tensor's: shape (0 for a 0-d tensor: ``ndim`` is cheaper to read), dtype, layout, device
+    (True for the CPU: the cheapest read) and the negative bit of a lazy negation view
+    (``z.conj().imag``), which a raw read would miss. ``record()`` builds the same tuple inline
+    for the loss.
+    """
+    kind = type(value)
+    if kind is _tensor:
+        return (
+            kind,
+            value.ndim and value.shape,  # 0-d: 0, else the shape
+            value.dtype,
+            value.layout,
+            value.is_cpu or value.device,
+            value.is_neg(),
+        )
+    if kind is float or kind in _NUMBERS:  # any value of these validates alike
+        return kind
+    if kind is np.ndarray:
+        return (kind, value.shape, value.dtype)
+    raise _Uncached
+
+
+def _map_sig(mapping: Any) -> Any:
+    if type(mapping) is not dict:
+        raise _Uncached
+    return (tuple(mapping), tuple(map(_sig, mapping.values())))
+
+
+def _images_sig(mapping: Any) -> Any:
+    if type(mapping) is not dict:
+        raise _Uncached
+    return (tuple(mapping), tuple(None if v is None else _sig(v) for v in mapping.values()))
+
+
+def _no_sig() -> Any:
+    raise _Uncached
+
+
+def _call_sig(
+    loss: Any,
+    terms: Any,
+    weights: Any,
+    scalars: Any,
+    latents: Any,
+    pred: Any,
+    target: Any,
+    images: Any,
+    sample_ids: Any,
+    timesteps: Any,
+    checkpoint: Any,
+) -> Any:
+    """A call's signature, or None if one of its values is not cached."""
+    try:
+        return (
+            None if loss is None else _sig(loss),
+            None if terms is None else _map_sig(terms),
+            None if weights is None else _map_sig(weights),
+            None if scalars is None else _map_sig(scalars),
+            None if latents is None else _sig(latents),
+            None if pred is None else _sig(pred),
+            None if target is None else _sig(target),
+            None if images is None else _images_sig(images),
+            None if sample_ids is None else _sig(sample_ids),
+            None if timesteps is None else _sig(timesteps),
+            checkpoint if checkpoint is False or checkpoint is True else _no_sig(),
+        )
+    except Exception:  # _Uncached, or a tensor whose shape cannot be read: validated each time
+        return None
+
+
+Copier = Callable[[Any, Capture | None], Any]
+"""Copies one validated value on the training thread: ``copier(value, capture)``."""
+
+
+def _skip(value: Any, capture: Capture | None) -> None:
+    """In a plan's copiers: a name refused by a cap on names, its value dropped (never called)."""
+    raise AssertionError("a refused value is never copied")
+
+
+def _copy_array(value: Any, capture: Capture | None) -> Copy:
+    return value.copy()
+
+
+def _copy_sequence(value: Any, capture: Capture | None) -> Copy:
+    return np.array(value)
+
+
+def _copy_tensor(value: Any, capture: Capture | None) -> Copy:
+    # numpy(force=True) only detaches on CPU and, unlike detach() or clone(), keeps the GIL
+    return value.numpy(force=True).copy()
+
+
+def _copy_captured(value: Any, capture: Capture | None) -> Copy:
+    assert capture is not None
+    return capture.copy_value(value)
+
+
+class _Reader:
+    """Copies a 0-d float32/float64 CPU tensor by reading its element from memory.
+
+    A ctypes read of a few bytes at ``data_ptr()``: about a third of a ``numpy()`` copy's cost
+    on a cold cache (benchmarks/client_overhead.py, part d), no dispatcher, no device, no GIL
+    release. Only for exact ``torch.Tensor``s whose signature says CPU, strided, 0-d and not
+    negated (``record()`` inlines this for the loss).
+    """
+
+    __slots__ = ("at",)
+
+    def __init__(self, ctype: Any) -> None:
+        # ctypes.c_float or c_double's from_address, bound once: looking a classmethod up on a
+        # ctypes type costs more, on a cold cache, than the read itself
+        self.at = ctype.from_address
+
+    def __call__(self, value: Any, capture: Capture | None) -> Any:
+        try:
+            address = value.data_ptr()
+        except RuntimeError:  # no storage (a functorch wrapper): numpy() says why
+            address = 0
+        if not address:
+            return _copy_tensor(value, capture)
+        return self.at(address).value
+
+
+def _read_type(value: Any) -> Any:
+    """The ctypes type to read a validated tensor's one element with, or None."""
+    if type(value) is not _tensor or value.dim() or not value.is_cpu or value.is_neg():
+        return None
+    torch = sys.modules["torch"]
+    if value.layout != torch.strided:
+        return None
+    return {torch.float32: ctypes.c_float, torch.float64: ctypes.c_double}.get(value.dtype)
+
+
+def _float_of(arg: str, key: str | None) -> Copier:
+    def to_float(value: Any, capture: Capture | None) -> float:
+        try:
+            return float(value)
+        except OverflowError:
+            raise ValueError(
+                f"{_arg_name(arg, key)} is {_show_int(int(value))}, too large for a float64"
+            ) from None
+
+    return to_float
+
+
+def _host_ok(value: Any) -> bool:
+    """A CPU tensor numpy can view (bfloat16 and a few others it cannot)."""
+    if not value.is_cpu:
+        return False
+    try:
+        value.numpy(force=True)
+    except (TypeError, RuntimeError):
+        return False
+    return True
+
+
+def _copier(value: Any, arg: str, key: str | None) -> Copier | None:
+    """How to copy a validated number, 0-d or (B,) value; None: a float, kept as it is."""
+    if type(value) is float:
+        return None
+    if isinstance(value, np.ndarray):
+        return _copy_array
+    if isinstance(value, (list, tuple)):
+        return _copy_sequence
+    if is_tensor(value):
+        ctype = _read_type(value)
+        if ctype is not None:
+            return _Reader(ctype)
+        return _copy_tensor if _host_ok(value) else _copy_captured
+    return _float_of(arg, key)  # an int or a numpy scalar
+
+
+class _Stream:
+    """One image stream of a plan: where its value comes from and how it is copied."""
+
+    __slots__ = (
+        "chw",
+        "cut",
+        "dtype",
+        "every",
+        "facts",
+        "host",
+        "items",
+        "name",
+        "nbytes",
+        "rows",
+        "sequence",
+        "shape",
+        "source",
+        "tensor",
+    )
 
     def __init__(
         self,
         name: str,
+        source: int | str,
         meta: Meta,
-        shape: tuple[int, int, int],
+        raw: Any,
         dtype: np.dtype[Any],
-        keep: bool,
+        every: int,
         items: int | None,
     ) -> None:
-        self.name, self.meta, self.shape, self.dtype = name, meta, shape, dtype
-        self.keep, self.items = keep, items  # items: rows to copy, None for a (C, H, W) input
+        self.name, self.source, self.dtype, self.every = name, source, dtype, every
+        self.shape = meta.shape  # as given: (B, C, H, W) or (C, H, W)
+        self.chw: tuple[int, int, int] = meta.shape[-3:]  # type: ignore[assignment]
+        self.facts = (meta.kind, meta.itemsize, meta.half)
+        self.items = items  # rows to copy, None for a (C, H, W) input
+        self.cut = items is not None and items < meta.shape[0]
+        self.rows = 1 if items is None else items
+        c, h, w = self.chw
+        self.nbytes = self.rows * c * h * w * meta.itemsize
+        self.tensor = meta.tensor
+        self.sequence = not meta.tensor and not isinstance(raw, np.ndarray)
+        self.host = not meta.tensor or _host_ok(raw)  # else copied through a Capture
 
-    @property
-    def rows(self) -> int:
-        return 1 if self.items is None else self.items
+    def copy(self, value: Any, pool: BufferPool, capture: Capture | None) -> Copy:
+        if self.host:
+            if self.tensor:
+                array = value.numpy(force=True)
+            else:
+                array = np.asarray(value) if self.sequence else value
+            return host_copy(pool, array[: self.items] if self.cut else array, self.nbytes)
+        assert capture is not None
+        return capture.copy(Meta(value, self.shape, self.facts, True), self.items)
 
-    @property
-    def nbytes(self) -> int:
-        c, h, w = self.shape
-        return self.rows * c * h * w * self.meta.itemsize
+
+class _Plan(Layout):
+    """What a validated call signature records, resolved once: copiers, columns, streams."""
+
+    __slots__ = (
+        "bare",
+        "capture",
+        "item_rows",
+        "items",
+        "loss",
+        "maps",
+        "read",
+        "refused",
+        "streams",
+    )
+
+    def __init__(
+        self,
+        loss: Copier | None,
+        maps: list[tuple[int, list[tuple[str, Copier | None]]]],
+        refused: set[str],
+        checkpoint: bool,
+        items: list[tuple[str, int, Copier]],
+        streams: list[_Stream],
+        item_rows: int,
+    ) -> None:
+        columns = [c for _, entries in maps for c, _ in entries if c not in refused]
+        super().__init__(tuple(columns), tuple(k for k, _, _ in items), checkpoint)
+        self.loss = loss
+        # (index into (terms, weights, scalars), a copier per key in call order)
+        self.maps = tuple(
+            (index, tuple(_skip if c in refused else copier for c, copier in entries))
+            for index, entries in maps
+            if entries
+        )
+        self.refused = frozenset(refused)
+        self.items = tuple((index, copier) for _, index, copier in items)
+        self.streams = tuple(streams)
+        self.item_rows = item_rows  # B, for the drop count of a row that does not fit
+        copiers = [loss, *(c for _, cs in self.maps for c in cs), *(c for _, c in self.items)]
+        self.capture = _copy_captured in copiers or not all(s.host for s in streams)
+        # step, loss and checkpoint only: record() copies the loss itself
+        self.bare = not (self.maps or self.items or self.streams or self.capture)
+        self.read = loss.at if isinstance(loss, _Reader) else None  # read from memory
 
 
 class Recorder:
@@ -293,8 +581,12 @@ class Recorder:
         self.active = all_ranks or self.rank in (None, 0)
         self.path = Path(path) if not all_ranks else Path(path) / f"rank{self.rank or 0}"
         self._max_wait = float(opts.max_wait)
-        self._queue_lock = threading.Lock()
+        self._live = False  # active and open: the one attribute record() reads to go on
+        self._queue_lock = threading.Lock()  # close() and the slow paths: never record()'s
         self._names_lock = threading.Lock()
+        self._close_done = threading.Event()
+        self._plans: dict[Any, _Plan] = {}  # validated signatures
+        _know_torch()
         self._warned_drop = False
         self._warned_error = False
         self._streams: dict[str, tuple[tuple[int, int, int], np.dtype[Any]]] = {}
@@ -344,6 +636,7 @@ class Recorder:
             store.close()
             raise
         self._closed = False
+        self._live = True
         _track(self)
 
     # --- public API -----------------------------------------------------------------------------
@@ -392,95 +685,269 @@ class Recorder:
             TypeError / ValueError: bad input (naming the argument); nothing is recorded.
             RuntimeError: the recorder is closed.
         """
-        if not self.active:
-            return
-        if self._closed:
+        if not self._live:
+            if not self.active:
+                return
             raise RuntimeError(f"record(): the Recorder for {str(self.path)!r} is closed")
-        if self._counters.failed and not self._warned_error:
+        counters = self._counters
+        if counters.failed and not self._warned_error:
             self._warn_error()
-        if type(step) is not int or step < 0 or step > _MAX_STEP:
+        if type(step) is not int or step < 0 or step > 0x7FFF_FFFF_FFFF_FFFF:
             step = _check_step(step)
-        row = Row(step, time.time())
+        kind = type(loss)
+        if (
+            (kind is _tensor or kind is float)
+            and latents is None
+            and pred is None
+            and target is None
+            and images is None
+            and terms is None
+            and weights is None
+            and scalars is None
+            and sample_ids is None
+            and timesteps is None
+            and checkpoint is False
+        ):  # step and loss alone, the commonest call: its signature read inline (as in _sig)
+            key: Any = (
+                (
+                    kind,
+                    loss.ndim and loss.shape,
+                    loss.dtype,
+                    loss.layout,
+                    loss.is_cpu or loss.device,
+                    loss.is_neg(),
+                )
+                if kind is _tensor
+                else float
+            )
+        else:
+            key = _call_sig(
+                loss, terms, weights, scalars, latents, pred, target, images, sample_ids,
+                timesteps, checkpoint,
+            )  # fmt: skip
+        plan = self._plans.get(key)
+        if plan is None:  # validate, register the names, cache the plan; raises on bad input
+            plan = self._plan(
+                key, loss, latents, pred, target, images, terms, weights, scalars, sample_ids,
+                timesteps, checkpoint,
+            )  # fmt: skip
+        if plan.bare:  # the copy inline: a 0-d CPU loss is read from memory (see _Reader)
+            read = plan.read
+            if read is not None:
+                try:
+                    address = loss.data_ptr()
+                except RuntimeError:
+                    address = 0
+                loss = read(address).value if address else _copy_tensor(loss, None)
+            elif loss is not None and plan.loss is not None:
+                loss = plan.loss(loss, None)
+            row: tuple[Any, ...] = (plan, step, _now(), loss, None, None, None, 0)
+        else:
+            row = self._copies(
+                plan, step, loss, terms, weights, scalars, latents, pred, target, images,
+                sample_ids, timesteps,
+            )  # fmt: skip
+            if plan.refused:
+                self._over_cap(plan.refused)
+        inbox = self._queue
+        if inbox.qsize() < self._queue_size:
+            inbox.put(row)
+            # no lock: CPython switches threads only at calls and backward jumps, none here
+            counters.recorded += 1
+            if not self._live:
+                self._taken_back(row)
+            return
+        self._enqueue(row, plan)
 
+    def _plan(
+        self,
+        key: Any,
+        loss: Any,
+        latents: Any,
+        pred: Any,
+        target: Any,
+        images: Mapping[str, Any] | None,
+        terms: Mapping[str, Any] | None,
+        weights: Mapping[str, Any] | None,
+        scalars: Mapping[str, Any] | None,
+        sample_ids: Any,
+        timesteps: Any,
+        checkpoint: Any,
+    ) -> _Plan:
+        """Validate a call whose signature is not cached, register its names, cache its plan.
+
+        Everything is checked before anything is registered, so a refused call leaves no trace.
+        """
+        _know_torch()
         # 1. validate everything; nothing is registered or copied before all of it passes
         batch: dict[str, int] | None = None
-        loss_value = None
+        loss_copier = None
         if loss is not None:
             loss_value = _number(loss, "loss", None, batch_ok=True)
             if type(loss_value) is not float and loss_value.ndim:
                 batch = {"loss": loss_value.shape[0]}
-        values: list[tuple[str, Any]] = []
-        if terms is not None:
-            for name, value in _mapping(terms, "terms").items():
-                column = self._column("term/", name, "terms")
-                values.append((column, _number(value, "terms", name, batch_ok=True)))
-        if weights is not None:
-            for name, value in _mapping(weights, "weights").items():
-                column = self._column("weight/", name, "weights")
-                values.append((column, _number(value, "weights", name, batch_ok=False)))
-        if scalars is not None:
-            for name, value in _mapping(scalars, "scalars").items():
-                column = self._column("", name, "scalars")
-                values.append((column, _number(value, "scalars", name, batch_ok=False)))
+            loss_copier = _copier(loss, "loss", None)
+        maps: list[tuple[int, list[tuple[str, Copier | None]]]] = []
+        named = (
+            ("terms", _TERM, terms, True),
+            ("weights", _WEIGHT, weights, False),
+            ("scalars", _USER, scalars, False),
+        )
+        for index, (arg, prefix, given, batch_ok) in enumerate(named):
+            if given is None:
+                continue
+            entries: list[tuple[str, Copier | None]] = []
+            for name, value in _mapping(given, arg).items():
+                column = self._column(prefix, name, arg)
+                _number(value, arg, name, batch_ok=batch_ok)
+                entries.append((column, _copier(value, arg, name)))
+            maps.append((index, entries))
         if checkpoint is not False and checkpoint is not True:
             if not isinstance(checkpoint, np.bool_):
                 raise TypeError(
                     f"record(): checkpoint must be a bool, got {type(checkpoint).__name__}"
                 )
             checkpoint = bool(checkpoint)
-        item_metas: dict[str, Meta] | None = None
+        items: list[tuple[str, int, Copier]] = []
         if sample_ids is not None or timesteps is not None:
             item_metas = self._item_metas(sample_ids, timesteps)
             batch = batch or {}
-            for key, meta in item_metas.items():
-                batch[key] = meta.shape[0]
+            for index, (item_key, raw) in enumerate(
+                (("sample_id", sample_ids), ("timestep", timesteps))
+            ):
+                meta = item_metas.get(item_key)
+                if meta is not None:
+                    batch[item_key] = meta.shape[0]
+                    copier = _copier(raw, item_key, None)
+                    assert copier is not None
+                    items.append((item_key, index, copier))
             if len(set(batch.values())) > 1:
                 raise ValueError(
                     f"record(): per-item arguments disagree on the batch size B: {batch}"
                 )
-        plans: list[_StreamPlan] = []
+        streams: list[_Stream] = []
         if latents is not None or pred is not None or target is not None or images is not None:
-            plans = self._plan_streams(step, latents, pred, target, images)
+            streams = self._plan_streams(latents, pred, target, images)
 
         # 2. register names first seen here (fails without side effects on a clash)
-        if values or checkpoint or plans:
-            columns = [name for name, _ in values]
-            if checkpoint:
-                columns.append("checkpoint")
-            new_columns = [c for c in columns if c not in self._scalar_cols]
-            new_streams = [p for p in plans if p.name not in self._streams]
-            if new_columns or new_streams:
-                refused = self._register(new_columns, new_streams)
-                if refused:
-                    values = [(c, v) for c, v in values if c not in refused]
+        refused: set[str] = set()
+        columns = [column for _, entries in maps for column, _ in entries]
+        if checkpoint:
+            columns.append("checkpoint")
+        new_columns = [c for c in columns if c not in self._scalar_cols]
+        new_streams = [p for p in streams if p.name not in self._streams]
+        if new_columns or new_streams:
+            refused = self._register(new_columns, new_streams)
 
-        # 3. copy
-        capture = Capture(self._pool)
-        if loss_value is not None:
-            row.loss = loss_value if type(loss_value) is float else capture.copy_value(loss_value)
-        if values or checkpoint:
-            row.scalars = {
-                name: value if type(value) is float else capture.copy_value(value)
-                for name, value in values
-            }
-            if checkpoint:
-                row.scalars["checkpoint"] = 1.0
-        if item_metas:
-            row.items = {key: capture.copy(meta) for key, meta in item_metas.items()}
-        for plan in plans:
-            if not plan.keep:
-                continue
-            if not self._counters.reserve(plan.nbytes):
-                self._drop(plan.name, plan.rows, "image bytes pending exceed max_pending_bytes", 3)
-                continue
-            if row.images is None:
-                row.images = {}
-            row.images[plan.name] = (capture.copy(plan.meta, plan.items), plan.dtype)
-            row.nbytes += plan.nbytes
-        capture.seal()
+        # 3. the plan, kept for the next call with this signature
+        plan = _Plan(
+            loss_copier,
+            maps,
+            refused,
+            checkpoint,
+            items,
+            streams,
+            next(iter(batch.values())) if batch else 0,
+        )
+        if key is not None:
+            if len(self._plans) >= _MAX_PLANS:
+                self._plans.clear()
+            self._plans[key] = plan
+        return plan
 
-        # 4. queue
-        self._enqueue(row, plans, next(iter(batch.values())) if batch else 0)
+    def _copies(
+        self,
+        plan: _Plan,
+        step: int,
+        loss: Any,
+        terms: Mapping[str, Any] | None,
+        weights: Mapping[str, Any] | None,
+        scalars: Mapping[str, Any] | None,
+        latents: Any,
+        pred: Any,
+        target: Any,
+        images: Mapping[str, Any] | None,
+        sample_ids: Any,
+        timesteps: Any,
+    ) -> tuple[Any, ...]:
+        """The queued row of a validated call: its copies, taken by ``plan``'s copiers."""
+        capture = Capture(self._pool) if plan.capture else None
+        values: list[Any] | None = None
+        items: list[Copy] | None = None
+        copied: dict[str, tuple[Copy, np.dtype[Any]]] | None = None
+        nbytes = 0
+        try:
+            if loss is not None and plan.loss is not None:
+                loss = plan.loss(loss, capture)
+            if plan.maps:
+                values = []
+                given = (terms, weights, scalars)
+                for index, copiers in plan.maps:
+                    mapping = given[index]
+                    assert mapping is not None  # the signature says it was given
+                    for copier, value in zip(copiers, mapping.values(), strict=True):
+                        if copier is None:
+                            values.append(value)
+                        elif copier is not _skip:
+                            values.append(copier(value, capture))
+            if plan.items:
+                given_items = (sample_ids, timesteps)
+                items = [copier(given_items[index], capture) for index, copier in plan.items]
+            for stream in plan.streams:
+                if step % stream.every:
+                    continue
+                if not self._counters.reserve(stream.nbytes):
+                    why = "image bytes pending exceed max_pending_bytes"
+                    self._drop(stream.name, stream.rows, why, 4)
+                    continue
+                nbytes += stream.nbytes
+                source = stream.source
+                if isinstance(source, str):
+                    assert images is not None
+                    value = images[source]
+                else:
+                    value = (latents, pred, target)[source]
+                if copied is None:
+                    copied = {}
+                copied[stream.name] = (stream.copy(value, self._pool, capture), stream.dtype)
+        except BaseException:  # nothing is recorded: give back what was copied and reserved
+            self._counters.release(nbytes)
+            for copy in (loss, *(values or ()), *(items or ())):
+                release(copy)
+            for copy, _ in (copied or {}).values():
+                release(copy)
+            raise
+        if capture is not None:
+            capture.seal()
+        return (plan, step, _now(), loss, values, items, copied, nbytes)
+
+    def _taken_back(self, row: tuple[Any, ...]) -> None:
+        """``row`` was queued while ``close()`` ran: it was committed, or it is taken back here.
+
+        ``record()`` checks that the recorder is open without a lock, so a call racing
+        ``close()`` may queue its row after ``STOP``. ``close()`` commits what it finds in the
+        queue after the writer stops; a row queued later still is taken back, and the call
+        raises as if it had found the recorder closed.
+        """
+        self._close_done.wait()
+        with self._queue_lock:
+            left = []
+            while True:
+                try:
+                    left.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            mine = any(item is row for item in left)
+            for item in left:
+                if item is not row:
+                    self._queue.put(item)
+        if not mine:
+            return
+        self._counters.recorded -= 1
+        self._counters.release(row[-1])
+        for captured in as_row(row).copies():
+            captured.release()
+        raise RuntimeError(f"record(): the Recorder for {str(self.path)!r} is closed")
 
     def _column(self, prefix: str, name: Any, what: str) -> str:
         """The scalar column for key ``name`` of ``terms``/``weights``/``scalars``, checked.
@@ -549,6 +1016,7 @@ class Recorder:
         deadline = None if timeout is None else time.monotonic() + timeout
         if not self._put(marker, deadline):
             raise TimeoutError(f"flush(): the queue stayed full for {timeout} s")
+        self._writer.wake.set()
         remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
         if not marker.done.wait(remaining):
             raise TimeoutError(f"flush(): rows not committed within {timeout} s")
@@ -564,12 +1032,18 @@ class Recorder:
             if self._closed:
                 return
             self._closed = True
+            self._live = False
         if not self.active:
             return
-        _untrack(self)
-        self._queue.put(STOP)
-        self._writer.join()
-        self._store.close()
+        try:
+            _untrack(self)
+            self._queue.put(STOP)
+            self._writer.wake.set()
+            self._writer.join()
+            self._writer.finish()  # rows of record() calls that raced this close()
+            self._store.close()
+        finally:
+            self._close_done.set()
         self._raise_errors("close")
 
     def __enter__(self) -> Recorder:
@@ -586,15 +1060,16 @@ class Recorder:
 
     def _plan_streams(
         self,
-        step: int,
         latents: Any,
         pred: Any,
         target: Any,
         images: Mapping[str, Any] | None,
-    ) -> list[_StreamPlan]:
-        given: list[tuple[str, Any, str]] = [
-            (name, value, name)
-            for name, value in zip(_BUILTIN_STREAMS, (latents, pred, target), strict=True)
+    ) -> list[_Stream]:
+        given: list[tuple[str, int | str, Any, str]] = [
+            (name, index, value, name)
+            for index, (name, value) in enumerate(
+                zip(_BUILTIN_STREAMS, (latents, pred, target), strict=True)
+            )
             if value is not None
         ]
         if images is not None:
@@ -608,9 +1083,9 @@ class Recorder:
                         f"{sorted(RESERVED_TABLES)}"
                     )
                 if value is not None:
-                    given.append((name, value, f"images[{name!r}]"))
-        plans = []
-        for name, value, what in given:
+                    given.append((name, name, value, f"images[{name!r}]"))
+        streams = []
+        for name, source, value, what in given:
             meta = describe(value, _label(what))
             if meta.kind not in "fiu":
                 raise TypeError(
@@ -633,18 +1108,18 @@ class Recorder:
             dtype = (
                 known[1] if known is not None else np.dtype(np.float16 if meta.half else np.float32)
             )
-            keep = step % self._every.get(name, self._every_other) == 0
+            every = self._every.get(name, self._every_other)
             items = None
             if len(meta.shape) == 4:
                 items = min(meta.shape[0], self._max_items.get(name, self._max_items_other))
-            plans.append(_StreamPlan(name, meta, (c, h, w), dtype, keep, items))
-        return plans
+            streams.append(_Stream(name, source, meta, value, dtype, every, items))
+        return streams
 
-    def _register(self, columns: list[str], streams: list[_StreamPlan]) -> set[str]:
+    def _register(self, columns: list[str], streams: list[_Stream]) -> set[str]:
         """Register new scalar columns and streams; the columns refused by a cap on names.
 
-        Raises on a clash before anything is registered; a refused column is counted and
-        warned about once, its value dropped and its row kept.
+        Raises on a clash before anything is registered. A refused column stays refused (caps
+        only fill up): every call giving it counts a drop and its value is dropped, its row kept.
         """
         refused: set[str] = set()
         with self._names_lock:
@@ -684,16 +1159,14 @@ class Recorder:
                             f"not be a folder of another"
                         )
                 tables.add(plan.name)
-                added[plan.name] = (plan.shape, plan.dtype)
+                added[plan.name] = (plan.chw, plan.dtype)
             self._scalar_cols = scalar_cols
             self._known = known
             self._tables = tables
             self._streams.update(added)
-        if refused:
-            self._over_cap(refused)
         return refused
 
-    def _over_cap(self, refused: set[str]) -> None:
+    def _over_cap(self, refused: frozenset[str]) -> None:
         self._counters.drop(OVER_CAP, len(refused))
         users = sorted(c for c in refused if not c.startswith((_TERM, _WEIGHT)))
         for kind, names in (("scalars", users), ("terms", sorted(refused - set(users)))):
@@ -710,7 +1183,7 @@ class Recorder:
                 f"{names[0]!r} are dropped and counted in drops[{OVER_CAP!r}]; their rows are "
                 f"kept. (warned once)",
                 RuntimeWarning,
-                stacklevel=4,
+                stacklevel=3,
             )
 
     def _put(self, item: Any, deadline: float | None) -> bool:
@@ -732,15 +1205,12 @@ class Recorder:
             else:
                 time.sleep(_POLL)
 
-    def _enqueue(self, row: Row, plans: list[_StreamPlan], items: int) -> None:
-        with self._queue_lock:
-            if not self._closed and self._queue.qsize() < self._queue_size:
-                self._queue.put(row)
-                self._counters.recorded += 1
-                return
-        # closed, or the writer is behind: image rows go first, then wait a little for the rest
+    def _enqueue(self, item: tuple[Any, ...], plan: _Plan) -> None:
+        """The queue is full: image rows go first, then wait a little for the rest."""
+        self._writer.wake.set()  # drain it now, not at the writer's next look
+        row = as_row(item)
         if row.images:
-            rows = {p.name: p.rows for p in plans}
+            rows = {stream.name: stream.rows for stream in plan.streams}
             for name, (copy, _) in row.images.items():
                 release(copy)
                 if not self._closed:
@@ -756,8 +1226,8 @@ class Recorder:
             for captured in row.copies():
                 captured.release()
             self._drop(SCALARS, 1, "the queue is full", 4)
-            if items:
-                self._drop(ITEMS, items, "the queue is full", 4)
+            if plan.item_rows:
+                self._drop(ITEMS, plan.item_rows, "the queue is full", 4)
 
     def _drop(self, table: str, rows: int, why: str, stacklevel: int) -> None:
         self._counters.drop(table, rows)
