@@ -27,7 +27,6 @@ runs and checkpoints. Scalars and per-item rows (loss, timesteps, sample ids) ar
 from __future__ import annotations
 
 import atexit
-import ctypes
 import os
 import queue
 import sys
@@ -55,6 +54,7 @@ from texwatch.store import (
     given_nan,
 )
 
+from . import _plan
 from ._capture import (
     BufferPool,
     Capture,
@@ -62,14 +62,25 @@ from ._capture import (
     Meta,
     check_tensor,
     describe,
-    host_copy,
     is_tensor,
     release,
     torch_kind,
 )
 from ._options import RecorderOptions, count, options_from, per_stream
+from ._plan import (
+    Copier,
+    _arg_name,
+    _call_sig,
+    _copier,
+    _copy_tensor,
+    _know_torch,
+    _Plan,
+    _show_int,
+    _skip,
+    _Stream,
+)
 from ._stats import Counters, RecorderStats, WriterError
-from ._writer import STOP, Flush, Layout, Row, Writer, as_row
+from ._writer import STOP, Flush, Row, Writer, as_row
 
 __all__ = [
     "DEFAULT_EVERY",
@@ -153,11 +164,6 @@ def detect_rank() -> int | None:
     return rank
 
 
-def _show_int(n: int) -> str:
-    """``n`` for an error message; a huge int by its size (str() refuses past 4300 digits)."""
-    return str(n) if n.bit_length() <= 256 else f"an int of {n.bit_length()} bits"
-
-
 def _check_step(step: Any) -> int:
     if type(step) is int:
         if step < 0:
@@ -212,10 +218,6 @@ def _number(value: Any, arg: str, key: str | None, batch_ok: bool) -> Any:
     return value
 
 
-def _arg_name(arg: str, key: str | None) -> str:
-    return f"record(): {arg}" if key is None else f"record(): {arg}[{key!r}]"
-
-
 def _label(what: str) -> Callable[[], str]:
     """An error label for ``describe``, formatted only when an error is raised."""
     return lambda: f"record(): {what}"
@@ -225,313 +227,6 @@ def _mapping(value: Any, what: str) -> Mapping[str, Any]:
     if not isinstance(value, Mapping):
         raise TypeError(f"record(): {what} must be a dict of name -> value, got {type(value)}")
     return value
-
-
-# --- the signature cache -------------------------------------------------------------------------
-#
-# What record() checks depends on a call's signature: which arguments are given, the names in its
-# dicts, each value's type, and for arrays their shape, dtype, device and layout. A signature seen
-# before maps to a _Plan, and the call only copies its values and puts one tuple on the queue.
-# Values are never part of a signature: the step's range is checked on every call, NaN/Inf are
-# counted by the writer, sampling (step % every) and the memory budget are applied per call, and
-# an int too large for a float64 is refused when it is converted. Names only ever get registered
-# (a name clash or a full cap never goes away), so a plan stays valid for the recorder's life.
-
-
-class _Uncached(Exception):
-    """A value whose signature is not cached (lists, subclasses...): validated on every call."""
-
-
-class _NoTensor:  # stands in for torch.Tensor until a call has passed one (torch is never imported)
-    pass
-
-
-_tensor: Any = _NoTensor
-_NUMBERS = frozenset(
-    {int, *(np.dtype(c).type for c in np.typecodes["AllInteger"] + np.typecodes["Float"])}
-)
-
-
-def _know_torch() -> None:
-    """Take ``torch.Tensor`` for signatures once torch is imported (by the caller, never here)."""
-    global _tensor
-    torch = sys.modules.get("torch")
-    if torch is not None:
-        _tensor = torch.Tensor
-
-
-def _sig(value: Any) -> Any:
-    """What validation (and the choice of copy) reads of ``value``, without touching its data.
-
-    A tensor's: shape (0 for a 0-d tensor: ``ndim`` is cheaper to read), dtype, layout, device
-    (True for the CPU: the cheapest read) and the negative bit of a lazy negation view
-    (``z.conj().imag``), which a raw read would miss. ``record()`` builds the same tuple inline
-    for the loss.
-    """
-    kind = type(value)
-    if kind is _tensor:
-        return (
-            kind,
-            value.ndim and value.shape,  # 0-d: 0, else the shape
-            value.dtype,
-            value.layout,
-            value.is_cpu or value.device,
-            value.is_neg(),
-        )
-    if kind is float or kind in _NUMBERS:  # any value of these validates alike
-        return kind
-    if kind is np.ndarray:
-        return (kind, value.shape, value.dtype)
-    raise _Uncached
-
-
-def _map_sig(mapping: Any) -> Any:
-    if type(mapping) is not dict:
-        raise _Uncached
-    return (tuple(mapping), tuple(map(_sig, mapping.values())))
-
-
-def _images_sig(mapping: Any) -> Any:
-    if type(mapping) is not dict:
-        raise _Uncached
-    return (tuple(mapping), tuple(None if v is None else _sig(v) for v in mapping.values()))
-
-
-def _no_sig() -> Any:
-    raise _Uncached
-
-
-def _call_sig(
-    loss: Any,
-    terms: Any,
-    weights: Any,
-    scalars: Any,
-    latents: Any,
-    pred: Any,
-    target: Any,
-    images: Any,
-    sample_ids: Any,
-    timesteps: Any,
-    checkpoint: Any,
-) -> Any:
-    """A call's signature, or None if one of its values is not cached."""
-    try:
-        return (
-            None if loss is None else _sig(loss),
-            None if terms is None else _map_sig(terms),
-            None if weights is None else _map_sig(weights),
-            None if scalars is None else _map_sig(scalars),
-            None if latents is None else _sig(latents),
-            None if pred is None else _sig(pred),
-            None if target is None else _sig(target),
-            None if images is None else _images_sig(images),
-            None if sample_ids is None else _sig(sample_ids),
-            None if timesteps is None else _sig(timesteps),
-            checkpoint if checkpoint is False or checkpoint is True else _no_sig(),
-        )
-    except Exception:  # _Uncached, or a tensor whose shape cannot be read: validated each time
-        return None
-
-
-Copier = Callable[[Any, Capture | None], Any]
-"""Copies one validated value on the training thread: ``copier(value, capture)``."""
-
-
-def _skip(value: Any, capture: Capture | None) -> None:
-    """In a plan's copiers: a name refused by a cap on names, its value dropped (never called)."""
-    raise AssertionError("a refused value is never copied")
-
-
-def _copy_array(value: Any, capture: Capture | None) -> Copy:
-    return value.copy()
-
-
-def _copy_sequence(value: Any, capture: Capture | None) -> Copy:
-    return np.array(value)
-
-
-def _copy_tensor(value: Any, capture: Capture | None) -> Copy:
-    # numpy(force=True) only detaches on CPU and, unlike detach() or clone(), keeps the GIL
-    return value.numpy(force=True).copy()
-
-
-def _copy_captured(value: Any, capture: Capture | None) -> Copy:
-    assert capture is not None
-    return capture.copy_value(value)
-
-
-class _Reader:
-    """Copies a 0-d float32/float64 CPU tensor by reading its element from memory.
-
-    A ctypes read of a few bytes at ``data_ptr()``: about a third of a ``numpy()`` copy's cost
-    on a cold cache (benchmarks/client_overhead.py, part d), no dispatcher, no device, no GIL
-    release. Only for exact ``torch.Tensor``s whose signature says CPU, strided, 0-d and not
-    negated (``record()`` inlines this for the loss).
-    """
-
-    __slots__ = ("at",)
-
-    def __init__(self, ctype: Any) -> None:
-        # ctypes.c_float or c_double's from_address, bound once: looking a classmethod up on a
-        # ctypes type costs more, on a cold cache, than the read itself
-        self.at = ctype.from_address
-
-    def __call__(self, value: Any, capture: Capture | None) -> Any:
-        try:
-            address = value.data_ptr()
-        except RuntimeError:  # no storage (a functorch wrapper): numpy() says why
-            address = 0
-        if not address:
-            return _copy_tensor(value, capture)
-        return self.at(address).value
-
-
-def _read_type(value: Any) -> Any:
-    """The ctypes type to read a validated tensor's one element with, or None."""
-    if type(value) is not _tensor or value.dim() or not value.is_cpu or value.is_neg():
-        return None
-    torch = sys.modules["torch"]
-    if value.layout != torch.strided:
-        return None
-    return {torch.float32: ctypes.c_float, torch.float64: ctypes.c_double}.get(value.dtype)
-
-
-def _float_of(arg: str, key: str | None) -> Copier:
-    def to_float(value: Any, capture: Capture | None) -> float:
-        try:
-            return float(value)
-        except OverflowError:
-            raise ValueError(
-                f"{_arg_name(arg, key)} is {_show_int(int(value))}, too large for a float64"
-            ) from None
-
-    return to_float
-
-
-def _host_ok(value: Any) -> bool:
-    """A CPU tensor numpy can view (bfloat16 and a few others it cannot)."""
-    if not value.is_cpu:
-        return False
-    try:
-        value.numpy(force=True)
-    except (TypeError, RuntimeError):
-        return False
-    return True
-
-
-def _copier(value: Any, arg: str, key: str | None) -> Copier | None:
-    """How to copy a validated number, 0-d or (B,) value; None: a float, kept as it is."""
-    if type(value) is float:
-        return None
-    if isinstance(value, np.ndarray):
-        return _copy_array
-    if isinstance(value, (list, tuple)):
-        return _copy_sequence
-    if is_tensor(value):
-        ctype = _read_type(value)
-        if ctype is not None:
-            return _Reader(ctype)
-        return _copy_tensor if _host_ok(value) else _copy_captured
-    return _float_of(arg, key)  # an int or a numpy scalar
-
-
-class _Stream:
-    """One image stream of a plan: where its value comes from and how it is copied."""
-
-    __slots__ = (
-        "chw",
-        "cut",
-        "dtype",
-        "every",
-        "facts",
-        "host",
-        "items",
-        "name",
-        "nbytes",
-        "rows",
-        "sequence",
-        "shape",
-        "source",
-        "tensor",
-    )
-
-    def __init__(
-        self,
-        name: str,
-        source: int | str,
-        meta: Meta,
-        raw: Any,
-        dtype: np.dtype[Any],
-        every: int,
-        items: int | None,
-    ) -> None:
-        self.name, self.source, self.dtype, self.every = name, source, dtype, every
-        self.shape = meta.shape  # as given: (B, C, H, W) or (C, H, W)
-        self.chw: tuple[int, int, int] = meta.shape[-3:]  # type: ignore[assignment]
-        self.facts = (meta.kind, meta.itemsize, meta.half)
-        self.items = items  # rows to copy, None for a (C, H, W) input
-        self.cut = items is not None and items < meta.shape[0]
-        self.rows = 1 if items is None else items
-        c, h, w = self.chw
-        self.nbytes = self.rows * c * h * w * meta.itemsize
-        self.tensor = meta.tensor
-        self.sequence = not meta.tensor and not isinstance(raw, np.ndarray)
-        self.host = not meta.tensor or _host_ok(raw)  # else copied through a Capture
-
-    def copy(self, value: Any, pool: BufferPool, capture: Capture | None) -> Copy:
-        if self.host:
-            if self.tensor:
-                array = value.numpy(force=True)
-            else:
-                array = np.asarray(value) if self.sequence else value
-            return host_copy(pool, array[: self.items] if self.cut else array, self.nbytes)
-        assert capture is not None
-        return capture.copy(Meta(value, self.shape, self.facts, True), self.items)
-
-
-class _Plan(Layout):
-    """What a validated call signature records, resolved once: copiers, columns, streams."""
-
-    __slots__ = (
-        "bare",
-        "capture",
-        "item_rows",
-        "items",
-        "loss",
-        "maps",
-        "read",
-        "refused",
-        "streams",
-    )
-
-    def __init__(
-        self,
-        loss: Copier | None,
-        maps: list[tuple[int, list[tuple[str, Copier | None]]]],
-        refused: set[str],
-        checkpoint: bool,
-        items: list[tuple[str, int, Copier]],
-        streams: list[_Stream],
-        item_rows: int,
-    ) -> None:
-        columns = [c for _, entries in maps for c, _ in entries if c not in refused]
-        super().__init__(tuple(columns), tuple(k for k, _, _ in items), checkpoint)
-        self.loss = loss
-        # (index into (terms, weights, scalars), a copier per key in call order)
-        self.maps = tuple(
-            (index, tuple(_skip if c in refused else copier for c, copier in entries))
-            for index, entries in maps
-            if entries
-        )
-        self.refused = frozenset(refused)
-        self.items = tuple((index, copier) for _, index, copier in items)
-        self.streams = tuple(streams)
-        self.item_rows = item_rows  # B, for the drop count of a row that does not fit
-        copiers = [loss, *(c for _, cs in self.maps for c in cs), *(c for _, c in self.items)]
-        self.capture = _copy_captured in copiers or not all(s.host for s in streams)
-        # step, loss and checkpoint only: record() copies the loss itself
-        self.bare = not (self.maps or self.items or self.streams or self.capture)
-        self.read = loss.at if isinstance(loss, _Reader) else None  # read from memory
 
 
 class Recorder:
@@ -696,7 +391,7 @@ class Recorder:
             step = _check_step(step)
         kind = type(loss)
         if (
-            (kind is _tensor or kind is float)
+            (kind is float or kind is _plan.tensor_type())
             and latents is None
             and pred is None
             and target is None
@@ -717,7 +412,7 @@ class Recorder:
                     loss.is_cpu or loss.device,
                     loss.is_neg(),
                 )
-                if kind is _tensor
+                if kind is not float
                 else float
             )
         else:
