@@ -22,16 +22,15 @@ import argparse
 import os
 import resource
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 from _tables import table
+from daemon_latency import free_port, wait_step
 
 from texwatch.store import ITEMS, SCALARS, RunWriter
 
@@ -90,32 +89,6 @@ def _once(src: Path, source: Path, work: Path, *flags: str) -> tuple[float, floa
     return wall, cpu
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _last_step(port: int) -> float | None:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-            for line in r.read().decode().splitlines():
-                if line.startswith("texwatch_last_step{"):
-                    return float(line.rsplit(" ", 1)[1])
-    except OSError:
-        return None
-    return None
-
-
-def _wait_step(port: int, step: int, limit: float = 60.0) -> float:
-    deadline = time.perf_counter() + limit
-    while time.perf_counter() < deadline:
-        if _last_step(port) == step:
-            return time.perf_counter()
-        time.sleep(0.005)
-    raise TimeoutError(f"step {step} never reached /metrics")
-
-
 def _commit_latency(src: Path, work: Path, samples: int, images: bool) -> list[float]:
     """Seconds from a commit to its step on /metrics, commits with pred 4x3x512^2 or not."""
     store = work / ("images.zarr" if images else "scalars.zarr")
@@ -131,17 +104,17 @@ def _commit_latency(src: Path, work: Path, samples: int, images: bool) -> list[f
         writer.commit()
 
     commit(0)
-    port = _free_port()
+    port = free_port()
     argv = _texwatchd(src, "--store", str(store), "--port", str(port), "--device", "cpu")
     proc = subprocess.Popen([*argv, "--log-level", "WARNING"])
     try:
-        _wait_step(port, 0)
+        wait_step(port, 0, limit=60.0)
         out = []
         for step in range(1, samples + 1):
             time.sleep(1.0)  # the previous commit's images are derived by now
             commit(step)
             published = time.perf_counter()
-            out.append(_wait_step(port, step) - published)
+            out.append(wait_step(port, step, limit=60.0) - published)
         return out
     finally:
         proc.terminate()

@@ -37,13 +37,13 @@ def _pct(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
-def _last_step(port: int) -> float | None:
+def last_step(port: int) -> float | None:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
         for line in r.read().decode().splitlines():
             if line.startswith("texwatch_last_step{"):
@@ -51,11 +51,11 @@ def _last_step(port: int) -> float | None:
     return None
 
 
-def _wait_step(port: int, step: int, limit: float = 30.0) -> float:
+def wait_step(port: int, step: int, limit: float = 30.0) -> float:
     deadline = time.perf_counter() + limit
     while time.perf_counter() < deadline:
         try:
-            if _last_step(port) == step:
+            if last_step(port) == step:
                 return time.perf_counter()
         except OSError:
             pass
@@ -99,16 +99,16 @@ def bench_commit_latency(tmp: Path, samples: int) -> list[float]:
     writer = RunWriter.open(store)
     _scalar_rows(writer, np.arange(1))
     writer.commit()
-    port = _free_port()
+    port = free_port()
     proc = _start_daemon(store, port)
     try:
-        _wait_step(port, 0, limit=60)
+        wait_step(port, 0, limit=60)
         out = []
         for step in range(1, samples + 1):
             _scalar_rows(writer, np.array([step]))
             writer.commit()
             published = time.perf_counter()
-            out.append(_wait_step(port, step) - published)
+            out.append(wait_step(port, step) - published)
             time.sleep(0.05)
         return out
     finally:
@@ -121,16 +121,16 @@ def bench_record_latency(tmp: Path, samples: int) -> list[float]:
     rec = tw.Recorder(store)
     rec.record(0, 1.0)
     rec.flush()
-    port = _free_port()
+    port = free_port()
     proc = _start_daemon(store, port)
     try:
-        _wait_step(port, 0, limit=60)
+        wait_step(port, 0, limit=60)
         out = []
         rng = np.random.default_rng(0)
         for step in range(1, samples + 1):
             rec.record(step, 1.0)
             returned = time.perf_counter()
-            out.append(_wait_step(port, step) - returned)
+            out.append(wait_step(port, step) - returned)
             time.sleep(float(rng.uniform(0.0, 0.3)))  # land at random points of the flush cycle
         return out
     finally:
