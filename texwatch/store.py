@@ -90,6 +90,9 @@ from zarr.core.buffer import Buffer
 from zarr.core.sync import sync as zarr_sync
 from zarr.storage import LocalStore
 
+from texwatch._lease import LEASE_SECONDS, Lease
+from texwatch._location import ObjectPath, Where, locate
+from texwatch._object_zarr import ObjectZarrStore
 from texwatch.errors import (
     CorruptChunkError,
     LockUnsupportedError,
@@ -214,9 +217,11 @@ def latest_rows(steps: np.ndarray) -> np.ndarray:
     return (steps.size - 1 - first_in_reversed).astype(np.int64)
 
 
-def run_paths(path: str | os.PathLike[str]) -> list[Path]:
+def run_paths(
+    path: str | os.PathLike[str] | ObjectPath, storage_options: Mapping[str, Any] | None = None
+) -> list[Where]:
     """The run groups at ``path``: ``[path]`` for one run, ``path/rank<r>`` for a per-rank store."""
-    root = Path(path)
+    root = locate(path, storage_options)
     if _read_attrs(root).get("schema_version") is not None:
         return [root]
     return sorted(
@@ -225,9 +230,9 @@ def run_paths(path: str | os.PathLike[str]) -> list[Path]:
     )
 
 
-def _ensure_container(path: Path) -> None:
+def _ensure_container(path: Where) -> None:
     """Make ``path`` a plain group holding per-rank runs; safe when ranks race to create it."""
-    if path.exists() and not path.is_dir():
+    if _is_file(path):
         raise StoreFormatError(f"run store {str(path)!r} is a file, expected a folder")
     if _read_attrs(path).get("schema_version") is not None:
         raise StoreFormatError(
@@ -236,31 +241,51 @@ def _ensure_container(path: Path) -> None:
     if not (path / "zarr.json").is_file():
         # another rank may create it first
         with contextlib.suppress(FileExistsError, zarr.errors.ContainsGroupError):
-            zarr.open_group(LocalStore(path), mode="a", zarr_format=3)
+            zarr.open_group(_zarr_store(path), mode="a", zarr_format=3)
 
 
 # --- on-disk helpers ---------------------------------------------------------------------------
 
 
-def _read_attrs(path: Path) -> dict[str, Any]:
+def _read_attrs(path: Where) -> dict[str, Any]:
     """Attributes of the group at ``path`` read fresh; {} when there is no group there."""
-    meta = path / "zarr.json"
-    if not meta.is_file():
+    text = _read_meta(path / "zarr.json")
+    if text is None:
         return {}
-    node = json.loads(meta.read_text())
+    node = json.loads(text)
     if node.get("node_type") != "group":
         return {}
     attributes = node.get("attributes", {})
     return attributes if isinstance(attributes, dict) else {}
 
 
-def _create_run(root: Path, attrs: dict[str, Any], durable: bool) -> bool:
+def _read_meta(meta: Where) -> str | None:
+    """The text of a metadata file, None if there is none (or a folder in its place)."""
+    try:
+        return meta.read_text()
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        return None
+
+
+def _is_file(path: Where) -> bool:
+    """A plain file (an object) where a store's folder (prefix) should be."""
+    return path.is_file() if isinstance(path, ObjectPath) else path.exists() and not path.is_dir()
+
+
+def _create_run(
+    root: Where, attrs: dict[str, Any], durable: bool, lock: Lease | _WriterLock
+) -> bool:
     """Make the run group at ``root``; False if another process made one there first.
 
-    It is built aside and renamed into place, so a kill never leaves a half-made store.
+    On disk it is built aside and renamed into place, so a kill never leaves a half-made store;
+    in an object store its one object, the root ``zarr.json``, is created only if absent.
     """
+    if isinstance(root, ObjectPath):
+        assert isinstance(lock, Lease)
+        zarr.open_group(_zarr_store(root, lease=lock), mode="w-", zarr_format=3, attributes=attrs)
+        return True
     aside = root.parent / f".{root.name}.{uuid.uuid4().hex}.partial"
-    zarr.open_group(_local_store(aside, durable), mode="w-", zarr_format=3, attributes=attrs)
+    zarr.open_group(_zarr_store(aside, durable=durable), mode="w-", zarr_format=3, attributes=attrs)
     try:
         os.rename(aside, root)
     except OSError:
@@ -273,23 +298,24 @@ def _create_run(root: Path, attrs: dict[str, Any], durable: bool) -> bool:
     return True
 
 
-def _check_run_dir(path: Path) -> dict[str, Any]:
+def _check_run_dir(path: Where) -> dict[str, Any]:
     """Root attributes of the run at ``path``; raise a clear error if it is not one."""
-    if not path.exists():
-        raise StoreMissingError(f"run store {str(path)!r} does not exist", path)
-    if not path.is_dir():
-        raise StoreFormatError(
-            f"run store {str(path)!r} is a file, expected a Zarr v3 folder", path
-        )
     meta = path / "zarr.json"
-    if not meta.is_file():
+    text = _read_meta(meta)
+    if text is None:
+        if not path.exists():
+            raise StoreMissingError(f"run store {str(path)!r} does not exist", path)
+        if _is_file(path):
+            raise StoreFormatError(
+                f"run store {str(path)!r} is a file, expected a Zarr v3 folder", path
+            )
         ranks = run_paths(path)
         hint = f"; it holds one run per rank: {[str(p) for p in ranks]}" if ranks else ""
         raise StoreFormatError(
             f"{str(path)!r} holds no zarr.json: not a Zarr v3 run store{hint}", path
         )
     try:
-        node = json.loads(meta.read_text())
+        node = json.loads(text)
     except ValueError as err:
         raise StoreFormatError(f"{str(meta)!r} is not valid JSON: {err}", meta) from err
     if node.get("zarr_format") != 3 or node.get("node_type") != "group":
@@ -464,9 +490,10 @@ def _close_locks_in_child() -> None:
 os.register_at_fork(after_in_child=_close_locks_in_child)
 
 
-def _lock_path(root: Path, per_rank: bool) -> Path:
-    """The lock file of the run at ``root``: beside it, or beside its per-rank container."""
-    real = Path(os.path.realpath(root))
+def _lock_path(root: Where, per_rank: bool) -> Where:
+    """The lock file (or lease object) of the run at ``root``: beside it, or beside its per-rank
+    container."""
+    real = root if isinstance(root, ObjectPath) else Path(os.path.realpath(root))
     if per_rank:
         return real.parent.parent / f".{real.parent.name}.{real.name}.lock"
     return real.parent / f".{real.name}.lock"
@@ -537,8 +564,25 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def _local_store(root: Path, durable: bool) -> LocalStore:
-    return _DurableStore(root) if durable else LocalStore(root)
+def _take_lock(root: Where, per_rank: bool, lease_seconds: float) -> Lease | _WriterLock:
+    """The writer's exclusive hold on ``root``: a flock on disk, a lease in an object store."""
+    lock = _lock_path(root, per_rank)
+    if isinstance(root, ObjectPath):
+        assert isinstance(lock, ObjectPath)
+        return Lease.take(lock, root, lease_seconds)
+    assert isinstance(lock, Path)
+    return _WriterLock.take(lock, root)
+
+
+def _zarr_store(
+    root: Where, *, read_only: bool = False, durable: bool = False, lease: Lease | None = None
+) -> Store:
+    """The zarr store of the group at ``root``; an object store's every PUT is durable."""
+    if isinstance(root, ObjectPath):
+        return ObjectZarrStore(root, read_only=read_only, lease=lease)
+    if durable:
+        return _DurableStore(root)
+    return LocalStore(root, read_only=read_only)
 
 
 def _write_rows(writes: Sequence[tuple[zarr.Array, np.ndarray]], rows: slice) -> None:
@@ -734,7 +778,11 @@ class RunWriter:
     """
 
     def __init__(
-        self, path: Path, group: zarr.Group, attrs: Mapping[str, Any], lock: _WriterLock
+        self,
+        path: Where,
+        group: zarr.Group,
+        attrs: Mapping[str, Any],
+        lock: _WriterLock | Lease,
     ) -> None:
         self.path = path
         self._group = group
@@ -747,33 +795,40 @@ class RunWriter:
     @classmethod
     def open(
         cls,
-        path: str | os.PathLike[str],
+        path: str | os.PathLike[str] | ObjectPath,
         *,
         run: str | None = None,
         config: Mapping[str, Any] | None = None,
         rank: int | None = None,
         per_rank: bool = False,
         durable: bool = False,
+        storage_options: Mapping[str, Any] | None = None,
+        lease_seconds: float = LEASE_SECONDS,
     ) -> RunWriter:
         """Create the run at ``path``, or reopen it to resume (appending after committed rows).
 
         Args:
-            path: the run folder (``runs/x.zarr``); created with its parents if missing.
+            path: the run folder (``runs/x.zarr``), created with its parents if missing, or an
+                object-store URL (``s3://bucket/runs/x.zarr``; see ``texwatch._location``).
             run: run name; defaults to the folder's stem. Must match the stored name on resume.
             config: JSON-able training configuration; replaces the stored one when given.
             rank: the distributed rank writing this run, or None.
             per_rank: write the run at ``path/rank<rank>`` inside a plain container group, so
                 every rank of a job has its own run (see ``run_paths``).
             durable: fsync every file and folder written, data before marker, so a commit
-                survives a power cut once ``commit`` returns (slower: see docs/storage.md).
+                survives a power cut once ``commit`` returns (slower: see docs/storage.md). An
+                object store's writes are durable when they return, so it changes nothing there.
+            storage_options: options of an object store (endpoint, credentials...).
+            lease_seconds: on an object store, how long the writer's lease lasts without
+                renewal: a killed writer's run can be resumed that long after its death.
 
         Raises:
             StoreLockedError: another live writer (this process or another) holds the run.
             StoreFormatError: ``path`` is a file, a non-empty non-store folder, or a store of
                 another schema version.
-            ValueError / TypeError: ``run`` or ``config`` are invalid.
+            ValueError / TypeError: ``run``, ``config`` or the URL are invalid.
         """
-        root = Path(path)
+        root = locate(path, storage_options)
         if run is not None and (not isinstance(run, str) or not run.strip()):
             raise TypeError(f"run must be a non-empty str, got {run!r}")
         if config is not None and not isinstance(config, Mapping):
@@ -787,18 +842,19 @@ class RunWriter:
             _ensure_container(root)
             root = root / f"rank{rank}"
         # what is plainly not a run fails before a lock file is made beside it
-        if root.exists() and not root.is_dir():
+        if _is_file(root):
             raise StoreFormatError(f"run store {str(root)!r} is a file, expected a folder")
-        if (root / "zarr.json").exists():
+        if _read_meta(root / "zarr.json") is not None:
             _check_run_dir(root)
         elif root.exists() and any(root.iterdir()):
             raise StoreFormatError(
                 f"{str(root)!r} exists, is not empty and holds no zarr.json: not a run store"
             )
         root.parent.mkdir(parents=True, exist_ok=True)
-        lock = _WriterLock.take(_lock_path(root, per_rank), root)
+        lock = _take_lock(root, per_rank, lease_seconds)
+        lease = lock if isinstance(lock, Lease) else None
         try:
-            if not (root / "zarr.json").is_file():
+            if _read_meta(root / "zarr.json") is None:
                 attrs: dict[str, Any] = {
                     "schema_version": SCHEMA_VERSION,
                     "run": run if run is not None else root.name.removesuffix(".zarr"),
@@ -812,8 +868,9 @@ class RunWriter:
                     "nonfinite": {},
                     "errors": 0,
                 }
-                if _create_run(root, attrs, durable):
-                    group = zarr.open_group(_local_store(root, durable), mode="r+", zarr_format=3)
+                if _create_run(root, attrs, durable, lock):
+                    store = _zarr_store(root, durable=durable, lease=lease)
+                    group = zarr.open_group(store, mode="r+", zarr_format=3)
                     return cls(root, group, attrs, lock)
             stored = _check_run_dir(root)  # read under the lock: the last writer's final commit
             if run is not None and stored.get("run") != run:
@@ -821,7 +878,10 @@ class RunWriter:
                     f"run={run!r} but the store at {str(root)!r} holds run {stored.get('run')!r}; "
                     f"use another path or the stored name"
                 )
-            group = zarr.open_group(_local_store(root, durable), mode="r+", zarr_format=3)
+            if lease is not None and isinstance(root, ObjectPath):
+                lease.marker_etag = (root / "zarr.json").head()["e_tag"]
+            store = _zarr_store(root, durable=durable, lease=lease)
+            group = zarr.open_group(store, mode="r+", zarr_format=3)
             if config_json is not None:
                 group = group.update_attributes({"config": config_json})
                 stored["config"] = config_json
@@ -941,13 +1001,17 @@ class DerivedWriter:
         >>> w.commit({"latents": 128}, state={"ema": 0.5})
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path)
+    def __init__(
+        self,
+        path: str | os.PathLike[str] | ObjectPath,
+        storage_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.path = locate(path, storage_options)
         _check_run_dir(self.path)
         self._open()
 
     def _open(self) -> None:
-        store = LocalStore(self.path)
+        store = _zarr_store(self.path)
         self._attrs = self._read_marker()
         self._group = zarr.open_group(store, path=DERIVED, mode="a", zarr_format=3)
         self._tables = _Tables(
@@ -960,10 +1024,11 @@ class DerivedWriter:
     def _read_marker(self) -> dict[str, Any]:
         """The attributes of ``derived/zarr.json`` ({} before the first commit), read strictly."""
         marker = self.path / DERIVED / "zarr.json"
-        if not marker.is_file():
+        text = _read_meta(marker)
+        if text is None:
             return {}
         try:
-            node = json.loads(marker.read_bytes())
+            node = json.loads(text)
         except ValueError as err:
             raise CorruptChunkError(
                 f"derived marker {str(marker)!r} is not valid JSON ({err}); delete "
@@ -975,7 +1040,7 @@ class DerivedWriter:
             raise StoreFormatError(f"derived marker {str(marker)!r} is not a Zarr group", marker)
         return dict(attrs) if isinstance(attrs, dict) else {}
 
-    def missing(self) -> Path | None:
+    def missing(self) -> Where | None:
         """The first file of committed derived data that is gone (``derived/`` deleted), or None.
 
         The marker is written when the writer opens, so it is checked from the start.
@@ -990,7 +1055,11 @@ class DerivedWriter:
 
     def recreate(self) -> None:
         """Delete what is left of ``derived/`` and start it empty, to derive the run again."""
-        shutil.rmtree(self.path / DERIVED, ignore_errors=True)
+        derived = self.path / DERIVED
+        if isinstance(derived, ObjectPath):
+            derived.remove_tree()
+        else:
+            shutil.rmtree(derived, ignore_errors=True)
         self._open()
 
     def cursor(self) -> dict[str, int]:
@@ -1056,9 +1125,9 @@ class Run:
     ``StoreFormatError`` when it is not a run this version reads.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Where) -> None:
         self.path = path
-        self._store = LocalStore(path, read_only=True)
+        self._store = _zarr_store(path, read_only=True)
 
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r})"
@@ -1355,14 +1424,14 @@ _READ_FAILURES = (OSError, RuntimeError, ValueError)
 """What zarr and its codecs raise for an unreadable or undecodable file (blosc: RuntimeError)."""
 
 
-def _read_failure(path: Path, err: BaseException) -> TexwatchError:
+def _read_failure(path: Where, err: BaseException) -> TexwatchError:
     """``err`` of reading ``path`` as a typed error: I/O is a read error, the rest corruption."""
     if isinstance(err, OSError):
         return StoreReadError(f"cannot read {str(path)!r}: {err}", path)
     return CorruptChunkError(f"{str(path)!r} cannot be decoded: {err}", path)
 
 
-def _run_attrs(path: Path) -> dict[str, Any]:
+def _run_attrs(path: Where) -> dict[str, Any]:
     """Root attributes of the run at ``path``, as :func:`_check_run_dir`, I/O errors typed."""
     meta = path / "zarr.json"
     try:
@@ -1396,26 +1465,33 @@ def _latest_call_rows(steps: np.ndarray, wanted: np.ndarray) -> np.ndarray:
     return np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
 
 
-def remove_run(path: str | os.PathLike[str]) -> None:
+def remove_run(
+    path: str | os.PathLike[str] | ObjectPath, storage_options: Mapping[str, Any] | None = None
+) -> None:
     """Delete the run at ``path`` and its lock file; refuse while a writer holds it.
 
     Raises:
         StoreLockedError: a live writer holds the run.
         StoreFormatError / StoreMissingError: ``path`` is not a run.
     """
-    root = Path(path)
+    root = locate(path, storage_options)
     _check_run_dir(root)
     lock_file = _lock_path(root, per_rank=False)
-    lock = _WriterLock.take(lock_file, root)
+    lock = _take_lock(root, False, LEASE_SECONDS)
     try:
-        shutil.rmtree(root)
+        if isinstance(root, ObjectPath):
+            root.remove_tree()
+        else:
+            shutil.rmtree(root)
         lock_file.unlink()  # a writer that opened it meanwhile finds it gone and locks anew
     finally:
         lock.release()
 
 
-def open_run(path: str | os.PathLike[str]) -> Run:
-    """Open the run at ``path`` for reading.
+def open_run(
+    path: str | os.PathLike[str] | ObjectPath, storage_options: Mapping[str, Any] | None = None
+) -> Run:
+    """Open the run at ``path`` (a folder or an object-store URL) for reading.
 
     Raises:
         StoreMissingError: nothing at ``path`` (a ``FileNotFoundError``).
@@ -1423,6 +1499,6 @@ def open_run(path: str | os.PathLike[str]) -> Run:
             message lists the rank runs), or of another schema version.
         StoreReadError: its ``zarr.json`` cannot be read (an I/O error).
     """
-    root = Path(path)
+    root = locate(path, storage_options)
     _run_attrs(root)
     return Run(root)

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from texwatch._lease import LEASE_SECONDS
 from texwatch.store import check_name
 
 __all__ = ["RecorderOptions", "options_from"]
@@ -36,6 +37,11 @@ class RecorderOptions:
         max_pending_bytes: image bytes copied but not yet written; beyond it image rows drop.
         durable: fsync each commit's files and folders, data before marker, so committed rows
             survive a power cut (costs a few fsyncs a commit: see docs/storage.md).
+        storage_options: for a store on object storage (``s3://``, ``gs://``, ``az://``): the
+            store's options (``endpoint``, ``region``, credentials, ``client_options``,
+            ``max_requests_per_second``); by default the ecosystem's environment variables.
+        lease_seconds: on object storage, how long the writer's lease holds without renewal,
+            so how long after a writer is killed its run can be resumed (docs/storage.md).
 
     Raises:
         TypeError / ValueError: a field of the wrong type or out of range, naming it.
@@ -51,6 +57,8 @@ class RecorderOptions:
     max_wait: float = 0.005
     max_pending_bytes: int = 256 << 20
     durable: bool = False
+    storage_options: Mapping[str, Any] | None = None
+    lease_seconds: float = LEASE_SECONDS
 
     def __post_init__(self) -> None:
         for what in ("all_ranks", "durable"):
@@ -58,6 +66,11 @@ class RecorderOptions:
                 raise TypeError(f"{what} must be a bool, got {type(getattr(self, what)).__name__}")
         _seconds("flush_interval", self.flush_interval, positive=True)
         _seconds("max_wait", self.max_wait, positive=False)
+        _seconds("lease_seconds", self.lease_seconds, positive=True)
+        if self.storage_options is not None and not isinstance(self.storage_options, Mapping):
+            raise TypeError(
+                f"storage_options must be a dict, got {type(self.storage_options).__name__}"
+            )
         count("queue_size", self.queue_size)
         count("max_pending_bytes", self.max_pending_bytes, minimum=0)
         per_stream("every", self.every, {}, 1, allow_int=False)

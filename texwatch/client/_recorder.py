@@ -34,12 +34,12 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 import numpy as np
 
+from texwatch._location import locate
 from texwatch.detectors import MAX_TERMS
 from texwatch.store import (
     ITEMS,
@@ -265,6 +265,7 @@ class Recorder:
                 raise ValueError(f"path: none given and ${ENV_STORE} is not set; expected a folder")
         if not isinstance(path, (str, os.PathLike)):
             raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
+        where = locate(path, opts.storage_options)
         self._every, self._every_other = per_stream(
             "every", opts.every, DEFAULT_EVERY, STREAM_EVERY, allow_int=False
         )
@@ -274,7 +275,7 @@ class Recorder:
         self.rank = detect_rank() if rank is None else count("rank", rank, minimum=0)
         all_ranks = opts.all_ranks
         self.active = all_ranks or self.rank in (None, 0)
-        self.path = Path(path) if not all_ranks else Path(path) / f"rank{self.rank or 0}"
+        self.path = where if not all_ranks else where / f"rank{self.rank or 0}"
         self._max_wait = float(opts.max_wait)
         self._live = False  # active and open: the one attribute record() reads to go on
         self._queue_lock = threading.Lock()  # close() and the slow paths: never record()'s
@@ -297,12 +298,13 @@ class Recorder:
         if all_ranks and self.rank is None:
             self.rank = 0
         store = RunWriter.open(
-            path,
+            where,
             run=opts.run,
             config=opts.config,
             rank=self.rank,
             per_rank=all_ranks,
             durable=opts.durable,
+            lease_seconds=opts.lease_seconds,
         )
         try:
             self.path = store.path
