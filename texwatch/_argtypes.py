@@ -4,6 +4,17 @@ from __future__ import annotations
 
 import argparse
 
+from texwatch._location import Where, locate
+
+
+def store_location(text: str) -> Where:
+    """A run store's path or object-store URL (see ``texwatch._location``), else an argparse
+    error naming the scheme expected."""
+    try:
+        return locate(text, what="store")
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
 
 def positive_float(text: str) -> float:
     """A number > 0, else an argparse error that quotes what was given."""

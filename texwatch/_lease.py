@@ -114,16 +114,15 @@ class Lease:
                 )
             time.sleep(min(0.25, seconds / 16))
             now_etag, now_holder = _look(key)
-            if now_etag != etag and not now_holder.get("released"):
-                if now_etag is not None:
-                    raise StoreLockedError(
-                        f"run store {str(store)!r} already has a live writer "
-                        f"({_describe(now_holder)}); one store takes one writer at a time. "
-                        f"Record to another URL, pass all_ranks=True if every rank of a "
-                        f"distributed job records (each into URL/rank<r>), or stop the other "
-                        f"job. (lease object {str(key)!r})",
-                        store,
-                    )
+            if now_etag not in (etag, None) and not now_holder.get("released"):
+                raise StoreLockedError(
+                    f"run store {str(store)!r} already has a live writer "
+                    f"({_describe(now_holder)}); one store takes one writer at a time. "
+                    f"Record to another URL, pass all_ranks=True if every rank of a "
+                    f"distributed job records (each into URL/rank<r>), or stop the other "
+                    f"job. (lease object {str(key)!r})",
+                    store,
+                )
             if now_etag != etag:
                 first = time.monotonic()
             etag, holder = now_etag, now_holder

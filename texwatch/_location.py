@@ -39,7 +39,7 @@ __all__ = [
     "ObjectPath",
     "RequestCounts",
     "Where",
-    "is_remote",
+    "is_plain_file",
     "locate",
 ]
 
@@ -496,5 +496,8 @@ def locate(
     return ObjectPath(bucket, unquote(parts.path))
 
 
-def is_remote(where: Where) -> bool:
-    return isinstance(where, ObjectPath)
+def is_plain_file(where: Where) -> bool:
+    """A plain file (an object) where a store's folder (a prefix) should be."""
+    if isinstance(where, ObjectPath):
+        return where.is_file()
+    return where.exists() and not where.is_dir()

@@ -9,6 +9,7 @@ object this writer last wrote (``If-Match``), so a writer that lost its lease ca
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -141,13 +142,11 @@ class ObjectZarrStore(Store):
         if self._lease is not None:
             self._lease.check()
         data = value.as_buffer_like()
-        try:
+        with contextlib.suppress(obstore.exceptions.AlreadyExistsError):
             await self._bucket.acall(
                 "put",
                 lambda: obstore.put_async(self._bucket.store, self._key(key), data, mode="create"),
             )
-        except obstore.exceptions.AlreadyExistsError:
-            pass
 
     @property
     def supports_deletes(self) -> bool:
@@ -159,12 +158,10 @@ class ObjectZarrStore(Store):
         self._check_writable()
         if self._lease is not None:
             self._lease.check()
-        try:
+        with contextlib.suppress(FileNotFoundError):
             await self._bucket.acall(
                 "delete", lambda: obstore.delete_async(self._bucket.store, self._key(key))
             )
-        except FileNotFoundError:
-            pass
 
     # listing
 

@@ -26,7 +26,7 @@ _MODULES = {
 
 def _inspect(args: argparse.Namespace) -> int:
     """Print what a store holds: name, schema, committed rows, streams, scalars, daemon cursor."""
-    from texwatch.store import StoreFormatError, open_run
+    from texwatch.store import open_run
 
     try:
         run = open_run(args.store)
@@ -50,7 +50,7 @@ def _inspect(args: argparse.Namespace) -> int:
             "derived_cursor": run.derived_cursor(),
             "config": run.config,
         }
-    except (FileNotFoundError, StoreFormatError) as err:
+    except (FileNotFoundError, ValueError) as err:  # StoreFormatError, a bad URL
         print(f"texwatch inspect: {err}", file=sys.stderr)
         return 2
     print(json.dumps(summary, indent=2, sort_keys=True))
@@ -69,7 +69,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         else:
             sub.add_parser(name, help=summary)
     inspect = sub.add_parser("inspect", help="print what a run store holds, as JSON")
-    inspect.add_argument("store", help="the run store (runs/x.zarr)")
+    inspect.add_argument("store", help="the run store (runs/x.zarr, or s3://bucket/runs/x.zarr)")
     inspect.set_defaults(_run=_inspect)
     return parser
 

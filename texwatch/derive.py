@@ -37,6 +37,7 @@ import torch
 
 from texwatch import spectral
 from texwatch._argtypes import positive_float, positive_int
+from texwatch._location import ObjectPath
 from texwatch.detectors import SIGMA, SPIKE_RULES, WARN_SIGMA, LossMonitor, TermMonitor
 from texwatch.errors import ComputeError, TexwatchError
 from texwatch.losses import ACFPeriodLoss, LogPolarAlignLoss, SpectralPeriodLoss
@@ -649,7 +650,7 @@ def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
 
 
 def derive_all(
-    path: str | Path,
+    path: str | Path | ObjectPath,
     settings: DeriveSettings | None = None,
     *,
     batch_rows: int = 512,

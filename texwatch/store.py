@@ -91,7 +91,7 @@ from zarr.core.sync import sync as zarr_sync
 from zarr.storage import LocalStore
 
 from texwatch._lease import LEASE_SECONDS, Lease
-from texwatch._location import ObjectPath, Where, locate
+from texwatch._location import ObjectPath, Where, is_plain_file, locate
 from texwatch._object_zarr import ObjectZarrStore
 from texwatch.errors import (
     CorruptChunkError,
@@ -232,7 +232,7 @@ def run_paths(
 
 def _ensure_container(path: Where) -> None:
     """Make ``path`` a plain group holding per-rank runs; safe when ranks race to create it."""
-    if _is_file(path):
+    if is_plain_file(path):
         raise StoreFormatError(f"run store {str(path)!r} is a file, expected a folder")
     if _read_attrs(path).get("schema_version") is not None:
         raise StoreFormatError(
@@ -265,11 +265,6 @@ def _read_meta(meta: Where) -> str | None:
         return meta.read_text()
     except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
         return None
-
-
-def _is_file(path: Where) -> bool:
-    """A plain file (an object) where a store's folder (prefix) should be."""
-    return path.is_file() if isinstance(path, ObjectPath) else path.exists() and not path.is_dir()
 
 
 def _create_run(
@@ -305,7 +300,7 @@ def _check_run_dir(path: Where) -> dict[str, Any]:
     if text is None:
         if not path.exists():
             raise StoreMissingError(f"run store {str(path)!r} does not exist", path)
-        if _is_file(path):
+        if is_plain_file(path):
             raise StoreFormatError(
                 f"run store {str(path)!r} is a file, expected a Zarr v3 folder", path
             )
@@ -842,7 +837,7 @@ class RunWriter:
             _ensure_container(root)
             root = root / f"rank{rank}"
         # what is plainly not a run fails before a lock file is made beside it
-        if _is_file(root):
+        if is_plain_file(root):
             raise StoreFormatError(f"run store {str(root)!r} is a file, expected a folder")
         if _read_meta(root / "zarr.json") is not None:
             _check_run_dir(root)

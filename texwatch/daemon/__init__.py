@@ -17,11 +17,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-from texwatch._argtypes import positive_float, positive_int
+from texwatch._argtypes import positive_float, positive_int, store_location
 from texwatch._memory import retain_freed_memory
 from texwatch.derive import add_derive_arguments, settings_from_args
 
-from ._daemon import Daemon, DaemonOptions
+from ._daemon import REMOTE_POLL, Daemon, DaemonOptions
 from ._snapshots import snapshot_folder_name
 
 __all__ = ["Daemon", "DaemonOptions", "build_parser", "main", "snapshot_folder_name"]
@@ -38,23 +38,26 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument(
         "--store",
         action="append",
-        type=Path,
+        type=store_location,
         default=[],
         metavar="PATH",
-        help="a run store (repeatable; a per-rank folder serves each rank's run); one that does "
-        "not exist yet is waited for",
+        help="a run store: a folder or an s3://, gs://, az:// URL, credentials from the usual "
+        "environment variables (repeatable; a per-rank folder serves each rank's run); one that "
+        "does not exist yet is waited for",
     )
     what.add_argument(
         "--root",
-        type=Path,
+        type=store_location,
         metavar="DIR",
-        help="serve every *.zarr in DIR, picking up new ones (DIR may appear later)",
+        help="serve every *.zarr in DIR (a folder or an object-store URL), picking up new ones "
+        "(DIR may appear later)",
     )
     what.add_argument(
         "--poll",
         type=positive_float,
         metavar="SECONDS",
-        help="poll the file system instead of inotify (NFS, CIFS, FUSE)",
+        help="poll the file system instead of inotify (NFS, CIFS, FUSE); for stores on object "
+        f"storage, seconds between looks at each run's commit marker (default {REMOTE_POLL:g})",
     )
     what.add_argument(
         "--rescan",

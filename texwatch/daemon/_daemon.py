@@ -11,11 +11,13 @@ one bounded batch at a time, interleaved with the other runs.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from texwatch._location import ObjectPath, Where, is_plain_file
 from texwatch.derive import DerivedBatch, DeriveSettings
 from texwatch.errors import StoreFormatError, StoreMissingError, TexwatchError
 from texwatch.store import run_paths
@@ -34,8 +36,8 @@ _log = logging.getLogger("texwatch.daemon")
 class DaemonOptions:
     """What texwatchd watches and how often it looks (the non-derivation flags)."""
 
-    stores: tuple[Path, ...] = ()
-    root: Path | None = None
+    stores: tuple[Where, ...] = ()
+    root: Where | None = None
     poll: float | None = None
     rescan: float = 5.0
     batch_rows: int = 256
@@ -46,11 +48,15 @@ class DaemonOptions:
     turn_seconds: float = 0.5
 
 
-def _is_store(path: Path) -> bool:
+REMOTE_POLL = 1.0
+"""Default seconds between looks at a run's commit marker on object storage (``--poll``)."""
+
+
+def _is_store(path: Where) -> bool:
     return path.is_dir() and (path / "zarr.json").is_file()
 
 
-def _runs_at(path: Path) -> list[Path]:
+def _runs_at(path: Where) -> list[Where]:
     """The run stores at ``path``: itself, or the ``rank<r>`` runs of a per-rank folder."""
     try:
         ranks = run_paths(path)
@@ -62,7 +68,7 @@ def _runs_at(path: Path) -> list[Path]:
 class _Run:
     """One watched store: its worker once opened, and the turn in flight on its thread."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Where) -> None:
         self.path = path
         self.worker: RunWorker | None = None
         self.thread: threading.Thread | None = None
@@ -93,7 +99,7 @@ class Daemon:
     ) -> None:
         if options.root is None and not options.stores:
             raise ValueError("Expected `--store PATH` or `--root DIR` but got neither")
-        if options.root is not None and options.root.exists() and not options.root.is_dir():
+        if options.root is not None and is_plain_file(options.root):
             raise ValueError(
                 f"Expected argument `--root` to be a folder but got {str(options.root)!r}"
             )
@@ -108,16 +114,27 @@ class Daemon:
         self._board = board
         self._stop = threading.Event()
         self._once = False
-        self._runs: dict[Path, _Run] = {}
-        self._owners: dict[str, Path] = {}  # run id -> the store serving it
+        self._runs: dict[Where, _Run] = {}
+        self._owners: dict[str, Where] = {}  # run id -> the store serving it
         self._lock = threading.Lock()  # _owners and the failure records, shared with turns
-        self._failures: dict[Path, tuple[str, str]] = {}
+        self._failures: dict[Where, tuple[str, str]] = {}
         self._snapshot_failures: dict[str, str] = {}
-        self._waiting: set[Path] = set()
+        self._waiting: set[Where] = set()
         self._snapshots = SnapshotWriter(
             options.snapshot_dir, options.snapshot_every, self._snapshot_failed
         )
-        self._watcher = Watcher(root=options.root, poll=options.poll, rescan=options.rescan)
+        local_root = options.root if isinstance(options.root, Path) else None
+        remote = isinstance(options.root, ObjectPath) or any(
+            isinstance(p, ObjectPath) for p in options.stores
+        )
+        # object stores send no events: their markers are looked at every --poll seconds
+        rescan = min(options.rescan, options.poll or REMOTE_POLL) if remote else options.rescan
+        self._watcher = Watcher(
+            root=local_root, poll=None if remote else options.poll, rescan=rescan
+        )
+        self._remote_runs: dict[Where, list[Where]] = {}  # an object-store root's runs, cached
+        self._remote_stores: dict[Where, list[Where]] = {}  # --store runs on object storage
+        self._listed_at = -math.inf
 
     @property
     def workers(self) -> dict[str, RunWorker]:
@@ -125,7 +142,7 @@ class Daemon:
         return {r.worker.run_id: r.worker for r in self._runs.values() if r.worker is not None}
 
     @property
-    def failures(self) -> dict[Path, str]:
+    def failures(self) -> dict[Where, str]:
         """The stores failing now (their last error) and why, as ``"kind: message"``."""
         with self._lock:
             return {p: f"{kind}: {message}" for p, (kind, message) in self._failures.items()}
@@ -149,7 +166,7 @@ class Daemon:
 
     # --- finding runs ---------------------------------------------------------------------------
 
-    def _wait_for(self, path: Path, what: str) -> None:
+    def _wait_for(self, path: Where, what: str) -> None:
         """A path that does not exist yet: waited for while serving, a failure with ``--once``."""
         if self._once:
             err = StoreMissingError(f"{what} {str(path)!r} does not exist", path)
@@ -160,15 +177,23 @@ class Daemon:
 
     def _discover(self) -> list[_Run]:
         """The runs to serve now, new ones added and vanished ones dropped."""
-        found: list[Path] = []
+        found: list[Where] = []
         for path in self._options.stores:
-            if path.exists():
+            known = self._remote_stores.get(path)
+            if known:  # a run on object storage, already found: its marker tells the rest
+                found += known
+            elif path.exists():
                 self._waiting.discard(path)
-                found += _runs_at(path.resolve())
+                runs = _runs_at(path.resolve())
+                found += runs
+                if isinstance(path, ObjectPath) and runs == [path]:
+                    self._remote_stores[path] = runs
             else:
                 self._wait_for(path, "run store")
         root = self._options.root
-        if root is not None:
+        if isinstance(root, ObjectPath):
+            found += self._remote_root(root)
+        elif root is not None:
             if self._watcher.watch_root():
                 self._waiting.discard(root)
                 for child in sorted(root.glob("*.zarr")):
@@ -182,6 +207,26 @@ class Daemon:
         for path in paths:
             self._runs.setdefault(path, _Run(path))
         return [self._runs[p] for p in paths]
+
+    def _remote_root(self, root: ObjectPath) -> list[Where]:
+        """The runs under an object-store root: listed every ``--rescan``; a new child is read
+        once, a per-rank job's ranks at each listing."""
+        if time.monotonic() - self._listed_at < self._options.rescan:
+            return [p for runs in self._remote_runs.values() for p in runs]
+        self._listed_at = time.monotonic()
+        children = [c for c in root.iterdir() if c.name.endswith(".zarr")]
+        if children:
+            self._waiting.discard(root)
+        elif root not in self._waiting:
+            self._wait_for(root, "--root prefix")
+        known = self._remote_runs
+        self._remote_runs = {}
+        for child in children:
+            runs = known.get(child)
+            if runs is None or runs != [child]:  # new, or a per-rank job that may grow
+                runs = [p for p in _runs_at(child) if p != child or _is_store(child)]
+            self._remote_runs[child] = runs
+        return [p for runs in self._remote_runs.values() for p in runs]
 
     def _vanished(self, run: _Run) -> None:
         if run.busy:
@@ -202,7 +247,7 @@ class Daemon:
 
     # --- turns ----------------------------------------------------------------------------------
 
-    def _claim(self, worker: RunWorker, path: Path) -> None:
+    def _claim(self, worker: RunWorker, path: Where) -> None:
         """Serve each run id from one store only: a copied store would overwrite its series."""
         with self._lock:
             owner = self._owners.setdefault(worker.run_id, path)
@@ -289,7 +334,7 @@ class Daemon:
 
     # --- failures -------------------------------------------------------------------------------
 
-    def _report(self, path: Path, kind: str, message: str, error: Exception | None = None) -> None:
+    def _report(self, path: Where, kind: str, message: str, error: Exception | None = None) -> None:
         """Count and log a failure once per distinct cause; the run is retried on later turns."""
         with self._lock:
             if self._failures.get(path) == (kind, message):
@@ -298,7 +343,7 @@ class Daemon:
         self._board.count_error(kind)
         _log.error("%s: %s error: %s", path, kind, message, exc_info=error)
 
-    def _stream_failures(self, path: Path, worker: RunWorker) -> None:
+    def _stream_failures(self, path: Where, worker: RunWorker) -> None:
         """After a turn that returned: the store is well; its stopped streams are reported alone.
 
         A stream is keyed ``<store>/<stream>``, so a corrupt ``latents`` chunk is counted once,
@@ -328,7 +373,7 @@ class Daemon:
         except Exception as err:  # a snapshot must never stop derivation
             self._snapshot_failed(worker.run_id, worker.path, err)
 
-    def _snapshot_failed(self, run_id: str, path: Path, err: Exception) -> None:
+    def _snapshot_failed(self, run_id: str, path: Where, err: Exception) -> None:
         signature = f"{type(err).__name__}:{err}"
         with self._lock:
             if self._snapshot_failures.get(run_id) == signature:

@@ -7,11 +7,11 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from texwatch._location import ObjectPath, Where
 from texwatch.derive import DerivedBatch, Deriver, DeriveSettings
 from texwatch.metric_names import STREAM_HEALTH_NAMES, STREAM_METRIC_NAMES
 from texwatch.store import ITEMS, SCALARS, DerivedWriter, Run, open_run
@@ -47,7 +47,7 @@ class RunWorker:
 
     def __init__(
         self,
-        path: Path,
+        path: Where,
         settings: DeriveSettings,
         *,
         batch_rows: int = 256,
@@ -68,6 +68,7 @@ class RunWorker:
         self._drops: dict[str, int] = {}
         self._scalar_nonfinite: dict[str, int] = {}
         self._scalars_only_last = False
+        self._marker = b""  # the root marker as last read (object storage only)
         self.last_activity = time.time()  # last new commit or derived batch: idle runs are dropped
         self._start_over_if_derived_is_gone()
         self._reset(self._writer.cursor(), self._writer.state())
@@ -139,6 +140,8 @@ class RunWorker:
         meanwhile.
         """
         started = time.perf_counter()
+        if self._unchanged_remote():
+            return 0
         if self._start_over_if_derived_is_gone():
             self._reset({}, None)
         run = open_run(self.path)
@@ -180,6 +183,25 @@ class RunWorker:
         elif took < self._turn_seconds / 4:
             self._rows = min(self._batch_rows, 2 * self._rows)
         return batch.rows
+
+    def _unchanged_remote(self) -> bool:
+        """A run on object storage with nothing left to derive whose marker is as last seen.
+
+        One GET a turn for an idle run, where a full look costs a few GETs and a HEAD per
+        derived column: a daemon serving hundreds of runs from a bucket must not re-read what
+        has not changed. (On disk the full look is cheap and also notices a deleted
+        ``derived/`` while the run is idle.)
+        """
+        if not isinstance(self.path, ObjectPath):
+            return False
+        try:
+            marker = (self.path / "zarr.json").read_bytes()
+        except OSError:
+            return False  # the full look names the fault
+        if marker == self._marker and not self.lag:
+            return True
+        self._marker = marker
+        return False
 
     def _remember(self, table: str, cols: Mapping[str, np.ndarray]) -> None:
         steps = cols.get("step")

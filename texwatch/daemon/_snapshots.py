@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from texwatch import plots
+from texwatch._location import Where
 from texwatch.detectors import SPIKE_RULES
 from texwatch.store import ITEMS, SCALARS, Run, latest_rows, open_run
 
@@ -90,7 +91,7 @@ class _Request:
     """A snapshot to write: what it shows of the run, taken on the run's turn (the renderer
     never reads a worker that its next turn is changing)."""
 
-    path: Path
+    path: Where
     name: str
     run_id: str
     step: int
@@ -139,7 +140,7 @@ class SnapshotWriter:
         self,
         directory: Path | None,
         every: int,
-        on_error: Callable[[str, Path, Exception], None],
+        on_error: Callable[[str, Where, Exception], None],
         *,
         defer: float = 60.0,
     ) -> None:
@@ -160,7 +161,10 @@ class SnapshotWriter:
         self._thread.start()
 
     def _folder(self, request: _Request) -> Path:
-        base = self._directory if self._directory is not None else request.path.parent / "snapshots"
+        base = self._directory
+        if base is None:  # beside a local store; a run on object storage: here
+            where = request.path
+            base = where.parent / "snapshots" if isinstance(where, Path) else Path("snapshots")
         return base / snapshot_folder_name(request.name, request.run_id)
 
     def on_batch(self, worker: RunWorker, cursor: dict[str, int]) -> None:

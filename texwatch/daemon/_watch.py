@@ -20,6 +20,8 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
+from texwatch._location import ObjectPath
+
 __all__ = ["Watcher"]
 
 _log = logging.getLogger("texwatch.daemon")
@@ -113,8 +115,11 @@ class Watcher:
         self._schedule(self._root)
         return True
 
-    def add_store(self, path: str | Path) -> None:
-        """Start watching one store's top folder for commits (idempotent)."""
+    def add_store(self, path: str | Path | ObjectPath) -> None:
+        """Start watching one store's top folder for commits (idempotent); a store on object
+        storage sends no events, so nothing is watched (its marker is polled)."""
+        if isinstance(path, ObjectPath):
+            return
         store = Path(path).resolve()
         with self._lock:
             if store in self._stores:
@@ -122,8 +127,10 @@ class Watcher:
             self._stores.add(store)
         self._schedule(store)
 
-    def remove_store(self, path: str | Path) -> None:
+    def remove_store(self, path: str | Path | ObjectPath) -> None:
         """Forget a store (deleted); its watch ends with the folder."""
+        if isinstance(path, ObjectPath):
+            return
         with self._lock:
             self._stores.discard(Path(path).resolve())
 

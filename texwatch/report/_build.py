@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from texwatch._json import jsonable
+from texwatch._location import locate
 from texwatch.causes import ReportError, Thresholds, stream_causes
 
 from . import _sections as sections
@@ -72,7 +73,10 @@ def build_report(
         raise ReportError(f"output {str(out)!r} is a file, expected a folder")
     if not paths:
         raise ReportError("no run store given")
-    store_paths = [Path(p) for p in paths]
+    try:
+        store_paths = [locate(p, what="store") for p in paths]
+    except (TypeError, ValueError) as err:
+        raise ReportError(str(err)) from err
     opened = [open_store(p) for p in store_paths]
     names = labels(opened, store_paths)
     requested = check_requested(opened, names, steps, checkpoints)

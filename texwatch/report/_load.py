@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from texwatch._location import Where
 from texwatch._steptable import step_table
 from texwatch.causes import ReportError, ScalarEvidence, Thresholds
 from texwatch.errors import TexwatchError
@@ -159,7 +160,7 @@ class RunData:
     """One run as the report shows it."""
 
     label: str  # for HTML (escaped there) and JSON
-    path: Path
+    path: Where
     run: Run
     scalars: ScalarDigest
     streams: dict[str, dict[str, np.ndarray]]
@@ -174,7 +175,7 @@ class RunData:
         return literal(self.label)
 
 
-def open_store(path: Path) -> Run:
+def open_store(path: Where) -> Run:
     """The run at ``path``, refused with a :class:`ReportError` when unreadable or empty."""
     from texwatch.store import open_run
 
@@ -189,7 +190,7 @@ def open_store(path: Path) -> Run:
 
 
 def load_run(
-    path: Path,
+    path: Where,
     run: Run,
     label: str,
     settings: DeriveSettings,
@@ -409,7 +410,7 @@ class _Spool:
 # Which runs and steps
 
 
-def labels(runs: Sequence[Run], paths: Sequence[Path]) -> list[str]:
+def labels(runs: Sequence[Run], paths: Sequence[Where]) -> list[str]:
     """Display names: the run's name, else the folder's; repeats get ``#2``, ``#3``."""
     out: list[str] = []
     for run, path in zip(runs, paths, strict=True):
