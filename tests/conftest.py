@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 import texwatch.client as tw
+from s3_server import S3Server
 
 _PROCESS_WIDE = ("zarr_io", "asyncio_")
 
@@ -48,3 +50,27 @@ def no_default_recorder(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.delenv("RANK", raising=False)
     yield
     tw.close()
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[str]:
+    """A real S3-compatible server on loopback (moto's standalone server, in its own process);
+    the endpoint and dummy credentials are set in the environment, as a user would set them."""
+    server = S3Server.start()
+    saved = {k: os.environ.get(k) for k in S3Server.ENV}
+    os.environ.update(server.env)
+    try:
+        yield server.endpoint
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        server.stop()
+
+
+@pytest.fixture()
+def s3_bucket(s3_server: str, request: pytest.FixtureRequest) -> str:
+    """A new, empty bucket on the S3 server for this test: its ``s3://`` URL."""
+    return S3Server.create_bucket(s3_server, request.node.name)
