@@ -225,7 +225,12 @@ def _bucket(scheme: str, bucket: str, options: Mapping[str, Any]) -> Bucket:
 
 
 def _new_bucket(scheme: str, bucket: str, options: dict[str, Any]) -> Bucket:
-    import obstore.store
+    try:
+        import obstore.store
+    except ImportError as err:
+        raise ImportError(
+            f"a {scheme}:// store needs obstore: pip install 'texwatch[cloud]'"
+        ) from err
 
     per_second = options.pop("max_requests_per_second", MAX_REQUESTS_PER_SECOND)
     if not isinstance(per_second, (int, float)) or not per_second > 0:
