@@ -1,6 +1,9 @@
 """Helpers for the store/client tests: zarr's thread pools, deterministic payloads, and the
 subprocess side of the process tests (run as ``python _store_helpers.py MODE ...``).
 
+PATH may be an object-store URL; ``$TEXWATCH_TEST_RECORDER`` (JSON) then holds the Recorder's
+``storage_options`` and ``lease_seconds``.
+
 Modes:
     append PATH STEPS FLUSH_INTERVAL     record STEPS steps of scalars + small latents, then close
     forkserver PATH                      per stdin line ``go DELAY``: fork a writer that resumes the
@@ -59,10 +62,26 @@ def _record(recorder: object, step: int) -> None:
     )
 
 
+def _options() -> dict[str, object]:
+    """The Recorder options the test passed in the environment (object-store runs)."""
+    return json.loads(os.environ.get("TEXWATCH_TEST_RECORDER", "{}"))
+
+
+def _committed(path: str) -> int:
+    """Scalar rows committed at ``path`` (0 when there is no store yet)."""
+    from texwatch.errors import StoreMissingError
+    from texwatch.store import open_run
+
+    try:
+        return open_run(path, _options().get("storage_options")).committed().get("scalars", 0)
+    except StoreMissingError:
+        return 0
+
+
 def _append(path: str, steps: int, flush_interval: float) -> None:
     from texwatch.client import Recorder
 
-    with Recorder(path, run="proc", flush_interval=flush_interval) as rec:
+    with Recorder(path, run="proc", flush_interval=flush_interval, **_options()) as rec:
         for step in range(steps):
             _record(rec, step)
             time.sleep(0.0002)  # ~1 s for 5,000 steps: many commits, however fast the machine
@@ -72,10 +91,9 @@ def _append(path: str, steps: int, flush_interval: float) -> None:
 def _resume_writer(path: str, report: int) -> None:
     """Resume the store at its committed row count and record until killed."""
     from texwatch.client import Recorder
-    from texwatch.store import open_run
 
-    start = open_run(path).committed().get("scalars", 0) if os.path.exists(path) else 0
-    rec = Recorder(path, run="proc", flush_interval=0.005)
+    start = _committed(path)
+    rec = Recorder(path, run="proc", flush_interval=0.005, **_options())
     step = start
     while True:
         _record(rec, step)
