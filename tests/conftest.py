@@ -9,9 +9,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from s3_server import S3Server
 
 import texwatch.client as tw
-from s3_server import S3Server
 
 _PROCESS_WIDE = ("zarr_io", "asyncio_")
 

@@ -95,8 +95,9 @@ def _full_board() -> tuple[CollectorRegistry, MetricsBoard]:
     registry, board = _board()
     samples = []
     for fam in FAMILIES.values():
-        if fam.kind == "histogram" or fam.name in ("texwatch_runs", "texwatch_errors"):
-            continue
+        process_wide = fam.name in ("texwatch_runs", "texwatch_errors")
+        if fam.kind == "histogram" or process_wide or fam.name.startswith("texwatch_object_"):
+            continue  # the board's own families, not a run's
         labels = {
             name: {"run": "r1", "run_id": "r1", "stream": "pred"}.get(name, "x")
             for name in fam.labels

@@ -91,6 +91,8 @@ def test_recorder_writes_an_s3_store_that_reads_back_exactly(s3_bucket: str) -> 
     with Recorder(url, run="cloud", config={"lr": 1e-4}, every={"latents": 1}) as rec:
         for step in range(6):
             rec.record(step, 1.0 / (step + 1), latents=latents[step], scalars={"lr": 0.1})
+    stats = rec.stats.object_store
+    assert stats["requests"] > 0 and stats["failures"] == 0
     run = open_run(url)
     assert isinstance(run.path, ObjectPath) and str(run.path) == url
     assert run.name == "cloud" and run.config == {"lr": 1e-4}
@@ -234,3 +236,24 @@ def test_requests_to_a_bucket_are_counted_and_capped(s3_bucket: str) -> None:
     assert after["requests"] - before["requests"] == 45
     assert took >= 1.0 and after["throttled_seconds"] > 0
     assert after["failures"] == before["failures"]
+
+
+def test_texwatchd_exports_the_request_counts_of_each_bucket(s3_bucket: str) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from texwatch.daemon._exporter import MetricsBoard
+
+    with RunWriter.open(f"{s3_bucket}/x.zarr") as writer:
+        _rows(writer, 0, 3)
+        writer.commit()
+    registry = CollectorRegistry()
+    MetricsBoard(registry)
+    text = generate_latest(registry).decode()
+    counts = {
+        (s.name, s.labels.get("bucket")): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    assert counts[("texwatch_object_store_requests_total", s3_bucket)] > 0
+    assert counts[("texwatch_object_store_failures_total", s3_bucket)] == 0

@@ -39,6 +39,7 @@ __all__ = [
     "ObjectPath",
     "RequestCounts",
     "Where",
+    "buckets",
     "is_plain_file",
     "locate",
 ]
@@ -212,6 +213,12 @@ def _backoff(tries: int) -> float:
 
 _BUCKETS: dict[tuple[Any, ...], Bucket] = {}
 _BUCKETS_LOCK = threading.Lock()
+
+
+def buckets() -> list[Bucket]:
+    """The object stores this process has reached, for the exporter's request counters."""
+    with _BUCKETS_LOCK:
+        return list(_BUCKETS.values())
 
 
 def _bucket(scheme: str, bucket: str, options: Mapping[str, Any]) -> Bucket:

@@ -146,6 +146,30 @@ FAMILIES: dict[str, Family] = {
         ),
         Family("texwatch_errors", "counter", ("kind",), "Daemon errors, by kind."),
         Family(
+            "texwatch_object_store_requests",
+            "counter",
+            ("bucket",),
+            "Requests texwatchd made to an object store (retries included).",
+        ),
+        Family(
+            "texwatch_object_store_retries",
+            "counter",
+            ("bucket",),
+            "Requests retried after throttling, a server error, a timeout or a lost connection.",
+        ),
+        Family(
+            "texwatch_object_store_failures",
+            "counter",
+            ("bucket",),
+            "Requests that failed for good (out of retries, or refused).",
+        ),
+        Family(
+            "texwatch_object_store_throttled_seconds",
+            "counter",
+            ("bucket",),
+            "Seconds requests waited for the cap on requests per second.",
+        ),
+        Family(
             "texwatch_processing_seconds",
             "histogram",
             _RUN,

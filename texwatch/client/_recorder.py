@@ -27,6 +27,7 @@ runs and checkpoints. Scalars and per-item rows (loss, timesteps, sample ids) ar
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import os
 import queue
 import sys
@@ -39,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from texwatch._location import locate
+from texwatch._location import ObjectPath, locate
 from texwatch.detectors import MAX_TERMS
 from texwatch.store import (
     ITEMS,
@@ -340,8 +341,12 @@ class Recorder:
 
     @property
     def stats(self) -> RecorderStats:
-        """Counts of recorded, committed, dropped and non-finite rows, and writer errors."""
-        return self._counters.snapshot()
+        """Counts of recorded, committed, dropped and non-finite rows, writer errors, and the
+        requests made to an object store."""
+        stats = self._counters.snapshot()
+        if isinstance(self.path, ObjectPath):
+            stats = dataclasses.replace(stats, object_store=self.path.bucket.counts.snapshot())
+        return stats
 
     @property
     def closed(self) -> bool:

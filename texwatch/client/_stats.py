@@ -28,6 +28,9 @@ class RecorderStats:
         nonfinite: recorded rows holding NaN/Inf, per column (``loss``, ``term/v``) or stream.
         errors: failed writes in the writer thread.
         pending_bytes: image bytes copied but not yet written.
+        object_store: for a store on object storage, the requests the process made to its
+            bucket: ``requests``, ``retries`` (transient failures retried with backoff),
+            ``failures`` and ``throttled_seconds`` (waits for the request cap); else empty.
     """
 
     recorded: int = 0
@@ -36,6 +39,7 @@ class RecorderStats:
     nonfinite: Mapping[str, int] = field(default_factory=dict)
     errors: int = 0
     pending_bytes: int = 0
+    object_store: Mapping[str, float] = field(default_factory=dict)
 
 
 class Counters:

@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, make_wsgi_a
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from texwatch._location import buckets
 from texwatch.metric_names import ERROR_KINDS, FAMILIES
 
 from ._http import ConnectionServer, make_server
@@ -145,6 +146,25 @@ class MetricsBoard(Collector):
         runs_gauge.add_metric([], len(runs))
         yield runs_gauge
         yield from families.values()
+        yield from _object_store_families()
+
+
+_STORE_COUNTS = {
+    "texwatch_object_store_requests": "requests",
+    "texwatch_object_store_retries": "retries",
+    "texwatch_object_store_failures": "failures",
+    "texwatch_object_store_throttled_seconds": "throttled_seconds",
+}
+
+
+def _object_store_families() -> Iterator[Metric]:
+    """The request counters of every object store this process reached (none for local runs)."""
+    counts = [(bucket.url(""), bucket.counts.snapshot()) for bucket in buckets()]
+    for name, key in _STORE_COUNTS.items():
+        family = CounterMetricFamily(name, FAMILIES[name].doc, labels=["bucket"])
+        for url, snapshot in counts:
+            family.add_metric([url], snapshot[key])
+        yield family
 
 
 def read_basic_auth_file(path: str | Path) -> tuple[str, str]:
