@@ -1038,14 +1038,18 @@ class DerivedWriter:
     def missing(self) -> Where | None:
         """The first file of committed derived data that is gone (``derived/`` deleted), or None.
 
-        The marker is written when the writer opens, so it is checked from the start.
+        The marker is written when the writer opens, so it is checked from the start. On object
+        storage only the marker is checked (one request, not one per column): deleting
+        ``derived/`` deletes it too.
         """
         derived = self.path / DERIVED
-        needed = [derived / "zarr.json"] + [
-            derived / table / column / "zarr.json"
-            for table, columns in (self._attrs.get("tables") or {}).items()
-            for column in columns
-        ]
+        needed = [derived / "zarr.json"]
+        if not isinstance(derived, ObjectPath):
+            needed += [
+                derived / table / column / "zarr.json"
+                for table, columns in (self._attrs.get("tables") or {}).items()
+                for column in columns
+            ]
         return next((p for p in needed if not p.is_file()), None)
 
     def recreate(self) -> None:
