@@ -35,6 +35,11 @@ Layout of ``runs/x.zarr`` (schema version 1)::
                              (source rows already derived, per source table), state (JSON text)
     derived/<table>/<column> 1-D or N-D columns sharing axis 0, same commit protocol
 
+A job recording on every rank (``all_ranks=True``) writes ``runs/x.zarr/rank<r>``, each a run as
+above, inside a plain group whose only attribute is ``job_id`` (a random hex id fixed when the
+first rank creates it, shared by every rank: what a sharded texwatchd assigns the job by). Its
+ranks' runs are named after the job (``x``) unless given a name.
+
 Every array grows along axis 0 in pre-allocated, doubling capacity, is chunked along rows for
 ~1 MiB chunks, compressed with Blosc/zstd and uses flat ``.``-separated chunk keys
 (``c.0.0.0.0``). An array's shape is its capacity: only the first ``committed[table]`` rows are
@@ -124,6 +129,7 @@ __all__ = [
     "open_run",
     "remove_run",
     "run_paths",
+    "store_id",
 ]
 
 SCHEMA_VERSION = 1
@@ -225,18 +231,33 @@ def run_paths(path: str | os.PathLike[str]) -> list[Path]:
     )
 
 
-def _ensure_container(path: Path) -> None:
-    """Make ``path`` a plain group holding per-rank runs; safe when ranks race to create it."""
+def store_id(path: str | os.PathLike[str]) -> str | None:
+    """The id fixed when the store at ``path`` was made: a run's ``run_id``, a per-rank job's
+    ``job_id``; None where there is none (no store, or a per-rank container of an older texwatch).
+    """
+    attrs = _read_attrs(Path(path))
+    value = attrs.get("run_id") if attrs.get("schema_version") is not None else attrs.get("job_id")
+    return str(value) if value else None
+
+
+def _ensure_container(path: Path, durable: bool) -> None:
+    """Make ``path`` a plain group holding per-rank runs, with a ``job_id``; safe when ranks race
+    to create it (the first one's group, built aside and renamed into place, is everyone's)."""
     if path.exists() and not path.is_dir():
         raise StoreFormatError(f"run store {str(path)!r} is a file, expected a folder")
     if _read_attrs(path).get("schema_version") is not None:
         raise StoreFormatError(
             f"{str(path)!r} holds a single run; per-rank runs need a folder of their own"
         )
-    if not (path / "zarr.json").is_file():
-        # another rank may create it first
-        with contextlib.suppress(FileExistsError, zarr.errors.ContainsGroupError):
-            zarr.open_group(LocalStore(path), mode="a", zarr_format=3)
+    if (path / "zarr.json").is_file():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        _create_run(path, {"job_id": uuid.uuid4().hex}, durable)
+    except OSError as err:
+        raise StoreFormatError(
+            f"{str(path)!r} exists, is not empty and holds no zarr.json: not a per-rank job"
+        ) from err
 
 
 # --- on-disk helpers ---------------------------------------------------------------------------
@@ -255,7 +276,8 @@ def _read_attrs(path: Path) -> dict[str, Any]:
 
 
 def _create_run(root: Path, attrs: dict[str, Any], durable: bool) -> bool:
-    """Make the run group at ``root``; False if another process made one there first.
+    """Make the group at ``root`` (a run, or a per-rank container); False if another process
+    made one there first.
 
     It is built aside and renamed into place, so a kill never leaves a half-made store.
     """
@@ -784,7 +806,9 @@ class RunWriter:
         if per_rank:
             if rank is None or rank < 0:
                 raise ValueError(f"per_rank needs rank >= 0, got rank={rank!r}")
-            _ensure_container(root)
+            _ensure_container(root, durable)
+            if run is None:
+                run = root.name.removesuffix(".zarr")
             root = root / f"rank{rank}"
         # what is plainly not a run fails before a lock file is made beside it
         if root.exists() and not root.is_dir():
