@@ -22,6 +22,7 @@ from texwatch.store import run_paths
 
 from ._exporter import MetricsBoard, Sample
 from ._runs import RunWorker
+from ._shard import Shard
 from ._snapshots import SnapshotWriter
 from ._watch import Watcher
 
@@ -44,26 +45,31 @@ class DaemonOptions:
     forget_after: float = 24 * 3600.0
     stall_after: float = 60.0
     turn_seconds: float = 0.5
+    shard: Shard = Shard(0, 1)
 
 
 def _is_store(path: Path) -> bool:
     return path.is_dir() and (path / "zarr.json").is_file()
 
 
-def _runs_at(path: Path) -> list[Path]:
-    """The run stores at ``path``: itself, or the ``rank<r>`` runs of a per-rank folder."""
+def _runs_at(path: Path) -> dict[Path, bool]:
+    """The run stores at ``path`` and whether each is a rank of a per-rank job: ``path``
+    itself, or the ``rank<r>`` runs of a per-rank folder."""
     try:
         ranks = run_paths(path)
     except (OSError, ValueError):  # unreadable: opening it names the fault
         ranks = []
-    return ranks or [path]
+    if not ranks or ranks == [path]:
+        return {path: False}
+    return dict.fromkeys(ranks, True)
 
 
 class _Run:
     """One watched store: its worker once opened, and the turn in flight on its thread."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, per_rank: bool) -> None:
         self.path = path
+        self.per_rank = per_rank
         self.worker: RunWorker | None = None
         self.thread: threading.Thread | None = None
         self.finished = threading.Event()
@@ -160,11 +166,13 @@ class Daemon:
 
     def _discover(self) -> list[_Run]:
         """The runs to serve now, new ones added and vanished ones dropped."""
-        found: list[Path] = []
+        found: dict[Path, bool] = {}
+        shard = self._options.shard
         for path in self._options.stores:
             if path.exists():
                 self._waiting.discard(path)
-                found += _runs_at(path.resolve())
+                if shard.owns(path):
+                    found.update(_runs_at(path.resolve()))
             else:
                 self._wait_for(path, "run store")
         root = self._options.root
@@ -172,16 +180,15 @@ class Daemon:
             if self._watcher.watch_root():
                 self._waiting.discard(root)
                 for child in sorted(root.glob("*.zarr")):
-                    if _is_store(child):
-                        found += _runs_at(child.resolve())
+                    if _is_store(child) and shard.owns(child):
+                        found.update(_runs_at(child.resolve()))
             else:
                 self._wait_for(root, "--root folder")
-        paths = list(dict.fromkeys(found))
-        for path in [p for p in self._runs if p not in paths]:
+        for path in [p for p in self._runs if p not in found]:
             self._vanished(self._runs[path])
-        for path in paths:
-            self._runs.setdefault(path, _Run(path))
-        return [self._runs[p] for p in paths]
+        for path, per_rank in found.items():
+            self._runs.setdefault(path, _Run(path, per_rank))
+        return [self._runs[p] for p in found]
 
     def _vanished(self, run: _Run) -> None:
         if run.busy:
@@ -223,6 +230,7 @@ class Daemon:
                     batch_rows=self._options.batch_rows,
                     turn_seconds=None if self._once else self._options.turn_seconds,
                     on_batch=self._on_batch,
+                    per_rank=run.per_rank,
                 )
                 self._claim(worker, run.path)
                 run.worker = worker
@@ -261,7 +269,7 @@ class Daemon:
             self._watcher.add_store(run.path)
             _log.info("serving run %r (id %s) from %s", worker.name, worker.run_id, run.path)
         self._stream_failures(run.path, worker)
-        self._board.observe_processing(worker.run_id, worker.name, took)
+        self._board.observe_processing(worker.run_id, worker.labels, took)
         idle = time.time() - worker.last_activity
         if idle > self._options.forget_after:
             if worker.run_id in self._board.runs():
