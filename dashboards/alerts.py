@@ -43,6 +43,9 @@ _QUERY_RANGE_SECONDS = 600
 #: Stands for the alert's value in :attr:`AlertRule.value_note`.
 VALUE = "{value}"
 
+#: Names the run in an alert's text: ``job rank 3`` for a rank of an ``all_ranks`` job.
+_RUN_NAME = "{{ $labels.run }}{{ if $labels.rank }} rank {{ $labels.rank }}{{ end }}"
+
 Comparison = Literal[">", ">=", "<"]
 _GRAFANA_EVALUATOR: dict[str, Literal["gt", "gte", "lt"]] = {">": "gt", ">=": "gte", "<": "lt"}
 NoDataState = Literal["Alerting", "NoData", "OK"]
@@ -115,12 +118,15 @@ def alert_rules(thresholds: Thresholds | None = None) -> tuple[AlertRule, ...]:
             for_=th.harmonic_for,
             severity="warning",
             summary=(
-                "{{ $labels.run }}/{{ $labels.stream }}: texture tiles "
+                _RUN_NAME
+                + "/{{ $labels.stream }}: texture tiles "
                 + _by_harmonic("doubled", "halved")
                 + " (harmonic lock)"
             ),
             description=(
-                "The texture period of stream {{ $labels.stream }} in run {{ $labels.run }} is "
+                "The texture period of stream {{ $labels.stream }} in run "
+                + _RUN_NAME
+                + " is "
                 + _by_harmonic(
                     f"{scale:g} times the reference's or more (tiles doubled: the fundamental "
                     "moved to f/2)",
@@ -138,15 +144,15 @@ def alert_rules(thresholds: Thresholds | None = None) -> tuple[AlertRule, ...]:
             query=_counted_within(
                 'texwatch_loss_spikes_total{rule!~"nonfinite|drift"}',
                 th.spike_window,
-                "run, run_id",
+                "run, run_id, rank",
             ),
             op=">=",
             threshold=th.spike_count,
             for_="0s",
             severity="warning",
-            summary=f"{{{{ $labels.run }}}}: loss spikes in the last {th.spike_window}",
+            summary=_RUN_NAME + f": loss spikes in the last {th.spike_window}",
             description=(
-                "The loss of run {{ $labels.run }} spiked (sigma rule on the log loss, hard max "
+                "The loss of run " + _RUN_NAME + " spiked (sigma rule on the log loss, hard max "
                 "or sustained rule). Check the batches and the learning rate around the spike "
                 "annotations."
             ),
@@ -155,15 +161,15 @@ def alert_rules(thresholds: Thresholds | None = None) -> tuple[AlertRule, ...]:
             name="TexwatchLossDrift",
             uid="texwatch-loss-drift",
             query=_counted_within(
-                'texwatch_loss_spikes_total{rule="drift"}', th.spike_window, "run, run_id"
+                'texwatch_loss_spikes_total{rule="drift"}', th.spike_window, "run, run_id, rank"
             ),
             op=">=",
             threshold=1.0,
             for_="0s",
             severity="warning",
-            summary=f"{{{{ $labels.run }}}}: the loss drifted up in the last {th.spike_window}",
+            summary=_RUN_NAME + f": the loss drifted up in the last {th.spike_window}",
             description=(
-                "The loss of run {{ $labels.run }} has risen against its long baseline (a "
+                "The loss of run " + _RUN_NAME + " has risen against its long baseline (a "
                 "divergence or a sustained level shift that the spike rules adapt to). Check "
                 "the learning rate, the data mix and the gradient norm since the rise began."
             ),
@@ -172,15 +178,15 @@ def alert_rules(thresholds: Thresholds | None = None) -> tuple[AlertRule, ...]:
             name="TexwatchNonFinite",
             uid="texwatch-nonfinite",
             query=_counted_within(
-                "texwatch_nonfinite_total", th.nonfinite_window, "run, run_id, stream"
+                "texwatch_nonfinite_total", th.nonfinite_window, "run, run_id, rank, stream"
             ),
             op=">",
             threshold=0.0,
             for_="0s",
             severity="critical",
-            summary="{{ $labels.run }}: NaN/Inf in {{ $labels.stream }}",
+            summary=_RUN_NAME + ": NaN/Inf in {{ $labels.stream }}",
             description=(
-                "Non-finite values appeared in {{ $labels.stream }} of run {{ $labels.run }} "
+                "Non-finite values appeared in {{ $labels.stream }} of run " + _RUN_NAME + " "
                 f"within the last {th.nonfinite_window}."
             ),
         ),
@@ -192,9 +198,9 @@ def alert_rules(thresholds: Thresholds | None = None) -> tuple[AlertRule, ...]:
             threshold=0.0,
             for_=th.dead_term_for,
             severity="warning",
-            summary="{{ $labels.run }}: loss term {{ $labels.term }} contributes nothing",
+            summary=_RUN_NAME + ": loss term {{ $labels.term }} contributes nothing",
             description=(
-                "Loss term {{ $labels.term }} of run {{ $labels.run }} has been dead (constant "
+                "Loss term {{ $labels.term }} of run " + _RUN_NAME + " has been dead (constant "
                 "zero or no share of the weighted total) - is it computed at all?"
             ),
         ),
@@ -206,9 +212,9 @@ def alert_rules(thresholds: Thresholds | None = None) -> tuple[AlertRule, ...]:
             threshold=th.lag_rows,
             for_=th.lag_for,
             severity="warning",
-            summary="texwatchd is behind on {{ $labels.run }}",
+            summary="texwatchd is behind on " + _RUN_NAME,
             description=(
-                "texwatchd has committed rows of run {{ $labels.run }} it has not derived yet: "
+                "texwatchd has committed rows of run " + _RUN_NAME + " it has not derived yet: "
                 "the metrics are stale. Check its processing time and errors, or give it a GPU."
             ),
         ),
@@ -220,9 +226,9 @@ def alert_rules(thresholds: Thresholds | None = None) -> tuple[AlertRule, ...]:
             threshold=0.0,
             for_="0s",
             severity="warning",
-            summary="texwatchd is stuck reading run {{ $labels.run }}",
+            summary="texwatchd is stuck reading run " + _RUN_NAME,
             description=(
-                "texwatchd's turn on run {{ $labels.run }} has not returned for --stall-after "
+                "texwatchd's turn on run " + _RUN_NAME + " has not returned for --stall-after "
                 "seconds (60 by default): a read of its store hangs (an NFS server gone, a "
                 "frozen disk). Its metrics are stale; other runs are served. Check the store's "
                 "mount; the run resumes from its cursor once the read returns."

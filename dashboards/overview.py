@@ -1,7 +1,9 @@
 """The "texwatch — training overview" Grafana dashboard, built with grafana-foundation-sdk.
 
 Rows: loss, texture scale, banding and aliasing, stream health, loss terms, daemon health. Every
-query filters on the ``run`` (multi-select) and, per image stream, ``stream`` variables. Alert
+query filters on the ``run`` and ``rank`` (multi-select; a run of its own has no rank, which
+"All" matches) and, per image stream, ``stream`` variables; panels that sum keep ranks apart, so a
+spike on one rank of an ``all_ranks`` job shows as that rank's. Alert
 thresholds come from :class:`~dashboards.thresholds.Thresholds`, so the lines drawn on the panels
 are the ones that page.
 """
@@ -35,9 +37,10 @@ SPIKE_SIGMA = SIGMA
 WARNING_SIGMA = WARN_SIGMA
 
 _DS = models.DataSourceRef(type_val="prometheus", uid="${datasource}")
-_RUN = 'run=~"$run"'
-_STREAM = 'run=~"$run", stream=~"$stream"'
-_RS_LEGEND = "{{run}}/{{stream}}"
+_RUN = 'run=~"$run", rank=~"$rank"'
+_STREAM = 'run=~"$run", rank=~"$rank", stream=~"$stream"'
+# A run of its own has no rank: its legend reads "run /stream", a rank of a job "run 3/stream".
+_RS_LEGEND = "{{run}} {{rank}} {{rank}}/{{stream}}"
 _HEIGHT = 8
 
 
@@ -187,8 +190,8 @@ def _loss_row(ids: _Ids, board: dashboard.Dashboard) -> None:
             "Raw training loss and its exponential moving average. Spike markers come from "
             "the 'Loss spikes' annotation.",
             [
-                (f"texwatch_loss{{{_RUN}}}", "{{run}} loss"),
-                (f"texwatch_loss_ema{{{_RUN}}}", "{{run}} EMA"),
+                (f"texwatch_loss{{{_RUN}}}", "{{run}} {{rank}} loss"),
+                (f"texwatch_loss_ema{{{_RUN}}}", "{{run}} {{rank}} EMA"),
             ],
             span=12,
         )
@@ -201,7 +204,7 @@ def _loss_row(ids: _Ids, board: dashboard.Dashboard) -> None:
                 "Log loss against the median and robust sigma of its rolling window. Past "
                 f"{WARNING_SIGMA:g} sigma texwatchd "
                 f"warns; past {SPIKE_SIGMA:g} sigma (its default --spike-sigma) it counts a spike.",
-                [(f"texwatch_loss_zscore{{{_RUN}}}", "{{run}}")],
+                [(f"texwatch_loss_zscore{{{_RUN}}}", "{{run}} {{rank}}")],
                 span=6,
             ),
             _steps((None, "green"), (WARNING_SIGMA, "orange"), (SPIKE_SIGMA, "red")),
@@ -215,14 +218,14 @@ def _loss_row(ids: _Ids, board: dashboard.Dashboard) -> None:
             f"{WARNING_SIGMA:g}-sigma warnings.",
             [
                 (
-                    f"sum by (run, rule) (increase(texwatch_loss_spikes_total{{{_RUN}}}"
+                    f"sum by (run, rank, rule) (increase(texwatch_loss_spikes_total{{{_RUN}}}"
                     "[$__rate_interval]))",
-                    "{{run}} {{rule}}",
+                    "{{run}} {{rank}} {{rule}}",
                 ),
                 (
-                    f"sum by (run) (increase(texwatch_loss_spike_warnings_total{{{_RUN}}}"
+                    f"sum by (run, rank) (increase(texwatch_loss_spike_warnings_total{{{_RUN}}}"
                     "[$__rate_interval]))",
-                    "{{run}} warnings",
+                    "{{run}} {{rank}} warnings",
                 ),
             ],
             span=6,
@@ -233,7 +236,7 @@ def _loss_row(ids: _Ids, board: dashboard.Dashboard) -> None:
             ids,
             "Last step",
             "Newest committed training step of each run.",
-            [(f"texwatch_last_step{{{_RUN}}}", "{{run}}")],
+            [(f"texwatch_last_step{{{_RUN}}}", "{{run}} {{rank}}")],
             span=6,
             steps=_steps((None, "blue")),
         )
@@ -243,7 +246,7 @@ def _loss_row(ids: _Ids, board: dashboard.Dashboard) -> None:
             ids,
             "Scalars",
             "User scalars recorded with the loss (learning rate, gradient norm, ...).",
-            [(f"texwatch_scalar{{{_RUN}}}", "{{run}} {{name}}")],
+            [(f"texwatch_scalar{{{_RUN}}}", "{{run}} {{rank}} {{name}}")],
             span=18,
         )
     )
@@ -434,7 +437,7 @@ def _health_row(ids: _Ids, board: dashboard.Dashboard) -> None:
             "Non-finite values (total)",
             "NaN/Inf counted per stream, including the loss ('loss') and loss terms "
             "('term/<name>'); each step up is new ones, and fires TexwatchNonFinite.",
-            [(f"sum by (run, stream) (texwatch_nonfinite_total{{{_RUN}}})", _RS_LEGEND)],
+            [(f"sum by (run, rank, stream) (texwatch_nonfinite_total{{{_RUN}}})", _RS_LEGEND)],
             span=24,
             height=6,
         ).line_interpolation(common.LineInterpolation.STEP_AFTER)
@@ -448,7 +451,7 @@ def _terms_row(ids: _Ids, board: dashboard.Dashboard) -> None:
             ids,
             "Weighted share per term",
             "Each term's share of the weighted total loss. A term stuck at 0 contributes nothing.",
-            [(f"texwatch_loss_term_share{{{_RUN}}}", "{{run}} {{term}}")],
+            [(f"texwatch_loss_term_share{{{_RUN}}}", "{{run}} {{rank}} {{term}}")],
             unit="percentunit",
         )
         .stacking(common_builders.StackingConfig().mode(common.StackingMode.NORMAL))
@@ -459,7 +462,7 @@ def _terms_row(ids: _Ids, board: dashboard.Dashboard) -> None:
             ids,
             "Term values (unweighted)",
             "Each term before weighting, on a log scale since terms differ by orders of magnitude.",
-            [(f"texwatch_loss_term{{{_RUN}}}", "{{run}} {{term}}")],
+            [(f"texwatch_loss_term{{{_RUN}}}", "{{run}} {{rank}} {{term}}")],
         ).scale_distribution(
             common_builders.ScaleDistributionConfig().type(common.ScaleDistribution.LOG).log(10)
         )
@@ -469,7 +472,7 @@ def _terms_row(ids: _Ids, board: dashboard.Dashboard) -> None:
             ids,
             "Term weights",
             "Weight of each term (warm-up and ramp schedules show here).",
-            [(f"texwatch_loss_term_weight{{{_RUN}}}", "{{run}} {{term}}")],
+            [(f"texwatch_loss_term_weight{{{_RUN}}}", "{{run}} {{rank}} {{term}}")],
         )
     )
     board.with_panel(
@@ -477,7 +480,7 @@ def _terms_row(ids: _Ids, board: dashboard.Dashboard) -> None:
             ids,
             "Dead terms",
             "Terms texwatchd considers dead (constant zero or no share of the total).",
-            [(f"texwatch_loss_term_dead{{{_RUN}}}", "{{run}} {{term}}")],
+            [(f"texwatch_loss_term_dead{{{_RUN}}}", "{{run}} {{rank}} {{term}}")],
             span=8,
             steps=_steps((None, "green"), (1.0, "red")),
             mappings=[_value_map(("0", "alive", "green"), ("1", "dead", "red"))],
@@ -488,7 +491,7 @@ def _terms_row(ids: _Ids, board: dashboard.Dashboard) -> None:
             ids,
             "Dead term count",
             "Number of dead loss terms per run. Any dead term for long fires TexwatchDeadLossTerm.",
-            [(f"texwatch_dead_loss_terms{{{_RUN}}}", "{{run}}")],
+            [(f"texwatch_dead_loss_terms{{{_RUN}}}", "{{run}} {{rank}}")],
             span=4,
             steps=_steps((None, "green"), (1.0, "red")),
         )
@@ -499,7 +502,7 @@ def _terms_row(ids: _Ids, board: dashboard.Dashboard) -> None:
             "Non-finite terms",
             "Terms whose latest value is NaN or Inf: computed, but broken (not dead). "
             "Their NaNs also count in texwatch_nonfinite_total and fire TexwatchNonFinite.",
-            [(f"texwatch_loss_term_nonfinite{{{_RUN}}}", "{{run}} {{term}}")],
+            [(f"texwatch_loss_term_nonfinite{{{_RUN}}}", "{{run}} {{rank}} {{term}}")],
             span=12,
             steps=_steps((None, "green"), (1.0, "red")),
             mappings=[_value_map(("0", "finite", "green"), ("1", "NaN/Inf", "red"))],
@@ -547,7 +550,7 @@ def _daemon_row(ids: _Ids, board: dashboard.Dashboard, th: Thresholds) -> None:
                 ids,
                 "Lag (committed rows not yet derived)",
                 f"Above {th.lag_rows:g} rows for {th.lag_for} fires TexwatchDaemonLagging.",
-                [(f"texwatch_daemon_lag_rows{{{_RUN}}}", "{{run}}")],
+                [(f"texwatch_daemon_lag_rows{{{_RUN}}}", "{{run}} {{rank}}")],
                 span=6,
             ),
             _steps((None, "green"), (th.lag_rows, "red")),
@@ -558,16 +561,16 @@ def _daemon_row(ids: _Ids, board: dashboard.Dashboard, th: Thresholds) -> None:
             ids,
             "Time since last derived batch",
             "Seconds since texwatchd last derived rows of each run.",
-            [(f"time() - texwatch_last_processed_timestamp_seconds{{{_RUN}}}", "{{run}}")],
+            [(f"time() - texwatch_last_processed_timestamp_seconds{{{_RUN}}}", "{{run}} {{rank}}")],
             unit="s",
             span=6,
         )
     )
     quantiles = [
         (
-            f"histogram_quantile({q}, sum by (run, le) "
+            f"histogram_quantile({q}, sum by (run, rank, le) "
             f"(rate(texwatch_processing_seconds_bucket{{{_RUN}}}[$__rate_interval])))",
-            f"{{{{run}}}} p{int(q * 100)}",
+            f"{{{{run}}}} {{{{rank}}}} p{int(q * 100)}",
         )
         for q in (0.5, 0.9, 0.99)
     ]
@@ -597,8 +600,8 @@ def _daemon_row(ids: _Ids, board: dashboard.Dashboard, th: Thresholds) -> None:
             "Rows the training-side client dropped because its queue was full.",
             [
                 (
-                    f"sum by (run, stream) (increase(texwatch_client_dropped_rows_total{{{_RUN}}}"
-                    "[$__rate_interval]))",
+                    "sum by (run, rank, stream) "
+                    f"(increase(texwatch_client_dropped_rows_total{{{_RUN}}}[$__rate_interval]))",
                     _RS_LEGEND,
                 )
             ],
@@ -614,7 +617,7 @@ def _spike_annotation() -> dashboard.AnnotationQuery:
         .datasource(_DS)
         .enable(True)
         .icon_color("red")
-        .expr(f"sum by (run, rule) (increase(texwatch_loss_spikes_total{{{_RUN}}}[1m])) > 0")
+        .expr(f"sum by (run, rank, rule) (increase(texwatch_loss_spikes_total{{{_RUN}}}[1m])) > 0")
     )
 
 
@@ -623,7 +626,7 @@ def _spike_annotation() -> dashboard.AnnotationQuery:
 _SPIKE_ANNOTATION_EXTRAS = {
     "step": "1m",
     "titleFormat": "Loss spike ({{rule}})",
-    "tagKeys": "run,rule",
+    "tagKeys": "run,rank,rule",
     "useValueForTime": False,
 }
 
@@ -665,6 +668,17 @@ def build_overview(thresholds: Thresholds | None = None) -> dict[str, Any]:
             .query("label_values(texwatch_last_step, run)")
             .refresh(models.VariableRefresh.ON_TIME_RANGE_CHANGED)
             .sort(models.VariableSort.ALPHABETICAL_ASC)
+            .multi(True)
+            .include_all(True)
+            .all_value(".*")
+        )
+        .with_variable(
+            dashboard.QueryVariable("rank")
+            .label("Rank")
+            .datasource(_DS)
+            .query('label_values(texwatch_last_step{run=~"$run"}, rank)')
+            .refresh(models.VariableRefresh.ON_TIME_RANGE_CHANGED)
+            .sort(models.VariableSort.NUMERICAL_ASC)
             .multi(True)
             .include_all(True)
             .all_value(".*")

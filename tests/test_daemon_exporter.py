@@ -34,32 +34,51 @@ def _board() -> tuple[CollectorRegistry, MetricsBoard]:
 
 def test_publish_replaces_a_runs_samples_and_forget_drops_them() -> None:
     registry, board = _board()
-    board.publish("a", [Sample("texwatch_loss", {"run": "a", "run_id": "a"}, 1.5)])
-    board.publish("b", [Sample("texwatch_loss", {"run": "b", "run_id": "b"}, 2.0)])
-    board.publish("a", [Sample("texwatch_loss_ema", {"run": "a", "run_id": "a"}, 1.2)])
-    assert registry.get_sample_value("texwatch_loss", {"run": "a", "run_id": "a"}) is None
-    assert registry.get_sample_value("texwatch_loss_ema", {"run": "a", "run_id": "a"}) == 1.2
-    assert registry.get_sample_value("texwatch_runs") == 2
-    board.observe_processing("a", "a", 0.01)
-    board.forget("a")
-    assert registry.get_sample_value("texwatch_loss_ema", {"run": "a", "run_id": "a"}) is None
+    board.publish("a", [Sample("texwatch_loss", {"run": "a", "run_id": "a", "rank": ""}, 1.5)])
+    board.publish("b", [Sample("texwatch_loss", {"run": "b", "run_id": "b", "rank": ""}, 2.0)])
+    board.publish("a", [Sample("texwatch_loss_ema", {"run": "a", "run_id": "a", "rank": ""}, 1.2)])
     assert (
-        registry.get_sample_value("texwatch_processing_seconds_count", {"run": "a", "run_id": "a"})
+        registry.get_sample_value("texwatch_loss", {"run": "a", "run_id": "a", "rank": ""}) is None
+    )
+    assert (
+        registry.get_sample_value("texwatch_loss_ema", {"run": "a", "run_id": "a", "rank": ""})
+        == 1.2
+    )
+    assert registry.get_sample_value("texwatch_runs") == 2
+    board.observe_processing("a", {"run": "a", "run_id": "a", "rank": ""}, 0.01)
+    board.forget("a")
+    assert (
+        registry.get_sample_value("texwatch_loss_ema", {"run": "a", "run_id": "a", "rank": ""})
         is None
     )
-    assert registry.get_sample_value("texwatch_loss", {"run": "b", "run_id": "b"}) == 2.0
+    assert (
+        registry.get_sample_value(
+            "texwatch_processing_seconds_count", {"run": "a", "run_id": "a", "rank": ""}
+        )
+        is None
+    )
+    assert (
+        registry.get_sample_value("texwatch_loss", {"run": "b", "run_id": "b", "rank": ""}) == 2.0
+    )
     assert board.runs() == ["b"]
 
 
 def test_counters_are_exposed_with_total_suffix() -> None:
     registry, board = _board()
     board.publish(
-        "r", [Sample("texwatch_loss_spikes", {"run": "r", "run_id": "r", "rule": "sigma"}, 3.0)]
+        "r",
+        [
+            Sample(
+                "texwatch_loss_spikes",
+                {"run": "r", "run_id": "r", "rank": "", "rule": "sigma"},
+                3.0,
+            )
+        ],
     )
     board.count_error("corrupt_chunk")
     assert (
         registry.get_sample_value(
-            "texwatch_loss_spikes_total", {"run": "r", "run_id": "r", "rule": "sigma"}
+            "texwatch_loss_spikes_total", {"run": "r", "run_id": "r", "rank": "", "rule": "sigma"}
         )
         == 3
     )
@@ -70,10 +89,13 @@ def test_counters_are_exposed_with_total_suffix() -> None:
 @pytest.mark.parametrize(
     ("sample", "message"),
     [
-        (Sample("texwatch_nope", {"run": "r", "run_id": "r"}, 1.0), "texwatch_nope"),
-        (Sample("texwatch_loss", {"run": "r", "run_id": "r", "step": "5"}, 1.0), "labels"),
+        (Sample("texwatch_nope", {"run": "r", "run_id": "r", "rank": ""}, 1.0), "texwatch_nope"),
         (
-            Sample("texwatch_processing_seconds", {"run": "r", "run_id": "r"}, 1.0),
+            Sample("texwatch_loss", {"run": "r", "run_id": "r", "rank": "", "step": "5"}, 1.0),
+            "labels",
+        ),
+        (
+            Sample("texwatch_processing_seconds", {"run": "r", "run_id": "r", "rank": ""}, 1.0),
             "texwatch_processing_seconds",
         ),
     ],
@@ -99,12 +121,12 @@ def _full_board() -> tuple[CollectorRegistry, MetricsBoard]:
         if fam.kind == "histogram" or process_wide or fam.name.startswith("texwatch_object_"):
             continue  # the board's own families, not a run's
         labels = {
-            name: {"run": "r1", "run_id": "r1", "stream": "pred"}.get(name, "x")
+            name: {"run": "r1", "run_id": "r1", "rank": "", "stream": "pred"}.get(name, "x")
             for name in fam.labels
         }
         samples.append(Sample(fam.name, labels, 0.25))
     board.publish("r1", samples)
-    board.observe_processing("r1", "r1", 0.02)
+    board.observe_processing("r1", {"run": "r1", "run_id": "r1", "rank": ""}, 0.02)
     board.count_error("read")
     return registry, board
 
@@ -140,13 +162,13 @@ def _get(
 
 def test_server_serves_metrics_on_loopback() -> None:
     registry, board = _board()
-    board.publish("r", [Sample("texwatch_last_step", {"run": "r", "run_id": "r"}, 42)])
+    board.publish("r", [Sample("texwatch_last_step", {"run": "r", "run_id": "r", "rank": ""}, 42)])
     server = serve_metrics(registry, bind="127.0.0.1", port=0)
     try:
         body = _get(f"http://127.0.0.1:{server.port}/metrics")
     finally:
         server.close()
-    assert 'texwatch_last_step{run="r",run_id="r"} 42.0' in body
+    assert 'texwatch_last_step{rank="",run="r",run_id="r"} 42.0' in body
     server.close()
 
 
@@ -154,7 +176,7 @@ def test_basic_auth_rejects_missing_and_wrong_credentials(tmp_path: Path) -> Non
     auth_file = tmp_path / "auth"
     auth_file.write_text("prom:s3cret\n")
     registry, board = _board()
-    board.publish("r", [Sample("texwatch_last_step", {"run": "r", "run_id": "r"}, 7)])
+    board.publish("r", [Sample("texwatch_last_step", {"run": "r", "run_id": "r", "rank": ""}, 7)])
     server = serve_metrics(
         registry, bind="127.0.0.1", port=0, basic_auth=read_basic_auth_file(auth_file)
     )
@@ -164,7 +186,7 @@ def test_basic_auth_rejects_missing_and_wrong_credentials(tmp_path: Path) -> Non
             with pytest.raises(urllib.error.HTTPError) as err:
                 _get(url, auth)
             assert err.value.code == 401
-        assert 'texwatch_last_step{run="r",run_id="r"} 7.0' in _get(url, ("prom", "s3cret"))
+        assert 'texwatch_last_step{rank="",run="r",run_id="r"} 7.0' in _get(url, ("prom", "s3cret"))
     finally:
         server.close()
 
@@ -207,7 +229,7 @@ def _self_signed(tmp_path: Path) -> tuple[str, str]:
 def test_tls_serves_over_https(tmp_path: Path, with_auth: bool) -> None:
     cert, key = _self_signed(tmp_path)
     registry, board = _board()
-    board.publish("r", [Sample("texwatch_last_step", {"run": "r", "run_id": "r"}, 3)])
+    board.publish("r", [Sample("texwatch_last_step", {"run": "r", "run_id": "r", "rank": ""}, 3)])
     auth = ("u", "p") if with_auth else None
     server = serve_metrics(
         registry, bind="127.0.0.1", port=0, certfile=cert, keyfile=key, basic_auth=auth
@@ -217,7 +239,7 @@ def test_tls_serves_over_https(tmp_path: Path, with_auth: bool) -> None:
         body = _get(f"https://127.0.0.1:{server.port}/metrics", auth, context)
     finally:
         server.close()
-    assert 'texwatch_last_step{run="r",run_id="r"} 3.0' in body
+    assert 'texwatch_last_step{rank="",run="r",run_id="r"} 3.0' in body
 
 
 def test_tls_needs_both_cert_and_key() -> None:
@@ -230,7 +252,7 @@ def test_non_ascii_authorization_is_refused_with_401_and_no_traceback(
     capfd: pytest.CaptureFixture[str],
 ) -> None:
     registry, board = _board()
-    board.publish("r", [Sample("texwatch_last_step", {"run": "r", "run_id": "r"}, 5)])
+    board.publish("r", [Sample("texwatch_last_step", {"run": "r", "run_id": "r", "rank": ""}, 5)])
     server = serve_metrics(registry, bind="127.0.0.1", port=0, basic_auth=("prom", "pässwörd"))
     tokens = [
         b"Basic " + "prom:pässwörd".encode("latin-1"),
@@ -253,7 +275,7 @@ def test_non_ascii_authorization_is_refused_with_401_and_no_traceback(
     finally:
         server.close()
     assert answers == [(401, b"unauthorized\n")] * len(tokens)
-    assert 'texwatch_last_step{run="r",run_id="r"} 5.0' in body
+    assert 'texwatch_last_step{rank="",run="r",run_id="r"} 5.0' in body
     assert "Traceback" not in capfd.readouterr().err
 
 
@@ -273,14 +295,14 @@ def _ipv6_loopback() -> str | None:
 @pytest.mark.parametrize("with_auth", [False, True])
 def test_serves_on_the_ipv6_loopback(with_auth: bool) -> None:
     registry, board = _board()
-    board.publish("r", [Sample("texwatch_last_step", {"run": "r", "run_id": "r"}, 6)])
+    board.publish("r", [Sample("texwatch_last_step", {"run": "r", "run_id": "r", "rank": ""}, 6)])
     auth = ("u", "p") if with_auth else None
     server = serve_metrics(registry, bind="::1", port=0, basic_auth=auth)
     try:
         body = _get(f"http://[::1]:{server.port}/metrics", auth)
     finally:
         server.close()
-    assert 'texwatch_last_step{run="r",run_id="r"} 6.0' in body
+    assert 'texwatch_last_step{rank="",run="r",run_id="r"} 6.0' in body
 
 
 @pytest.mark.parametrize("with_auth", [False, True])
@@ -289,7 +311,7 @@ def test_an_idle_connection_does_not_hold_up_200_concurrent_tls_scrapes(
 ) -> None:
     cert, key = _self_signed(tmp_path)
     registry, board = _board()
-    board.publish("r", [Sample("texwatch_last_step", {"run": "r", "run_id": "r"}, 8)])
+    board.publish("r", [Sample("texwatch_last_step", {"run": "r", "run_id": "r", "rank": ""}, 8)])
     auth = ("u", "p") if with_auth else None
     server = serve_metrics(
         registry, bind="127.0.0.1", port=0, certfile=cert, keyfile=key, basic_auth=auth
@@ -317,7 +339,7 @@ def test_an_idle_connection_does_not_hold_up_200_concurrent_tls_scrapes(
         server.close()
     failed = [a for a in answers if not a.startswith("200 ")]
     assert not failed, f"{len(failed)} of 200 scrapes failed, first: {failed[0]}"
-    assert all('texwatch_last_step{run="r",run_id="r"} 8.0' in a for a in answers)
+    assert all('texwatch_last_step{rank="",run="r",run_id="r"} 8.0' in a for a in answers)
 
 
 def _ended_by_server(sock: socket.socket) -> bool:

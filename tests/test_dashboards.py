@@ -379,7 +379,7 @@ def test_thresholds_reject_bad_values(tmp_path: Path) -> None:
 
 def test_metric_contract_lookup() -> None:
     assert metric("texwatch_processing_seconds_bucket").name == "texwatch_processing_seconds"
-    assert metric("texwatch_loss_spikes_total").labels == ("run", "run_id", "rule")
+    assert metric("texwatch_loss_spikes_total").labels == ("run", "run_id", "rank", "rule")
     assert len(METRIC_NAMES) == len(METRICS)
     with pytest.raises(ValueError, match="not exported by texwatchd"):
         metric("texwatch_loss_ms")

@@ -168,6 +168,15 @@ def test_prometheus_config_scrapes_texwatchd_with_the_rules() -> None:
         assert sorted(PROMETHEUS_YML.parent.glob(pattern)), f"rule_files {pattern} matches nothing"
 
 
+def test_the_federation_example_is_valid_prometheus_and_pulls_texwatch_series() -> None:
+    path = DEPLOY / "prometheus" / "federation.yml"
+    (job,) = _load(path)["scrape_configs"]
+    assert job["metrics_path"] == "/federate" and job["honor_labels"] is True
+    assert job["params"]["match[]"] == [f'{{job="{SCRAPE_JOB}"}}']
+    proc = _promtool("check", "config", str(path))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
 def test_kubernetes_scrape_config_is_valid_prometheus(tmp_path: Path) -> None:
     (job,) = _load(DEPLOY / "kubernetes" / "prometheus-scrape.yml")
     assert job["job_name"] == SCRAPE_JOB

@@ -378,6 +378,16 @@ class ObjectPath:
         store = self._bucket.store
         return dict(self._bucket.call("put", lambda: obstore.put(store, self.key, data, mode=mode)))
 
+    def create(self, data: bytes) -> str | None:
+        """Write the object only if there is none (``If-None-Match: *``): its ETag, or None
+        when one exists already."""
+        import obstore.exceptions
+
+        try:
+            return str(self.put(data, mode="create")["e_tag"])
+        except obstore.exceptions.AlreadyExistsError:
+            return None
+
     def unlink(self, missing_ok: bool = False) -> None:
         import obstore
 

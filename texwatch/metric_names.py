@@ -36,9 +36,11 @@ class Family:
     doc: str
 
 
-#: Every per-run series carries the run's name (``run``) and its unique id (``run_id``): runs that
-#: share a name (a job started twice, the ranks of an ``all_ranks`` job) keep their own series.
-_RUN = ("run", "run_id")
+#: Every per-run series carries the run's name (``run``), its unique id (``run_id``) and its
+#: ``rank``: runs that share a name (a job started twice) keep their own series, and the ranks of
+#: an ``all_ranks`` job share the job's name and tell themselves apart by rank (empty for a run of
+#: its own, which Prometheus stores as no label at all).
+_RUN = ("run", "run_id", "rank")
 _STREAM = (*_RUN, "stream")
 _TERM = (*_RUN, "term")
 

@@ -35,6 +35,11 @@ Layout of ``runs/x.zarr`` (schema version 1)::
                              (source rows already derived, per source table), state (JSON text)
     derived/<table>/<column> 1-D or N-D columns sharing axis 0, same commit protocol
 
+A job recording on every rank (``all_ranks=True``) writes ``runs/x.zarr/rank<r>``, each a run as
+above, inside a plain group whose only attribute is ``job_id`` (a random hex id fixed when the
+first rank creates it, shared by every rank: what a sharded texwatchd assigns the job by). Its
+ranks' runs are named after the job (``x``) unless given a name.
+
 Every array grows along axis 0 in pre-allocated, doubling capacity, is chunked along rows for
 ~1 MiB chunks, compressed with Blosc/zstd and uses flat ``.``-separated chunk keys
 (``c.0.0.0.0``). An array's shape is its capacity: only the first ``committed[table]`` rows are
@@ -86,7 +91,8 @@ import zarr
 import zarr.api.asynchronous
 from zarr.abc.store import Store
 from zarr.codecs import BloscCodec
-from zarr.core.buffer import Buffer
+from zarr.core.buffer import Buffer, default_buffer_prototype
+from zarr.core.group import GroupMetadata
 from zarr.core.sync import sync as zarr_sync
 from zarr.storage import LocalStore
 
@@ -127,6 +133,7 @@ __all__ = [
     "open_run",
     "remove_run",
     "run_paths",
+    "store_id",
 ]
 
 SCHEMA_VERSION = 1
@@ -230,18 +237,35 @@ def run_paths(
     )
 
 
-def _ensure_container(path: Where) -> None:
-    """Make ``path`` a plain group holding per-rank runs; safe when ranks race to create it."""
+def store_id(
+    path: str | os.PathLike[str] | ObjectPath, storage_options: Mapping[str, Any] | None = None
+) -> str | None:
+    """The id fixed when the store at ``path`` was made: a run's ``run_id``, a per-rank job's
+    ``job_id``; None where there is none (no store, or a per-rank container of an older texwatch).
+    """
+    attrs = _read_attrs(locate(path, storage_options))
+    value = attrs.get("run_id") if attrs.get("schema_version") is not None else attrs.get("job_id")
+    return str(value) if value else None
+
+
+def _ensure_container(path: Where, durable: bool) -> None:
+    """Make ``path`` a plain group holding per-rank runs, with a ``job_id``; safe when ranks race
+    to create it (the first one's group is everyone's)."""
     if is_plain_file(path):
         raise StoreFormatError(f"run store {str(path)!r} is a file, expected a folder")
     if _read_attrs(path).get("schema_version") is not None:
         raise StoreFormatError(
             f"{str(path)!r} holds a single run; per-rank runs need a folder of their own"
         )
-    if not (path / "zarr.json").is_file():
-        # another rank may create it first
-        with contextlib.suppress(FileExistsError, zarr.errors.ContainsGroupError):
-            zarr.open_group(_zarr_store(path), mode="a", zarr_format=3)
+    if (path / "zarr.json").is_file():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        _create_run(path, {"job_id": uuid.uuid4().hex}, durable)
+    except OSError as err:
+        raise StoreFormatError(
+            f"{str(path)!r} exists, is not empty and holds no zarr.json: not a per-rank job"
+        ) from err
 
 
 # --- on-disk helpers ---------------------------------------------------------------------------
@@ -268,17 +292,22 @@ def _read_meta(meta: Where) -> str | None:
 
 
 def _create_run(
-    root: Where, attrs: dict[str, Any], durable: bool, lock: Lease | _WriterLock
+    root: Where, attrs: dict[str, Any], durable: bool, lease: Lease | None = None
 ) -> bool:
-    """Make the run group at ``root``; False if another process made one there first.
+    """Make the group at ``root`` (a run, or a per-rank container); False if another process
+    made one there first.
 
     On disk it is built aside and renamed into place, so a kill never leaves a half-made store;
     in an object store its one object, the root ``zarr.json``, is created only if absent.
     """
     if isinstance(root, ObjectPath):
-        assert isinstance(lock, Lease)
-        zarr.open_group(_zarr_store(root, lease=lock), mode="w-", zarr_format=3, attributes=attrs)
-        return True
+        if lease is not None:
+            lease.check()
+        body = GroupMetadata(attributes=attrs).to_buffer_dict(default_buffer_prototype())
+        etag = (root / "zarr.json").create(body["zarr.json"].to_bytes())
+        if lease is not None and etag is not None:
+            lease.marker_etag = etag
+        return etag is not None
     aside = root.parent / f".{root.name}.{uuid.uuid4().hex}.partial"
     zarr.open_group(_zarr_store(aside, durable=durable), mode="w-", zarr_format=3, attributes=attrs)
     try:
@@ -834,7 +863,9 @@ class RunWriter:
         if per_rank:
             if rank is None or rank < 0:
                 raise ValueError(f"per_rank needs rank >= 0, got rank={rank!r}")
-            _ensure_container(root)
+            _ensure_container(root, durable)
+            if run is None:
+                run = root.name.removesuffix(".zarr")
             root = root / f"rank{rank}"
         # what is plainly not a run fails before a lock file is made beside it
         if is_plain_file(root):
@@ -863,7 +894,7 @@ class RunWriter:
                     "nonfinite": {},
                     "errors": 0,
                 }
-                if _create_run(root, attrs, durable, lock):
+                if _create_run(root, attrs, durable, lease):
                     store = _zarr_store(root, durable=durable, lease=lease)
                     group = zarr.open_group(store, mode="r+", zarr_format=3)
                     return cls(root, group, attrs, lock)

@@ -16,7 +16,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -80,6 +80,8 @@ class PrometheusServer:
         scrape_interval: Prometheus duration between scrapes.
         evaluation_interval: Prometheus duration between rule evaluations.
         job: the scrape job name (the alert rules expect ``texwatch``).
+        scrape: more keys of the job's scrape config (``metrics_path``, ``params``,
+            ``honor_labels``... to federate another Prometheus).
         startup_timeout: seconds to wait for ``/-/ready``.
     """
 
@@ -92,6 +94,7 @@ class PrometheusServer:
         scrape_interval: str = "1s",
         evaluation_interval: str = "1s",
         job: str = SCRAPE_JOB,
+        scrape: Mapping[str, Any] | None = None,
         startup_timeout: float = 30.0,
     ) -> None:
         if isinstance(targets, str) or not all(isinstance(t, str) and ":" in t for t in targets):
@@ -109,6 +112,7 @@ class PrometheusServer:
         self._scrape_interval = scrape_interval
         self._evaluation_interval = evaluation_interval
         self._job = job
+        self._scrape = dict(scrape or {})
         self._startup_timeout = startup_timeout
         self._process: subprocess.Popen[bytes] | None = None
         self._log_path = self._workdir / "prometheus.log"
@@ -141,7 +145,11 @@ class PrometheusServer:
                     },
                     "rule_files": [str(f) for f in self._rule_files],
                     "scrape_configs": [
-                        {"job_name": self._job, "static_configs": [{"targets": self._targets}]}
+                        {
+                            "job_name": self._job,
+                            "static_configs": [{"targets": self._targets}],
+                            **self._scrape,
+                        }
                     ],
                 }
             ),

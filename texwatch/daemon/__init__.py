@@ -5,6 +5,7 @@ Example:
     texwatchd --store runs/x.zarr
     texwatchd --root runs/ --port 9400 --device cuda
     texwatchd --store runs/x.zarr --once
+    texwatchd --root runs/ --shard 0/2    # and --shard 1/2 on another daemon: half the runs each
 """
 
 from __future__ import annotations
@@ -22,9 +23,17 @@ from texwatch._memory import retain_freed_memory
 from texwatch.derive import add_derive_arguments, settings_from_args
 
 from ._daemon import REMOTE_POLL, Daemon, DaemonOptions
+from ._shard import Shard, parse_shard
 from ._snapshots import snapshot_folder_name
 
 __all__ = ["Daemon", "DaemonOptions", "build_parser", "main", "snapshot_folder_name"]
+
+
+def _shard_arg(text: str) -> Shard:
+    try:
+        return parse_shard(text)
+    except ValueError as err:  # argparse would print only "invalid value"
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,8 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="PATH",
         help="a run store: a folder or an s3://, gs://, az:// URL, credentials from the usual "
-        "environment variables (repeatable; a per-rank folder serves each rank's run); one that "
-        "does not exist yet is waited for",
+        "environment variables (repeatable; a per-rank job's folder serves every rank as one "
+        "job, its series labelled by rank); one that does not exist yet is waited for",
     )
     what.add_argument(
         "--root",
@@ -51,6 +60,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="serve every *.zarr in DIR (a folder or an object-store URL), picking up new ones "
         "(DIR may appear later)",
+    )
+    what.add_argument(
+        "--shard",
+        type=_shard_arg,
+        default=defaults.shard,
+        metavar="I/N",
+        help="serve only the runs whose md5 hash of their run_id (a per-rank job's job_id) mod N "
+        "is I, as Prometheus' hashmod: N daemons given 0/N .. N-1/N split the runs between them "
+        "without coordination (default 0/1: every run)",
     )
     what.add_argument(
         "--poll",
@@ -171,6 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         forget_after=args.forget_after,
         stall_after=args.stall_after,
         turn_seconds=args.turn_seconds,
+        shard=args.shard,
     )
     registry = prometheus_client.CollectorRegistry()
     board = MetricsBoard(registry)
@@ -194,7 +213,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             daemon.close()
             parser.error(f"cannot serve /metrics on {args.bind}:{args.port}: {err}")
         logging.getLogger("texwatch.daemon").info(
-            "serving /metrics on %s:%d (device %s)", args.bind, server.port, settings.device
+            "serving /metrics on %s:%d (device %s, shard %s)",
+            args.bind,
+            server.port,
+            settings.device,
+            args.shard,
         )
 
     def _terminate(signum: int, frame: FrameType | None) -> None:

@@ -24,6 +24,7 @@ from texwatch.store import run_paths
 
 from ._exporter import MetricsBoard, Sample
 from ._runs import RunWorker
+from ._shard import Shard
 from ._snapshots import SnapshotWriter
 from ._watch import Watcher
 
@@ -46,6 +47,7 @@ class DaemonOptions:
     forget_after: float = 24 * 3600.0
     stall_after: float = 60.0
     turn_seconds: float = 0.5
+    shard: Shard = Shard(0, 1)
 
 
 REMOTE_POLL = 1.0
@@ -56,20 +58,24 @@ def _is_store(path: Where) -> bool:
     return path.is_dir() and (path / "zarr.json").is_file()
 
 
-def _runs_at(path: Where) -> list[Where]:
-    """The run stores at ``path``: itself, or the ``rank<r>`` runs of a per-rank folder."""
+def _runs_at(path: Where) -> dict[Where, bool]:
+    """The run stores at ``path`` and whether each is a rank of a per-rank job: ``path``
+    itself, or the ``rank<r>`` runs of a per-rank folder."""
     try:
         ranks = run_paths(path)
     except (OSError, ValueError):  # unreadable: opening it names the fault
         ranks = []
-    return ranks or [path]
+    if not ranks or ranks == [path]:
+        return {path: False}
+    return dict.fromkeys(ranks, True)
 
 
 class _Run:
     """One watched store: its worker once opened, and the turn in flight on its thread."""
 
-    def __init__(self, path: Where) -> None:
+    def __init__(self, path: Where, per_rank: bool) -> None:
         self.path = path
+        self.per_rank = per_rank
         self.worker: RunWorker | None = None
         self.thread: threading.Thread | None = None
         self.finished = threading.Event()
@@ -132,8 +138,9 @@ class Daemon:
         self._watcher = Watcher(
             root=local_root, poll=None if remote else options.poll, rescan=rescan
         )
-        self._remote_runs: dict[Where, list[Where]] = {}  # an object-store root's runs, cached
-        self._remote_stores: dict[Where, list[Where]] = {}  # --store runs on object storage
+        # an object-store root's children: (this shard's?, their runs), kept between listings
+        self._remote_runs: dict[Where, tuple[bool, dict[Where, bool]]] = {}
+        self._remote_stores: dict[Where, dict[Where, bool]] = {}  # --store runs, object storage
         self._listed_at = -math.inf
 
     @property
@@ -177,56 +184,57 @@ class Daemon:
 
     def _discover(self) -> list[_Run]:
         """The runs to serve now, new ones added and vanished ones dropped."""
-        found: list[Where] = []
+        found: dict[Where, bool] = {}
+        shard = self._options.shard
         for path in self._options.stores:
             known = self._remote_stores.get(path)
-            if known:  # a run on object storage, already found: its marker tells the rest
-                found += known
+            if known is not None:  # a run on object storage, already found: its marker tells
+                found.update(known)
             elif path.exists():
                 self._waiting.discard(path)
-                runs = _runs_at(path.resolve())
-                found += runs
-                if isinstance(path, ObjectPath) and runs == [path]:
-                    self._remote_stores[path] = runs
+                runs = _runs_at(path.resolve()) if shard.owns(path) else {}
+                found.update(runs)
+                if isinstance(path, ObjectPath) and runs in ({}, {path: False}):
+                    self._remote_stores[path] = runs  # another shard's, or a single run
             else:
                 self._wait_for(path, "run store")
         root = self._options.root
         if isinstance(root, ObjectPath):
-            found += self._remote_root(root)
+            found.update(self._remote_root(root))
         elif root is not None:
             if self._watcher.watch_root():
                 self._waiting.discard(root)
                 for child in sorted(root.glob("*.zarr")):
-                    if _is_store(child):
-                        found += _runs_at(child.resolve())
+                    if _is_store(child) and shard.owns(child):
+                        found.update(_runs_at(child.resolve()))
             else:
                 self._wait_for(root, "--root folder")
-        paths = list(dict.fromkeys(found))
-        for path in [p for p in self._runs if p not in paths]:
+        for path in [p for p in self._runs if p not in found]:
             self._vanished(self._runs[path])
-        for path in paths:
-            self._runs.setdefault(path, _Run(path))
-        return [self._runs[p] for p in paths]
+        for path, per_rank in found.items():
+            self._runs.setdefault(path, _Run(path, per_rank))
+        return [self._runs[p] for p in found]
 
-    def _remote_root(self, root: ObjectPath) -> list[Where]:
-        """The runs under an object-store root: listed every ``--rescan``; a new child is read
-        once, a per-rank job's ranks at each listing."""
-        if time.monotonic() - self._listed_at < self._options.rescan:
-            return [p for runs in self._remote_runs.values() for p in runs]
-        self._listed_at = time.monotonic()
-        children = [c for c in root.iterdir() if c.name.endswith(".zarr")]
-        if children:
-            self._waiting.discard(root)
-        elif root not in self._waiting:
-            self._wait_for(root, "--root prefix")
-        known = self._remote_runs
-        self._remote_runs = {}
-        for child in children:
-            runs = known.get(child)
-            if runs is None or runs != [child]:  # new, or a per-rank job that may grow
-                runs = [p for p in _runs_at(child) if p != child or _is_store(child)]
-            self._remote_runs[child] = runs
-        return [p for runs in self._remote_runs.values() for p in runs]
+    def _remote_root(self, root: ObjectPath) -> dict[Where, bool]:
+        """The runs under an object-store root, listed every ``--rescan``. A new child is read
+        once; only a per-rank job (whose ranks may grow) or a child that is not a store yet is
+        read again at the next listing."""
+        if time.monotonic() - self._listed_at >= self._options.rescan:
+            self._listed_at = time.monotonic()
+            children = [c for c in root.iterdir() if c.name.endswith(".zarr")]
+            if children:
+                self._waiting.discard(root)
+            elif root not in self._waiting:
+                self._wait_for(root, "--root prefix")
+            known, self._remote_runs = self._remote_runs, {}
+            for child in children:
+                entry = known.get(child)
+                if entry is None or (entry[0] and entry[1] != {child: False}):
+                    owned = self._options.shard.owns(child)
+                    runs = _runs_at(child) if owned and _is_store(child) else {}
+                    entry = (owned, runs)
+                self._remote_runs[child] = entry
+        return {p: r for _, runs in self._remote_runs.values() for p, r in runs.items()}
 
     def _vanished(self, run: _Run) -> None:
         if run.busy:
@@ -268,6 +276,7 @@ class Daemon:
                     batch_rows=self._options.batch_rows,
                     turn_seconds=None if self._once else self._options.turn_seconds,
                     on_batch=self._on_batch,
+                    per_rank=run.per_rank,
                 )
                 self._claim(worker, run.path)
                 run.worker = worker
@@ -306,7 +315,7 @@ class Daemon:
             self._watcher.add_store(run.path)
             _log.info("serving run %r (id %s) from %s", worker.name, worker.run_id, run.path)
         self._stream_failures(run.path, worker)
-        self._board.observe_processing(worker.run_id, worker.name, took)
+        self._board.observe_processing(worker.run_id, worker.labels, took)
         idle = time.time() - worker.last_activity
         if idle > self._options.forget_after:
             if worker.run_id in self._board.runs():

@@ -55,15 +55,16 @@ class MetricsBoard(Collector):
     Example:
         >>> registry = CollectorRegistry()
         >>> board = MetricsBoard(registry)
-        >>> board.publish("id1", [Sample("texwatch_loss", {"run": "r1", "run_id": "id1"}, 0.5)])
-        >>> registry.get_sample_value("texwatch_loss", {"run": "r1", "run_id": "id1"})
+        >>> labels = {"run": "r1", "run_id": "id1", "rank": ""}
+        >>> board.publish("id1", [Sample("texwatch_loss", labels, 0.5)])
+        >>> registry.get_sample_value("texwatch_loss", labels)
         0.5
     """
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self._lock = threading.Lock()
         self._runs: dict[str, tuple[Sample, ...]] = {}
-        self._observed: dict[str, str] = {}  # run id -> name, of the processing histogram
+        self._observed: dict[str, tuple[str, ...]] = {}  # run id -> its processing labels
         self._errors = Counter(
             "texwatch_errors", FAMILIES["texwatch_errors"].doc, ["kind"], registry=registry
         )
@@ -95,10 +96,10 @@ class MetricsBoard(Collector):
         """Stop exporting the run ``run_id`` (deleted, or finished long ago)."""
         with self._lock:
             self._runs.pop(run_id, None)
-            name = self._observed.pop(run_id, None)
-        if name is not None:
+            labels = self._observed.pop(run_id, None)
+        if labels is not None:
             with contextlib.suppress(KeyError):
-                self._processing.remove(name, run_id)
+                self._processing.remove(*labels)
 
     def runs(self) -> list[str]:
         """Ids of the runs being exported."""
@@ -111,11 +112,12 @@ class MetricsBoard(Collector):
             raise ValueError(f"Expected error kind in {ERROR_KINDS} but got {kind!r}")
         self._errors.labels(kind=kind).inc()
 
-    def observe_processing(self, run_id: str, name: str, seconds: float) -> None:
-        """Record how long one turn spent on the run ``run_id`` named ``name``."""
+    def observe_processing(self, run_id: str, labels: Mapping[str, str], seconds: float) -> None:
+        """Record how long one turn spent on the run ``run_id``, whose series carry ``labels``."""
+        values = tuple(labels[k] for k in FAMILIES["texwatch_processing_seconds"].labels)
         with self._lock:
-            self._observed[run_id] = name
-        self._processing.labels(run=name, run_id=run_id).observe(seconds)
+            self._observed[run_id] = values
+        self._processing.labels(*values).observe(seconds)
 
     @staticmethod
     def _checked(samples: Iterable[Sample]) -> tuple[Sample, ...]:

@@ -25,6 +25,10 @@ _RESERVED = {"step", "time", "loss", "checkpoint"}
 _TAIL_ROWS = 64  # derived rows re-read at start, to export the newest values after a restart
 
 
+def _rank_label(rank: int | None) -> str:
+    return "" if rank is None else str(rank)
+
+
 class RunWorker:
     """Derives one run from its cursor, one bounded batch per :meth:`step`, and keeps its samples.
 
@@ -43,6 +47,8 @@ class RunWorker:
             always go ``batch_rows`` at a time, and new ones in a step of their own before the
             images committed with them.
         on_batch: called after each committed batch (snapshots hook), with the worker and batch.
+        per_rank: the run is one rank of a per-rank job (``job.zarr/rank<r>``): its series carry
+            the rank as the ``rank`` label, empty otherwise.
     """
 
     def __init__(
@@ -53,6 +59,7 @@ class RunWorker:
         batch_rows: int = 256,
         turn_seconds: float | None = 0.5,
         on_batch: Callable[[RunWorker, DerivedBatch], None] | None = None,
+        per_rank: bool = False,
     ) -> None:
         self.path = path
         self._settings = settings
@@ -63,6 +70,7 @@ class RunWorker:
         run = open_run(path)
         self.name = str(run.attrs.get("run") or path.stem)
         self.run_id = run.run_id
+        self.rank = run.rank if per_rank else None
         self._writer = DerivedWriter(path)
         self._committed: dict[str, int] = {}
         self._drops: dict[str, int] = {}
@@ -76,8 +84,9 @@ class RunWorker:
 
     @property
     def labels(self) -> dict[str, str]:
-        """The labels naming this run on every series: its name and its unique id."""
-        return {"run": self.name, "run_id": self.run_id}
+        """The labels naming this run on every series: its name, its unique id and its rank in a
+        per-rank job (empty for a run of its own, which Prometheus stores as no label)."""
+        return {"run": self.name, "run_id": self.run_id, "rank": _rank_label(self.rank)}
 
     @property
     def deriver(self) -> Deriver:

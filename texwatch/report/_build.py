@@ -11,12 +11,13 @@ from pathlib import Path
 from typing import Any
 
 from texwatch._json import jsonable
-from texwatch._location import locate
+from texwatch._location import Where, locate
 from texwatch.causes import ReportError, Thresholds, stream_causes
 
 from . import _sections as sections
 from ._document import Document
-from ._load import check_requested, labels, load_run, open_store, sample_ids, select_steps
+from ._load import RunData, check_requested, labels, load_run, open_store, sample_ids, select_steps
+from ._ranks import job_section, sources
 
 __all__ = ["build_report"]
 
@@ -40,7 +41,8 @@ def build_report(
     spike and warning, and each bucket's extremes of every column).
 
     Args:
-        paths: run stores (``runs/x.zarr``).
+        paths: run stores (``runs/x.zarr``); a per-rank job (``all_ranks=True``) is reported
+            rank by rank, and in a section of its own that merges its ranks.
         out_dir: the output folder (created).
         steps: compare exactly these steps (each must be in every run).
         checkpoints: compare the steps recorded with ``checkpoint=True``.
@@ -74,18 +76,20 @@ def build_report(
     if not paths:
         raise ReportError("no run store given")
     try:
-        store_paths = [locate(p, what="store") for p in paths]
+        found = sources([locate(p, what="store") for p in paths])
     except (TypeError, ValueError) as err:
         raise ReportError(str(err)) from err
+    store_paths = [s.path for s in found]
     opened = [open_store(p) for p in store_paths]
-    names = labels(opened, store_paths)
+    names = labels(opened, store_paths, [s.job is not None for s in found])
     requested = check_requested(opened, names, steps, checkpoints)
     bar = progress(total=2 * len(opened) + 1, desc="report", quiet=quiet)
     try:
         runs = []
-        for path, run_, label in zip(store_paths, opened, names, strict=True):
+        for source, run_, label in zip(found, opened, names, strict=True):
             bar.set_postfix_str(f"deriving {label}"[:40])
-            runs.append(load_run(path, run_, label, settings, th))
+            rank = run_.rank if source.job is not None else None
+            runs.append(load_run(source.path, run_, label, settings, th, rank=rank))
             bar.update()
         if requested is not None:
             chosen, how = requested, "--steps" if steps else "--checkpoints"
@@ -127,6 +131,15 @@ def build_report(
                     doc.raw(f'<p class="ok">{html.escape(rd.label)}: no probable cause fired.</p>')
                 for c in causes:
                     doc.cause(c, rd.label)
+            jobs: dict[Where, list[RunData]] = {}
+            for source, rd in zip(found, runs, strict=True):
+                if source.job is not None:
+                    jobs.setdefault(source.job, []).append(rd)
+            ids_by_label = {rd.label: ids for rd, ids, _ in readings}
+            for k, (job, ranks) in enumerate(jobs.items()):
+                doc_json.setdefault("jobs", []).append(
+                    job_section(doc, job, ranks, ids_by_label, anchor=f"job-{k}")
+                )
             for k, (rd, ids, causes) in enumerate(readings):
                 bar.set_postfix_str(f"figures {rd.label}"[:40])
                 run_json: dict[str, Any] = {
@@ -139,6 +152,8 @@ def build_report(
                     "config": rd.run.config,
                     "causes": [dataclasses.asdict(c) for c in causes],
                 }
+                if rd.rank is not None:
+                    run_json["rank"] = rd.rank
                 doc.heading(f"Run: {rd.label}", 2, anchor=f"run-{k}")
                 doc.table(
                     ["store", "schema", "scalar rows", "streams", "checkpoints"],
@@ -158,6 +173,9 @@ def build_report(
                 if rd.run.config:
                     doc.pre(json.dumps(rd.run.config, indent=2, sort_keys=True, default=str))
                 sections.loss_section(doc, rd, settings.spike_sigma, ids, run_json)
+                if rd.rank is not None:
+                    for spike in run_json.get("spikes", []):
+                        spike["rank"] = rd.rank
                 sections.terms_section(doc, rd, run_json)
                 sections.health_section(doc, rd, th, run_json)
                 sections.texture_section(doc, rd, th)

@@ -166,6 +166,7 @@ class RunData:
     streams: dict[str, dict[str, np.ndarray]]
     sizes: dict[str, tuple[int, int]]
     checkpoints: list[int] = field(default_factory=list)
+    rank: int | None = None  # a rank of a per-rank job; None for a run of its own
 
     @property
     def shown(self) -> str:
@@ -197,10 +198,12 @@ def load_run(
     thresholds: Thresholds | None = None,
     *,
     chunk_rows: int | None = None,
+    rank: int | None = None,
 ) -> RunData:
     """Derive a run (stored ``derived/`` + the rest in memory) and index it by step.
 
-    ``chunk_rows`` scalar rows are derived and read at once (default :data:`CHUNK_ROWS`).
+    ``chunk_rows`` scalar rows are derived and read at once (default :data:`CHUNK_ROWS`);
+    ``rank``: the run is that rank of a per-rank job.
 
     Raises:
         ReportError: a table that cannot be read or derived.
@@ -220,6 +223,7 @@ def load_run(
         streams=streams,
         sizes=sizes,  # type: ignore[arg-type]
         checkpoints=digest.checkpoints,
+        rank=rank,
     )
 
 
@@ -410,12 +414,15 @@ class _Spool:
 # Which runs and steps
 
 
-def labels(runs: Sequence[Run], paths: Sequence[Where]) -> list[str]:
-    """Display names: the run's name, else the folder's; repeats get ``#2``, ``#3``."""
+def labels(runs: Sequence[Run], paths: Sequence[Where], ranked: Sequence[bool]) -> list[str]:
+    """Display names: the run's name, else the folder's, and ``rank <r>`` for a rank of a
+    per-rank job (``ranked``); repeats get ``#2``, ``#3``."""
     out: list[str] = []
-    for run, path in zip(runs, paths, strict=True):
+    for run, path, rank in zip(runs, paths, ranked, strict=True):
         name = run.attrs.get("run")
         base = str(name) if name not in (None, "") else path.stem
+        if rank:
+            base = f"{base} rank {run.rank}"
         label, k = base, 2
         while label in out:
             label, k = f"{base} #{k}", k + 1
