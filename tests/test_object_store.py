@@ -257,3 +257,47 @@ def test_texwatchd_exports_the_request_counts_of_each_bucket(s3_bucket: str) -> 
     }
     assert counts[("texwatch_object_store_requests_total", s3_bucket)] > 0
     assert counts[("texwatch_object_store_failures_total", s3_bucket)] == 0
+
+
+# --- texwatchd over a bucket --------------------------------------------------------------------
+
+
+def test_shards_split_an_s3_root_and_serve_per_rank_jobs_as_one_job(s3_bucket: str) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from texwatch.daemon import Daemon, DaemonOptions
+    from texwatch.daemon._exporter import MetricsBoard
+    from texwatch.daemon._shard import Shard
+    from texwatch.derive import DeriveSettings
+
+    root = f"{s3_bucket}/runs"
+    for k in range(8):
+        with RunWriter.open(f"{root}/r{k}.zarr") as writer:
+            _rows(writer, 0, 3)
+            writer.commit()
+    for rank in (0, 1):
+        with RunWriter.open(f"{root}/job.zarr", rank=rank, per_rank=True) as writer:
+            _rows(writer, 0, 4 + rank)
+            writer.commit()
+
+    def serve(shard: Shard) -> Daemon:
+        daemon = Daemon(
+            DaemonOptions(root=locate(root), rescan=0.05, shard=shard),
+            DeriveSettings(window=16, dead_window=8),
+            MetricsBoard(CollectorRegistry()),
+        )
+        try:
+            daemon.catch_up()
+        finally:
+            daemon.close()
+        assert daemon.failures == {}
+        return daemon
+
+    every = serve(Shard(0, 1)).workers
+    assert len(every) == 8 + 2
+    ranks = sorted(w.labels["rank"] for w in every.values() if w.name == "job")
+    assert ranks == ["0", "1"]
+    halves = [set(serve(Shard(i, 2)).workers) for i in (0, 1)]
+    assert halves[0].isdisjoint(halves[1]) and halves[0] | halves[1] == set(every)
+    job_ids = {w.run_id for w in every.values() if w.name == "job"}
+    assert job_ids <= halves[0] or job_ids <= halves[1]  # a job's ranks stay together
