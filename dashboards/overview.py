@@ -594,6 +594,36 @@ def _daemon_row(ids: _Ids, board: dashboard.Dashboard, th: Thresholds) -> None:
         )
     )
     board.with_panel(
+        _series(
+            ids,
+            "Object-store requests",
+            "Requests per second texwatchd makes to each bucket, those retried after throttling or "
+            "a server error, those that failed for good, and the share of time spent waiting for "
+            "the request cap (docs/object-storage.md). Empty while every run is on local disk.",
+            [
+                (
+                    "sum by (bucket) (rate(texwatch_object_store_requests_total[$__rate_interval]))",
+                    "{{bucket}} requests",
+                ),
+                (
+                    "sum by (bucket) (rate(texwatch_object_store_retries_total[$__rate_interval]))",
+                    "{{bucket}} retried",
+                ),
+                (
+                    "sum by (bucket) (rate(texwatch_object_store_failures_total[$__rate_interval]))",
+                    "{{bucket}} failed",
+                ),
+                (
+                    "sum by (bucket) "
+                    "(rate(texwatch_object_store_throttled_seconds_total[$__rate_interval]))",
+                    "{{bucket}} waiting for the cap (s/s)",
+                ),
+            ],
+            unit="reqps",
+            span=8,
+        )
+    )
+    board.with_panel(
         _bars(
             ids,
             "Client dropped rows",
