@@ -25,6 +25,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Circle, Ellipse
 
+from texwatch._glyph_cache import GlyphCacheCanvas
 from texwatch._images import to_display
 from texwatch.plots import (
     MARKERS,
@@ -94,6 +95,7 @@ class DiagnosisFigure:
         from matplotlib.collections import PolyCollection
 
         fig = new_figure(width, height)
+        GlyphCacheCanvas(fig)  # each string laid out, each glyph rendered once per batch
         fig.set_dpi(dpi)
         self.figure = fig
         ax = axes_grid(fig, 2, 3)
@@ -179,6 +181,11 @@ class DiagnosisFigure:
         # Drawn once into the background: the fixed titles and the metric names.
         self._static = {ax[i, j].title for i, j in ((0, 1), (0, 2), (1, 0), (1, 2))}
         self._backgrounds: dict[str, Any] = {}  # table names → the static part's pixels
+
+    def forget_glyphs(self) -> None:
+        """Start a new batch of figures: drop the text layouts and glyph bitmaps kept so far
+        (each batch pays for its own texts, whatever an earlier one drew)."""
+        cast(GlyphCacheCanvas, self.figure.canvas).forget_glyphs()
 
     @staticmethod
     def _labels(ax: Axes, title: str, xlabel: str, ylabel: str) -> None:
