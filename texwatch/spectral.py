@@ -1632,15 +1632,13 @@ def sobel_magnitude(x: Tensor) -> Tensor:
     A unit step gives 0.5 on each of the two pixels that straddle it; borders are replicated.
     """
     _check_images(x, "x")
-    plane = _pixel_channels(x)[:, None]
-    smooth = torch.tensor([1.0, 2.0, 1.0], dtype=plane.dtype, device=plane.device)
-    deriv = torch.tensor([-1.0, 0.0, 1.0], dtype=plane.dtype, device=plane.device)
-    kx = (smooth[:, None] * deriv[None, :] / 8.0)[None, None]
-    ky = kx.transpose(-2, -1)
-    padded = F.pad(plane, (1, 1, 1, 1), mode="replicate")
-    gx = F.conv2d(padded, kx)
-    gy = F.conv2d(padded, ky)
-    return torch.sqrt(gx.square() + gy.square())[:, 0].float()
+    p = F.pad(_pixel_channels(x)[:, None], (1, 1, 1, 1), mode="replicate")[:, 0]
+    # Both kernels are separable: shifted slices cost a fraction of two 3x3 conv2d.
+    smooth_y = p[:, :-2, :] + 2.0 * p[:, 1:-1, :] + p[:, 2:, :]  # (B, H, W+2)
+    smooth_x = p[:, :, :-2] + 2.0 * p[:, :, 1:-1] + p[:, :, 2:]  # (B, H+2, W)
+    gx = smooth_y[:, :, 2:] - smooth_y[:, :, :-2]
+    gy = smooth_x[:, 2:, :] - smooth_x[:, :-2, :]
+    return torch.sqrt(gx.square() + gy.square()).mul_(0.125).float()
 
 
 @dataclass(frozen=True)
