@@ -26,6 +26,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Circle, Ellipse
 
 from texwatch._glyph_cache import GlyphCacheCanvas
+from texwatch._image_picks import ImagePicks
 from texwatch._images import to_display
 from texwatch.plots import (
     MARKERS,
@@ -82,10 +83,13 @@ class DiagnosisFigure:
       the image and the ACF by their mean, the spectrum and the difference heatmap by their
       maximum (so a spectral peak or a one-pixel difference still shows); the image goes in as
       RGBA bytes, the heatmap as float32;
+    - the images are drawn from the source pixels matplotlib picks for each screen pixel,
+      asked once per geometry (:class:`~texwatch._image_picks.ImagePicks`);
+    - the canvas keeps text layouts and glyph bitmaps for the batch of figures
+      (:class:`~texwatch._glyph_cache.GlyphCacheCanvas`; :meth:`forget_glyphs` starts a batch);
     - the anomaly boxes are one collection.
 
-    Matplotlib 3.11 renders text one glyph at a time in Python: text is still about half of a
-    frame. Not thread-safe: use one per thread (:func:`diagnosis_figure`).
+    Not thread-safe: use one per thread (:func:`diagnosis_figure`).
     """
 
     _TABLE_COLUMN = 26  # names are padded to this width, as draw_text_table pads them
@@ -181,6 +185,9 @@ class DiagnosisFigure:
         # Drawn once into the background: the fixed titles and the metric names.
         self._static = {ax[i, j].title for i, j in ((0, 1), (0, 2), (1, 0), (1, 2))}
         self._backgrounds: dict[str, Any] = {}  # table names → the static part's pixels
+        # drawn from the source pixels matplotlib picks, asked once per geometry
+        self._picks = ImagePicks()
+        self._picked = {self._image, self._spectrum, self._acf, self._heat}
 
     def forget_glyphs(self) -> None:
         """Start a new batch of figures: drop the text layouts and glyph bitmaps kept so far
@@ -530,7 +537,11 @@ class DiagnosisFigure:
         pt = self.figure.dpi / 72.0
         for ax in self._ax.flat:
             for artist in self._dynamic(ax):
-                if artist.get_visible() and artist is not ax.title:
+                if not artist.get_visible() or artist is ax.title:
+                    continue
+                if artist in self._picked:
+                    self._picks.draw(artist, renderer)
+                else:
                     artist.draw(renderer)
             if ax.title not in self._static:  # centred, the title pad above the axes
                 box = ax.bbox
