@@ -86,7 +86,8 @@ class DiagnosisFigure:
     - the images are drawn from the source pixels matplotlib picks for each screen pixel,
       asked once per geometry (:class:`~texwatch._image_picks.ImagePicks`);
     - the canvas keeps text layouts and glyph bitmaps for the batch of figures
-      (:class:`~texwatch._glyph_cache.GlyphCacheCanvas`; :meth:`forget_glyphs` starts a batch);
+      (:class:`~texwatch._glyph_cache.GlyphCacheCanvas`); :meth:`start_batch` drops them, the
+      picks and the legends;
     - the anomaly boxes are one collection.
 
     Not thread-safe: use one per thread (:func:`diagnosis_figure`).
@@ -189,10 +190,18 @@ class DiagnosisFigure:
         self._picks = ImagePicks()
         self._picked = {self._image, self._spectrum, self._acf, self._heat}
 
-    def forget_glyphs(self) -> None:
-        """Start a new batch of figures: drop the text layouts and glyph bitmaps kept so far
-        (each batch pays for its own texts, whatever an earlier one drew)."""
+    def start_batch(self) -> None:
+        """Start a new batch of figures: drop the legends, text sizes, layouts and glyph bitmaps
+        and the image pixel picks kept so far, so a batch gains only from what its own figures
+        share."""
+        self._legends.clear()
+        for stamp in (self._heading, self._heads, self._xlabels, self._mono):
+            stamp.forget()
+        for ticks in self._ticks.values():
+            for t in ticks:
+                t.stamp.forget()
         cast(GlyphCacheCanvas, self.figure.canvas).forget_glyphs()
+        self._picks.forget()
 
     @staticmethod
     def _labels(ax: Axes, title: str, xlabel: str, ylabel: str) -> None:
@@ -601,6 +610,10 @@ class _Stamp:
         self._probe.set_transform(IdentityTransform())
         self._probe.set_figure(figure)
         self._metrics: dict[tuple[str, bool], tuple[float, float, float]] = {}
+
+    def forget(self) -> None:
+        """Drop the measured strings."""
+        self._metrics.clear()
 
     def _measure(self, text: str, math: bool = False) -> tuple[float, float, float]:
         """(width, ascent, descent) of ``text``'s box about its baseline, in pixels."""

@@ -37,6 +37,10 @@ class ImagePicks:
     def __init__(self) -> None:
         self._maps: dict[tuple, tuple[np.ndarray | None, float, float]] = {}
 
+    def forget(self) -> None:
+        """Drop the kept picks."""
+        self._maps.clear()
+
     def draw(self, image: AxesImage, renderer: Any) -> None:
         """Draw ``image`` on ``renderer`` as ``image.draw(renderer)`` does."""
         a = image.get_array()

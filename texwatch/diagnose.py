@@ -274,7 +274,7 @@ def diagnose(
                     from texwatch.plots import _views_panel
 
                     canvas = diagnosis_figure()  # one figure, redrawn for every image
-                    canvas.forget_glyphs()  # this call's texts: none kept from an earlier one
+                    canvas.start_batch()  # nothing kept from an earlier call's figures
                 pixels = _image_figure(
                     canvas,
                     x,
