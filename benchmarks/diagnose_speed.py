@@ -16,7 +16,11 @@ checkerboard. Each repeat runs, in alternating order so that load drift touches 
 
 Both sides run in this process after one warm-up run each (imports, font caches); median and p99
 of the wall and process CPU time per run are printed, with each row's ratio to the reference's
-median. A second table times the connected components of a 512×512 mortar-grid mask (running-bond
+median. texwatch keeps its figure (axes and artists) from call to call, but each call starts
+with nothing kept of what earlier calls drew (legends, text layouts and glyphs, image pixel
+picks): repeating the same six images times each call's own work.
+
+A second table times the connected components of a 512×512 mortar-grid mask (running-bond
 bricks, the mortar one region spanning the image, every brick one region): ``scipy.ndimage.label``
 + ``find_objects`` as texwatch now computes them, beside the repeated 3×3 max-pool texwatch used
 before (51.6 s in issue #16, quoted; ``--old-components`` measures it here, once).

@@ -89,9 +89,11 @@ def test_reused_figure_draws_what_the_panel_functions_draw(cases: list[tuple]) -
 def test_frames_do_not_leak_into_each_other(cases: list[tuple]) -> None:
     figure = DiagnosisFigure()
     first = [_reused(figure, *case) for case in cases]
-    again = [_reused(figure, *case) for case in reversed(cases)][::-1]
-    for a, b in zip(first, again, strict=True):
-        assert np.array_equal(a, b)
+    again = [_reused(figure, *case) for case in reversed(cases)][::-1]  # from what was kept
+    figure.start_batch()  # and from nothing kept
+    fresh = [_reused(figure, *case) for case in cases]
+    for a, b, c in zip(first, again, fresh, strict=True):
+        assert np.array_equal(a, b) and np.array_equal(a, c)
 
 
 def test_png_rgb_round_trips() -> None:

@@ -25,6 +25,7 @@ from texwatch.spectral import (
     power_spectrum,
     ring_energy,
     sobel_anomalies,
+    sobel_magnitude,
     spectrum_views,
     texture_metrics,
 )
@@ -610,6 +611,21 @@ def test_diff_heatmap_scales_and_clamps() -> None:
     assert heat.shape == (1, 16, 16)
     assert float(heat[0, 0, 0]) == pytest.approx(0.4)
     assert float(heat[0, 10, 10]) == 1.0 and float(heat[0, 6, 6]) == 0.0
+
+
+def test_sobel_magnitude_is_the_3x3_sobel_per_px() -> None:
+    gen = torch.Generator().manual_seed(5)
+    image = torch.rand(2, 3, 23, 31, generator=gen)
+    plane = (0.2126 * image[:, 0] + 0.7152 * image[:, 1] + 0.0722 * image[:, 2])[:, None]
+    kx = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]]) / 8.0
+    padded = F.pad(plane, (1, 1, 1, 1), mode="replicate")
+    gx = F.conv2d(padded, kx[None, None])
+    gy = F.conv2d(padded, kx.T[None, None])
+    want = torch.sqrt(gx.square() + gy.square())[:, 0]
+    torch.testing.assert_close(sobel_magnitude(image), want, rtol=1e-5, atol=1e-6)
+    step = torch.zeros(1, 1, 8, 8)
+    step[..., 4:] = 1.0
+    assert sobel_magnitude(step)[0, 3].tolist() == [0.0, 0.0, 0.0, 0.5, 0.5, 0.0, 0.0, 0.0]
 
 
 def test_sobel_anomalies_find_a_planted_region() -> None:

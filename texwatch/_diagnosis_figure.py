@@ -25,6 +25,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Circle, Ellipse
 
+from texwatch._glyph_cache import GlyphCacheCanvas
+from texwatch._image_picks import ImagePicks
 from texwatch._images import to_display
 from texwatch.plots import (
     MARKERS,
@@ -81,10 +83,14 @@ class DiagnosisFigure:
       the image and the ACF by their mean, the spectrum and the difference heatmap by their
       maximum (so a spectral peak or a one-pixel difference still shows); the image goes in as
       RGBA bytes, the heatmap as float32;
+    - the images are drawn from the source pixels matplotlib picks for each screen pixel,
+      asked once per geometry (:class:`~texwatch._image_picks.ImagePicks`);
+    - the canvas keeps text layouts and glyph bitmaps for the batch of figures
+      (:class:`~texwatch._glyph_cache.GlyphCacheCanvas`); :meth:`start_batch` drops them, the
+      picks and the legends;
     - the anomaly boxes are one collection.
 
-    Matplotlib 3.11 renders text one glyph at a time in Python: text is still about half of a
-    frame. Not thread-safe: use one per thread (:func:`diagnosis_figure`).
+    Not thread-safe: use one per thread (:func:`diagnosis_figure`).
     """
 
     _TABLE_COLUMN = 26  # names are padded to this width, as draw_text_table pads them
@@ -94,6 +100,7 @@ class DiagnosisFigure:
         from matplotlib.collections import PolyCollection
 
         fig = new_figure(width, height)
+        GlyphCacheCanvas(fig)  # each string laid out, each glyph rendered once per batch
         fig.set_dpi(dpi)
         self.figure = fig
         ax = axes_grid(fig, 2, 3)
@@ -179,6 +186,22 @@ class DiagnosisFigure:
         # Drawn once into the background: the fixed titles and the metric names.
         self._static = {ax[i, j].title for i, j in ((0, 1), (0, 2), (1, 0), (1, 2))}
         self._backgrounds: dict[str, Any] = {}  # table names → the static part's pixels
+        # drawn from the source pixels matplotlib picks, asked once per geometry
+        self._picks = ImagePicks()
+        self._picked = {self._image, self._spectrum, self._acf, self._heat}
+
+    def start_batch(self) -> None:
+        """Start a new batch of figures: drop the legends, text sizes, layouts and glyph bitmaps
+        and the image pixel picks kept so far, so a batch gains only from what its own figures
+        share."""
+        self._legends.clear()
+        for stamp in (self._heading, self._heads, self._xlabels, self._mono):
+            stamp.forget()
+        for ticks in self._ticks.values():
+            for t in ticks:
+                t.stamp.forget()
+        cast(GlyphCacheCanvas, self.figure.canvas).forget_glyphs()
+        self._picks.forget()
 
     @staticmethod
     def _labels(ax: Axes, title: str, xlabel: str, ylabel: str) -> None:
@@ -523,7 +546,11 @@ class DiagnosisFigure:
         pt = self.figure.dpi / 72.0
         for ax in self._ax.flat:
             for artist in self._dynamic(ax):
-                if artist.get_visible() and artist is not ax.title:
+                if not artist.get_visible() or artist is ax.title:
+                    continue
+                if artist in self._picked:
+                    self._picks.draw(artist, renderer)
+                else:
                     artist.draw(renderer)
             if ax.title not in self._static:  # centred, the title pad above the axes
                 box = ax.bbox
@@ -583,6 +610,10 @@ class _Stamp:
         self._probe.set_transform(IdentityTransform())
         self._probe.set_figure(figure)
         self._metrics: dict[tuple[str, bool], tuple[float, float, float]] = {}
+
+    def forget(self) -> None:
+        """Drop the measured strings."""
+        self._metrics.clear()
 
     def _measure(self, text: str, math: bool = False) -> tuple[float, float, float]:
         """(width, ascent, descent) of ``text``'s box about its baseline, in pixels."""

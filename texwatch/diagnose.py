@@ -52,6 +52,8 @@ from texwatch._json import jsonable
 if TYPE_CHECKING:
     import torch
 
+    from texwatch.plots import SpectrumPanel
+
 __all__ = [
     "DEFAULT_HEATMAP_SCALE",
     "DEFAULT_MAX_IMAGES",
@@ -120,15 +122,10 @@ def _image_figure(
     boxes: Sequence[Sequence[int]],
     heat: np.ndarray | None,
     heat_title: str,
-    ref_radius: float | None,
-    mask: torch.Tensor | None,
-    window: str,
+    panel: SpectrumPanel,
     readings: Sequence[str],
 ) -> np.ndarray:
     """One image's figure as (H, W, 4) RGBA pixels, drawn on ``canvas`` (a ``DiagnosisFigure``)."""
-    from texwatch import plots
-
-    panel = plots.spectrum_panel(x, mask=mask, ref_radius=ref_radius, window=window)
     said = "; ".join(readings) if readings else "no probable cause"
     shape = f"{x.shape[1]}×{x.shape[2]}×{x.shape[3]}"
     return canvas.render_pixels(
@@ -226,12 +223,12 @@ def diagnose(
     try:
         for index, (name, x) in enumerate(loaded):
             h, w = x.shape[-2:]
-            metrics = {
-                k: float(v[0])
-                for k, v in spectral.texture_metrics(
-                    x, mask=m, ref=ref_x, window=window, bands=True
-                ).items()
-            }
+            drawn = out is not None and index < max_images
+            # the figure's spectrum views come from the metrics' own analysis
+            values, views = spectral._texture_metrics(
+                x, mask=m, ref=ref_x, window=window, bands=True, views=drawn
+            )
+            metrics = {k: float(v[0]) for k, v in values.items()}
             stats = {
                 k: float(v[0])
                 for k, v in spectral.latent_health(x).items()
@@ -261,7 +258,7 @@ def diagnose(
             }
             causes = probable_causes({}, {name: table}, [0], sizes={name: (h, w)}, thresholds=th)
             figure = None
-            if out is not None and index < max_images:
+            if out is not None and views is not None:
                 figure = _figure_name(index, name)
                 shown: dict[str, object] = {
                     **metrics,
@@ -274,8 +271,10 @@ def diagnose(
                 ref_r = metrics.get("ref_radius_bin", math.nan)
                 if canvas is None:
                     from texwatch._diagnosis_figure import diagnosis_figure
+                    from texwatch.plots import _views_panel
 
                     canvas = diagnosis_figure()  # one figure, redrawn for every image
+                    canvas.start_batch()  # nothing kept from an earlier call's figures
                 pixels = _image_figure(
                     canvas,
                     x,
@@ -284,9 +283,7 @@ def diagnose(
                     regions.boxes,
                     heat,
                     f"|image − first| × {heatmap_scale:g}",
-                    ref_r if math.isfinite(ref_r) else None,
-                    m,
-                    window,
+                    _views_panel(views, ref_r if math.isfinite(ref_r) else None),
                     [c.title for c in causes],
                 )
                 if writing is not None:

@@ -192,6 +192,11 @@ def spectrum_panel(
         raise ValueError(f"x has shape {tuple(t.shape)}, expected (B, C, H, W)")
     m = None if mask is None else torch.as_tensor(_as_numpy(mask)).float()[:1]
     views = spectral.spectrum_views(t[:1], mask=m, window=window, r_bins=r_bins)
+    return _views_panel(views, ref_radius)
+
+
+def _views_panel(views: spectral.SpectrumViews, ref_radius: float | None) -> SpectrumPanel:
+    """The panel of the first image of ``views`` (as :func:`spectrum_panel` draws it)."""
     return SpectrumPanel(
         log_power=_as_numpy(views.log_power[0]),
         radii=_as_numpy(views.radii),
