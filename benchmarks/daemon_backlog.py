@@ -6,9 +6,12 @@ CPU time of the process from ``getrusage``):
 * a scalar backlog (``--steps`` steps, latents and pred every 1,000th) with ``--once``:
   snapshots on (default, one per 1,000 steps) against snapshots off;
 * an image backlog (``--image-rows`` rows of pred 3x256x256) with ``--once``: rows per second
-  and per CPU second with ``--threads 1`` (the default) against ``--threads 2``;
+  and per CPU second with ``--threads 1`` (the default) against ``--threads 2`` (the baseline:
+  torch's default threads against ``OMP_NUM_THREADS=1``);
 * commit -> /metrics for commits carrying pred 4x3x512x512, against scalar commits;
-* one snapshot drawn in-process (median and p99 over ``--snapshots`` draws).
+* one snapshot in-process (median and p99 over ``--snapshots`` draws), and its drawing alone
+  against the same panels all drawn as matplotlib axes (the drawing before the image panels
+  became pixels), alternated in the same run.
 
 ``--baseline DIR`` (a checkout of an earlier texwatch) runs the same backlogs and commits with
 that code too, in the same run, for the ratios.
@@ -26,9 +29,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import torch
 from _tables import table
 from daemon_latency import free_port, wait_step
 
@@ -73,7 +79,9 @@ def _texwatchd(src: Path, *args: str) -> list[str]:
     return [sys.executable, "-c", code + "sys.exit(main(sys.argv[1:]))", *args]
 
 
-def _once(src: Path, source: Path, work: Path, *flags: str) -> tuple[float, float]:
+def _once(
+    src: Path, source: Path, work: Path, *flags: str, env: dict[str, str] | None = None
+) -> tuple[float, float]:
     """Wall and CPU seconds of ``texwatchd --once`` over a fresh copy of ``source``."""
     store = work / "run.zarr"
     shutil.rmtree(work, ignore_errors=True)
@@ -82,7 +90,7 @@ def _once(src: Path, source: Path, work: Path, *flags: str) -> tuple[float, floa
     argv += ["--snapshot-dir", str(work / "snaps"), "--log-level", "WARNING", *flags]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    subprocess.run(argv, check=True)
+    subprocess.run(argv, check=True, env={**os.environ, **(env or {})})
     wall = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
@@ -121,10 +129,42 @@ def _commit_latency(src: Path, work: Path, samples: int, images: bool) -> list[f
         proc.wait(60)
 
 
-def _snapshot_cost(work: Path, draws: int) -> tuple[list[float], list[float]]:
-    """Wall and CPU seconds of drawing one snapshot of a run with pred and target, in-process."""
+def _full_figure(**kw: Any) -> bytes:
+    """The snapshot as every panel on a matplotlib axes, encoded by ``savefig``: how
+    ``plots.snapshot_figure`` drew it before its image panels became pixels."""
+    from texwatch import plots, spectral
+
+    imgs = np.asarray(kw["images"])
+    panel = plots.spectrum_panel(imgs, ref_radius=kw.get("ref_radius"))
+    fig = plots.new_figure(16.0, 8.0)
+    grid = plots.grid_spec(fig, 2, 4)
+    plots.draw_image_grid(fig.add_subplot(grid[0, 0]), imgs)
+    plots.draw_log_spectrum(fig.add_subplot(grid[0, 1]), panel)
+    plots.draw_radial_profile(fig.add_subplot(grid[0, 2]), panel)
+    plots.draw_acf(fig.add_subplot(grid[0, 3]), panel)
+    plots.draw_loss(
+        fig.add_subplot(grid[1, :2]),
+        np.asarray(kw["loss_steps"]),
+        np.asarray(kw["loss"]),
+        ema=kw.get("loss_ema"),
+        spike_steps=kw.get("spike_steps", ()),
+        warn_steps=kw.get("warn_steps", ()),
+    )
+    if kw.get("target") is not None:
+        heat = spectral.diff_heatmap(torch.as_tensor(imgs[:1]), torch.as_tensor(kw["target"][:1]))
+        plots.draw_heatmap(fig.add_subplot(grid[1, 2]), heat.numpy().reshape(heat.shape[-2:]))
+    plots.draw_text_table(fig.add_subplot(grid[1, 3]), dict(kw.get("metrics") or {}))
+    plots.set_title(fig, plots.literal(kw.get("title", "")))
+    return plots.figure_png(fig)
+
+
+def _snapshot_cost(work: Path, draws: int) -> dict[str, tuple[list[float], list[float]]]:
+    """Wall and CPU seconds of one snapshot of a run with pred, in-process: the whole snapshot
+    (reads, JSON, PNG), then its drawing alone, now and as a full matplotlib figure (the same
+    inputs, alternated)."""
     from prometheus_client import CollectorRegistry
 
+    from texwatch import plots
     from texwatch.daemon import Daemon, DaemonOptions
     from texwatch.daemon._exporter import MetricsBoard
     from texwatch.derive import DeriveSettings
@@ -133,17 +173,34 @@ def _snapshot_cost(work: Path, draws: int) -> tuple[list[float], list[float]]:
     _scalar_backlog(store, 5000)
     options = DaemonOptions(stores=(store,), snapshot_dir=work / "snaps")
     daemon = Daemon(options, DeriveSettings(device="cpu"), MetricsBoard(CollectorRegistry()))
-    walls, cpus = [], []
+    drawn: list[dict[str, Any]] = []
+    draw = plots.snapshot_figure
+
+    def keep(**kw: Any) -> bytes:
+        drawn.append(kw)
+        return draw(**kw)
+
+    out: dict[str, tuple[list[float], list[float]]] = {}
+
+    def timed(name: str, call: Callable[[], object]) -> None:
+        wall, cpu = time.perf_counter(), time.process_time()
+        call()
+        walls, cpus = out.setdefault(name, ([], []))
+        walls.append(time.perf_counter() - wall)
+        cpus.append(time.process_time() - cpu)
+
+    plots.snapshot_figure = keep
     try:
         daemon.catch_up()
         for _ in range(draws):
-            wall, cpu = time.perf_counter(), time.process_time()
-            daemon.snapshot_all()  # the one run's newest step, drawn on this thread
-            walls.append(time.perf_counter() - wall)
-            cpus.append(time.process_time() - cpu)
+            timed("snapshot", daemon.snapshot_all)  # the newest step, drawn on this thread
     finally:
+        plots.snapshot_figure = draw
         daemon.close()
-    return walls, cpus
+    for _ in range(draws):
+        timed("drawing", lambda: draw(**drawn[-1]))
+        timed("full figure", lambda: _full_figure(**drawn[-1]))
+    return out
 
 
 def _row(name: str, values: list[float], target: str = "") -> list[str]:
@@ -186,12 +243,16 @@ def main() -> None:
         _image_backlog(empty, 0)
         for code, src in codes.items():
             start_wall, start_cpu = _once(src, empty, tmp / "work")  # imports and start-up
-            for flags in ((), ("--threads", "2")):
-                if code == "baseline" and flags:
-                    continue  # an earlier texwatch has no --threads: torch's default threads
-                wall, cpu = _once(src, images, tmp / "work", *flags)
+            # An earlier texwatch has no --threads (torch's default threads): one thread for it
+            # is OMP_NUM_THREADS=1, the same work as this one's default.
+            runs = [((), {}), (("--threads", "2"), {})]
+            if code == "baseline":
+                runs = [((), {}), ((), {"OMP_NUM_THREADS": "1"})]
+            for flags, env in runs:
+                wall, cpu = _once(src, images, tmp / "work", *flags, env=env)
                 wall, cpu = wall - start_wall, cpu - start_cpu
-                label = f"{code} {' '.join(flags) or 'defaults'}"
+                named = [*flags, *(f"{k}={v}" for k, v in env.items())]
+                label = f"{code} {' '.join(named) or 'defaults'}"
                 rows = args.image_rows
                 threads.append([label, f"{wall:.1f}", f"{cpu:.1f}", f"{rows / wall:.1f}"])
                 threads[-1].append(f"{rows / cpu:.1f}")
@@ -211,12 +272,23 @@ def main() -> None:
         print("\nCommit -> texwatch_last_step on /metrics, seconds")
         table(["commit", "median", "p95", "p99", "target"], latency)
 
-        walls, cpus = _snapshot_cost(tmp / "snapcost", args.snapshots)
-        print(f"\nOne snapshot (pred 128x128 and the loss panel), {args.snapshots} draws, seconds")
-        table(
-            ["measure", "median", "p95", "p99", ""],
-            [_row("wall", walls), _row("CPU", cpus)],
+        cost = _snapshot_cost(tmp / "snapcost", args.snapshots)
+        print(
+            f"\nOne snapshot (pred 128x128 and the loss panel), {args.snapshots} draws each, "
+            "seconds, in-process"
         )
+        old_wall, old_cpu = (float(np.median(v)) for v in cost["full figure"])
+        rows = []
+        for name, label in (
+            ("snapshot", "whole snapshot (reads, JSON, PNG), wall"),
+            ("drawing", "its drawing (snapshot_figure), wall"),
+            ("full figure", "the same as a full matplotlib figure, wall"),
+        ):
+            walls, cpus = cost[name]
+            drawing = name != "snapshot"
+            rows.append(_row(label, walls, f"{np.median(walls) / old_wall:.2f}" * drawing))
+            rows.append(_row("  CPU", cpus, f"{np.median(cpus) / old_cpu:.2f}" * drawing))
+        table(["measure", "median", "p95", "p99", "drawing / full figure"], rows)
 
 
 if __name__ == "__main__":

@@ -139,3 +139,20 @@ def test_image_grid_tiles_grey_colour_and_latents() -> None:
     assert grey.shape == (4, 4) and np.all(grey == 0.5)
     with pytest.raises(ValueError, match="expected"):
         image_grid(np.zeros((0, 3, 4, 4)))
+
+
+def test_snapshot_pixel_panels_mark_f_star_and_the_acf_period() -> None:
+    steps, loss, _ = _loss(50)
+    png = snapshot_figure(images=grating(), loss_steps=steps, loss=loss, dpi=50)
+    with Image.open(io.BytesIO(png)) as img:
+        rgb = np.asarray(img.convert("RGB"))
+    top = rgb[: rgb.shape[0] // 2]
+    quarter = rgb.shape[1] // 4
+
+    def has(colour: tuple[int, int, int], part: np.ndarray) -> bool:
+        return bool(np.all(part == colour, axis=-1).any())
+
+    red, green = (214, 39, 40), (44, 160, 44)  # tab:red (f*), tab:green (ACF period)
+    spectrum, acf = top[:, quarter : 2 * quarter], top[:, 3 * quarter :]
+    assert has(red, spectrum) and not has(green, spectrum)
+    assert has(green, acf) and has(red, acf)  # the ACF period, and the FFT period N/f*

@@ -469,6 +469,14 @@ def test_latent_health_matches_the_reference_and_counts_nonfinite_first() -> Non
     assert float(got["nonfinite"][1]) == 3
     assert float(got["clip_fraction"][0]) == pytest.approx(0.0027, abs=0.0008)  # unit variance
     assert float(got["clip_fraction"][3]) > 0.1
+    # Images in [0, 1] never reach the clip range: their clip statistics are skipped, still 0.
+    images = torch.rand(2, 3, 32, 32, generator=gen)
+    inside = latent_health(images)
+    for i in range(2):
+        want = reference.health(images[i].numpy())
+        for key in HEALTH_KEYS:
+            assert float(inside[key][i]) == pytest.approx(want[key], rel=1e-4, abs=1e-6), key
+    assert float(inside["clip_fraction"].abs().sum() + inside["clip_excess"].abs().sum()) == 0.0
 
 
 # ----------------------------------------------------------------------------- local period map

@@ -12,17 +12,22 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import NamedTuple, cast
 
 import numpy as np
 import torch
+from matplotlib import colormaps, font_manager, rcParams
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
-from matplotlib.gridspec import GridSpec
+from matplotlib.font_manager import FontProperties
+from matplotlib.gridspec import GridSpec, SubplotSpec
 from matplotlib.patches import Circle, Ellipse, Rectangle
+from PIL import Image, ImageDraw, ImageFont
 
 from texwatch import spectral
 from texwatch._images import to_display
@@ -492,16 +497,21 @@ def draw_anomalies(
     ax.set_axis_off()
 
 
-def draw_text_table(ax: Axes, rows: Mapping[str, object], *, title: str = "metrics") -> None:
-    """Draw ``name: value`` pairs as a monospaced table (floats to 4 significant digits)."""
+def _table_text(rows: Mapping[str, object]) -> str:
+    """``name: value`` lines, floats to 4 significant digits."""
     lines = []
     for name, value in rows.items():
         shown = f"{value:.4g}" if isinstance(value, float) else str(value)
         lines.append(f"{name:<26} {shown}")
+    return "\n".join(lines)
+
+
+def draw_text_table(ax: Axes, rows: Mapping[str, object], *, title: str = "metrics") -> None:
+    """Draw ``name: value`` pairs as a monospaced table (floats to 4 significant digits)."""
     ax.text(
         0.0,
         1.0,
-        literal("\n".join(lines)),
+        literal(_table_text(rows)),
         va="top",
         ha="left",
         family="monospace",
@@ -527,11 +537,14 @@ def snapshot_figure(
     title: str = "",
     dpi: int = 100,
 ) -> bytes:
-    """The daemon's snapshot for one run and interval, as PNG bytes.
+    """The daemon's snapshot for one run and interval, as PNG bytes (16 × 8 in at ``dpi``).
 
     Top row: sample grid of ``images``, log spectrum, radial profile (f*, 2f*, f*/2 and
     ``ref_radius`` marked) and ACF of ``images[0]``. Bottom row: loss with EMA and spike marks,
     the |images − target| heatmap when ``target`` (same shape) is given, and ``metrics``.
+    Only the profile and the loss are matplotlib axes; the image panels are composed as pixels
+    (colour maps and marker rings in numpy) and pasted 1:1, and their labels and the metrics
+    are drawn by Pillow: axes and text layout are most of a matplotlib figure's cost.
 
     Args:
         images: (N, C, H, W) rows of the stream to show (pred, else latents).
@@ -542,27 +555,13 @@ def snapshot_figure(
         warn_steps: steps flagged as warnings.
         target: (N, C, H, W) targets matching ``images``; enables the diff heatmap.
         ref_radius: the reference's f in FFT bins, or ``None``.
-        heatmap_scale: gain of the diff heatmap (the seed's ``--heatmap-scale``).
+        heatmap_scale: gain of the diff heatmap (``texwatch diagnose --heatmap-scale``).
         metrics: name → value shown as a table (the interval's derived metrics).
         title: the figure's title (run name and step), drawn literally (``$`` included).
-        dpi: PNG resolution.
+        dpi: pixels per inch of the PNG.
     """
     imgs = _as_numpy(images)
-    panel = spectrum_panel(imgs, ref_radius=ref_radius)
-    fig = new_figure(16.0, 8.0)
-    grid = grid_spec(fig, 2, 4)
-    draw_image_grid(fig.add_subplot(grid[0, 0]), imgs)
-    draw_log_spectrum(fig.add_subplot(grid[0, 1]), panel)
-    draw_radial_profile(fig.add_subplot(grid[0, 2]), panel)
-    draw_acf(fig.add_subplot(grid[0, 3]), panel)
-    draw_loss(
-        fig.add_subplot(grid[1, :2]),
-        np.asarray(loss_steps),
-        np.asarray(loss),
-        ema=loss_ema,
-        spike_steps=spike_steps,
-        warn_steps=warn_steps,
-    )
+    heat = None
     if target is not None:
         tgt = _as_numpy(target)
         if tgt.shape != imgs.shape:
@@ -572,15 +571,244 @@ def snapshot_figure(
                 torch.as_tensor(imgs[:1]), torch.as_tensor(tgt[:1]), scale=heatmap_scale
             )
         )
-        draw_heatmap(
-            fig.add_subplot(grid[1, 2]),
-            heat.reshape(heat.shape[-2:]),
-            title=f"|pred − target| × {heatmap_scale:g}",
+    panel = spectrum_panel(imgs, ref_radius=ref_radius)
+    fig = new_figure(16.0, 8.0)
+    fig.set_dpi(dpi)
+    grid = grid_spec(fig, 2, 4)
+    layer = _Overlay(fig)
+    layer.panel(grid[0, 0], image_grid(imgs), "samples", _as_rgb)
+    _spectrum_pixels(layer, grid[0, 1], panel)
+    draw_radial_profile(fig.add_subplot(grid[0, 2]), panel)
+    _acf_pixels(layer, grid[0, 3], panel)
+    draw_loss(
+        fig.add_subplot(grid[1, :2]),
+        np.asarray(loss_steps),
+        np.asarray(loss),
+        ema=loss_ema,
+        spike_steps=spike_steps,
+        warn_steps=warn_steps,
+    )
+    if heat is not None:
+        plane = heat.reshape(heat.shape[-2:]).astype(np.float64)
+        finite = plane[np.isfinite(plane)]
+        low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+        layer.panel(
+            grid[1, 2],
+            plane,
+            f"|pred − target| × {heatmap_scale:g}: {low:.3g} to {high:.3g}",
+            lambda a: _colour(a, "magma", low, high),
         )
-    draw_text_table(fig.add_subplot(grid[1, 3]), dict(metrics or {}))
+    layer.table(grid[1, 3], metrics or {})
     if title:
         set_title(fig, literal(title))
-    return figure_png(fig, dpi=dpi)
+    return layer.png()
+
+
+class _Ring(NamedTuple):
+    """An ellipse marked on a pixel panel: semi-axes in data units, colour, style, width."""
+
+    a: float
+    b: float
+    colour: str
+    style: str
+    width: float  # points
+    label: str
+
+
+class _Label(NamedTuple):
+    """Text drawn by Pillow at (x, y) pixels from the top left, with a Pillow anchor."""
+
+    x: float
+    y: float
+    text: str
+    points: float
+    colour: str = "black"
+    anchor: str = "la"
+    mono: bool = False
+    backdrop: bool = False  # a white, 60 % opaque box behind it, as a legend's
+
+
+class _Overlay:
+    """Pixel panels and labels laid over ``fig``'s grid cells after matplotlib draws it."""
+
+    def __init__(self, fig: Figure) -> None:
+        self._fig = fig
+        self._width, self._height = int(fig.bbox.width), int(fig.bbox.height)
+        self._pastes: list[tuple[np.ndarray, int, int]] = []  # pixels, left, top
+        self._labels: list[_Label] = []
+
+    def _box(self, cell: SubplotSpec) -> tuple[float, float, float, float]:
+        """``cell``'s left, top, width and height in pixels from the top left."""
+        box = cell.get_position(self._fig)
+        w, h = self._width, self._height
+        return box.x0 * w, (1 - box.y1) * h, box.width * w, box.height * h
+
+    def panel(
+        self,
+        cell: SubplotSpec,
+        data: np.ndarray,
+        title: str,
+        to_rgb: Callable[[np.ndarray], np.ndarray],
+        *,
+        extent: tuple[float, float, float, float] | None = None,
+        rings: Sequence[_Ring] = (),
+        how: str = "mean",
+    ) -> None:
+        """Show ``data`` (H, W[, 3]) in ``cell``, its aspect kept, with a title above.
+
+        ``data`` is resampled to the pixels it covers (whole blocks reduced by ``how``, the
+        rest nearest) before ``to_rgb`` colours it; ``rings`` are drawn on it in ``extent``'s
+        data units (imshow's order: left, right, bottom, top) and listed at its top right.
+        """
+        left, top, width, height = self._box(cell)
+        h, w = data.shape[:2]
+        scale = min(width / w, height / h)
+        out_h, out_w = max(1, round(h * scale)), max(1, round(w * scale))
+        rgb = to_rgb(_resample(data, out_h, out_w, how))
+        if rings and extent is not None:
+            _draw_rings(rgb, extent, rings, self._fig.dpi / 72.0)
+        x0, y0 = round(left + (width - out_w) / 2), round(top + (height - out_h) / 2)
+        self._pastes.append((rgb, x0, y0))
+        self._labels.append(_Label(x0 + out_w / 2, y0 - 4, title, 9, anchor="ms"))
+        line = 7 * 1.35 * self._fig.dpi / 72  # one 7 pt legend line
+        for i, ring in enumerate(rings):
+            y = y0 + 3 + i * line
+            self._labels.append(
+                _Label(x0 + out_w - 3, y, ring.label, 7, ring.colour, "ra", backdrop=True)
+            )
+
+    def table(self, cell: SubplotSpec, rows: Mapping[str, object]) -> None:
+        """:func:`draw_text_table`'s table in ``cell``: a title, then monospaced rows."""
+        left, top, width, _ = self._box(cell)
+        self._labels.append(_Label(left + width / 2, top - 4, "metrics", 9, anchor="ms"))
+        self._labels.append(_Label(left, top, _table_text(rows), 7, mono=True))
+
+    def png(self) -> bytes:
+        """Draw the figure, paste the panels, draw the labels: PNG bytes (:func:`png_rgb`)."""
+        canvas = cast(FigureCanvasAgg, self._fig.canvas)
+        canvas.draw()
+        rgb = np.array(np.asarray(canvas.buffer_rgba())[:, :, :3])
+        for pixels, x, y in self._pastes:
+            rgb[y : y + pixels.shape[0], x : x + pixels.shape[1]] = pixels
+        image = Image.fromarray(rgb)
+        draw = ImageDraw.Draw(image, "RGBA")
+        for label in self._labels:
+            font = _font(label.mono, max(1, round(label.points * self._fig.dpi / 72)))
+            xy = (label.x, label.y)
+            if label.backdrop:
+                box = draw.textbbox(xy, label.text, font=font, anchor=label.anchor)
+                draw.rectangle(box, fill=(255, 255, 255, 153))
+            colour = tuple(round(255 * c) for c in to_rgb(label.colour))
+            draw.multiline_text(xy, label.text, fill=colour, font=font, anchor=label.anchor)
+        return png_rgb(np.asarray(image))
+
+
+@lru_cache(maxsize=16)
+def _font(mono: bool, pixels: int) -> ImageFont.FreeTypeFont:
+    """matplotlib's own sans or monospaced font (DejaVu by default), ``pixels`` high."""
+    family = "monospace" if mono else rcParams["font.family"]
+    return ImageFont.truetype(font_manager.findfont(FontProperties(family=family)), pixels)
+
+
+def _as_rgb(a: np.ndarray) -> np.ndarray:
+    """(H, W) grey or (H, W, 3) RGB in [0, 1] -> (H, W, 3) uint8, as ``imshow`` shows them."""
+    out = (np.clip(np.nan_to_num(a), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    return np.repeat(out[:, :, None], 3, axis=2) if out.ndim == 2 else out
+
+
+def _colour(a: np.ndarray, cmap: str, vmin: float, vmax: float) -> np.ndarray:
+    """(H, W) values through a colour map between ``vmin`` and ``vmax``: (H, W, 3) uint8;
+    NaN white."""
+    span = vmax - vmin if vmax > vmin else 1.0
+    index = np.clip(np.floor((np.nan_to_num(a, nan=vmin) - vmin) * (256 / span)), 0, 255)
+    out = _lut(cmap)[index.astype(np.intp)]
+    out[np.isnan(a)] = 255
+    return out
+
+
+@lru_cache(maxsize=8)
+def _lut(cmap: str) -> np.ndarray:
+    lut: np.ndarray = colormaps[cmap](np.linspace(0.0, 1.0, 256), bytes=True)[:, :3]
+    return lut
+
+
+def _resample(a: np.ndarray, out_h: int, out_w: int, how: str) -> np.ndarray:
+    """``a`` (H, W[, C]) at out_h × out_w: each pixel shows the k × k block (``how``: mean or
+    max; k the whole reduction) holding its source pixel."""
+    h, w = a.shape[:2]
+    k = max(1, int(min(h / out_h, w / out_w)))
+    reduced = _reduce(a, k, how)
+    rows = ((np.arange(out_h) + 0.5) * (h / out_h)).astype(np.intp) // k
+    cols = ((np.arange(out_w) + 0.5) * (w / out_w)).astype(np.intp) // k
+    return reduced[rows[:, None], cols[None, :]]
+
+
+_DASHES = {"-": None, "--": (3.7, 1.6), ":": (1.0, 1.65)}  # matplotlib's, in line widths
+
+
+def _draw_rings(
+    rgb: np.ndarray, extent: tuple[float, float, float, float], rings: Sequence[_Ring], px: float
+) -> None:
+    """Draw each ring on ``rgb`` (H, W, 3), whose pixels span ``extent``; ``px`` pixels a
+    point."""
+    h, w = rgb.shape[:2]
+    left, right, bottom, top = extent
+    x = left + (np.arange(w) + 0.5) * ((right - left) / w)
+    y = top + (np.arange(h) + 0.5) * ((bottom - top) / h)
+    per_unit = math.sqrt(abs(w / (right - left) * h / (bottom - top)))
+    for ring in rings:
+        u, v = x[None, :] / ring.a, y[:, None] / ring.b
+        rho = np.sqrt(u * u + v * v)
+        radius = math.sqrt(ring.a * ring.b) * per_unit  # pixels
+        line = max(ring.width * px, 1.0)
+        on = np.abs(rho - 1.0) * radius <= line / 2
+        dashes = _DASHES.get(ring.style)
+        if dashes is not None:
+            arc = (np.arctan2(v, u) + math.pi) * radius
+            on &= arc % ((dashes[0] + dashes[1]) * line) < dashes[0] * line
+        rgb[on] = np.round(np.asarray(to_rgb(ring.colour)) * 255.0).astype(np.uint8)
+
+
+def _spectrum_pixels(layer: _Overlay, cell: SubplotSpec, panel: SpectrumPanel) -> None:
+    """:func:`draw_log_spectrum`'s panel as pixels: the zoomed log spectrum and its rings."""
+    view = _spectrum_view(panel)
+    h, w = panel.log_power.shape
+    n = panel.n
+    rings = [
+        _Ring(r * w / n, r * h / n, *MARKERS[name], 1.2, f"{name} = {r:.1f}")
+        for name, r in view.marks
+    ]
+    left, right, bottom, top = view.extent
+    layer.panel(
+        cell,
+        view.crop,
+        f"log power spectrum, kx ±{(right - left) / 2:.0f}, ky ±{(bottom - top) / 2:.0f}",
+        lambda a: _colour(a, "viridis", *view.clim),
+        extent=view.extent,
+        rings=rings,
+        how="max",
+    )
+
+
+def _acf_pixels(layer: _Overlay, cell: SubplotSpec, panel: SpectrumPanel) -> None:
+    """:func:`draw_acf`'s panel as pixels: the ACF's centre, rings at its periods."""
+    view = _acf_view(panel)
+    rings = []
+    if _finite(panel.acf_period) and panel.acf_period > 0:
+        p = panel.acf_period
+        rings.append(_Ring(p, p, "tab:green", "-", 1.4, f"ACF period {p:.1f} px"))
+    if _finite(panel.fft_period):
+        p = panel.fft_period
+        rings.append(_Ring(p, p, MARKERS["f*"][0], "--", 1.0, f"FFT period N/f* {p:.1f} px"))
+    half = (view.extent[1] - view.extent[0]) / 2
+    layer.panel(
+        cell,
+        view.crop,
+        f"autocorrelation, lags ±{half:.0f} px",
+        lambda a: _colour(a, "RdBu_r", *view.clim),
+        extent=view.extent,
+        rings=rings,
+    )
 
 
 def _reduce(a: np.ndarray, k: int, how: str) -> np.ndarray:

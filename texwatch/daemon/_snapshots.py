@@ -121,7 +121,7 @@ def _request(worker: RunWorker, cursor: dict[str, int], live: bool, since: float
 
 class SnapshotWriter:
     """Writes a run's snapshot each time its steps cross a multiple of ``every``, on a thread of
-    its own, so rendering (about a second of matplotlib on a CPU) never holds up derivation.
+    its own, so rendering (about a third of a second of CPU) never holds up derivation.
 
     A run at its live edge gets one snapshot per interval, written at once. While a run catches
     up a backlog, each interval's request replaces the last, and one is written when the run
