@@ -101,6 +101,7 @@ def _samples(exposition: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], f
 
 
 @pytest.mark.integration
+@pytest.mark.timeout(1200)  # two trainings, texwatchd and a report: ~2 min alone, 5 on a busy box
 def test_demo_end_to_end_report_finds_the_planted_faults_in_bad_only(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
