@@ -16,7 +16,8 @@ from texwatch.derive import derive_all
 from texwatch.errors import StoreLockedError, StoreMissingError
 from texwatch.store import SCALARS, RunWriter, open_run, remove_run, run_paths
 
-SHORT = {"client_options": {"timeout": "1s"}}  # lets a test use a 3 s lease
+LEASE = 6.0  # short, for the tests; long enough that a loaded machine renews it in time
+SHORT = {"client_options": {"timeout": "2s"}}  # a request timeout that allows a 6 s lease
 
 
 def _stop_renewals(writer: RunWriter) -> None:
@@ -137,14 +138,14 @@ def test_per_rank_runs_on_s3(s3_bucket: str) -> None:
 
 def test_a_second_writer_on_an_s3_store_is_refused_and_nothing_is_lost(s3_bucket: str) -> None:
     url = f"{s3_bucket}/x.zarr"
-    first = RunWriter.open(url, storage_options=SHORT, lease_seconds=3.0)
+    first = RunWriter.open(url, storage_options=SHORT, lease_seconds=LEASE)
     try:
         _rows(first, 0, 10)
         first.commit()
         with pytest.raises(StoreLockedError, match="already has a live writer") as caught:
-            RunWriter.open(url, storage_options=SHORT, lease_seconds=3.0)
+            RunWriter.open(url, storage_options=SHORT, lease_seconds=LEASE)
         assert "pid" in str(caught.value)
-        time.sleep(3.5)  # longer than a lease: only renewals keep the first writer in
+        time.sleep(LEASE + 0.5)  # longer than a lease: only renewals keep the first writer in
         _rows(first, 10, 10)
         first.commit()
     finally:
@@ -153,37 +154,37 @@ def test_a_second_writer_on_an_s3_store_is_refused_and_nothing_is_lost(s3_bucket
     assert run.scalars()["step"].tolist() == list(range(20))
     # a released lease lets the next writer in at once, resuming after the committed rows
     started = time.monotonic()
-    with RunWriter.open(url, storage_options=SHORT, lease_seconds=3.0) as again:
-        assert time.monotonic() - started < 1.5
+    with RunWriter.open(url, storage_options=SHORT, lease_seconds=LEASE) as again:
+        assert time.monotonic() - started < LEASE / 2  # no lease to wait out
         assert again.committed() == {SCALARS: 20}
 
 
 def test_a_dead_writers_lease_is_taken_over_after_one_lease(s3_bucket: str) -> None:
     url = f"{s3_bucket}/x.zarr"
-    dead = RunWriter.open(url, storage_options=SHORT, lease_seconds=3.0)
+    dead = RunWriter.open(url, storage_options=SHORT, lease_seconds=LEASE)
     _rows(dead, 0, 5)
     dead.commit()
     _stop_renewals(dead)
     started = time.monotonic()
-    with RunWriter.open(url, storage_options=SHORT, lease_seconds=3.0) as heir:
+    with RunWriter.open(url, storage_options=SHORT, lease_seconds=LEASE) as heir:
         waited = time.monotonic() - started
-        assert 3.0 <= waited < 10.0
+        assert LEASE <= waited < 4 * LEASE
         assert heir.committed() == {SCALARS: 5}
         _rows(heir, 5, 5)
         heir.commit()
     dead.close()  # its release finds the lease taken over and leaves it be
     assert open_run(url).scalars()["step"].tolist() == list(range(10))
-    with RunWriter.open(url, storage_options=SHORT, lease_seconds=3.0) as last:
+    with RunWriter.open(url, storage_options=SHORT, lease_seconds=LEASE) as last:
         assert last.committed() == {SCALARS: 10}
 
 
 def test_a_writer_that_lost_its_lease_can_never_publish(s3_bucket: str) -> None:
     url = f"{s3_bucket}/x.zarr"
-    old = RunWriter.open(url, storage_options=SHORT, lease_seconds=3.0)
+    old = RunWriter.open(url, storage_options=SHORT, lease_seconds=LEASE)
     _rows(old, 0, 5)
     old.commit()
     _stop_renewals(old)
-    with RunWriter.open(url, storage_options=SHORT, lease_seconds=3.0) as new:
+    with RunWriter.open(url, storage_options=SHORT, lease_seconds=LEASE) as new:
         _rows(new, 5, 3)
         new.commit()
         # the old writer wakes up: its lease is stale, so it refuses to write at all
@@ -205,7 +206,7 @@ def test_two_recorders_racing_for_one_s3_store_one_wins(s3_bucket: str) -> None:
 
     def open_one() -> None:
         try:
-            results.append(Recorder(url, storage_options=SHORT, lease_seconds=3.0))
+            results.append(Recorder(url, storage_options=SHORT, lease_seconds=LEASE))
         except StoreLockedError as err:
             results.append(err)
 

@@ -20,8 +20,8 @@ from texwatch.store import SCALARS, RunWriter, open_run
 pytestmark = pytest.mark.integration
 
 HELPER = Path(__file__).with_name("_store_helpers.py")
-LEASE = 3.0
-OPTIONS = {"storage_options": {"client_options": {"timeout": "1s"}}, "lease_seconds": LEASE}
+LEASE = 6.0  # short for a test, long enough to be renewed in time on a loaded machine
+OPTIONS = {"storage_options": {"client_options": {"timeout": "2s"}}, "lease_seconds": LEASE}
 
 
 def _env() -> dict[str, str]:
