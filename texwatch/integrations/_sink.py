@@ -112,6 +112,9 @@ class MetricSink:
     @property
     def recorder(self) -> Recorder:
         """The recorder, opened (or reopened after ``close``) when first needed."""
+        return self._open()
+
+    def _open(self) -> Recorder:
         if self._recorder is None or (self._owns and self._recorder.closed):
             config = self._config or None  # None keeps a resumed run's stored config
             options = dataclasses.replace(self._options, config=config)
@@ -232,7 +235,7 @@ class MetricSink:
 
         Opens the store first: the names it holds are taken before new keys are named.
         """
-        self.recorder  # noqa: B018
+        self._open()
         self._next_step = max(self._next_step, step + 1)
         row = self._pending.pop(step, None) or _Row()
         self._pending[step] = row
