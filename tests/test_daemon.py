@@ -400,6 +400,21 @@ def test_the_loop_wakes_on_commits_and_stops_on_request(tmp_path: Path, poll: fl
     assert not loop.is_alive()
 
 
+def test_a_turn_the_round_waited_for_does_not_wake_the_loop(tmp_path: Path) -> None:
+    """Only a commit, or a turn that outlived the round's wait, ends the loop's sleep: an idle
+    texwatchd sleeps until its rescan instead of starting round after round."""
+    store = tmp_path / "idle.zarr"
+    write_run(store, range(30))
+    daemon = _daemon([store], CollectorRegistry(), tmp_path, rescan=60.0)
+    try:
+        daemon.catch_up()
+        daemon._watcher.wait(0.3)  # the commits and derived/ written before
+        daemon.pass_once()
+        assert daemon._watcher.wait(0.3) is False
+    finally:
+        daemon.close()
+
+
 def test_runs_idle_for_long_drop_out_of_the_exposition(tmp_path: Path) -> None:
     store = tmp_path / "idle.zarr"
     write_run(store, range(30))

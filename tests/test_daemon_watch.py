@@ -35,6 +35,21 @@ def test_wakes_on_commit_and_ignores_partials(tmp_path: Path, poll: float | None
         assert watcher.wait(5.0) is True
 
 
+def test_reading_a_marker_does_not_wake(tmp_path: Path) -> None:
+    """texwatchd reads every store's zarr.json each turn: inotify's open/close events of those
+    reads must not wake it, or an idle daemon starts round after round."""
+    store = tmp_path / "x.zarr"
+    store.mkdir()
+    _commit(store)
+    with Watcher(rescan=0.5, debounce=0.0) as watcher:
+        watcher.add_store(store)
+        watcher.wait(0.3)
+        (store / "zarr.json").read_bytes()
+        assert watcher.wait(0.4) is False
+        _commit(store)
+        assert watcher.wait(5.0) is True
+
+
 @pytest.mark.parametrize("poll", [None, 0.05])
 def test_root_picks_up_new_runs(tmp_path: Path, poll: float | None) -> None:
     with Watcher(root=tmp_path, poll=poll, rescan=0.5, debounce=0.0) as watcher:

@@ -662,7 +662,9 @@ class _Tables:
         """The open column ``name`` of ``table`` (created or listed), opened on first use."""
         key = (table, name)
         if key not in self._open:
-            array = zarr.open_array(self._store, path=self.path(table, name), mode="r+")
+            array = zarr.open_array(
+                self._store, path=self.path(table, name), mode="r+", zarr_format=3
+            )
             self._open[key] = _Column(
                 array, np.dtype(array.dtype), tuple(array.shape[1:]), int(array.shape[0])
             )
@@ -1221,7 +1223,7 @@ class Run:
     def stream_spec(self, name: str) -> StreamSpec:
         """C, H, W and dtype of stream ``name``."""
         self._require(name, self.attrs)
-        array = zarr.open_array(self._store, path=f"{name}/data", mode="r")
+        array = zarr.open_array(self._store, path=f"{name}/data", mode="r", zarr_format=3)
         c, h, w = (int(s) for s in array.shape[1:])
         return StreamSpec((c, h, w), np.dtype(array.dtype))
 
@@ -1384,7 +1386,7 @@ class Run:
     def _open(self, table: str, column: str) -> zarr.Array:
         meta = self.path / table / column / "zarr.json"
         try:
-            return zarr.open_array(self._store, path=f"{table}/{column}", mode="r")
+            return zarr.open_array(self._store, path=f"{table}/{column}", mode="r", zarr_format=3)
         except FileNotFoundError as err:  # zarr's ArrayNotFoundError among them
             if not self.path.is_dir():
                 raise StoreMissingError(

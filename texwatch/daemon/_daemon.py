@@ -79,6 +79,7 @@ class _Run:
         self.worker: RunWorker | None = None
         self.thread: threading.Thread | None = None
         self.finished = threading.Event()
+        self.awaited = False  # the round is waiting for this turn (it then needs no wake)
         self.started = 0.0
         self.rows = 0
         self.error: Exception | None = None
@@ -122,7 +123,7 @@ class Daemon:
         self._once = False
         self._runs: dict[Where, _Run] = {}
         self._owners: dict[str, Where] = {}  # run id -> the store serving it
-        self._lock = threading.Lock()  # _owners and the failure records, shared with turns
+        self._lock = threading.Lock()  # _owners, failure records, turns' ends: shared with turns
         self._failures: dict[Where, tuple[str, str]] = {}
         self._snapshot_failures: dict[str, str] = {}
         self._waiting: set[Where] = set()
@@ -284,13 +285,17 @@ class Daemon:
         except Exception as err:  # handed to the loop, which counts and logs it
             run.error = err
         finally:
-            run.finished.set()
-            self._watcher.wake()
+            with self._lock:
+                run.finished.set()
+                late = not run.awaited
+            if late:  # the round went on without it: wake the loop to harvest it
+                self._watcher.wake()
 
     def _start(self, run: _Run) -> None:
         run.finished.clear()
         run.rows, run.error = 0, None
         run.started = time.monotonic()
+        run.awaited = True
         run.thread = threading.Thread(
             target=self._turn, args=(run,), name=f"texwatch-run-{run.path.name}", daemon=True
         )
@@ -422,9 +427,21 @@ class Daemon:
                 if run.path not in self._runs:
                     continue
             self._start(run)
-            if run.finished.wait(self._options.turn_seconds):
+            if self._await(run):
                 done += self._harvest(run)
         return done
+
+    def _await(self, run: _Run) -> bool:
+        """Wait up to ``turn_seconds`` for the turn just started; whether it finished.
+
+        A turn that ends while awaited does not wake the loop: were every turn to wake it, the
+        loop would start round after round (an idle texwatchd re-reading every run about 20 times
+        a second) instead of sleeping until a commit or the rescan.
+        """
+        run.finished.wait(self._options.turn_seconds)
+        with self._lock:
+            run.awaited = False
+            return run.finished.is_set()
 
     def _pending(self) -> bool:
         """Some run has rows left to derive, can take a turn now, and derived some in its last."""

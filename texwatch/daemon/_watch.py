@@ -27,11 +27,17 @@ __all__ = ["Watcher"]
 _log = logging.getLogger("texwatch.daemon")
 
 
+_READS = {"opened", "closed_no_write"}
+"""inotify events of a file being read: texwatchd's own reads of a marker must not wake it."""
+
+
 class _Handler(FileSystemEventHandler):
     def __init__(self, watcher: Watcher) -> None:
         self._watcher = watcher
 
     def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.event_type in _READS:
+            return
         for raw in (event.src_path, getattr(event, "dest_path", "")):
             path = raw.decode() if isinstance(raw, bytes) else raw
             if path and self._watcher._is_interesting(Path(path), event.is_directory):
