@@ -73,6 +73,15 @@ def test_demo_refuses_to_replace_a_store_it_did_not_create(
     assert open_run(store).committed()["scalars"] == 1
 
 
+def test_demo_with_an_unwritable_out_exits_2_with_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "file").write_text("a file")
+    assert cli.main(["demo", "-o", str(tmp_path / "file" / "demo"), "--port", "0"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("texwatch demo: error: ") and "file" in err[0]
+
+
 def test_demo_with_a_busy_port_exits_2_before_touching_anything(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -915,8 +915,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                 1: "the report missed a planted fault in 'bad', or found a probable cause in "
                 "'good'",
                 2: "bad arguments, or the demo could not run: the port is taken, a run store "
-                "in OUT is not the demo's, texwatchd or a training process failed (one line "
-                "on stderr)",
+                "in OUT is not the demo's, OUT cannot be written, texwatchd or a training "
+                "process failed (one line on stderr)",
             }
         ),
     )
@@ -965,8 +965,10 @@ def run(args: argparse.Namespace) -> int:
             quiet=args.quiet,
             keep_serving=args.keep_serving,
         )
-    except DemoError as err:
-        print(f"texwatch demo: error: {err}", file=sys.stderr)
+    except BrokenPipeError:
+        raise  # stdout's reader has gone: texwatch.cli ends quietly
+    except (DemoError, OSError) as err:  # an OSError: OUT cannot be written, say
+        print(f"texwatch demo: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
     finally:
         signal.signal(signal.SIGTERM, previous)
