@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import socket
 import threading
 import time
 from pathlib import Path
@@ -298,6 +299,23 @@ def test_once_cli_derives_snapshots_and_exits(tmp_path: Path) -> None:
     assert code == 0
     assert (snaps / f"cli-{open_run(store).run_id[:8]}" / "119.png").exists()
     assert open_run(store).derived_cursor()[SCALARS] == 120
+
+
+def test_a_port_in_use_is_one_line_without_the_usage(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = tmp_path / "x.zarr"
+    write_run(store, range(4))
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        code = main(["--store", str(store), "--port", str(port), "--device", "cpu"])
+    assert code == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "Address already in use" in err[0], err
+    assert err[0].startswith(f"texwatchd: error: cannot serve /metrics on 127.0.0.1:{port}: ")
+    assert open_run(store).derived_cursor() == {}  # it stopped before deriving anything
 
 
 @pytest.mark.parametrize(("extra", "threads"), [([], 1), (["--threads", "2"], 2)])

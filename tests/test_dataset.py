@@ -49,7 +49,7 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def health(folder: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> dict:
     data, masks = folder
     out = tmp_path_factory.mktemp("health")
-    assert main(["dataset", str(data), "--masks", str(masks), "--report", str(out), "--quiet"]) == 0
+    assert main(["dataset", str(data), "--masks", str(masks), "-o", str(out), "--quiet"]) == 0
     assert (out / "dataset.png").stat().st_size > 10_000
     return json.loads((out / "dataset.json").read_text())
 
@@ -181,17 +181,32 @@ def _one_line_error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
 
 def test_bad_inputs_exit_2_with_one_line(tmp_path: Path, capsys) -> None:
     out = str(tmp_path / "out")
-    assert "does not exist" in _one_line_error(
-        capsys, ["dataset", str(tmp_path / "x"), "--report", out]
-    )
+    assert "does not exist" in _one_line_error(capsys, ["dataset", str(tmp_path / "x"), "-o", out])
     (tmp_path / "empty").mkdir()
     assert "no image file" in _one_line_error(
-        capsys, ["dataset", str(tmp_path / "empty"), "--report", out]
+        capsys, ["dataset", str(tmp_path / "empty"), "-o", out]
     )
     save_png(grating(), tmp_path / "one.png")
     assert "--masks" in _one_line_error(
-        capsys, ["dataset", str(tmp_path), "--masks", str(tmp_path / "nomasks"), "--report", out]
+        capsys, ["dataset", str(tmp_path), "--masks", str(tmp_path / "nomasks"), "-o", out]
     )
     assert "--outlier-z" in _one_line_error(
-        capsys, ["dataset", str(tmp_path), "--outlier-z", "0", "--report", out]
+        capsys, ["dataset", str(tmp_path), "--outlier-z", "0", "--out", out]
     )
+
+
+def test_cli_says_where_it_wrote_and_still_takes_the_report_flag_with_a_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    save_png(grating(), tmp_path / "one.png")
+    out = tmp_path / "out"
+    assert main(["dataset", str(tmp_path), "--report", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr()
+    assert printed.err == (
+        "texwatch dataset: warning: --report is deprecated and goes in the next release; "
+        "use --out\n"
+    )
+    assert printed.out == (
+        f"texwatch dataset: wrote {out / 'dataset.json'} (and dataset.png beside it)\n"
+    )
+    assert json.loads((out / "dataset.json").read_text())["summary"]["images"] == 1

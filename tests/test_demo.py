@@ -67,14 +67,22 @@ def test_demo_refuses_to_replace_a_store_it_did_not_create(
     store = tmp_path / "demo" / "runs" / "bad.zarr"
     with tw.Recorder(store, run="mine") as rec:
         rec.record(0, 1.0)
-    assert cli.main(["demo", "--out", str(tmp_path / "demo"), "--port", "0"]) == 2
+    assert cli.main(["demo", "-o", str(tmp_path / "demo"), "--port", "0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "is not a texwatch demo run" in err[0] and str(store) in err[0]
     assert open_run(store).committed()["scalars"] == 1
 
 
-@pytest.mark.integration
-def test_demo_with_a_busy_port_exits_2_after_clearing_its_old_runs(
+def test_demo_with_an_unwritable_out_exits_2_with_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "file").write_text("a file")
+    assert cli.main(["demo", "-o", str(tmp_path / "file" / "demo"), "--port", "0"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("texwatch demo: error: ") and "file" in err[0]
+
+
+def test_demo_with_a_busy_port_exits_2_before_touching_anything(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     old = tmp_path / "demo" / "runs" / "good.zarr"
@@ -84,12 +92,16 @@ def test_demo_with_a_busy_port_exits_2_after_clearing_its_old_runs(
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        code = cli.main(["demo", "--out", str(tmp_path / "demo"), "--port", str(port)])
+        code = cli.main(["demo", "-o", str(tmp_path / "demo"), "--port", str(port)])
     assert code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("texwatch demo: error: texwatchd exited")
-    assert not old.exists()  # an earlier demo's store is replaced, never appended to
-    assert list((tmp_path / "demo" / "runs").iterdir()) == []  # nothing trained
+    printed = capsys.readouterr()
+    assert printed.out == ""  # nothing started, nothing trained
+    err = printed.err.splitlines()
+    assert len(err) == 1 and "Address already in use" in err[0], printed.err
+    assert err[0].startswith(f"texwatch demo: error: cannot serve /metrics on 127.0.0.1:{port}: ")
+    assert err[0].endswith("; --port 0 picks a free one")
+    assert open_run(old).committed()["scalars"] == 1  # the earlier demo's run is still there
+    assert sorted(p.name for p in (tmp_path / "demo").iterdir()) == ["runs"]
 
 
 def _samples(exposition: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

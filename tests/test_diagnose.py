@@ -144,16 +144,17 @@ def test_mask_is_applied_and_checked(tmp_path: Path, images: dict) -> None:
     assert got == pytest.approx(float(want["fundamental_radius_bin"][0]), rel=1e-6)
 
 
-def test_cli_writes_png_and_json(images: dict, tmp_path: Path) -> None:
+def test_cli_writes_png_and_json_and_says_where(
+    images: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "out"
     argv = [
         "diagnose",
-        "--images",
         str(images["clean"]),
         str(images["doubled"]),
         "--ref",
         str(images["tile"]),
-        "--report",
+        "-o",
         str(out),
         "--heatmap-scale",
         "8",
@@ -164,6 +165,10 @@ def test_cli_writes_png_and_json(images: dict, tmp_path: Path) -> None:
         "--quiet",
     ]
     assert main(argv) == 0
+    printed = capsys.readouterr()
+    wrote = f"texwatch diagnose: wrote {out / 'diagnose.json'} (and 1 PNG figure beside it)"
+    assert printed.out == wrote + "\n"
+    assert printed.err == ""  # no progress bar off a terminal
     doc = json.loads((out / "diagnose.json").read_text())
     assert doc["settings"]["heatmap_scale"] == 8.0
     assert doc["settings"]["thresholds"]["harmonic_scale"] == 2.5
@@ -172,6 +177,24 @@ def test_cli_writes_png_and_json(images: dict, tmp_path: Path) -> None:
     assert doubled["metrics"]["tile_scale"] == pytest.approx(2.0, rel=0.02)
     assert "harmonic_lock" not in [c["key"] for c in doubled["causes"]]  # 2.0 < 2.5
     assert [p.name for p in out.glob("*.png")] == ["00_clean.png"]
+
+
+def test_the_previous_releases_flags_still_work_with_a_warning(
+    images: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    argv = ["diagnose", "--images", str(images["clean"]), str(images["doubled"])]
+    assert main([*argv, f"--report={out}", "--max-images", "0", "--quiet"]) == 0
+    printed = capsys.readouterr()
+    assert printed.err.splitlines() == [
+        "texwatch diagnose: warning: --images is deprecated and goes in the next release; "
+        "give its values as positional arguments",
+        "texwatch diagnose: warning: --report is deprecated and goes in the next release; "
+        "use --out",
+    ]
+    assert printed.out == f"texwatch diagnose: wrote {out / 'diagnose.json'}\n"
+    doc = json.loads((out / "diagnose.json").read_text())
+    assert [Path(image["name"]).name for image in doc["images"]] == ["clean.png", "doubled.png"]
 
 
 def _one_line_error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
@@ -184,7 +207,7 @@ def _one_line_error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
 def test_bad_inputs_exit_2_with_one_line(images: dict, tmp_path: Path, capsys) -> None:
     out = str(tmp_path / "out")
     clean = str(images["clean"])
-    base = ["diagnose", "--report", out, "--images"]
+    base = ["diagnose", "-o", out]
     assert "does not exist" in _one_line_error(capsys, [*base, str(tmp_path / "no.png")])
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG not really")
@@ -198,9 +221,7 @@ def test_bad_inputs_exit_2_with_one_line(images: dict, tmp_path: Path, capsys) -
     assert "--threshold" in _one_line_error(capsys, [*base, clean, "--threshold", "x=1"])
     afile = tmp_path / "file"
     afile.write_text("a file")
-    assert "is a file" in _one_line_error(
-        capsys, ["diagnose", "--report", str(afile), "--images", clean]
-    )
+    assert "is a file" in _one_line_error(capsys, ["diagnose", "--out", str(afile), clean])
     assert not Path(out).exists()  # nothing is written for a bad input
 
 

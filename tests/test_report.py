@@ -452,7 +452,10 @@ def test_a_scalars_only_store_with_checkpoints_reports(tmp_path: Path, capsys) -
             )
     out = tmp_path / "out"
     assert main(["report", str(store), "-o", str(out), "--quiet", "--checkpoints"]) == 0
-    assert capsys.readouterr().err == ""
+    printed = capsys.readouterr()
+    assert printed.err == ""
+    wrote = f"texwatch report: wrote {out / 'index.html'} (and report.pdf, report.json beside it)"
+    assert printed.out == wrote + "\n"
     doc = _doc(out)
     assert doc["steps"] == [40, 80] and doc["runs"][0]["checkpoint_steps"] == [40, 80]
     assert [c["columns"] for c in doc["checkpoints"]] == [[], []]
@@ -460,6 +463,11 @@ def test_a_scalars_only_store_with_checkpoints_reports(tmp_path: Path, capsys) -
     assert "nothing to compare across steps" in html
     assert main(["report", str(store), "-o", str(tmp_path / "auto"), "--quiet"]) == 0
     assert _doc(tmp_path / "auto")["selection"] == "recorded checkpoints"
+    (tmp_path / "file").write_text("a file")
+    unwritable = tmp_path / "file" / "report"
+    assert main(["report", str(store), "-o", str(unwritable), "--quiet"]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("texwatch report: error: ") and "file" in err[0]
 
 
 def _whole_table(path: Path, settings) -> dict[str, np.ndarray]:

@@ -1,4 +1,4 @@
-"""Probable causes: the seed's readings of a run's numbers, and the thresholds that decide them.
+"""Probable causes: texwatch's readings of a run's numbers, and the thresholds that decide them.
 
 Shared by ``texwatch report`` (runs over time) and ``texwatch diagnose`` (single images), which
 both import this module and not each other. Each :class:`ProbableCause` names what probably went
@@ -123,7 +123,7 @@ class ProbableCause:
     Attributes:
         key: stable identifier (``harmonic_lock``, ``loss_spike_bad_batch``, ``dead_term``...).
         title: one line naming the problem.
-        reading: what it usually means and what to check (the seed's section 7).
+        reading: what it usually means and what to check.
         evidence: human-readable lines, one per observation that passed the threshold.
         values: the same observations as numbers (stream, step, metric, value).
         thresholds: the thresholds that decided it, by :class:`Thresholds` field name.
@@ -192,7 +192,7 @@ def _texture_causes(
         "harmonic_lock",
         "Tile doubled or halved: the texture latched onto a harmonic (2f or f/2)",
         "The texture's period, read from its autocorrelation, is about twice (or half) the "
-        "reference's: the model learned tiles ×2 or ×½. Seed §7.2 "
+        "reference's: the model learned tiles ×2 or ×½. Usual "
         "causes: tiling sources in the dataset (run `texwatch dataset`), errors in mask "
         "preparation, over-regularisation. Spectral leakage and FFT edge effects make it worse: "
         "apodize the texture loss.",
@@ -211,7 +211,7 @@ def _texture_causes(
         "Row/column banding: axis cross or bands of doubled period",
         "Energy in the ring at f gathers on the horizontal/vertical axes (the FFT's boundary "
         "'axis cross'), or row/column strips read twice the image's typical period: a band of "
-        "another texture scale. Seed §7.1 causes: batch-norm imbalance, periodicity in the "
+        "another texture scale. Usual causes: batch-norm imbalance, periodicity in the "
         "latents, augmentations that create a regular pattern; spectral losses without a window "
         "(Hann/Tukey or periodic-plus-smooth) push the model toward axis deformations.",
         thresholds={"axis_ratio": th.axis_ratio, "band_score": th.band_score},
@@ -331,7 +331,7 @@ def _health_cause(
         "value_range",
         "Values out of range: clipped or non-finite latents / predictions",
         "A large share of |x| beyond the x0 clip range, or NaN/Inf, means the sampler or the "
-        "model produces values a DDIM-style clamp would cut (the seed's colour-noise bug): "
+        "model produces values a DDIM-style clamp would cut (the colour noise of unclipped x0): "
         "check the x0 clipping, the latent scaling factor and the learning rate.",
         thresholds={"clip_fraction": th.clip_fraction},
     )
@@ -638,7 +638,7 @@ class ScalarEvidence:
             "Loss spikes that recover at once: a bad batch",
             "The loss jumps and is back at its EMA within a few steps: one batch was unusual "
             "(corrupt image, wrong mask, extreme timestep). The sample ids of each spiking batch "
-            "are listed; a sample that recurs is the first to inspect (seed §7.3).",
+            "are listed; a sample that recurs is the first to inspect.",
             thresholds={
                 "spike_recovery_steps": th.spike_recovery_steps,
                 "ema_break_ratio": th.ema_break_ratio,
@@ -648,7 +648,7 @@ class ScalarEvidence:
             "loss_spike_learning_rate",
             "Loss spikes after the learning rate rose",
             "The learning rate at the spike is well above its level just before (warm-up end, "
-            "schedule restart, a wrong multiplier): the step size overshoots (seed §7.3). Lower "
+            "schedule restart, a wrong multiplier): the step size overshoots. Lower "
             "the peak lr or lengthen the warm-up.",
             thresholds={"lr_jump": th.lr_jump},
         )
@@ -657,7 +657,7 @@ class ScalarEvidence:
             "EMA break: the loss jumped to a new level and stayed",
             "After the spike the loss does not come back to its EMA: training broke off its "
             "trajectory (divergence, a corrupted optimizer or EMA state after a resume, a changed "
-            "data distribution). Compare the checkpoints before and after (seed §7.3).",
+            "data distribution). Compare the checkpoints before and after.",
             thresholds={
                 "ema_break_ratio": th.ema_break_ratio,
                 "spike_recovery_steps": th.spike_recovery_steps,
@@ -718,8 +718,8 @@ class ScalarEvidence:
             "dead_term",
             "Dead loss term: weighted in, but contributes nothing",
             "The term's weight is > 0 while its value is exactly 0, constant, or missing: it is "
-            "defined but never computed (the seed 004 bug: an edge loss initialised to 0 and "
-            "never assigned). Check that the code path computing it actually runs.",
+            "defined but never computed (an edge loss initialised to 0 and never assigned, "
+            "say). Check that the code path computing it actually runs.",
         )
         for term in sorted(self.dead):
             dead = self.dead[term]
@@ -777,7 +777,7 @@ def probable_causes(
     sample_ids: Mapping[int, list[int]] | None = None,
     thresholds: Thresholds | None = None,
 ) -> list[ProbableCause]:
-    """Turn one run's derived numbers into the seed's readings, each with its evidence.
+    """Turn one run's derived numbers into probable causes, each with its evidence.
 
     Args:
         scalars: per-step scalar table: ``step``, ``loss``, ``loss_ema``, ``loss_zscore``,

@@ -1,4 +1,4 @@
-"""``texwatch dataset``: dataset health from the seed — tiling sources, invalid masks, outliers.
+"""``texwatch dataset``: dataset health — tiling sources, invalid masks, brightness outliers.
 
 Three checks over every image under ``DIR`` (recursively; PNG/JPEG/TIFF/BMP/WebP/.npy):
 
@@ -7,7 +7,7 @@ Three checks over every image under ``DIR`` (recursively; PNG/JPEG/TIFF/BMP/WebP
   floor whose ACF period agrees) marks a periodic texture, with its period from f* and the ACF
   and its peak's prominence in dB; an image that *repeats exactly* (the ACF at that period near
   1) was tiled by copy-paste. Tiling sources make a model learn the
-  source's tile instead of the material's (the seed's §7.2 reading for a doubled tile).
+  source's tile instead of the material's (the usual reading of a doubled tile).
 * **masks** (``--masks MASKDIR``, matched by relative path and stem, any image suffix): missing,
   unreadable, wrong size, non-finite, values outside [0, 1], empty (all 0), full (all 1), or not
   binary when binary masks are expected; masks with no image are listed too.
@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from texwatch._commandline import HelpFormatter, exit_codes, wrote
 from texwatch._json import jsonable
 
 if TYPE_CHECKING:
@@ -224,7 +225,7 @@ def dataset_health(
         raise _InputError(f"--outlier-z must be a positive number, got {outlier_z!r}")
     out = Path(report_dir) if report_dir is not None else None
     if out is not None and out.exists() and not out.is_dir():
-        raise _InputError(f"--report {str(out)!r} is a file, expected a folder")
+        raise _InputError(f"-o/--out {str(out)!r} is a file, expected a folder")
     files = list(iter_image_files(base))
     if mask_root is not None and mask_root.resolve().is_relative_to(base.resolve()):
         files = [f for f in files if not f.resolve().is_relative_to(mask_root.resolve())]
@@ -483,10 +484,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="dataset health: tiling sources, invalid masks, brightness/contrast outliers",
         description="Check a folder of training images (and their masks) for sources that "
         "already tile, invalid masks and brightness/contrast outliers.",
+        formatter_class=HelpFormatter,
+        epilog=exit_codes(
+            {
+                0: "written: OUT/dataset.json and dataset.png (the path on stdout); unreadable "
+                "images are listed there, not fatal",
+                1: "an I/O error, such as OUT not writable (one line on stderr)",
+                2: "bad arguments, DIR missing or without an image, or MASKDIR missing (one "
+                "line on stderr)",
+            }
+        ),
     )
     p.add_argument("dir", metavar="DIR", help="dataset folder (searched recursively)")
     p.add_argument("--masks", metavar="MASKDIR", help="masks, same relative paths and stems")
-    p.add_argument("--report", required=True, metavar="OUT", help="output folder")
+    p.add_argument(
+        "-o", "--out", required=True, metavar="OUT", help="output folder (created if missing)"
+    )
     p.add_argument(
         "--outlier-z",
         type=float,
@@ -502,12 +515,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``texwatch dataset``: 0 on success, 2 with one line on stderr for a bad input."""
+    """Run ``texwatch dataset``: 0 on success, 1 for an I/O error, 2 for a bad input."""
     try:
         dataset_health(
             args.dir,
             masks=args.masks,
-            report_dir=args.report,
+            report_dir=args.out,
             outlier_z=args.outlier_z,
             binary_masks=not args.soft_masks,
             quiet=args.quiet,
@@ -515,4 +528,8 @@ def run(args: argparse.Namespace) -> int:
     except _InputError as err:
         print(f"{_PROG}: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
+    except OSError as err:  # unreadable images are listed, not raised: this is mostly writing OUT
+        print(f"{_PROG}: error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 1
+    wrote(_PROG, args.out, ["dataset.json", "dataset.png"])
     return 0

@@ -16,8 +16,8 @@ Everything runs on the CPU in about two minutes and nothing is downloaded:
    decoder upsampling   ``ConvTranspose2d(k=3, s=2)``              bilinear resize + conv
    data pipeline resize centre crop, then nearest neighbour: the   antialiased resize of the
                         tile comes out twice too large, aliased    whole source
-   ``edge`` loss term   weight 0.5 but never computed (always 0,   computed
-                        the seed-004 bug)
+   ``edge`` loss term   weight 0.5 but never computed (always 0:   computed
+                        a dead loss term)
    corrupted batch      one, pixels left at 0..255 (spike)         none
    ==================== ========================================== ============================
 
@@ -36,7 +36,7 @@ learned from it.
 
 Example:
     texwatch demo                                   # runs/demo, 600 steps a variant, port 9400
-    texwatch demo --out /tmp/demo --steps 200 --port 0 --quiet
+    texwatch demo -o /tmp/demo --steps 200 --port 0 --quiet
 """
 
 from __future__ import annotations
@@ -62,6 +62,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from texwatch._commandline import HelpFormatter, exit_codes
 
 if TYPE_CHECKING:
     from texwatch.client import Recorder
@@ -526,6 +528,19 @@ def _child_main(argv: Sequence[str] | None = None) -> int:
 # texwatchd beside the training
 
 
+def _check_port(port: int) -> None:
+    """Refuse a taken port before anything is trained or removed: texwatchd would fail to serve
+    on it only once started, and another texwatchd there answers scrapes in its place."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as texwatchd's server binds
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError as err:
+            raise DemoError(
+                f"cannot serve /metrics on 127.0.0.1:{port}: {err}; --port 0 picks a free one"
+            ) from None
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -687,7 +702,7 @@ def _fresh_store(path: Path, snapshots: Path) -> None:
     except (OSError, ValueError):
         is_demo = False
     if not is_demo:
-        raise DemoError(f"{path} exists and is not a texwatch demo run; choose another --out")
+        raise DemoError(f"{path} exists and is not a texwatch demo run; choose another -o/--out")
     folder = snapshots / snapshot_folder_name(run.name, run.run_id)
     remove_run(path)
     shutil.rmtree(folder, ignore_errors=True)
@@ -725,7 +740,8 @@ def run_demo(
 
     Raises:
         ValueError: ``steps`` or ``port`` out of range.
-        DemoError: texwatchd could not start or died, or a non-demo store is in the way.
+        DemoError: ``port`` is taken, texwatchd could not start or died, or a non-demo store is
+            in the way.
     """
     from texwatch.derive import DeriveSettings
     from texwatch.report import build_report
@@ -737,6 +753,8 @@ def run_demo(
         )
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
         raise ValueError(f"Expected argument `port` in [0, 65535] but got {port!r}")
+    if port:
+        _check_port(port)
     log = sys.stdout if log is None else log
     started = time.perf_counter()
     out = Path(out)
@@ -889,8 +907,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "once with a transposed-conv decoder, a broken resize, a dead loss term and a corrupted "
         "batch, once without. texwatchd serves /metrics and writes snapshots beside them; "
         "texwatch report then compares the runs.",
+        formatter_class=HelpFormatter,
+        epilog=exit_codes(
+            {
+                0: "the report found every planted fault in 'bad' and nothing in 'good'; where "
+                "the report, snapshots and metrics are is printed on stdout",
+                1: "the report missed a planted fault in 'bad', or found a probable cause in "
+                "'good'",
+                2: "bad arguments, or the demo could not run: the port is taken, a run store "
+                "in OUT is not the demo's, OUT cannot be written, texwatchd or a training "
+                "process failed (one line on stderr)",
+            }
+        ),
     )
-    p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
+    p.add_argument(
+        "-o", "--out", default="runs/demo", metavar="OUT", help="output folder (default runs/demo)"
+    )
     p.add_argument(
         "--steps",
         type=_steps_arg,
@@ -903,7 +935,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default=9400,
         help="texwatchd's /metrics port (default 9400; 0 picks a free one)",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="random seed of the textures, the models and the batches (default 0)",
+    )
     p.add_argument(
         "--keep-serving",
         action="store_true",
@@ -928,8 +965,10 @@ def run(args: argparse.Namespace) -> int:
             quiet=args.quiet,
             keep_serving=args.keep_serving,
         )
-    except DemoError as err:
-        print(f"texwatch demo: error: {err}", file=sys.stderr)
+    except BrokenPipeError:
+        raise  # stdout's reader has gone: texwatch.cli ends quietly
+    except (DemoError, OSError) as err:  # an OSError: OUT cannot be written, say
+        print(f"texwatch demo: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
     finally:
         signal.signal(signal.SIGTERM, previous)

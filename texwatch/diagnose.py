@@ -1,11 +1,11 @@
-"""``texwatch diagnose``: the seed's one-off diagnosis of single images, as PNG + JSON.
+"""``texwatch diagnose``: the one-off diagnosis of single images, as PNG + JSON.
 
 For each image: the texture metrics of :func:`texwatch.spectral.texture_metrics` with the band
 scan (against the reference tile when ``--ref`` is given), value statistics, whether it holds a
 periodic texture, Sobel + connected-component anomaly regions (8-connected,
 :func:`scipy.ndimage.label`), and — for every image after the
-first with the same size — the difference heatmap against the first (the seed's
-``--images in.png out.png``), gained by ``--heatmap-scale``. The readings are the report's
+first with the same size — the difference heatmap against the first
+(``texwatch diagnose in.png out.png``), gained by ``--heatmap-scale``. The readings are the report's
 probable causes (:func:`texwatch.report.probable_causes`) with the same thresholds. Figures are
 written for the first ``--max-images`` images; the JSON holds every image. Every figure is
 drawn on one reused figure (``texwatch._diagnosis_figure``), which keeps what does not change
@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from texwatch._commandline import HelpFormatter, exit_codes, wrote
 from texwatch._json import jsonable
 
 if TYPE_CHECKING:
@@ -163,8 +164,8 @@ def diagnose(
             size, ``alias_score`` against its spectrum.
         mask: material mask (file or ``(1, 1, H, W)`` tensor) applied to every image.
         report_dir: output folder; ``None`` writes nothing and only returns the numbers.
-        heatmap_scale: gain of the difference heatmap (the seed's ``--heatmap-scale``).
-        max_images: how many images get a figure (the seed's ``--max-images``).
+        heatmap_scale: gain of the difference heatmap (``--heatmap-scale``).
+        max_images: how many images get a figure (``--max-images``).
         sobel_threshold: robust z-score of the Sobel magnitude that marks an anomaly.
         window: apodization window of the spectral metrics.
         thresholds: :class:`texwatch.report.Thresholds` for the readings (default thresholds).
@@ -196,9 +197,9 @@ def diagnose(
     th = thresholds or Thresholds()
     out = Path(report_dir) if report_dir is not None else None
     if out is not None and out.exists() and not out.is_dir():
-        raise _InputError(f"--report {str(out)!r} is a file, expected a folder")
+        raise _InputError(f"-o/--out {str(out)!r} is a file, expected a folder")
     loaded = [
-        _load(item, f"image {i}" if isinstance(item, torch.Tensor) else "--images")
+        _load(item, f"image {i}" if isinstance(item, torch.Tensor) else "image")
         for i, item in enumerate(images)
     ]
     ref_x = _load(ref, "--ref")[1] if ref is not None else None
@@ -356,17 +357,25 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="texture metrics, spectra, anomalies and diff heatmaps of single images",
         description="Diagnose images: metrics and figures per image; every image after the "
         "first is compared with the first (in.png out.png).",
+        formatter_class=HelpFormatter,
+        epilog=exit_codes(
+            {
+                0: "written: OUT/diagnose.json and a PNG for each of the first --max-images "
+                "images (the path on stdout)",
+                1: "an I/O error, such as OUT not writable (one line on stderr)",
+                2: "bad arguments, or an image, reference or mask that is missing, unreadable "
+                "or of the wrong size (one line on stderr)",
+            }
+        ),
     )
     p.add_argument(
-        "--images",
-        nargs="+",
-        required=True,
-        metavar="IMG",
-        help="images to diagnose (the first is the baseline)",
+        "images", nargs="+", metavar="IMG", help="images to diagnose (the first is the baseline)"
     )
     p.add_argument("--ref", metavar="TILE.png", help="reference tile: its f is the target")
     p.add_argument("--mask", metavar="MASK.png", help="material mask applied to every image")
-    p.add_argument("--report", required=True, metavar="OUT", help="output folder")
+    p.add_argument(
+        "-o", "--out", required=True, metavar="OUT", help="output folder (created if missing)"
+    )
     p.add_argument(
         "--heatmap-scale",
         type=float,
@@ -390,16 +399,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``texwatch diagnose``: 0 on success, 2 with one line on stderr for a bad input."""
+    """Run ``texwatch diagnose``: 0 on success, 1 for an I/O error, 2 for a bad input."""
     from texwatch.causes import ReportError, Thresholds
 
     try:
         thresholds = Thresholds.from_pairs(args.threshold)
-        diagnose(
+        doc = diagnose(
             args.images,
             ref=args.ref,
             mask=args.mask,
-            report_dir=args.report,
+            report_dir=args.out,
             heatmap_scale=args.heatmap_scale,
             max_images=args.max_images,
             thresholds=thresholds,
@@ -408,4 +417,10 @@ def run(args: argparse.Namespace) -> int:
     except (_InputError, ReportError) as err:
         print(f"{_PROG}: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
+    except OSError as err:  # an unreadable input is an _InputError: this is mostly writing OUT
+        print(f"{_PROG}: error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 1
+    figures = sum(1 for image in doc["images"] if image["figure"] is not None)
+    pngs = [f"{figures} PNG figure" + "s" * (figures > 1)] if figures else []
+    wrote(_PROG, args.out, ["diagnose.json", *pngs])
     return 0

@@ -19,6 +19,7 @@ from pathlib import Path
 from types import FrameType
 
 from texwatch._argtypes import positive_float, positive_int, store_location
+from texwatch._commandline import HelpFormatter, add_version, exit_codes, quiet_on_closed_stdout
 from texwatch._memory import retain_freed_memory
 from texwatch.derive import add_derive_arguments, settings_from_args
 
@@ -42,7 +43,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="texwatchd",
         description="Watch texwatch run stores and serve their metrics to Prometheus.",
+        formatter_class=HelpFormatter,
+        epilog=exit_codes(
+            {
+                0: "stopped by SIGTERM or Ctrl-C, or --once derived every store",
+                1: "--once: a store failed (each named in one line on stderr)",
+                2: "bad arguments, or /metrics cannot be served on --bind:--port, such as a "
+                "port in use (one line on stderr)",
+            }
+        ),
     )
+    add_version(p)
     what = p.add_argument_group("what to watch")
     what.add_argument(
         "--store",
@@ -159,7 +170,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run texwatchd; the exit code: 0, 2 for bad arguments, 1 when ``--once`` saw a store fail."""
+    """Run texwatchd; the exit code: 0, 2 for bad arguments or a port it cannot serve on, 1 when
+    ``--once`` saw a store fail."""
+    with quiet_on_closed_stdout():
+        return _main(argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -209,9 +226,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 keyfile=args.tls_key,
                 basic_auth=auth,
             )
-        except (OSError, ValueError) as err:
+        except ValueError as err:  # --tls-cert without --tls-key: an argument error
             daemon.close()
-            parser.error(f"cannot serve /metrics on {args.bind}:{args.port}: {err}")
+            parser.error(str(err))
+        except OSError as err:  # a port in use, an address that does not resolve: no usage
+            daemon.close()
+            print(
+                f"texwatchd: error: cannot serve /metrics on {args.bind}:{args.port}: {err}",
+                file=sys.stderr,
+            )
+            return 2
         logging.getLogger("texwatch.daemon").info(
             "serving /metrics on %s:%d (device %s, shard %s)",
             args.bind,

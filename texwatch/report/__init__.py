@@ -4,7 +4,7 @@ For each run it shows the loss with its EMA and spikes (with the sample ids of e
 batch), every loss term unweighted and weighted and its weight over time, dead terms, stream
 health and the texture metrics over time; for each selected step, all runs side by side: sample
 grids, spectra with f*, 2f*, f*/2 and the reference marked, and the metric table; fixed validation
-images (``val/*`` streams) over time; and the *probable causes*, the seed's readings of those
+images (``val/*`` streams) over time; and the *probable causes*, texwatch's readings of those
 numbers, each with the evidence that fired it and the threshold a user can change.
 
 The numbers come from the derivation pipeline (:mod:`texwatch.derive`): what the daemon stored

@@ -1,4 +1,5 @@
-"""The ``texwatch report`` command line: its arguments, and one line on stderr for a bad input."""
+"""The ``texwatch report`` command line: its arguments, one line on stdout saying where the report
+went, and one line on stderr for a bad input or a failed write."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import argparse
 import dataclasses
 import sys
 
+from texwatch._commandline import HelpFormatter, exit_codes, wrote
 from texwatch.causes import ReportError, Thresholds
 
 from ._build import build_report
@@ -25,9 +27,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="HTML/PDF/JSON report across runs and checkpoints, with probable causes",
         description="Report on one or more run stores: loss, spikes, loss terms, stream health, "
         "texture metrics per checkpoint side by side, and probable causes.",
+        formatter_class=HelpFormatter,
+        epilog=exit_codes(
+            {
+                0: "written: OUT/index.html, report.pdf and report.json (the path on stdout)",
+                1: "an I/O error, such as OUT not writable (one line on stderr)",
+                2: "bad arguments, or a run store that is missing, unreadable or empty (one "
+                "line on stderr)",
+            }
+        ),
     )
     p.add_argument("runs", nargs="+", metavar="RUN.zarr", help="run stores to report on")
-    p.add_argument("-o", "--out", required=True, metavar="OUT", help="output folder")
+    p.add_argument(
+        "-o", "--out", required=True, metavar="OUT", help="output folder (created if missing)"
+    )
     pick = p.add_mutually_exclusive_group()
     pick.add_argument("--steps", metavar="S1,S2,...", help="compare these steps (comma-separated)")
     pick.add_argument(
@@ -67,7 +80,7 @@ def _parse_steps(text: str) -> list[int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``texwatch report``: 0 on success, 2 with one line on stderr for a bad input."""
+    """Run ``texwatch report``: 0 on success, 1 when it cannot be written, 2 for a bad input."""
     try:
         from texwatch.derive import settings_from_args
 
@@ -91,4 +104,8 @@ def run(args: argparse.Namespace) -> int:
     except ReportError as err:
         print(f"{PROG}: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
+    except OSError as err:  # an unreadable store is a ReportError: this is mostly writing OUT
+        print(f"{PROG}: error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 1
+    wrote(PROG, args.out, ["index.html", "report.pdf", "report.json"])
     return 0
