@@ -166,13 +166,14 @@ class TexwatchCallback(pl.Callback):
             self._recorder.flush()
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        """Record what is pending and close the store this callback opened."""
+        """Record what is pending and close the store this callback opened, marking the run
+        finished unless fitting was interrupted (an exception, Ctrl-C)."""
         if stage != "fit":
             return
         self._record_pending()
         if self._owns and self._recorder is not None:
             recorder, self._recorder = self._recorder, None
-            recorder.close()
+            recorder.close(finished=not trainer.interrupted)
 
     def _record_pending(self) -> None:
         pending, self._pending = self._pending, None
