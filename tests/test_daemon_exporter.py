@@ -399,6 +399,11 @@ def test_a_silent_connection_is_dropped_after_the_timeout_and_close_ends_the_res
     silent = socket.create_connection(("127.0.0.1", server.port), timeout=60)
     try:
         assert _ended_by_server(silent), "the server kept a silent connection open"
+        # Its thread ends right after closing it: wait, so the held connection's is the only one.
+        deadline = time.monotonic() + 60
+        while _connection_threads() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not _connection_threads(), "the silent connection's thread never ended"
         monkeypatch.setattr(timeout, 3600.0)
         held = socket.create_connection(("127.0.0.1", server.port), timeout=60)
         try:
