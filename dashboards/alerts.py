@@ -4,6 +4,10 @@ Each rule is one PromQL query, a comparison and a threshold taken from :class:`T
 Prometheus form is ``query <op> threshold`` with ``for:``; the Grafana form runs the same query as
 an instant query (refId ``A``) and applies the same comparison in a threshold expression (``B``),
 so the two forms cannot drift apart.
+
+Every rule about one run is silenced once the run finished (its recorder closed cleanly and
+texwatchd derived all of it), and every rule carries a ``runbook_url`` (an anchor of
+docs/runbooks.md) and a link to its dashboard panel.
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models import alerting as alerting_models
 from grafana_foundation_sdk.models import dashboard as dashboard_models
 
-from dashboards.metrics import SCRAPE_JOB
+from dashboards.overview import DASHBOARD_UID, build_overview
+from dashboards.site import Site
 from dashboards.thresholds import Thresholds
 
 __all__ = [
@@ -25,6 +30,7 @@ __all__ = [
     "GRAFANA_FOLDER",
     "RULE_GROUP",
     "VALUE",
+    "FINISHED",
     "AlertRule",
     "alert_rules",
     "grafana_alerting",
@@ -45,6 +51,10 @@ VALUE = "{value}"
 
 #: Names the run in an alert's text: ``job rank 3`` for a rank of an ``all_ranks`` job.
 _RUN_NAME = "{{ $labels.run }}{{ if $labels.rank }} rank {{ $labels.rank }}{{ end }}"
+
+#: Appended to the query of every rule about one run: nothing fires for a finished run.
+FINISHED = "unless on(run_id, rank) texwatch_run_finished == 1"
+_SET_OPERATORS = (" or ", " and ", " unless ")
 
 Comparison = Literal[">", ">=", "<"]
 _GRAFANA_EVALUATOR: dict[str, Literal["gt", "gte", "lt"]] = {">": "gt", ">=": "gte", "<": "lt"}
@@ -68,6 +78,9 @@ class AlertRule:
         value_note: the sentence appended to ``description`` that shows the alert's value, with
             :data:`VALUE` where each form puts its own template of it (Prometheus's
             ``$value``, Grafana's ``$values.A.Value``).
+        panel: the title of the dashboard panel that shows what the rule watches.
+        per_run: the query's series are one run's (labels ``run_id`` and ``rank``): the rule
+            is silenced for a finished run (:data:`FINISHED`).
         no_data: Grafana's state when the query returns no series. Rules whose query returns
             series only when something is wrong choose ``OK``; absence of the daemon is its
             own rule.
@@ -82,13 +95,24 @@ class AlertRule:
     severity: Literal["critical", "warning"]
     summary: str
     description: str
+    panel: str
+    per_run: bool
     no_data: NoDataState = "OK"
     value_note: str = f"Value: {VALUE}."
 
     @property
+    def live_query(self) -> str:
+        """The query both forms run: ``query``, without the finished runs of a per-run rule."""
+        if not self.per_run:
+            return self.query
+        query = f"({self.query})" if any(op in self.query for op in _SET_OPERATORS) else self.query
+        return f"{query} {FINISHED}"
+
+    @property
     def expr(self) -> str:
         """The Prometheus alerting expression: the query compared with the threshold."""
-        query = f"({self.query})" if " or " in self.query else self.query
+        query = self.live_query
+        query = f"({query})" if any(op in query for op in _SET_OPERATORS) else query
         return f"{query} {self.op} {_number(self.threshold)}"
 
 
@@ -96,14 +120,17 @@ def _number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else repr(float(value))
 
 
-def alert_rules(thresholds: Thresholds | None = None) -> tuple[AlertRule, ...]:
-    """The texwatch alert rules for the given thresholds (defaults when ``None``).
+def alert_rules(
+    thresholds: Thresholds | None = None, site: Site | None = None
+) -> tuple[AlertRule, ...]:
+    """The texwatch alert rules for the given thresholds and site (defaults when ``None``).
 
     Raises:
-        TypeError: ``thresholds`` is not a :class:`Thresholds`.
+        TypeError: ``thresholds`` is not a :class:`Thresholds` or ``site`` not a :class:`Site`.
     """
     th = _check_thresholds(thresholds)
-    up = f'up{{job="{SCRAPE_JOB}"}}'
+    job = _check_site(site).job
+    up = f'up{{job="{job}"}}'
     scale = th.harmonic_scale
     return (
         AlertRule(
@@ -137,6 +164,8 @@ def alert_rules(thresholds: Thresholds | None = None) -> tuple[AlertRule, ...]:
                 "direction. See the Tile scale panel of the texwatch dashboard."
             ),
             value_note=f"Tile scale: {_by_harmonic(VALUE, '1/' + VALUE)}.",
+            panel="Tile scale",
+            per_run=True,
         ),
         AlertRule(
             name="TexwatchLossSpikes",
@@ -156,6 +185,8 @@ def alert_rules(thresholds: Thresholds | None = None) -> tuple[AlertRule, ...]:
                 "or sustained rule). Check the batches and the learning rate around the spike "
                 "annotations."
             ),
+            panel="Loss spikes",
+            per_run=True,
         ),
         AlertRule(
             name="TexwatchLossDrift",
@@ -173,6 +204,8 @@ def alert_rules(thresholds: Thresholds | None = None) -> tuple[AlertRule, ...]:
                 "divergence or a sustained level shift that the spike rules adapt to). Check "
                 "the learning rate, the data mix and the gradient norm since the rise began."
             ),
+            panel="Loss and EMA",
+            per_run=True,
         ),
         AlertRule(
             name="TexwatchNonFinite",
@@ -189,6 +222,8 @@ def alert_rules(thresholds: Thresholds | None = None) -> tuple[AlertRule, ...]:
                 "Non-finite values appeared in {{ $labels.stream }} of run " + _RUN_NAME + " "
                 f"within the last {th.nonfinite_window}."
             ),
+            panel="Non-finite values (total)",
+            per_run=True,
         ),
         AlertRule(
             name="TexwatchDeadLossTerm",
@@ -203,6 +238,8 @@ def alert_rules(thresholds: Thresholds | None = None) -> tuple[AlertRule, ...]:
                 "Loss term {{ $labels.term }} of run " + _RUN_NAME + " has been dead (constant "
                 "zero or no share of the weighted total) - is it computed at all?"
             ),
+            panel="Dead terms",
+            per_run=True,
         ),
         AlertRule(
             name="TexwatchDaemonLagging",
@@ -217,6 +254,8 @@ def alert_rules(thresholds: Thresholds | None = None) -> tuple[AlertRule, ...]:
                 "texwatchd has committed rows of run " + _RUN_NAME + " it has not derived yet: "
                 "the metrics are stale. Check its processing time and errors, or give it a GPU."
             ),
+            panel="Lag (committed rows not yet derived)",
+            per_run=True,
         ),
         AlertRule(
             name="TexwatchRunStalled",
@@ -233,6 +272,8 @@ def alert_rules(thresholds: Thresholds | None = None) -> tuple[AlertRule, ...]:
                 "frozen disk). Its metrics are stale; other runs are served. Check the store's "
                 "mount; the run resumes from its cursor once the read returns."
             ),
+            panel="Stalled runs",
+            per_run=True,
         ),
         AlertRule(
             name="TexwatchDaemonDown",
@@ -244,20 +285,34 @@ def alert_rules(thresholds: Thresholds | None = None) -> tuple[AlertRule, ...]:
             severity="critical",
             summary="texwatchd {{ $labels.instance }} is down",
             description="Prometheus cannot scrape texwatchd at {{ $labels.instance }}.",
+            panel="texwatchd up",
+            per_run=False,
         ),
         AlertRule(
             name="TexwatchDaemonAbsent",
             uid="texwatch-daemon-absent",
-            query=f"absent({up})",
-            op=">",
-            threshold=0.0,
+            # A run whose newest texwatch_run_finished (within the window) read 0, served by an
+            # instance that is no scrape target any more: live when its daemon went. Between
+            # jobs nothing is live, and a run that finished was seen finished first.
+            query=(
+                f'last_over_time(texwatch_run_finished{{job="{job}"}}[{th.absent_window}])'
+                f" unless on(instance) {up}"
+            ),
+            op="<",
+            threshold=1.0,
             for_=th.down_for,
             severity="critical",
-            summary="No texwatchd target in Prometheus",
+            summary="texwatchd {{ $labels.instance }} is gone while " + _RUN_NAME + " is live",
             description=(
-                f'Prometheus has no scrape target with job="{SCRAPE_JOB}": texwatchd is not '
-                "configured or its service discovery found nothing."
+                f'Prometheus has no scrape target job="{job}", instance '
+                "{{ $labels.instance }} any more, and the run "
+                + _RUN_NAME
+                + " it served had not finished: texwatchd died or was removed mid-run, or the "
+                "training process ended without closing its Recorder (a crash)."
             ),
+            value_note="",
+            panel="Run state",
+            per_run=False,
         ),
     )
 
@@ -279,6 +334,20 @@ def _counted_within(counter: str, window: str, by: str) -> str:
     return f"sum by ({by}) ({counter} - ({counter} offset {window} or {counter} * 0))"
 
 
+def _check_site(site: Site | None) -> Site:
+    if site is None:
+        return Site()
+    if not isinstance(site, Site):
+        raise TypeError(f"site must be a Site, got {type(site).__name__}")
+    return site
+
+
+def _panel_ids(thresholds: Thresholds | None, site: Site) -> dict[str, int]:
+    """Dashboard panel title -> panel id, as the dashboard is built for these settings."""
+    board = build_overview(thresholds, site)
+    return {p["title"]: p["id"] for p in board["panels"] if p["type"] != "row"}
+
+
 def _check_thresholds(thresholds: Thresholds | None) -> Thresholds:
     if thresholds is None:
         return Thresholds()
@@ -289,11 +358,23 @@ def _check_thresholds(thresholds: Thresholds | None) -> Thresholds:
 
 def _described(rule: AlertRule, value: str) -> str:
     """``rule``'s description and value note, with ``value`` (one form's template) in the note."""
-    return f"{rule.description} {rule.value_note.replace(VALUE, value)}"
+    note = rule.value_note.replace(VALUE, value)
+    return f"{rule.description} {note}" if note else rule.description
 
 
-def prometheus_rules(thresholds: Thresholds | None = None) -> dict[str, Any]:
+def _dashboard_url(rule: AlertRule, site: Site) -> str:
+    """The dashboard, showing the alert's run when it names one."""
+    url = f"{site.grafana_url}/d/{DASHBOARD_UID}"
+    if "$labels.run" in rule.summary:
+        url += "?var-run={{ $labels.run }}"
+    return url
+
+
+def prometheus_rules(
+    thresholds: Thresholds | None = None, site: Site | None = None
+) -> dict[str, Any]:
     """The Prometheus rule file (``deploy/prometheus/rules/texwatch.rules.yml``) as a mapping."""
+    site = _check_site(site)
     rules = [
         {
             "alert": rule.name,
@@ -303,18 +384,20 @@ def prometheus_rules(thresholds: Thresholds | None = None) -> dict[str, Any]:
             "annotations": {
                 "summary": rule.summary,
                 "description": _described(rule, "{{ $value | humanize }}"),
+                "runbook_url": site.runbook(rule.name),
+                "dashboard_url": _dashboard_url(rule, site),
             },
         }
-        for rule in alert_rules(thresholds)
+        for rule in alert_rules(thresholds, site)
     ]
     return {"groups": [{"name": RULE_GROUP, "rules": rules}]}
 
 
-def _grafana_rule(rule: AlertRule, datasource_uid: str) -> alerting.Rule:
+def _grafana_rule(rule: AlertRule, datasource_uid: str, site: Site, panel_id: int) -> alerting.Rule:
     query = (
         prometheus.Dataquery()
         .ref_id("A")
-        .expr(rule.query)
+        .expr(rule.live_query)
         .instant()
         .datasource(dashboard_models.DataSourceRef(type_val="prometheus", uid=datasource_uid))
     )
@@ -357,6 +440,10 @@ def _grafana_rule(rule: AlertRule, datasource_uid: str) -> alerting.Rule:
             {
                 "summary": rule.summary,
                 "description": _described(rule, "{{ humanize $values.A.Value }}"),
+                "runbook_url": site.runbook(rule.name),
+                # Grafana links the alert to this dashboard and panel (its provisioning keys).
+                "__dashboardUid__": DASHBOARD_UID,
+                "__panelId__": str(panel_id),
             }
         )
         .is_paused(False)
@@ -368,7 +455,9 @@ _API_ONLY_FIELDS = ("folderUID", "orgID", "ruleGroup")
 
 
 def grafana_alerting(
-    thresholds: Thresholds | None = None, datasource_uid: str = DATASOURCE_UID
+    thresholds: Thresholds | None = None,
+    datasource_uid: str = DATASOURCE_UID,
+    site: Site | None = None,
 ) -> dict[str, Any]:
     """The Grafana alerting provisioning file (``provisioning/alerting/texwatch.yml``).
 
@@ -379,6 +468,7 @@ def grafana_alerting(
     Args:
         thresholds: the thresholds; defaults when ``None``.
         datasource_uid: uid of the Prometheus datasource the rules query.
+        site: the job name and runbook URL; defaults when ``None``.
 
     Raises:
         TypeError: an argument has the wrong type.
@@ -388,9 +478,11 @@ def grafana_alerting(
         raise TypeError(f"datasource_uid must be a str, got {type(datasource_uid).__name__}")
     if not datasource_uid:
         raise ValueError("datasource_uid must be a non-empty datasource uid, got ''")
+    site = _check_site(site)
+    panels = _panel_ids(thresholds, site)
     rules = []
-    for rule in alert_rules(thresholds):
-        built = _grafana_rule(rule, datasource_uid).build()
+    for rule in alert_rules(thresholds, site):
+        built = _grafana_rule(rule, datasource_uid, site, panels[rule.panel]).build()
         as_dict = json.loads(json.dumps(built, cls=JSONEncoder))
         for key in _API_ONLY_FIELDS:
             as_dict.pop(key, None)

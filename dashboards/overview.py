@@ -1,6 +1,7 @@
 """The "texwatch — training overview" Grafana dashboard, built with grafana-foundation-sdk.
 
-Rows: loss, texture scale, banding and aliasing, stream health, loss terms, daemon health. Every
+Rows: latest snapshots, loss, texture scale, banding and aliasing, stream health, loss terms,
+daemon health. Every
 query filters on the ``run`` and ``rank`` (multi-select; a run of its own has no rank, which
 "All" matches) and, per image stream, ``stream`` variables; panels that sum keep ranks apart, so a
 spike on one rank of an ``all_ranks`` job shows as that rank's. Alert
@@ -15,14 +16,15 @@ from collections.abc import Sequence
 from typing import Any
 
 from grafana_foundation_sdk.builders import common as common_builders
-from grafana_foundation_sdk.builders import dashboard, prometheus, stat, timeseries
+from grafana_foundation_sdk.builders import dashboard, prometheus, stat, text, timeseries
 from grafana_foundation_sdk.cog import variants
 from grafana_foundation_sdk.cog.builder import Builder
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models import common
 from grafana_foundation_sdk.models import dashboard as models
+from grafana_foundation_sdk.models import text as text_models
 
-from dashboards.metrics import SCRAPE_JOB
+from dashboards.site import Site
 from dashboards.thresholds import Thresholds
 from texwatch.alarms import ALIAS_SHARE, BAND_SCORE
 from texwatch.detectors import SIGMA, WARN_SIGMA
@@ -178,6 +180,38 @@ def _value_map(*entries: tuple[str, str, str]) -> models.ValueMap:
             value: models.ValueMappingResult(text=text, color=color, index=i)
             for i, (value, text, color) in enumerate(entries)
         }
+    )
+
+
+# The snapshot panel's image: texwatchd serves each run's newest snapshot by its folder name;
+# ${__to} changes at every refresh, so the browser loads the image again instead of its cache.
+_SNAPSHOT_IMG = (
+    '<img src="${snapshot_url}/snapshots/${snapshot}/latest.png?t=${__to}" '
+    'alt="no snapshot of ${snapshot} at ${snapshot_url} (reachable from this browser?)" '
+    'style="width:100%;height:100%;object-fit:contain">'
+)
+
+
+def _snapshots_row(ids: _Ids, board: dashboard.Dashboard) -> None:
+    board.with_row(dashboard.Row("Latest snapshots").id(ids()).collapsed(False))
+    board.with_panel(
+        text.Panel()
+        .id(ids())
+        .title("Latest snapshot: ${snapshot}")
+        .description(
+            "The newest snapshot texwatchd wrote of each run (samples, spectrum, ACF, loss), "
+            "one panel per run (the Snapshot variable). Your browser loads it from "
+            "${snapshot_url}/snapshots/<run folder>/latest.png: texwatchd must be reachable "
+            "from the browser at the Snapshot URL variable, over https when Grafana is served "
+            "over https, and its Basic auth, if set, is asked for by the browser."
+        )
+        .mode(text_models.TextMode.HTML)
+        .content(_SNAPSHOT_IMG)
+        .repeat("snapshot")
+        .repeat_direction("h")
+        .max_per_row(2)
+        .span(12)
+        .height(14)
     )
 
 
@@ -510,14 +544,14 @@ def _terms_row(ids: _Ids, board: dashboard.Dashboard) -> None:
     )
 
 
-def _daemon_row(ids: _Ids, board: dashboard.Dashboard, th: Thresholds) -> None:
+def _daemon_row(ids: _Ids, board: dashboard.Dashboard, th: Thresholds, site: Site) -> None:
     board.with_row(dashboard.Row("Daemon health").id(ids()).collapsed(False))
     board.with_panel(
         _stat(
             ids,
             "texwatchd up",
             "Whether Prometheus can scrape texwatchd.",
-            [(f'up{{job="{SCRAPE_JOB}"}}', "{{instance}}")],
+            [(f'up{{job="{site.job}"}}', "{{instance}}")],
             span=4,
             steps=_steps((None, "red"), (1.0, "green")),
             mappings=[_value_map(("0", "down", "red"), ("1", "up", "green"))],
@@ -536,6 +570,19 @@ def _daemon_row(ids: _Ids, board: dashboard.Dashboard, th: Thresholds) -> None:
     board.with_panel(
         _stat(
             ids,
+            "Run state",
+            "live while a run is written (or after it crashed), finished once its Recorder "
+            "closed cleanly and texwatchd derived all of it: the per-run alerts are silenced "
+            "for it. TexwatchDaemonAbsent pages when texwatchd goes while a run is live.",
+            [(f"texwatch_run_finished{{{_RUN}}}", "{{run}} {{rank}}")],
+            span=4,
+            steps=_steps((None, "blue"), (1.0, "green")),
+            mappings=[_value_map(("0", "live", "blue"), ("1", "finished", "green"))],
+        )
+    )
+    board.with_panel(
+        _stat(
+            ids,
             "Stalled runs",
             "Runs whose work has not returned within texwatchd's --stall-after (a hung read): "
             "their metrics are frozen while the other runs go on.",
@@ -545,13 +592,29 @@ def _daemon_row(ids: _Ids, board: dashboard.Dashboard, th: Thresholds) -> None:
         )
     )
     board.with_panel(
+        _stat(
+            ids,
+            "texwatchd version",
+            "texwatch's version on each texwatchd, and the Python, torch and zarr it runs on "
+            "(texwatch_build_info).",
+            [
+                (
+                    "texwatch_build_info",
+                    "{{instance}}: {{version}} (Python {{python}}, torch {{torch}}, zarr {{zarr}})",
+                )
+            ],
+            span=8,
+            steps=_steps((None, "blue")),
+        )
+    )
+    board.with_panel(
         _with_threshold_lines(
             _series(
                 ids,
                 "Lag (committed rows not yet derived)",
                 f"Above {th.lag_rows:g} rows for {th.lag_for} fires TexwatchDaemonLagging.",
                 [(f"texwatch_daemon_lag_rows{{{_RUN}}}", "{{run}} {{rank}}")],
-                span=6,
+                span=8,
             ),
             _steps((None, "green"), (th.lag_rows, "red")),
         )
@@ -563,7 +626,7 @@ def _daemon_row(ids: _Ids, board: dashboard.Dashboard, th: Thresholds) -> None:
             "Seconds since texwatchd last derived rows of each run.",
             [(f"time() - texwatch_last_processed_timestamp_seconds{{{_RUN}}}", "{{run}} {{rank}}")],
             unit="s",
-            span=6,
+            span=8,
         )
     )
     quantiles = [
@@ -602,7 +665,8 @@ def _daemon_row(ids: _Ids, board: dashboard.Dashboard, th: Thresholds) -> None:
             "the request cap (docs/object-storage.md). Empty while every run is on local disk.",
             [
                 (
-                    "sum by (bucket) (rate(texwatch_object_store_requests_total[$__rate_interval]))",
+                    "sum by (bucket) "
+                    "(rate(texwatch_object_store_requests_total[$__rate_interval]))",
                     "{{bucket}} requests",
                 ),
                 (
@@ -610,7 +674,8 @@ def _daemon_row(ids: _Ids, board: dashboard.Dashboard, th: Thresholds) -> None:
                     "{{bucket}} retried",
                 ),
                 (
-                    "sum by (bucket) (rate(texwatch_object_store_failures_total[$__rate_interval]))",
+                    "sum by (bucket) "
+                    "(rate(texwatch_object_store_failures_total[$__rate_interval]))",
                     "{{bucket}} failed",
                 ),
                 (
@@ -661,19 +726,26 @@ _SPIKE_ANNOTATION_EXTRAS = {
 }
 
 
-def build_overview(thresholds: Thresholds | None = None) -> dict[str, Any]:
+def build_overview(
+    thresholds: Thresholds | None = None, site: Site | None = None
+) -> dict[str, Any]:
     """Build the overview dashboard as Grafana dashboard JSON (a plain mapping).
 
     Args:
         thresholds: the alert thresholds to draw; defaults when ``None``.
+        site: the scrape job and texwatchd's URL for the snapshot images; defaults when None.
 
     Raises:
-        TypeError: ``thresholds`` is not a :class:`Thresholds`.
+        TypeError: ``thresholds`` is not a :class:`Thresholds` or ``site`` not a :class:`Site`.
     """
     if thresholds is None:
         thresholds = Thresholds()
     if not isinstance(thresholds, Thresholds):
         raise TypeError(f"thresholds must be a Thresholds, got {type(thresholds).__name__}")
+    if site is None:
+        site = Site()
+    if not isinstance(site, Site):
+        raise TypeError(f"site must be a Site, got {type(site).__name__}")
     ids = _Ids()
     board = (
         dashboard.Dashboard("texwatch — training overview")
@@ -724,14 +796,35 @@ def build_overview(thresholds: Thresholds | None = None) -> dict[str, Any]:
             .include_all(True)
             .all_value(".*")
         )
+        .with_variable(
+            dashboard.QueryVariable("snapshot")
+            .label("Snapshot")
+            .description("The snapshot folders of the runs shown (texwatch_snapshot_step).")
+            .datasource(_DS)
+            .query(f"label_values(texwatch_snapshot_step{{{_RUN}}}, folder)")
+            .refresh(models.VariableRefresh.ON_TIME_RANGE_CHANGED)
+            .sort(models.VariableSort.ALPHABETICAL_ASC)
+            .multi(True)
+            .include_all(True)
+        )
+        .with_variable(
+            dashboard.TextBoxVariable("snapshot_url")
+            .label("Snapshot URL")
+            .description(
+                "texwatchd's base URL as this browser reaches it; the snapshot images load "
+                "from <this>/snapshots/<run folder>/latest.png."
+            )
+            .default_value(site.snapshot_url)
+        )
         .annotation(_spike_annotation())
     )
+    _snapshots_row(ids, board)
     _loss_row(ids, board)
     _texture_row(ids, board, thresholds)
     _banding_row(ids, board)
     _health_row(ids, board)
     _terms_row(ids, board)
-    _daemon_row(ids, board, thresholds)
+    _daemon_row(ids, board, thresholds, site)
     encoded: dict[str, Any] = json.loads(json.dumps(board.build(), cls=JSONEncoder))
     encoded["annotations"]["list"][0].update(_SPIKE_ANNOTATION_EXTRAS)
     return encoded

@@ -44,6 +44,9 @@ class Thresholds:
         lag_rows: committed rows the daemon has not derived yet, above which it is lagging.
         lag_for: how long the lag must stay above ``lag_rows``.
         down_for: how long the daemon may be down (``up == 0``) or absent from Prometheus.
+        absent_window: how long a run seen unfinished counts as live once its texwatchd is
+            gone: its daemon's absence pages within this window only (a run that crashed
+            without closing its recorder stops paging once it has passed).
     """
 
     harmonic_scale: float = HARMONIC_SCALE
@@ -55,6 +58,7 @@ class Thresholds:
     lag_rows: float = 1000.0
     lag_for: str = "10m"
     down_for: str = "2m"
+    absent_window: str = "15m"
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import errno
 import math
+import os
+import subprocess
+import sys
 import threading
 import time
 import warnings
@@ -759,3 +762,51 @@ def test_the_signature_cache_is_bounded(path: Path) -> None:
             rec.record(b, torch.ones(b))
         assert len(rec._plans) <= _MAX_PLANS
     assert open_run(path).committed()[SCALARS] == _MAX_PLANS + 49
+
+
+def test_close_marks_the_run_finished_and_a_crash_or_a_resume_does_not(tmp_path: Path) -> None:
+    clean, crashed, kept = tmp_path / "clean.zarr", tmp_path / "crashed.zarr", tmp_path / "k.zarr"
+    with Recorder(clean) as rec:
+        rec.record(0, 1.0)
+    finished = open_run(clean).finished()
+    assert finished is not None and finished.endswith("+00:00")
+    with pytest.raises(KeyError), Recorder(crashed) as rec:
+        rec.record(0, 1.0)
+        raise KeyError("a bug in the training loop")
+    assert open_run(crashed).finished() is None
+    assert open_run(crashed).scalars()["step"].tolist() == [0]  # its rows are committed
+    rec = Recorder(kept)
+    rec.record(0, 1.0)
+    rec.close(finished=False)  # a preempted job that will resume
+    assert open_run(kept).finished() is None
+    with Recorder(tmp_path / "x.zarr") as rec, pytest.raises(TypeError, match="must be a bool"):
+        rec.close(finished="yes")  # type: ignore[arg-type]
+    resumed = Recorder(clean)
+    assert open_run(clean).finished() is None  # resuming makes the run live again
+    resumed.close()
+    assert open_run(clean).finished() is not None
+
+
+@pytest.mark.parametrize("crash", [False, True])
+def test_the_close_at_exit_marks_finished_unless_the_program_died_of_an_exception(
+    tmp_path: Path, crash: bool
+) -> None:
+    store = tmp_path / "exit.zarr"
+    script = (
+        "import sys\n"
+        "from texwatch.client import Recorder\n"
+        f"rec = Recorder({str(store)!r})\n"
+        "rec.record(0, 1.0)\n" + ("raise SystemError('crash')\n" if crash else "")
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
+    assert done.returncode == (1 if crash else 0), done.stderr
+    run = open_run(store)
+    assert run.scalars()["step"].tolist() == [0]
+    assert (run.finished() is None) is crash

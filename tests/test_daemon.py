@@ -16,6 +16,7 @@ import torch
 from prometheus_client import CollectorRegistry
 
 from texwatch.alarms import harmonic_lock
+from texwatch.client import Recorder
 from texwatch.daemon import Daemon, DaemonOptions, main
 from texwatch.daemon._exporter import MetricsBoard
 from texwatch.derive import Deriver, DeriveSettings, derive_all
@@ -472,3 +473,120 @@ def test_each_pred_item_is_measured_against_its_own_target(tmp_path: Path) -> No
     batch = resumed.advance(open_run(store), open_run(store).committed())
     assert batch is not None
     np.testing.assert_allclose(batch.tables["pred"]["ref_radius_bin"], [8, 4], atol=0.5)
+
+
+def _record(rec: Recorder, steps: range) -> None:
+    for step in steps:
+        rec.record(step, 1.0 + 0.01 * (step % 7))
+
+
+def test_a_run_is_finished_once_its_recorder_closed_and_every_row_is_derived(
+    tmp_path: Path,
+) -> None:
+    closed, crashed = tmp_path / "closed.zarr", tmp_path / "crashed.zarr"
+    registry = CollectorRegistry()
+    rec = Recorder(closed)
+    _record(rec, range(30))
+    rec.flush()
+    with pytest.raises(RuntimeError, match="out of memory"), Recorder(crashed) as dying:
+        _record(dying, range(30))
+        raise RuntimeError("out of memory")
+    daemon = _daemon([closed, crashed], registry, tmp_path)
+    try:
+        daemon.catch_up()
+        assert _value(registry, "texwatch_run_finished", run="closed") == 0
+        _record(rec, range(30, 200))
+        rec.close()
+        assert open_run(closed).finished() is not None
+        daemon.pass_once()  # 64 of the 170 new rows: the run ended, but its rows are not all in
+        assert _value(registry, "texwatch_daemon_lag_rows", run="closed") > 0
+        assert _value(registry, "texwatch_run_finished", run="closed") == 0
+        daemon.catch_up()
+        assert _value(registry, "texwatch_last_step", run="closed") == 199
+        assert _value(registry, "texwatch_run_finished", run="closed") == 1
+        assert _value(registry, "texwatch_run_finished", run="crashed") == 0
+        assert open_run(crashed).finished() is None
+        resumed = Recorder(closed)  # a resumed run is live again, before its first new row
+        try:
+            daemon.catch_up()
+            assert _value(registry, "texwatch_run_finished", run="closed") == 0
+        finally:
+            resumed.close(finished=False)
+        daemon.catch_up()
+        assert _value(registry, "texwatch_run_finished", run="closed") == 0
+    finally:
+        daemon.close()
+
+
+def test_snapshots_of_served_runs_only_are_found_and_their_step_exported(tmp_path: Path) -> None:
+    store = tmp_path / "s.zarr"
+    write_run(store, range(260))
+    stranger = tmp_path / "snaps" / "stranger-00000000"
+    stranger.mkdir(parents=True)
+    (stranger / "5.png").write_bytes(b"\x89PNG")
+    folder_name = f"s-{open_run(store).run_id[:8]}"
+    registry = CollectorRegistry()
+    daemon = _daemon([store], registry, tmp_path, snapshot_every=100)
+    try:
+        assert daemon.newest_snapshot(folder_name, ".png") is None  # not served yet
+        daemon.catch_up()
+        daemon.snapshot_all()
+        daemon.pass_once()
+        folder = tmp_path / "snaps" / folder_name
+        assert daemon.newest_snapshot(folder_name, ".png") == folder / "259.png"
+        assert daemon.newest_snapshot(folder_name, ".json") == folder / "259.json"
+        assert daemon.newest_snapshot("stranger-00000000", ".png") is None
+        assert daemon.newest_snapshot("..", ".png") is None
+        assert _value(registry, "texwatch_snapshot_step", run="s", folder=folder_name) == 259
+    finally:
+        daemon.close()
+    # A restarted texwatchd exports the newest snapshot an earlier one wrote.
+    registry = CollectorRegistry()
+    daemon = _daemon([store], registry, tmp_path, snapshot_every=100)
+    try:
+        daemon.catch_up()
+        assert _value(registry, "texwatch_snapshot_step", run="s", folder=folder_name) == 259
+    finally:
+        daemon.close()
+
+
+def test_a_graceful_stop_serves_for_its_grace_and_a_second_stop_ends_it(tmp_path: Path) -> None:
+    store = tmp_path / "g.zarr"
+    write_run(store, range(40))
+    registry = CollectorRegistry()
+    daemon = _daemon([store], registry, tmp_path)
+    loop = threading.Thread(target=daemon.run)
+    loop.start()
+
+    def wait_for(step: float) -> None:
+        deadline = time.monotonic() + 30
+        while _values(registry, "texwatch_last_step", run="g") != [step]:
+            assert time.monotonic() < deadline, f"step {step} was never derived"
+            time.sleep(0.05)
+
+    try:
+        wait_for(39)
+        daemon.stop(grace=600.0)
+        write_run(store, range(40, 60), seed=1)  # the last rows of a run that just ended
+        wait_for(59)
+        assert loop.is_alive()
+        daemon.stop()  # a second SIGTERM: at once
+        loop.join(timeout=30)
+        assert not loop.is_alive()
+    finally:
+        daemon.stop()
+        loop.join(timeout=30)
+        daemon.close()
+    daemon = _daemon([store], CollectorRegistry(), tmp_path)
+    loop = threading.Thread(target=daemon.run)
+    loop.start()
+    try:
+        stopped = time.monotonic()
+        daemon.stop(grace=0.5)
+        loop.join(timeout=30)
+        assert not loop.is_alive()
+        assert time.monotonic() - stopped >= 0.5
+    finally:
+        daemon.stop()
+        loop.join(timeout=30)
+        daemon.close()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import http.client
+import importlib.metadata
+import platform
 import socket
 import ssl
 import subprocess
@@ -18,12 +20,15 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+import texwatch
 from texwatch.daemon._exporter import (
     MetricsBoard,
     Sample,
+    build_info,
     read_basic_auth_file,
     serve_metrics,
 )
+from texwatch.daemon._snapshots import newest_snapshot
 from texwatch.metric_names import FAMILIES
 
 
@@ -117,7 +122,7 @@ def _full_board() -> tuple[CollectorRegistry, MetricsBoard]:
     registry, board = _board()
     samples = []
     for fam in FAMILIES.values():
-        process_wide = fam.name in ("texwatch_runs", "texwatch_errors")
+        process_wide = fam.name in ("texwatch_runs", "texwatch_errors", "texwatch_build_info")
         if fam.kind == "histogram" or process_wide or fam.name.startswith("texwatch_object_"):
             continue  # the board's own families, not a run's
         labels = {
@@ -131,11 +136,39 @@ def _full_board() -> tuple[CollectorRegistry, MetricsBoard]:
     return registry, board
 
 
+# The standard families of prometheus_client's process and platform collectors (Linux).
+STANDARD = {
+    "process_cpu_seconds",
+    "process_max_fds",
+    "process_open_fds",
+    "process_resident_memory_bytes",
+    "process_start_time_seconds",
+    "process_virtual_memory_bytes",
+    "python_info",
+}
+
+
 def test_exposition_parses_and_carries_every_family() -> None:
     registry, _ = _full_board()
     text = generate_latest(registry).decode()
     names = {f.name for f in text_string_to_metric_families(text)}
-    assert {n for n in names if not n.endswith("_created")} == set(FAMILIES)
+    assert {n for n in names if not n.endswith("_created")} == set(FAMILIES) | STANDARD
+
+
+def test_build_info_and_the_standard_process_metrics() -> None:
+    registry, _ = _board()
+    build = {
+        "version": texwatch.__version__,
+        "python": platform.python_version(),
+        "torch": importlib.metadata.version("torch"),
+        "zarr": importlib.metadata.version("zarr"),
+    }
+    assert build_info() == build
+    assert registry.get_sample_value("texwatch_build_info", build) == 1.0
+    assert registry.get_sample_value("process_resident_memory_bytes")
+    assert registry.get_sample_value("process_start_time_seconds")
+    (python,) = [f for f in registry.collect() if f.name == "python_info"]
+    assert python.samples[0].labels["version"] == platform.python_version()
 
 
 def test_exposition_passes_promtool_check_metrics() -> None:
@@ -366,6 +399,11 @@ def test_a_silent_connection_is_dropped_after_the_timeout_and_close_ends_the_res
     silent = socket.create_connection(("127.0.0.1", server.port), timeout=60)
     try:
         assert _ended_by_server(silent), "the server kept a silent connection open"
+        # Its thread ends right after closing it: wait, so the held connection's is the only one.
+        deadline = time.monotonic() + 60
+        while _connection_threads() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not _connection_threads(), "the silent connection's thread never ended"
         monkeypatch.setattr(timeout, 3600.0)
         held = socket.create_connection(("127.0.0.1", server.port), timeout=60)
         try:
@@ -381,3 +419,143 @@ def test_a_silent_connection_is_dropped_after_the_timeout_and_close_ends_the_res
     finally:
         silent.close()
         server.close()
+
+
+# --- /snapshots ------------------------------------------------------------------------------
+
+
+def _snapshot_folders(tmp_path: Path) -> tuple[dict[str, Path], Path]:
+    """Two served runs' folders (one holding steps 9, 10 and 100, one empty) and a secret file
+    beside them that no request may read."""
+    base = tmp_path / "snapshots"
+    run = base / "run-abcd1234"
+    run.mkdir(parents=True)
+    for step in (9, 10, 100):
+        (run / f"{step}.png").write_bytes(b"\x89PNG step %d" % step)
+        (run / f"{step}.json").write_bytes(b'{"step": %d}' % step)
+    (run / "notes.png").write_bytes(b"not a snapshot")
+    (base / "empty-00000000").mkdir()
+    (tmp_path / "secret.json").write_text("secret")
+    (base / "stranger-11111111").mkdir()
+    (base / "stranger-11111111" / "1.png").write_bytes(b"a run texwatchd does not serve")
+    return {"run-abcd1234": run, "empty-00000000": base / "empty-00000000"}, base
+
+
+def _request(
+    port: int,
+    path: str,
+    method: str = "GET",
+    auth: tuple[str, str] | None = None,
+    context: ssl.SSLContext | None = None,
+) -> tuple[int, dict[str, str], bytes]:
+    conn: http.client.HTTPConnection
+    if context is None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    else:
+        conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=60, context=context)
+    try:
+        conn.putrequest(method, path, skip_accept_encoding=True)
+        if auth is not None:
+            token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+            conn.putheader("Authorization", f"Basic {token}")
+        conn.endheaders()
+        response = conn.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        conn.close()
+
+
+def test_newest_snapshot_orders_steps_as_numbers(tmp_path: Path) -> None:
+    folders, base = _snapshot_folders(tmp_path)
+    assert newest_snapshot(folders["run-abcd1234"], ".png") == folders["run-abcd1234"] / "100.png"
+    assert newest_snapshot(folders["empty-00000000"], ".json") is None
+    assert newest_snapshot(base / "missing", ".png") is None
+
+
+def test_snapshots_serve_the_newest_of_a_known_run_behind_tls_and_basic_auth(
+    tmp_path: Path,
+) -> None:
+    folders, _ = _snapshot_folders(tmp_path)
+    asked: list[tuple[str, str]] = []
+
+    def newest(name: str, suffix: str) -> Path | None:
+        asked.append((name, suffix))
+        folder = folders.get(name)
+        return None if folder is None else newest_snapshot(folder, suffix)
+
+    cert, key = _self_signed(tmp_path)
+    registry, _ = _board()
+    auth = ("grafana", "s3cret")
+    server = serve_metrics(
+        registry,
+        bind="127.0.0.1",
+        port=0,
+        certfile=cert,
+        keyfile=key,
+        basic_auth=auth,
+        snapshots=newest,
+    )
+    context = ssl.create_default_context(cafile=cert)
+    png = "/snapshots/run-abcd1234/latest.png"
+    try:
+        for wrong in (None, ("grafana", "wrong")):
+            status, _, _ = _request(server.port, png, auth=wrong, context=context)
+            assert status == 401
+        assert asked == [], "an unauthenticated request reached the snapshots"
+        status, headers, body = _request(server.port, png, auth=auth, context=context)
+        assert (status, body) == (200, b"\x89PNG step 100")
+        assert headers["Content-Type"] == "image/png"
+        assert headers["Cache-Control"] == "no-cache"
+        assert headers["X-Texwatch-Step"] == "100"
+        status, headers, body = _request(
+            server.port,
+            "/snapshots/run-abcd1234/latest.json?t=1700000000000",
+            auth=auth,
+            context=context,
+        )
+        assert (status, body) == (200, b'{"step": 100}')
+        assert headers["Content-Type"] == "application/json"
+        status, headers, body = _request(server.port, png, "HEAD", auth=auth, context=context)
+        assert (status, headers["Content-Length"], body) == (200, "13", b"")
+        status, _, _ = _request(server.port, png, "POST", auth=auth, context=context)
+        assert status == 405
+        metrics = _request(server.port, "/metrics", auth=auth, context=context)
+        assert metrics[0] == 200 and b"texwatch_build_info" in metrics[2]
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/snapshots/stranger-11111111/latest.png",  # on disk, but not a run being served
+        "/snapshots/empty-00000000/latest.png",  # served, no snapshot yet
+        "/snapshots/run-abcd1234/100.png",  # only latest.png and latest.json are served
+        "/snapshots/run-abcd1234/notes.png",
+        "/snapshots/run-abcd1234/",
+        "/snapshots/run-abcd1234",
+        "/snapshots/",
+        "/snapshots/../secret.json",
+        "/snapshots/run-abcd1234/../../secret.json",
+        "/snapshots/%2e%2e/latest.json",
+        "/snapshots/..%2f..%2fsecret.json/latest.json",
+        "/snapshots/run-abcd1234/latest.png/..",
+        "/snapshots//latest.png",
+        "/snapshots/./latest.png",
+    ],
+)
+def test_snapshots_refuse_unknown_runs_files_and_path_traversal(tmp_path: Path, path: str) -> None:
+    folders, _ = _snapshot_folders(tmp_path)
+
+    def newest(name: str, suffix: str) -> Path | None:
+        folder = folders.get(name)
+        return None if folder is None else newest_snapshot(folder, suffix)
+
+    registry, _ = _board()
+    server = serve_metrics(registry, bind="127.0.0.1", port=0, snapshots=newest)
+    try:
+        status, _, body = _request(server.port, path)
+    finally:
+        server.close()
+    assert status == 404, (path, body)
+    assert b"secret" not in body and b"PNG" not in body and b"stranger" not in body

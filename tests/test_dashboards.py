@@ -13,7 +13,13 @@ import pytest
 import yaml
 
 from dashboards import build
-from dashboards.alerts import DATASOURCE_UID, alert_rules, grafana_alerting, prometheus_rules
+from dashboards.alerts import (
+    DATASOURCE_UID,
+    FINISHED,
+    alert_rules,
+    grafana_alerting,
+    prometheus_rules,
+)
 from dashboards.metrics import (
     METRIC_NAMES,
     METRICS,
@@ -23,6 +29,7 @@ from dashboards.metrics import (
 )
 from dashboards.overview import DASHBOARD_UID, build_overview
 from dashboards.promql import Selector, label_values_query, selectors, to_promql
+from dashboards.site import Site
 from dashboards.thresholds import Thresholds, load_thresholds
 from dashboards.typecheck import NPM_INSTALL, TypecheckError, typecheck
 from texwatch.alarms import HARMONIC_SCALE
@@ -30,6 +37,7 @@ from texwatch.alarms import HARMONIC_SCALE
 ROOT = build.REPO_ROOT
 PROMTOOL = shutil.which("promtool")
 ROWS = [
+    "Latest snapshots",
     "Loss",
     "Texture scale",
     "Banding and aliasing",
@@ -56,7 +64,7 @@ def _dashboard_queries(board: dict[str, Any]) -> list[tuple[str, str]]:
     queries = [
         (f"panel {p['title']!r} {t['refId']}", t["expr"])
         for p in _panels(board)
-        for t in p["targets"]
+        for t in p.get("targets", [])
     ]
     queries += [(f"annotation {a['name']!r}", a["expr"]) for a in board["annotations"]["list"]]
     for var in board["templating"]["list"]:
@@ -201,7 +209,8 @@ def test_dashboard_variables_and_rows() -> None:
     assert label_values_query(stream["query"])[1] == "stream"
     assert [p["title"] for p in board["panels"] if p["type"] == "row"] == ROWS
     for panel in _panels(board):
-        assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
+        if panel["type"] != "text":  # the snapshot images: no query
+            assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
 
 
 def test_dashboard_layout_has_unique_ids_and_no_overlaps() -> None:
@@ -282,7 +291,7 @@ def _grafana_as_promql(rule: dict[str, Any]) -> str:
     evaluator = condition["evaluator"]
     (param,) = evaluator["params"]
     number = str(int(param)) if float(param).is_integer() else repr(float(param))
-    query = f"({query})" if " or " in query else query
+    query = f"({query})" if any(op in query for op in (" or ", " and ", " unless ")) else query
     return f"{query} {_EVALUATOR_OP[evaluator['type']]} {number}"
 
 
@@ -312,6 +321,7 @@ def test_both_alert_forms_agree() -> None:
         assert _grafana_as_promql(g) == p["expr"], name
         assert g["for"] == p["for"] and g["labels"] == p["labels"], name
         assert g["annotations"]["summary"] == p["annotations"]["summary"], name
+        assert g["annotations"]["runbook_url"] == p["annotations"]["runbook_url"], name
         # Both states are chosen on purpose, never the SDK's defaults (Alerting / OK).
         assert g["noDataState"] == "OK" and g["execErrState"] == "Error", name
         query = next(d for d in g["data"] if d["refId"] == "A")
@@ -325,7 +335,7 @@ def test_thresholds_are_configurable_in_both_forms() -> None:
     prom = {r["alert"]: r for r in prometheus_rules(th)["groups"][0]["rules"]}
     graf = {r["title"]: r for r in grafana_alerting(th)["groups"][0]["rules"]}
     assert prom["TexwatchHarmonicLock"]["expr"].endswith(">= 1.8")
-    assert prom["TexwatchDaemonLagging"]["expr"] == "texwatch_daemon_lag_rows > 250"
+    assert prom["TexwatchDaemonLagging"]["expr"] == f"(texwatch_daemon_lag_rows {FINISHED}) > 250"
     assert prom["TexwatchDaemonLagging"]["for"] == graf["TexwatchDaemonLagging"]["for"] == "30m"
     for name in prom:
         assert _grafana_as_promql(graf[name]) == prom[name]["expr"]
@@ -420,3 +430,122 @@ def test_metric_contract_passes_promtool_lint() -> None:
     assert proc.returncode == 0 and not proc.stdout.strip(), proc.stdout + proc.stderr
     for name in series_names():
         assert f"\n{name}{{" in exposition or f"\n{name} " in exposition, name
+
+
+# --- alert conventions: finished runs, runbooks, dashboard links, the job ---------------------
+
+
+def _anchors(markdown: str) -> set[str]:
+    """GitHub's anchors of a Markdown file's headings (lower case, spaces to -, punctuation out)."""
+    anchors = set()
+    for line in markdown.splitlines():
+        if line.startswith("#"):
+            title = line.lstrip("#").strip().lower()
+            anchors.add("".join(c for c in title if c.isalnum() or c in " -_").replace(" ", "-"))
+    return anchors
+
+
+def test_every_per_run_alert_is_silenced_for_finished_runs() -> None:
+    rules = alert_rules()
+    per_run = {r.name for r in rules if r.per_run}
+    assert per_run == {r.name for r in rules} - {"TexwatchDaemonDown", "TexwatchDaemonAbsent"}
+    for rule in rules:
+        assert (FINISHED in rule.expr) is rule.per_run, rule.name
+        assert (FINISHED in rule.live_query) is rule.per_run, rule.name
+
+
+def test_every_alert_links_its_runbook_and_its_dashboard_panel() -> None:
+    anchors = _anchors((ROOT / "docs" / "runbooks.md").read_text(encoding="utf-8"))
+    board = _committed_dashboard()
+    panels = {str(p["id"]): p["title"] for p in _panels(board)}
+    prom = yaml.safe_load((ROOT / build.RULES_FILE).read_text(encoding="utf-8"))
+    graf = yaml.safe_load((ROOT / build.ALERTING_FILE).read_text(encoding="utf-8"))
+    graf_rules = {r["title"]: r for r in graf["groups"][0]["rules"]}
+    by_name = {r.name: r for r in alert_rules()}
+    for rule in prom["groups"][0]["rules"]:
+        name = rule["alert"]
+        page, _, anchor = rule["annotations"]["runbook_url"].partition("#")
+        assert page == "docs/runbooks.md" and anchor == name.lower(), name
+        assert anchor in anchors, f"docs/runbooks.md has no section {name}"
+        url = rule["annotations"]["dashboard_url"]
+        assert url.startswith(f"http://127.0.0.1:3000/d/{DASHBOARD_UID}"), name
+        assert ("var-run={{ $labels.run }}" in url) is (
+            "$labels.run" in rule["annotations"]["summary"]
+        )
+        annotations = graf_rules[name]["annotations"]
+        assert annotations["__dashboardUid__"] == board["uid"]
+        assert panels[annotations["__panelId__"]] == by_name[name].panel, name
+
+
+def test_the_job_and_urls_are_configurable(tmp_path: Path) -> None:
+    site = Site(
+        job="gpu-texwatch",
+        grafana_url="https://grafana.example.org",
+        runbook_url="https://git.example.org/texwatch/blob/main/docs/runbooks.md",
+        snapshot_url="https://texwatchd.example.org:19400",
+    )
+    files = build.render_all(site=site)
+    for relative, text in files.items():
+        assert 'job="texwatch"' not in text, relative
+    rules = {r["alert"]: r for r in yaml.safe_load(files[build.RULES_FILE])["groups"][0]["rules"]}
+    assert rules["TexwatchDaemonDown"]["expr"] == 'up{job="gpu-texwatch"} < 1'
+    assert 'up{job="gpu-texwatch"}' in rules["TexwatchDaemonAbsent"]["expr"]
+    assert rules["TexwatchNonFinite"]["annotations"]["runbook_url"] == (
+        "https://git.example.org/texwatch/blob/main/docs/runbooks.md#texwatchnonfinite"
+    )
+    assert rules["TexwatchDaemonDown"]["annotations"]["dashboard_url"] == (
+        f"https://grafana.example.org/d/{DASHBOARD_UID}"
+    )
+    (endpoint,) = yaml.safe_load(files[build.POD_MONITOR_FILE])["spec"]["podMetricsEndpoints"]
+    assert endpoint["relabelings"] == [
+        {"action": "replace", "targetLabel": "job", "replacement": "gpu-texwatch"}
+    ]
+    board = json.loads(files[build.DASHBOARD_FILE])
+    variables = {v["name"]: v for v in board["templating"]["list"]}
+    assert variables["snapshot_url"]["query"] == "https://texwatchd.example.org:19400"
+    up = next(p for p in _panels(board) if p["title"] == "texwatchd up")
+    assert up["targets"][0]["expr"] == 'up{job="gpu-texwatch"}'
+    out = tmp_path / "site"
+    argv = ["--out", str(out), "--job", "gpu-texwatch", "--grafana-url", site.grafana_url]
+    argv += ["--runbook-url", site.runbook_url, "--snapshot-url", site.snapshot_url]
+    assert build.main(argv) == 0
+    assert build.main([*argv, "--check"]) == 0
+    assert build.main(["--out", str(out), "--check"]) == 1  # the defaults name another job
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("job", "", "Site job must be a job name"),
+        ("job", 'te"x', "Site job must be a job name"),
+        ("grafana_url", "grafana:3000", "grafana_url must be an http"),
+        ("snapshot_url", "http://h:19400/", "without a trailing /"),
+        ("runbook_url", "docs/runbooks.md#x", "runbook_url must be"),
+    ],
+)
+def test_site_rejects_bad_values(field: str, value: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Site(**{field: value})
+    with pytest.raises(TypeError, match="Site job must be a str"):
+        Site(job=1)  # type: ignore[arg-type]
+    with pytest.raises(SystemExit):
+        build.main(["--check", f"--{field.replace('_', '-')}", value])
+
+
+def test_the_snapshot_panel_shows_each_runs_image_from_texwatchd() -> None:
+    board = _committed_dashboard()
+    variables = {v["name"]: v for v in board["templating"]["list"]}
+    snapshot = variables["snapshot"]
+    assert label_values_query(snapshot["query"]) == (
+        'texwatch_snapshot_step{run=~"$run", rank=~"$rank"}',
+        "folder",
+    )
+    assert snapshot["multi"] and snapshot["includeAll"]
+    assert variables["snapshot_url"]["type"] == "textbox"
+    assert variables["snapshot_url"]["query"] == Site().snapshot_url
+    (panel,) = [p for p in _panels(board) if p["type"] == "text"]
+    assert panel["repeat"] == "snapshot" and panel["options"]["mode"] == "html"
+    assert (
+        'src="${snapshot_url}/snapshots/${snapshot}/latest.png?t=${__to}"'
+        in (panel["options"]["content"])
+    )

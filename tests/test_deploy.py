@@ -20,7 +20,9 @@ import yaml
 from dashboards import build
 from dashboards.alerts import DATASOURCE_UID
 from dashboards.metrics import SCRAPE_JOB
+from dashboards.operator import POD_LABELS, POD_PORT
 from texwatch.daemon import build_parser as texwatchd_parser
+from texwatch.metric_names import DEFAULT_PORT
 
 ROOT = build.REPO_ROOT
 DEPLOY = ROOT / "deploy"
@@ -184,7 +186,7 @@ def test_kubernetes_scrape_config_is_valid_prometheus(tmp_path: Path) -> None:
     # Debian's promtool is built without Kubernetes discovery: check the relabeling with a
     # static target instead (promtool validates regexes, actions and target labels).
     static = {k: v for k, v in job.items() if k != "kubernetes_sd_configs"}
-    static["static_configs"] = [{"targets": ["pod:9400"]}]
+    static["static_configs"] = [{"targets": [f"pod:{DEFAULT_PORT}"]}]
     config = tmp_path / "prometheus.yml"
     config.write_text(yaml.safe_dump({"scrape_configs": [static]}), encoding="utf-8")
     proc = _promtool("check", "config", str(config))
@@ -231,7 +233,7 @@ def test_compose_texwatchd_flags_agree_with_its_mounts_and_ports(compose: dict[s
     flags = _texwatchd_flags(service["command"])
     # Reachable from the Prometheus container; published on the host's loopback only.
     assert flags["--bind"] == "0.0.0.0"
-    port = flags.get("--port") or "9400"
+    port = flags.get("--port") or str(DEFAULT_PORT)
     assert f"127.0.0.1:{port}:{port}" in service["ports"]
     source, _, read_only = _mount_for(service, str(flags.get("--root") or flags.get("--store")))
     assert not read_only, "texwatchd writes derived/ into the stores: the runs mount must be rw"
@@ -372,3 +374,57 @@ def test_kubernetes_sidecar_shares_the_runs_volume_with_the_trainer() -> None:
         volume["persistentVolumeClaim"]["claimName"]
         == kinds["PersistentVolumeClaim"]["metadata"]["name"]
     )
+
+
+def test_kubernetes_sidecar_lingers_so_a_finished_run_is_scraped_before_it_goes() -> None:
+    docs = list(yaml.safe_load_all((DEPLOY / "kubernetes" / "texwatch-sidecar.yaml").read_text()))
+    (job,) = [doc for doc in docs if doc["kind"] == "Job"]
+    spec = job["spec"]["template"]["spec"]
+    (sidecar,) = [c for c in spec["initContainers"] if c["name"] == "texwatchd"]
+    linger = float(str(_texwatchd_flags(sidecar["args"])["--linger"]))
+    scrape_interval = float(_load(PROMETHEUS_YML)["global"]["scrape_interval"].removesuffix("s"))
+    assert linger >= 2 * scrape_interval, "two scrapes see the run finished"
+    assert spec["terminationGracePeriodSeconds"] > linger
+
+
+# --- Prometheus Operator ----------------------------------------------------------------------
+
+
+def _operator(relative: str) -> dict[str, Any]:
+    (doc,) = list(yaml.safe_load_all((ROOT / relative).read_text(encoding="utf-8")))
+    assert doc["apiVersion"] == "monitoring.coreos.com/v1"
+    assert doc["metadata"]["name"] == "texwatch"
+    return dict(doc)
+
+
+def test_the_pod_monitor_selects_the_sidecar_pods_and_scrapes_them_as_the_job() -> None:
+    monitor = _operator(build.POD_MONITOR_FILE)
+    assert monitor["kind"] == "PodMonitor"
+    spec = monitor["spec"]
+    assert spec["selector"] == {"matchLabels": POD_LABELS}
+    docs = list(yaml.safe_load_all((DEPLOY / "kubernetes" / "texwatch-sidecar.yaml").read_text()))
+    (job,) = [doc for doc in docs if doc["kind"] == "Job"]
+    pod = job["spec"]["template"]
+    assert POD_LABELS.items() <= pod["metadata"]["labels"].items(), "the selector misses the pod"
+    (sidecar,) = [c for c in pod["spec"]["initContainers"] if c["name"] == "texwatchd"]
+    ports = {p["name"]: p["containerPort"] for p in sidecar["ports"]}
+    port = int(str(_texwatchd_flags(sidecar["args"])["--port"]))
+    (endpoint,) = spec["podMetricsEndpoints"]
+    assert ports[endpoint["port"]] == port and endpoint["port"] == POD_PORT
+    assert endpoint["path"] == "/metrics"
+    assert endpoint["relabelings"] == [
+        {"action": "replace", "targetLabel": "job", "replacement": SCRAPE_JOB}
+    ]
+    assert spec["namespaceSelector"] == {"any": True}
+
+
+def test_the_prometheus_rule_holds_the_groups_of_the_rules_file(tmp_path: Path) -> None:
+    rule = _operator(build.PROMETHEUS_RULE_FILE)
+    assert rule["kind"] == "PrometheusRule"
+    assert set(rule["spec"]) == {"groups"}
+    assert rule["spec"]["groups"] == _load(ROOT / build.RULES_FILE)["groups"]
+    # The operator hands the groups to Prometheus as a rule file: promtool accepts them.
+    rules = tmp_path / "operator.rules.yml"
+    rules.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}), encoding="utf-8")
+    proc = _promtool("check", "rules", str(rules))
+    assert proc.returncode == 0, proc.stdout + proc.stderr

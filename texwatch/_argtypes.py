@@ -27,6 +27,17 @@ def positive_float(text: str) -> float:
     return value
 
 
+def non_negative_float(text: str) -> float:
+    """A finite number >= 0, else an argparse error that quotes what was given."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0 but got {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number >= 0 but got {text!r}")
+    return value
+
+
 def positive_int(text: str) -> int:
     """An integer >= 1, else an argparse error that quotes what was given."""
     try:

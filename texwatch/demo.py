@@ -35,7 +35,7 @@ because a target from a broken data pipeline carries the same scale error as the
 learned from it.
 
 Example:
-    texwatch demo                                   # runs/demo, 600 steps a variant, port 9400
+    texwatch demo                                   # runs/demo, 600 steps a variant, port 19400
     texwatch demo -o /tmp/demo --steps 200 --port 0 --quiet
 """
 
@@ -64,6 +64,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from texwatch._commandline import HelpFormatter, exit_codes
+from texwatch.metric_names import DEFAULT_PORT
 
 if TYPE_CHECKING:
     from texwatch.client import Recorder
@@ -720,7 +721,7 @@ def run_demo(
     out: str | os.PathLike[str] = "runs/demo",
     *,
     steps: int = DEFAULT_STEPS,
-    port: int = 9400,
+    port: int = DEFAULT_PORT,
     seed: int = 0,
     quiet: bool = False,
     keep_serving: bool = False,
@@ -932,8 +933,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--port",
         type=_port_arg,
-        default=9400,
-        help="texwatchd's /metrics port (default 9400; 0 picks a free one)",
+        default=DEFAULT_PORT,
+        help=f"texwatchd's /metrics port (default {DEFAULT_PORT}; 0 picks a free one)",
     )
     p.add_argument(
         "--seed",

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = [
+    "DEFAULT_PORT",
     "ERROR_KINDS",
     "FAMILIES",
     "SCRAPE_JOB",
@@ -20,6 +21,12 @@ __all__ = [
 
 #: The Prometheus ``job`` that scrapes texwatchd, in every shipped config and alert rule.
 SCRAPE_JOB = "texwatch"
+
+#: texwatchd's default ``--port``. Outside 9100-9999, the exporter range of Prometheus' default
+#: port allocations, which is fully allocated (9400 there is NVIDIA's dcgm-exporter, on every GPU
+#: host); below Linux's ephemeral ports (32768-60999) and clear of PyTorch's distributed
+#: defaults (29400 rendezvous, 29500 ``MASTER_PORT``).
+DEFAULT_PORT = 19400
 
 #: Values of the ``loss`` label of ``texwatch_texture_loss``: what texwatchd monitors between
 #: ``pred`` and its target (or the reference tile).
@@ -139,7 +146,25 @@ FAMILIES: dict[str, Family] = {
             _STREAM,
             "Rows the client dropped under back-pressure, as counted in the store.",
         ),
+        Family(
+            "texwatch_run_finished",
+            "gauge",
+            _RUN,
+            "1 once the run's recorder closed cleanly and every committed row is derived.",
+        ),
+        Family(
+            "texwatch_snapshot_step",
+            "gauge",
+            (*_RUN, "folder"),
+            "Step of the run's newest snapshot, served at /snapshots/<folder>/latest.png.",
+        ),
         Family("texwatch_runs", "gauge", (), "Runs being served."),
+        Family(
+            "texwatch_build_info",
+            "gauge",
+            ("version", "python", "torch", "zarr"),
+            "Always 1: the texwatch version serving, and the Python, torch and zarr it runs on.",
+        ),
         Family(
             "texwatch_run_stalled",
             "gauge",

@@ -16,6 +16,9 @@ Layout of ``runs/x.zarr`` (schema version 1)::
                              and scalar values dropped past the caps on names (rows are kept)
         nonfinite            {"loss": n, "term/v": n, "latents": n, ...}  rows holding NaN/Inf
         errors               number of failed writes in the client's writer thread
+        finished             ISO-8601 UTC time the recorder was closed cleanly (its last commit);
+                             absent or null while the run is written, after a crash, and again
+                             once a writer resumes it
     scalars/step             int64   one row per record() call (fill -1)
     scalars/time             float64 unix seconds at record()
     scalars/loss             float64 step loss (mean of per-item losses); NaN where not given
@@ -910,9 +913,15 @@ class RunWriter:
                 lease.marker_etag = (root / "zarr.json").head()["e_tag"]
             store = _zarr_store(root, durable=durable, lease=lease)
             group = zarr.open_group(store, mode="r+", zarr_format=3)
+            # One write: a new config, and a resumed run is no longer finished.
+            reopened: dict[str, Any] = {}
             if config_json is not None:
-                group = group.update_attributes({"config": config_json})
-                stored["config"] = config_json
+                reopened["config"] = config_json
+            if stored.get("finished") is not None:
+                reopened["finished"] = None
+            if reopened:
+                group = group.update_attributes(reopened)
+                stored.update(reopened)
             return cls(root, group, stored, lock)
         except BaseException:
             lock.release()
@@ -988,10 +997,18 @@ class RunWriter:
         drops: Mapping[str, int] | None = None,
         nonfinite: Mapping[str, int] | None = None,
         errors: int | None = None,
+        *,
+        finished: bool = False,
     ) -> dict[str, int]:
-        """Publish the appended rows and the counters in one atomic attributes write."""
+        """Publish the appended rows and the counters in one atomic attributes write.
+
+        ``finished``: this is the run's last commit, by a recorder closed cleanly; readers see
+        the run as finished (``finished`` = now) until a writer resumes it.
+        """
         self._check_open()
         update: dict[str, Any] = self._tables.marker()
+        if finished:
+            update["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         if drops is not None:
             update["drops"] = {k: int(v) for k, v in drops.items()}
         if nonfinite is not None:
@@ -1209,6 +1226,12 @@ class Run:
     def errors(self) -> int:
         """Failed writes the client's writer thread counted."""
         return int(self.attrs.get("errors") or 0)
+
+    def finished(self) -> str | None:
+        """When the run's recorder was closed cleanly (ISO-8601 UTC), or None while it is live,
+        after a crash, and once resumed."""
+        value = self.attrs.get("finished")
+        return value if isinstance(value, str) and value else None
 
     def scalar_names(self) -> list[str]:
         """Scalar columns other than ``step`` and ``time`` (``loss``, ``lr``, ``term/v``...)."""

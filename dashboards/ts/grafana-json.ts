@@ -15,6 +15,7 @@ import type {
   VariableModel,
 } from "@grafana/schema";
 import type { Options as StatOptions } from "@grafana/schema/dist/esm/raw/composable/stat/panelcfg/x/StatPanelCfg_types.gen.js";
+import type { Options as TextOptions } from "@grafana/schema/dist/esm/raw/composable/text/panelcfg/x/TextPanelCfg_types.gen.js";
 import type {
   FieldConfig as TimeSeriesFieldConfig,
   Options as TimeSeriesOptions,
@@ -64,6 +65,15 @@ export type TimeSeriesPanel = PanelWith<"timeseries", TimeSeriesOptions, TimeSer
 /** A stat panel: options from the stat panel schema (stat has no custom field config). */
 export type StatPanel = PanelWith<"stat", StatOptions, Record<string, never>>;
 
+/** A text panel (HTML or Markdown): options from the text panel schema; it queries nothing. */
+export type TextPanel = Omit<
+  Panel,
+  "type" | "options" | "fieldConfig" | "targets" | "datasource"
+> & {
+  type: "text";
+  options: TextOptions;
+};
+
 /**
  * A Prometheus annotation. The Prometheus datasource reads the query and its formatting from
  * these fields next to the generic annotation fields.
@@ -89,7 +99,7 @@ export type SdkVariable = VariableModel & {
 /** A texwatch dashboard: only the panel types it uses, all queries on Prometheus. */
 export type DashboardJson = Wire<
   Omit<Dashboard, "panels" | "annotations" | "templating"> & {
-    panels: Array<TimeSeriesPanel | StatPanel | RowPanel>;
+    panels: Array<TimeSeriesPanel | StatPanel | TextPanel | RowPanel>;
     annotations: { list: PrometheusAnnotation[] };
     templating: { list: SdkVariable[] };
   }

@@ -724,12 +724,20 @@ class Recorder:
             raise TimeoutError(f"flush(): rows not committed within {timeout} s")
         self._raise_errors("flush")
 
-    def close(self) -> None:
+    def close(self, *, finished: bool = True) -> None:
         """Commit everything, stop the writer thread; safe to call twice (also runs at exit).
+
+        Args:
+            finished: mark the run finished in its last commit (texwatchd then stops alerting
+                on it). False for a run that did not end well (an exception, a preemption):
+                it reads as a crashed run. Leaving a ``with`` block by an exception, or the
+                interpreter's exit after an uncaught one, closes with False.
 
         Raises:
             WriterError: writes failed since the last flush()/close().
         """
+        if not isinstance(finished, bool):
+            raise TypeError(f"close(): finished must be a bool, got {type(finished).__name__}")
         with self._queue_lock:
             if self._closed:
                 return
@@ -742,7 +750,7 @@ class Recorder:
             self._queue.put(STOP)
             self._writer.wake.set()
             self._writer.join()
-            self._writer.finish()  # rows of record() calls that raced this close()
+            self._writer.finish(finished)  # rows of record() calls that raced this close()
             self._store.close()
         finally:
             self._close_done.set()
@@ -751,8 +759,8 @@ class Recorder:
     def __enter__(self) -> Recorder:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        self.close(finished=exc_type is None)
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
@@ -964,6 +972,7 @@ class Recorder:
 
     def _close_at_exit(self) -> None:
         try:
-            self.close()
+            # The interpreter sets last_value when the program dies of an uncaught exception.
+            self.close(finished=getattr(sys, "last_value", None) is None)
         except WriterError as err:
             warnings.warn(f"texwatch: at exit: {err}", RuntimeWarning, stacklevel=1)

@@ -295,13 +295,14 @@ class Writer(threading.Thread):
                 self._commit(batch)
                 batch, deadline = _Batch(), None
 
-    def finish(self) -> None:
+    def finish(self, finished: bool = False) -> None:
         """Commit the rows left in the queue once the thread has stopped; on the closing thread.
 
         ``record()`` takes no lock against ``close()``: a call that passed its closed check
         before ``close()`` began may put its row after ``STOP``. ``close()`` joins the thread,
         then calls this, so such a row is committed too (a later one is taken back by the
-        ``record()`` call itself, which then raises).
+        ``record()`` call itself, which then raises). ``finished``: the recorder closes cleanly,
+        and the last commit marks the run finished.
         """
         batch = _Batch()
         markers: list[Flush] = []
@@ -316,6 +317,11 @@ class Writer(threading.Thread):
                 self._add(batch, item)
         if batch.rows:
             self._commit(batch)
+        if finished:
+            try:
+                self._publish(force=True, finished=True)
+            except Exception as err:  # the run reads as unfinished, as after a crash
+                self._counters.fail(err)
         for marker in markers:
             marker.done.set()
 
@@ -389,10 +395,10 @@ class Writer(threading.Thread):
         except Exception as err:
             self._counters.fail(err)
 
-    def _publish(self, force: bool = False) -> None:
+    def _publish(self, force: bool = False, finished: bool = False) -> None:
         drops, nonfinite, errors, version = self._counters.published()
         if not force and version == self._published:
             return
-        committed = self._store.commit(drops, nonfinite, errors)
+        committed = self._store.commit(drops, nonfinite, errors, finished=finished)
         self._published = version
         self._counters.set_committed(committed)

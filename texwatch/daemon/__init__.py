@@ -3,7 +3,7 @@ serves them to Prometheus and writes snapshots.
 
 Example:
     texwatchd --store runs/x.zarr
-    texwatchd --root runs/ --port 9400 --device cuda
+    texwatchd --root runs/ --port 19400 --device cuda
     texwatchd --store runs/x.zarr --once
     texwatchd --root runs/ --shard 0/2    # and --shard 1/2 on another daemon: half the runs each
 """
@@ -18,10 +18,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-from texwatch._argtypes import positive_float, positive_int, store_location
+from texwatch._argtypes import (
+    non_negative_float,
+    positive_float,
+    positive_int,
+    store_location,
+)
 from texwatch._commandline import HelpFormatter, add_version, exit_codes, quiet_on_closed_stdout
 from texwatch._memory import retain_freed_memory
 from texwatch.derive import add_derive_arguments, settings_from_args
+from texwatch.metric_names import DEFAULT_PORT
 
 from ._daemon import REMOTE_POLL, Daemon, DaemonOptions
 from ._shard import Shard, parse_shard
@@ -133,7 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
         f"(default {defaults.batch_rows})",
     )
     serve = p.add_argument_group("serving")
-    serve.add_argument("--port", type=int, default=9400, help="/metrics port (default 9400)")
+    serve.add_argument(
+        "--port",
+        type=int,
+        default=DEFAULT_PORT,
+        help=f"/metrics and /snapshots port (default {DEFAULT_PORT})",
+    )
     serve.add_argument("--bind", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS with this certificate")
     serve.add_argument("--tls-key", metavar="FILE", help="the certificate's private key")
@@ -142,6 +153,15 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         metavar="FILE",
         help="require HTTP Basic auth; FILE holds one line user:password",
+    )
+    serve.add_argument(
+        "--linger",
+        type=non_negative_float,
+        default=0.0,
+        metavar="SECONDS",
+        help="on SIGTERM, go on deriving and serving this long before exiting, so Prometheus "
+        "scrapes the runs' last state, e.g. a run that just finished (default 0; a second "
+        "SIGTERM exits at once)",
     )
     serve.add_argument(
         "--forget-after",
@@ -225,6 +245,7 @@ def _main(argv: Sequence[str] | None) -> int:
                 certfile=args.tls_cert,
                 keyfile=args.tls_key,
                 basic_auth=auth,
+                snapshots=daemon.newest_snapshot,
             )
         except ValueError as err:  # --tls-cert without --tls-key: an argument error
             daemon.close()
@@ -237,7 +258,7 @@ def _main(argv: Sequence[str] | None) -> int:
             )
             return 2
         logging.getLogger("texwatch.daemon").info(
-            "serving /metrics on %s:%d (device %s, shard %s)",
+            "serving /metrics and /snapshots on %s:%d (device %s, shard %s)",
             args.bind,
             server.port,
             settings.device,
@@ -245,7 +266,7 @@ def _main(argv: Sequence[str] | None) -> int:
         )
 
     def _terminate(signum: int, frame: FrameType | None) -> None:
-        daemon.stop()
+        daemon.stop(grace=args.linger if server is not None else 0.0)
 
     signal.signal(signal.SIGTERM, _terminate)
     signal.signal(signal.SIGINT, _terminate)

@@ -25,7 +25,7 @@ from texwatch.store import run_paths
 from ._exporter import MetricsBoard, Sample
 from ._runs import RunWorker
 from ._shard import Shard
-from ._snapshots import SnapshotWriter
+from ._snapshots import SnapshotWriter, newest_snapshot, snapshot_folder_name
 from ._watch import Watcher
 
 __all__ = ["Daemon", "DaemonOptions"]
@@ -120,6 +120,7 @@ class Daemon:
         self._settings = settings
         self._board = board
         self._stop = threading.Event()
+        self._stop_at: float | None = None  # monotonic end of a graceful stop's serving
         self._once = False
         self._runs: dict[Where, _Run] = {}
         self._owners: dict[str, Where] = {}  # run id -> the store serving it
@@ -127,6 +128,7 @@ class Daemon:
         self._failures: dict[Where, tuple[str, str]] = {}
         self._snapshot_failures: dict[str, str] = {}
         self._waiting: set[Where] = set()
+        self._snapshot_folders: dict[str, Path] = {}  # served runs' folder names -> folders
         self._snapshots = SnapshotWriter(
             options.snapshot_dir, options.snapshot_every, self._snapshot_failed
         )
@@ -155,10 +157,24 @@ class Daemon:
         with self._lock:
             return {p: f"{kind}: {message}" for p, (kind, message) in self._failures.items()}
 
-    def stop(self) -> None:
-        """Ask the loop to end after the current turn (SIGTERM)."""
-        self._stop.set()
+    def stop(self, grace: float = 0.0) -> None:
+        """Ask the loop to end after the current turn (SIGTERM), or to go on deriving and
+        serving for ``grace`` more seconds first, so Prometheus scrapes the runs' last state
+        (a run that just finished) before texwatchd goes. A second call ends it at once."""
+        if grace > 0 and self._stop_at is None:
+            self._stop_at = time.monotonic() + grace
+            _log.info("stopping in %.0f s; until then the runs are served as usual", grace)
+        else:
+            self._stop.set()
         self._watcher.wake()
+
+    def newest_snapshot(self, name: str, suffix: str) -> Path | None:
+        """The newest ``<step><suffix>`` (``.png`` or ``.json``) in the snapshot folder called
+        ``name`` of a run being served, or None: only these are served over HTTP, so no
+        request names a path of its own."""
+        with self._lock:
+            folder = self._snapshot_folders.get(name)
+        return None if folder is None else newest_snapshot(folder, suffix)
 
     def close(self) -> None:
         """Stop watching and wait for turns in flight, a stalled one no longer; safe twice."""
@@ -252,6 +268,8 @@ class Daemon:
             self._board.forget(run.worker.run_id)
             with self._lock:
                 self._owners.pop(run.worker.run_id, None)
+                name = snapshot_folder_name(run.worker.name, run.worker.run_id)
+                self._snapshot_folders.pop(name, None)
             run.worker = None
 
     # --- turns ----------------------------------------------------------------------------------
@@ -318,6 +336,9 @@ class Daemon:
         if not run.announced:
             run.announced = True
             self._watcher.add_store(run.path)
+            with self._lock:
+                name = snapshot_folder_name(worker.name, worker.run_id)
+                self._snapshot_folders[name] = self._snapshots.folder(worker)
             _log.info("serving run %r (id %s) from %s", worker.name, worker.run_id, run.path)
         self._stream_failures(run.path, worker)
         self._board.observe_processing(worker.run_id, worker.labels, took)
@@ -327,8 +348,13 @@ class Daemon:
                 _log.info("%s: no commit for %.0f s; its series are dropped", run.path, idle)
                 self._board.forget(worker.run_id)
         else:
-            stalled = Sample("texwatch_run_stalled", worker.labels, 0.0)
-            self._board.publish(worker.run_id, [*worker.samples(), stalled])
+            extra = [Sample("texwatch_run_stalled", worker.labels, 0.0)]
+            snapshot = self._snapshots.newest_step(worker)
+            if snapshot is not None:
+                folder = snapshot_folder_name(worker.name, worker.run_id)
+                labels = {**worker.labels, "folder": folder}
+                extra.append(Sample("texwatch_snapshot_step", labels, snapshot))
+            self._board.publish(worker.run_id, [*worker.samples(), *extra])
         return run.rows
 
     def _check_stalled(self, run: _Run) -> None:
@@ -479,5 +505,12 @@ class Daemon:
             return
         while not self._stop.is_set():
             self.pass_once()
+            if self._stop_at is None:
+                if not self._pending():
+                    self._watcher.wait()
+                continue
+            left = self._stop_at - time.monotonic()
+            if left <= 0:
+                break
             if not self._pending():
-                self._watcher.wait()
+                self._watcher.wait(min(left, self._options.rescan))

@@ -3,7 +3,7 @@
 The pipeline computes; the collector only copies what the pipeline published (under a lock) and
 turns it into metric families, so a scrape never triggers computation. The metric names and
 labels come from :mod:`texwatch.metric_names`, the contract the dashboards and alert rules are
-tested against.
+tested against. The same server hands out each run's newest snapshot under ``/snapshots/``.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from __future__ import annotations
 import base64
 import contextlib
 import hmac
+import importlib.metadata
+import platform
 import ssl
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -20,10 +22,13 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
+from texwatch import __version__
 from texwatch._location import buckets
-from texwatch.metric_names import ERROR_KINDS, FAMILIES
+from texwatch.metric_names import DEFAULT_PORT, ERROR_KINDS, FAMILIES
 
 from ._http import ConnectionServer, make_server
 
@@ -31,6 +36,7 @@ __all__ = [
     "MetricsBoard",
     "MetricsServer",
     "Sample",
+    "build_info",
     "read_basic_auth_file",
     "serve_metrics",
 ]
@@ -45,12 +51,31 @@ class Sample:
     value: float
 
 
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return ""
+
+
+def build_info() -> dict[str, str]:
+    """The labels of ``texwatch_build_info``: texwatch's version and the Python, torch and zarr
+    it runs on (read from the installed packages: nothing is imported)."""
+    return {
+        "version": __version__,
+        "python": platform.python_version(),
+        "torch": _version("torch"),
+        "zarr": _version("zarr"),
+    }
+
+
 class MetricsBoard(Collector):
     """The latest results of every run, published by the pipeline and read by scrapes.
 
     Runs are keyed by their unique id (two runs may share a name); each run's samples are
     replaced as a whole, so a scrape sees one consistent batch per run. Errors and processing
-    times are ordinary prometheus_client metrics in the same registry.
+    times are ordinary prometheus_client metrics in the same registry, beside the standard
+    ``process_*`` and ``python_info`` families and ``texwatch_build_info``.
 
     Example:
         >>> registry = CollectorRegistry()
@@ -77,6 +102,10 @@ class MetricsBoard(Collector):
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
             registry=registry,
         )
+        # prometheus_client's own instances are registered in its global registry only.
+        ProcessCollector(registry=registry)
+        PlatformCollector(registry=registry)
+        self._build = build_info()
         registry.register(self)
 
     def publish(self, run_id: str, samples: Iterable[Sample]) -> None:
@@ -147,6 +176,10 @@ class MetricsBoard(Collector):
         runs_gauge = GaugeMetricFamily("texwatch_runs", FAMILIES["texwatch_runs"].doc)
         runs_gauge.add_metric([], len(runs))
         yield runs_gauge
+        spec = FAMILIES["texwatch_build_info"]
+        build = GaugeMetricFamily(spec.name, spec.doc, labels=list(spec.labels))
+        build.add_metric([self._build[k] for k in spec.labels], 1.0)
+        yield build
         yield from families.values()
         yield from _object_store_families()
 
@@ -205,6 +238,62 @@ def _with_basic_auth(app: Callable[..., Any], user: str, password: str) -> Calla
     return guarded
 
 
+_SNAPSHOT_FILES = {
+    "latest.png": (".png", "image/png"),
+    "latest.json": (".json", "application/json"),
+}
+
+
+def _reply(start_response: Callable[..., Any], status: str, text: str) -> list[bytes]:
+    start_response(status, [("Content-Type", "text/plain; charset=utf-8")])
+    return [text.encode()]
+
+
+def _with_snapshots(
+    metrics: Callable[..., Any], newest: Callable[[str, str], Path | None]
+) -> Callable[..., Any]:
+    """Route ``/snapshots/<run folder>/latest.png`` (and ``latest.json``) to the newest
+    snapshot of that run, everything else to ``metrics``.
+
+    ``newest(folder name, ".png" or ".json")`` finds the file among the folders of the runs
+    being served only: a request selects a known folder by name and a known file name, and no
+    path is ever built from what it sent, so nothing outside the snapshot folders is reached.
+    """
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        path = environ.get("PATH_INFO", "")
+        if path != "/snapshots" and not path.startswith("/snapshots/"):
+            return metrics(environ, start_response)
+        if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
+            return _reply(start_response, "405 Method Not Allowed", "GET only\n")
+        parts = path.split("/")  # "", "snapshots", folder, file
+        served = _SNAPSHOT_FILES.get(parts[3]) if len(parts) == 4 else None
+        found = newest(parts[2], served[0]) if served is not None else None
+        if found is None or served is None:
+            return _reply(
+                start_response,
+                "404 Not Found",
+                "no such snapshot: expected /snapshots/<run folder>/latest.png or latest.json "
+                "of a run texwatchd serves\n",
+            )
+        try:
+            body = found.read_bytes()
+        except OSError:  # replaced by a newer one meanwhile, or unreadable: ask again
+            return _reply(start_response, "404 Not Found", "snapshot gone; try again\n")
+        start_response(
+            "200 OK",
+            [
+                ("Content-Type", served[1]),
+                ("Content-Length", str(len(body))),
+                ("Cache-Control", "no-cache"),
+                ("X-Texwatch-Step", found.stem),
+            ],
+        )
+        return [b"" if environ["REQUEST_METHOD"] == "HEAD" else body]
+
+    return app
+
+
 def _tls_context(certfile: str, keyfile: str) -> ssl.SSLContext:
     """A server TLS context for the certificate chain and key, or a ValueError naming them."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -242,15 +331,19 @@ def serve_metrics(
     registry: CollectorRegistry,
     *,
     bind: str = "127.0.0.1",
-    port: int = 9400,
+    port: int = DEFAULT_PORT,
     certfile: str | None = None,
     keyfile: str | None = None,
     basic_auth: tuple[str, str] | None = None,
+    snapshots: Callable[[str, str], Path | None] | None = None,
 ) -> MetricsServer:
     """Serve ``registry`` on ``bind:port`` (IPv4 or IPv6), with optional TLS and Basic auth.
 
     Each connection is served in its own thread, TLS handshake included, under a timeout: an
     idle or slow client cannot hold up the other scrapes (see :mod:`texwatch.daemon._http`).
+    With ``snapshots`` (a served run's snapshot folder name and ``.png`` or ``.json`` -> its
+    newest such file, or None), ``/snapshots/<folder>/latest.png`` and ``latest.json`` serve
+    each run's newest snapshot, behind the same TLS and Basic auth.
     """
     if (certfile is None) != (keyfile is None):
         raise ValueError(
@@ -259,6 +352,8 @@ def serve_metrics(
         )
     tls = _tls_context(certfile, keyfile) if certfile and keyfile else None
     app = make_wsgi_app(registry)
+    if snapshots is not None:
+        app = _with_snapshots(app, snapshots)
     if basic_auth is not None:
         app = _with_basic_auth(app, *basic_auth)
     server = make_server(app, bind=bind, port=port, tls=tls)

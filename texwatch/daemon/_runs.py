@@ -71,6 +71,7 @@ class RunWorker:
         self.name = str(run.attrs.get("run") or path.stem)
         self.run_id = run.run_id
         self.rank = run.rank if per_rank else None
+        self._finished = run.finished()  # the recorder's clean-close time, as last read
         self._writer = DerivedWriter(path)
         self._committed: dict[str, int] = {}
         self._drops: dict[str, int] = {}
@@ -87,6 +88,12 @@ class RunWorker:
         """The labels naming this run on every series: its name, its unique id and its rank in a
         per-rank job (empty for a run of its own, which Prometheus stores as no label)."""
         return {"run": self.name, "run_id": self.run_id, "rank": _rank_label(self.rank)}
+
+    @property
+    def finished(self) -> bool:
+        """The run's recorder closed cleanly (as last read) and every committed row is derived:
+        nothing more will come, so its alerts are over."""
+        return self._finished is not None and not self.lag
 
     @property
     def deriver(self) -> Deriver:
@@ -158,6 +165,7 @@ class RunWorker:
         if committed != self._committed:
             self.last_activity = time.time()
         self._committed = committed
+        self._finished = run.finished()
         self._drops = run.drops()
         # The client saw the given values: its counts of non-finite loss / term rows are exact.
         self._scalar_nonfinite = {k: v for k, v in run.nonfinite().items() if k not in committed}
@@ -234,6 +242,7 @@ class RunWorker:
         """Everything this run exports, from the latest derived results (no computation)."""
         run = self.labels
         yield Sample("texwatch_daemon_lag_rows", run, self.lag)
+        yield Sample("texwatch_run_finished", run, float(self.finished))
         yield Sample("texwatch_last_step", run, self._deriver.last_step)
         if not math.isnan(self._processed_at):
             yield Sample("texwatch_last_processed_timestamp_seconds", run, self._processed_at)

@@ -16,7 +16,7 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ from texwatch.store import ITEMS, SCALARS, Run, latest_rows, open_run
 
 from ._runs import RunWorker
 
-__all__ = ["SnapshotWriter", "write_atomic"]
+__all__ = ["SnapshotWriter", "newest_snapshot", "write_atomic"]
 
 _log = logging.getLogger("texwatch.daemon")
 _LOSS_HISTORY = 4096  # derived loss rows drawn in a snapshot
@@ -66,6 +66,23 @@ def snapshot_folder_name(name: str, run_id: str) -> str:
     ``all_ranks`` job).
     """
     return f"{_safe_name(name)}-{_safe_name(run_id[:8])}"
+
+
+def _steps(folder: Path, suffix: str) -> Iterator[tuple[int, Path]]:
+    """(step, path) of the ``<step><suffix>`` files in ``folder`` (none if it does not exist)."""
+    try:
+        entries = list(os.scandir(folder))
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    for entry in entries:
+        stem = entry.name.removesuffix(suffix)
+        if stem != entry.name and stem.isdigit() and entry.is_file():
+            yield int(stem), Path(entry.path)
+
+
+def newest_snapshot(folder: Path, suffix: str) -> Path | None:
+    """The ``<step><suffix>`` file (``.png`` or ``.json``) of the highest step in ``folder``."""
+    return max(_steps(folder, suffix), default=(-1, None))[1]
 
 
 def _finite_or_none(value: float) -> float | None:
@@ -153,6 +170,8 @@ class SnapshotWriter:
         self._last_interval: dict[str, int] = {}  # turn threads: the interval last requested
         self._rows_at_last: dict[str, dict[str, int]] = {}  # renders: cursor at the last one
         self._rendered_step: dict[str, int] = {}  # renders: step of the last one
+        self._newest: dict[str, int] = {}  # run id -> step of its newest snapshot on disk
+        self._newest_lock = threading.Lock()
         self._pending: dict[str, _Request] = {}
         self._wake = threading.Condition()
         self._render_lock = threading.Lock()
@@ -160,12 +179,26 @@ class SnapshotWriter:
         self._thread = threading.Thread(target=self._loop, name="texwatch-snapshots", daemon=True)
         self._thread.start()
 
-    def _folder(self, request: _Request) -> Path:
+    def folder(self, worker: RunWorker) -> Path:
+        """Where the snapshots of ``worker``'s run go."""
+        return self._folder_of(worker.path, worker.name, worker.run_id)
+
+    def _folder_of(self, path: Where, name: str, run_id: str) -> Path:
         base = self._directory
         if base is None:  # beside a local store; a run on object storage: here
-            where = request.path
-            base = where.parent / "snapshots" if isinstance(where, Path) else Path("snapshots")
-        return base / snapshot_folder_name(request.name, request.run_id)
+            base = path.parent / "snapshots" if isinstance(path, Path) else Path("snapshots")
+        return base / snapshot_folder_name(name, run_id)
+
+    def newest_step(self, worker: RunWorker) -> int | None:
+        """The step of the run's newest snapshot, or None before its first: the folder is read
+        once (snapshots an earlier texwatchd wrote), then each render updates it."""
+        with self._newest_lock:
+            step = self._newest.get(worker.run_id)
+        if step is None:
+            found = max((s for s, _ in _steps(self.folder(worker), ".json")), default=-1)
+            with self._newest_lock:
+                step = self._newest.setdefault(worker.run_id, found)
+        return None if step < 0 else step
 
     def on_batch(self, worker: RunWorker, cursor: dict[str, int]) -> None:
         """On the run's turn: ask for a snapshot when the newest derived step entered a new
@@ -238,7 +271,7 @@ class SnapshotWriter:
             run = open_run(request.path)
             since = self._rows_at_last.get(request.run_id, {})
             summary = self._summary(run, request, since)
-            folder = self._folder(request)
+            folder = self._folder_of(request.path, request.name, request.run_id)
             png = self._figure(run, request, summary)
             if png is not None:
                 write_atomic(folder / f"{request.step}.png", png)
@@ -246,6 +279,9 @@ class SnapshotWriter:
             write_atomic(folder / f"{request.step}.json", body)
             self._rows_at_last[request.run_id] = dict(request.cursor)
             self._rendered_step[request.run_id] = request.step
+            with self._newest_lock:
+                newest = self._newest.get(request.run_id, -1)
+                self._newest[request.run_id] = max(newest, request.step)
             return folder / f"{request.step}.png"
 
     def _summary(self, run: Run, request: _Request, since: dict[str, int]) -> dict[str, Any]:

@@ -222,11 +222,12 @@ class MetricSink:
         if self.opened is not None:
             self.opened.flush()
 
-    def close(self) -> None:
-        """Record every pending step; close the recorder if this sink opened it."""
+    def close(self, *, finished: bool = True) -> None:
+        """Record every pending step; close the recorder if this sink opened it, marking the run
+        finished unless ``finished`` is False (training failed or was stopped)."""
         self._record_all()
         if self._owns and self.opened is not None:
-            self.opened.close()
+            self.opened.close(finished=finished)
 
     # --- internals ------------------------------------------------------------------------------
 

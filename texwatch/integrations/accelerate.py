@@ -256,13 +256,14 @@ class AcceleratorRecorder:
         if self._recorder is not None:
             self._recorder.flush(timeout)
 
-    def close(self) -> None:
-        """Commit and close the store; safe to call twice and on every process."""
+    def close(self, *, finished: bool = True) -> None:
+        """Commit and close the store, marking the run ``finished`` (see ``Recorder.close``);
+        safe to call twice and on every process."""
         if self._recorder is not None:
-            self._recorder.close()
+            self._recorder.close(finished=finished)
 
     def __enter__(self) -> AcceleratorRecorder:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        self.close(finished=exc_type is None)

@@ -215,8 +215,9 @@ class TexwatchCallback(pl.Callback):
             self._recorder.flush()
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        """Record what is pending and close the store this callback opened (a shared store is
-        the logger's to close)."""
+        """Record what is pending and close the store this callback opened, marking the run
+        finished unless fitting was interrupted (an exception, Ctrl-C); a shared store is the
+        logger's to close."""
         if stage != "fit":
             return
         self._record_pending()
@@ -225,7 +226,7 @@ class TexwatchCallback(pl.Callback):
             self._shared = None
         if self._owns and self._recorder is not None:
             recorder, self._recorder = self._recorder, None
-            recorder.close()
+            recorder.close(finished=not trainer.interrupted)
 
     def _record_pending(self) -> None:
         pending, self._pending = self._pending, None
@@ -363,8 +364,9 @@ class TexwatchLogger(pl.loggers.Logger):
 
     @pl.utilities.rank_zero_only
     def finalize(self, status: str) -> None:
-        """Record the steps held back and close the store (a later log reopens it)."""
-        self._sink.close()
+        """Record the steps held back and close the store (a later log reopens it); the run is
+        marked finished only when Lightning says fitting succeeded."""
+        self._sink.close(finished=status == "success")
 
 
 def _where(path: str | os.PathLike[str] | None) -> Path | ObjectPath | None:
