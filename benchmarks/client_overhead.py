@@ -11,13 +11,13 @@ Per call on the training thread, median and p99 in microseconds, every baseline 
     machine's load falls on all alike) and *back-to-back* (blocks of 100 calls, in turns).
 (b) ``record(step, loss, latents=8x4x64x64, pred=8x3x512x512)`` between training steps at 20
     calls/s with ``every={"pred": 10}`` (latents every call, 4 items of each kept): all calls and
-    the image calls alone, against a raw copy of the same kept items (``numpy.copyto`` into
-    preallocated buffers: the memory-bandwidth floor) and ``torch.clone``, taken in turns with
-    ``record``; the p99 also with the time the thread waited runnable for a CPU taken out (read
-    from ``/proc/thread-self/schedstat``: on a loaded machine that wait, not the call, sets the
-    p99); drops; the process CPU time per step against the same loop without ``record`` (the
-    writer thread's work included); TensorBoard's ``add_scalar`` + ``add_histogram`` +
-    ``add_images`` for scale (a few calls, unpaced).
+    the image calls alone, against a raw copy of what ``record`` keeps, the loss and the kept
+    items (``numpy.copyto`` into preallocated buffers: the memory-bandwidth floor), and against
+    ``torch.clone`` of the same, taken in turns with ``record``; the p99 also with the time the
+    thread waited runnable for a CPU taken out (read from ``/proc/thread-self/schedstat``: on a
+    loaded machine that wait, not the call, sets the p99); drops; the process CPU time per step
+    against the same loop without ``record`` (the writer thread's work included); TensorBoard's
+    ``add_scalar`` + ``add_histogram`` + ``add_images`` for scale (a few calls, unpaced).
 (c) Sustained: record at a fixed rate (2,000 scalar steps/s; 200 steps/s with latents at their
     default sampling) and count drops; and the highest scalar rate, record-to-committed.
 (d) Where the time of (a) goes: each part of the cached path timed alone, between training steps.
@@ -254,6 +254,7 @@ def _image_case(root: Path, calls: int, rate: float, board_calls: int) -> list[s
     latents = torch.randn(8, 4, 64, 64, generator=gen)
     pred = torch.rand(8, 3, 512, 512, generator=gen)
     every, kept = 10, 4
+    loss_buf = np.empty((), np.float32)
     lat_buf = np.empty((kept, 4, 64, 64), np.float32)
     pred_buf = np.empty((kept, 3, 512, 512), np.float32)
     steps = _Steps()
@@ -262,12 +263,14 @@ def _image_case(root: Path, calls: int, rate: float, board_calls: int) -> list[s
     def ours(i: int) -> None:
         rec.record(i, loss, latents=latents, pred=pred)
 
-    def memcpy(i: int) -> None:
+    def memcpy(i: int) -> None:  # what record keeps: the loss, and the kept items
+        np.copyto(loss_buf, loss.detach().numpy())
         np.copyto(lat_buf, latents.numpy()[:kept])
         if i % every == 0:
             np.copyto(pred_buf, pred.numpy()[:kept])
 
     def clone(i: int) -> None:
+        loss.detach().clone()
         latents[:kept].clone()
         if i % every == 0:
             pred[:kept].clone()
@@ -334,8 +337,9 @@ def _image_case(root: Path, calls: int, rate: float, board_calls: int) -> list[s
     board_p99 = f"{np.percentile(t_board, 99):,.1f}"
     lines = [
         f"| (b) `record` with latents 8×4×64×64 + pred 8×3×512×512, pred every {every}th call "
-        f"({rate:g} calls/s, {kept} items kept: {mib:.2f} MiB on image calls) | median µs "
-        f"| p99 µs | p99 µs less run-queue wait | ÷ raw copy |",
+        f"({rate:g} calls/s, {kept} items kept: {mib:.2f} MiB on image calls); raw copies of "
+        f"what `record` keeps (the loss and the kept items) | median µs | p99 µs "
+        f"| p99 µs less run-queue wait | ÷ raw copy (`numpy.copyto`) |",
         "|---|---:|---:|---:|---:|",
         row("texwatch `record`, image calls", image, t_ours, w_ours),
         row("raw copy (`numpy.copyto`, preallocated), image calls", image, t_copy, w_copy),

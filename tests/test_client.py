@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from texwatch.client import (
     WriterError,
     detect_rank,
 )
+from texwatch.client._capture import BufferPool
 from texwatch.detectors import MAX_TERMS
 from texwatch.store import (
     ITEMS,
@@ -696,6 +697,102 @@ def test_images_laid_out_in_any_order_are_copied_exactly(path: Path) -> None:
     run = open_run(path)
     np.testing.assert_array_equal(run.stream("pred")[1], np.concatenate([p for p, _ in seen]))
     np.testing.assert_array_equal(run.stream("s")[1], np.concatenate([s for _, s in seen]))
+
+
+def _pooled_latents(seed: int) -> torch.Tensor:
+    """(6, 4, 64, 64) float32 latents: the 4 items kept take 256 KiB, copied into pooled buffers."""
+    return torch.randn(6, 4, 64, 64, generator=torch.Generator().manual_seed(seed))
+
+
+def test_large_cpu_tensors_are_copied_exactly_whatever_their_layout(path: Path) -> None:
+    """Tensors of one signature in turns contiguous or not, offset, negated, bfloat16, (C, H, W)."""
+    base = torch.randn(7, 4, 64, 64, generator=torch.Generator().manual_seed(0))
+    given: list[tuple[str, Callable[[], torch.Tensor]]] = [
+        ("latents", lambda: base[1:]),  # contiguous, at an offset into its storage
+        ("latents", lambda: base[1:].transpose(2, 3)),  # the same signature, not contiguous
+        ("latents", lambda: base[1:].contiguous(memory_format=torch.channels_last)),
+        ("latents", lambda: base[1:] * 1),  # contiguous again, a new tensor
+        ("latents", lambda: torch.rand(6, 4, 64, 64, requires_grad=True) * 1),
+        ("latents", lambda: torch._neg_view(base[1:])),  # contiguous, negative bit set
+        ("latents", lambda: base[1:]),
+        ("pred", lambda: base[:6, :3].repeat(1, 1, 8, 8).bfloat16()),  # numpy has no bfloat16
+        ("target", lambda: base[0].repeat(1, 4, 4)),  # (C, H, W): 1 MiB
+        ("target", lambda: base[1].repeat(1, 4, 4).half()),  # float16 (the stream stays float32)
+    ]
+    expected: dict[str, list[np.ndarray]] = {"latents": [], "pred": [], "target": []}
+    with Recorder(path, every={"pred": 1, "target": 1}) as rec:
+        for step, (name, make) in enumerate(given):
+            value = make()
+            rec.record(step, 1.0, **{name: value})
+            kept = (value[None] if value.ndim == 3 else value[:4]).detach().float()
+            expected[name].append(kept.numpy(force=True).copy())
+            with torch.no_grad():
+                value.add_(1.0)  # in place, after the call: never reaches the store
+                base.mul_(-1.0)  # nor does a change to the storage it views
+        from_bytes = [s.name for plan in rec._plans.values() for s in plan.streams if s.key]
+        assert sorted(from_bytes) == ["latents", "target", "target"]  # the copy under test ran
+    run = open_run(path)
+    for name, arrays in expected.items():
+        stored = run.stream(name)[1]
+        assert stored.dtype == np.float32
+        np.testing.assert_array_equal(stored, np.concatenate(arrays))
+
+
+def test_pooled_copies_all_go_back_to_the_pool(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every buffer a copy takes comes back once its row is written, and only once."""
+    taken: set[int] = set()
+    take = BufferPool.take
+
+    def counting(pool: BufferPool, key: tuple[Any, ...], nbytes: int) -> Any:
+        captured = take(pool, key, nbytes)
+        taken.add(captured.address)
+        return captured
+
+    monkeypatch.setattr(BufferPool, "take", counting)
+    latents = _pooled_latents(0)
+    with Recorder(path, every={"pred": 3}) as rec:
+        for step in range(30):
+            rec.record(step, 1.0, latents=latents, pred=latents.repeat(1, 1, 2, 2)[:, :3])
+        rec.flush()
+        free = [address for buffers in rec._pool._free.values() for _, address in buffers]
+        assert rec.stats.pending_bytes == 0 and rec.stats.drops == {}
+    assert len(free) == len(set(free)) and set(free) == taken
+
+
+def test_the_copy_of_a_contiguous_cpu_tensor_holds_the_gil(path: Path) -> None:
+    """No other thread runs while a stream is copied (see texwatch/client/_capture.py).
+
+    A call's signature reads ``is_neg()``, a torch op that lets the GIL go; the copy must not.
+    """
+    latents = _pooled_latents(1)
+    ran = [0]
+    stop = threading.Event()
+
+    def spin() -> None:  # runs only where another thread gives the GIL up
+        while not stop.is_set():
+            ran[0] += 1
+            time.sleep(0)  # gives it back at once
+
+    interval = sys.getswitchinterval()
+    spinner = threading.Thread(target=spin)
+    with Recorder(path) as rec:
+        rec.record(0, 1.0, latents=latents)
+        rec.flush()  # the writer is idle: it holds no lock the copy takes
+        (stream,) = next(iter(rec._plans.values())).streams
+        assert stream.key is not None  # copied from the tensor's bytes
+        spinner.start()
+        sys.setswitchinterval(1000.0)  # no thread is made to give the GIL up
+        try:
+            time.sleep(0.01)  # every waiting thread now waits under the long interval
+            before = ran[0]
+            for _ in range(50):
+                stream.copy(latents, rec._pool, None).release()
+            after = ran[0]
+        finally:
+            stop.set()
+            sys.setswitchinterval(interval)
+            spinner.join()
+    assert before > 0 and after == before
 
 
 def _record_until_closed(

@@ -9,16 +9,18 @@ so later in-place changes never leak into the store.
 Large copies go into buffers recycled through a ``BufferPool``: a fresh multi-MiB allocation per
 call costs page faults that would dominate the copy itself.
 
-Host copies hold the GIL (``host_copy``: a memoryview memcpy, not ``numpy.copyto``; a CPU tensor
-is read through ``numpy(force=True)``, not ``detach()``). Torch ops called from Python and large
-numpy copies release the GIL, and while the writer thread runs Python the caller then waits up
-to the interpreter's switch interval (5 ms) to get it back, once per release: issue #16 measured
-a 15 ms p99 for an image call of 0.8 ms median. A memcpy holding the GIL for a millisecond only
-delays the writer.
+Large copies hold the GIL: ``host_copy`` is a memoryview memcpy, not ``numpy.copyto``, and a
+C-contiguous CPU tensor's bytes are copied from its ``data_ptr()`` by ``memcpy`` (libc's memmove
+through ctypes, the GIL kept), not through ``numpy(force=True)``. Torch ops called from Python
+(``numpy()``, ``detach()``, ``clone()``, even ``is_neg()``) and large numpy copies release the
+GIL, and while the writer thread runs Python the caller then waits up to the interpreter's switch
+interval (5 ms) to get it back, once per release: issue #16 measured a 15 ms p99 for an image
+call of 0.8 ms median. A memcpy holding the GIL for a millisecond only delays the writer.
 """
 
 from __future__ import annotations
 
+import ctypes
 import sys
 import threading
 from collections.abc import Callable
@@ -37,6 +39,7 @@ __all__ = [
     "describe",
     "host_copy",
     "is_tensor",
+    "memcpy",
     "release",
     "resolve",
     "torch_kind",
@@ -44,6 +47,13 @@ __all__ = [
 
 POOL_MIN_BYTES = 1 << 16
 """Copies at least this large use recycled buffers; smaller ones are plain clones."""
+
+memcpy = ctypes.cast(
+    ctypes.memmove,
+    ctypes.PYFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t),
+)
+"""``memcpy(destination, source, nbytes)`` by address, holding the GIL (``ctypes.memmove`` is a
+CFUNCTYPE, which releases it); it returns None, not the destination: cheaper on a cold cache."""
 
 _TORCH_FACTS: dict[Any, tuple[str, int, bool]] = {}  # torch dtype -> (kind, itemsize, is fp16)
 
@@ -141,44 +151,64 @@ class BufferPool:
         self._bytes = 0
         self._max = max_bytes
 
-    def take(self, key: tuple[Any, ...], nbytes: int) -> Any:
-        """A buffer for ``key`` = ("torch", shape, dtype, pinned) or ("numpy", shape, dtype)."""
+    def take(self, key: tuple[Any, ...], nbytes: int) -> Captured:
+        """A buffer for ``key`` = ("torch", shape, dtype, pinned) or ("numpy", shape, dtype).
+
+        It comes as a ``Captured`` whose ``release()`` gives it back here.
+        """
         with self._lock:
             free = self._free.get(key)
-            if free:
+            entry = free.pop() if free else None
+            if entry is not None:
                 self._bytes -= nbytes
-                return free.pop()
+        if entry is not None:
+            return Captured(entry[0], nbytes, self, key, entry[1])
         if key[0] == "numpy":
-            return np.empty(key[1], dtype=key[2])
+            array = np.empty(key[1], dtype=key[2])
+            return Captured(array, nbytes, self, key, array.ctypes.data)
         torch = sys.modules["torch"]
-        return torch.empty(key[1], dtype=key[2], device="cpu", pin_memory=key[3])
+        buffer = torch.empty(key[1], dtype=key[2], device="cpu", pin_memory=key[3])
+        return Captured(buffer, nbytes, self, key, buffer.data_ptr())
 
-    def give(self, key: tuple[Any, ...], buffer: Any, nbytes: int) -> None:
+    def give(self, captured: Captured) -> None:
+        nbytes = captured.nbytes
         with self._lock:
             if self._bytes + nbytes <= self._max:
-                self._free.setdefault(key, []).append(buffer)
+                self._free.setdefault(captured.key, []).append((captured.value, captured.address))
                 self._bytes += nbytes
 
 
 class Captured:
-    """A host copy (or a pending device-to-host copy) of one input."""
+    """A host copy (or a pending device-to-host copy) of one input.
 
-    __slots__ = ("_event", "_key", "_pool", "_value", "nbytes")
+    ``value`` is a numpy array or a CPU torch tensor (pinned for CUDA copies) at ``address``; a
+    pooled one (``pool`` given) goes back to its pool on ``release()``.
+    """
 
-    def __init__(self, value: Any, nbytes: int) -> None:
-        self._value = value  # numpy array or CPU torch tensor (pinned for CUDA copies)
+    __slots__ = ("_event", "_pool", "address", "key", "nbytes", "value")
+
+    def __init__(
+        self,
+        value: Any,
+        nbytes: int,
+        pool: BufferPool | None = None,
+        key: tuple[Any, ...] = (),
+        address: int = 0,
+    ) -> None:
+        self.value = value
         self.nbytes = nbytes
+        self._pool = pool
+        self.key = key
+        self.address = address
         self._event: Any = None
-        self._pool: BufferPool | None = None
-        self._key: tuple[Any, ...] = ()
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return tuple(self._value.shape)
+        return tuple(self.value.shape)
 
     def resolve(self) -> np.ndarray:
         """The copied values as numpy (valid until ``release``); waits for a pending CUDA copy."""
-        value = self._value
+        value = self.value
         if isinstance(value, np.ndarray):
             return value
         if self._event is not None:
@@ -190,9 +220,10 @@ class Captured:
 
     def release(self) -> None:
         """Give a pooled buffer back; the values must not be used afterwards."""
-        if self._pool is not None:
-            self._pool.give(self._key, self._value, self.nbytes)
+        pool = self._pool
+        if pool is not None:
             self._pool = None
+            pool.give(self)
 
 
 Copy = np.ndarray | Captured
@@ -217,17 +248,13 @@ def host_copy(pool: BufferPool, array: np.ndarray, nbytes: int) -> Copy:
     ``numpy.copyto``, which releases it.
     """
     small = nbytes < POOL_MIN_BYTES
-    key: tuple[Any, ...] = ("numpy", array.shape, array.dtype)
-    buffer = np.empty(key[1], key[2]) if small else pool.take(key, nbytes)
+    captured = None if small else pool.take(("numpy", array.shape, array.dtype), nbytes)
+    buffer = np.empty(array.shape, array.dtype) if captured is None else captured.value
     try:
         buffer.data.cast("B")[:] = array.data.cast("B")
     except (TypeError, ValueError):  # not C-contiguous, or a dtype without a buffer format
         np.copyto(buffer, array)
-    if small:
-        return buffer
-    captured = Captured(buffer, nbytes)
-    captured._pool, captured._key = pool, key
-    return captured
+    return buffer if captured is None else captured
 
 
 class Capture:
@@ -271,10 +298,8 @@ class Capture:
                 return host_copy(self._pool, array[:items] if cut else array, nbytes)
         value = (value[:items] if cut else value).detach()
         if value.is_cuda:
-            key = ("torch", shape, value.dtype, True)
-            buffer = self._pool.take(key, nbytes)
-            buffer.copy_(value, non_blocking=True)
-            captured = self._pooled(buffer, key, nbytes)
+            captured = self._pool.take(("torch", shape, value.dtype, True), nbytes)
+            captured.value.copy_(value, non_blocking=True)
             if self._cuda is None:
                 self._cuda = {}
             self._cuda.setdefault(value.device, []).append(captured)
@@ -284,14 +309,8 @@ class Capture:
         if nbytes < POOL_MIN_BYTES:
             torch = sys.modules["torch"]
             return Captured(value.clone(memory_format=torch.contiguous_format), nbytes)
-        key = ("torch", shape, value.dtype, False)
-        buffer = self._pool.take(key, nbytes)
-        buffer.copy_(value)
-        return self._pooled(buffer, key, nbytes)
-
-    def _pooled(self, buffer: Any, key: tuple[Any, ...], nbytes: int) -> Captured:
-        captured = Captured(buffer, nbytes)
-        captured._pool, captured._key = self._pool, key
+        captured = self._pool.take(("torch", shape, value.dtype, False), nbytes)
+        captured.value.copy_(value)
         return captured
 
     def seal(self) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ._capture import BufferPool, Capture, Copy, Meta, host_copy, is_tensor
+from ._capture import POOL_MIN_BYTES, BufferPool, Capture, Copy, Meta, host_copy, is_tensor, memcpy
 from ._writer import Layout
 
 
@@ -64,7 +64,8 @@ def _sig(value: Any) -> Any:
     A tensor's: shape (0 for a 0-d tensor: ``ndim`` is cheaper to read), dtype, layout, device
     (True for the CPU: the cheapest read) and the negative bit of a lazy negation view
     (``z.conj().imag``), which a raw read would miss. ``record()`` builds the same tuple inline
-    for the loss.
+    for the loss. ``is_neg()`` is a torch op: it lets the GIL go for a moment. The one read of
+    the bit that keeps it, ``torch._C._dispatch_keys``, costs four times as much on a cold cache.
     """
     kind = type(value)
     if kind is _tensor:
@@ -149,8 +150,7 @@ def _copy_sequence(value: Any, capture: Capture | None) -> Copy:
 
 
 def _copy_tensor(value: Any, capture: Capture | None) -> Copy:
-    # numpy(force=True) only detaches on CPU and, unlike detach() or clone(), keeps the GIL
-    return value.numpy(force=True).copy()
+    return value.numpy(force=True).copy()  # on CPU, force only detaches
 
 
 def _copy_captured(value: Any, capture: Capture | None) -> Copy:
@@ -206,15 +206,15 @@ def _float_of(arg: str, key: str | None) -> Copier:
     return to_float
 
 
-def _host_ok(value: Any) -> bool:
-    """A CPU tensor numpy can view (bfloat16 and a few others it cannot)."""
+def _host_dtype(value: Any) -> np.dtype[Any] | None:
+    """The numpy dtype of a CPU tensor numpy can view; None on a device, or for bfloat16 and
+    the few other dtypes numpy lacks."""
     if not value.is_cpu:
-        return False
+        return None
     try:
-        value.numpy(force=True)
+        return value.numpy(force=True).dtype
     except (TypeError, RuntimeError):
-        return False
-    return True
+        return None
 
 
 def _copier(value: Any, arg: str, key: str | None) -> Copier | None:
@@ -229,12 +229,18 @@ def _copier(value: Any, arg: str, key: str | None) -> Copier | None:
         ctype = _read_type(value)
         if ctype is not None:
             return _Reader(ctype)
-        return _copy_tensor if _host_ok(value) else _copy_captured
+        return _copy_tensor if _host_dtype(value) is not None else _copy_captured
     return _float_of(arg, key)  # an int or a numpy scalar
 
 
 class _Stream:
-    """One image stream of a plan: where its value comes from and how it is copied."""
+    """One image stream of a plan: where its value comes from and how it is copied.
+
+    A CPU tensor the signature says numpy can view, not negated, is copied from its bytes
+    (``data_ptr()``, one ``memcpy`` into a pooled buffer) whenever it is C-contiguous: its
+    first ``items`` rows are then its first ``nbytes`` bytes. Strides are not part of the
+    signature, so contiguity is checked on every call; other layouts go through numpy.
+    """
 
     __slots__ = (
         "chw",
@@ -244,6 +250,7 @@ class _Stream:
         "facts",
         "host",
         "items",
+        "key",
         "name",
         "nbytes",
         "rows",
@@ -274,9 +281,23 @@ class _Stream:
         self.nbytes = self.rows * c * h * w * meta.itemsize
         self.tensor = meta.tensor
         self.sequence = not meta.tensor and not isinstance(raw, np.ndarray)
-        self.host = not meta.tensor or _host_ok(raw)  # else copied through a Capture
+        host = None if not meta.tensor else _host_dtype(raw)
+        self.host = not meta.tensor or host is not None  # else copied through a Capture
+        # the pool key of a copy from the tensor's bytes; None: not a candidate
+        self.key: tuple[Any, ...] | None = None
+        if host is not None and self.nbytes >= POOL_MIN_BYTES and not raw.is_neg():
+            self.key = ("numpy", self.chw if items is None else (items, *self.chw), host)
 
     def copy(self, value: Any, pool: BufferPool, capture: Capture | None) -> Copy:
+        if self.key is not None and value.is_contiguous():
+            try:
+                address = value.data_ptr()
+            except RuntimeError:  # no storage (a functorch wrapper): numpy() says why
+                address = 0
+            if address:
+                captured = pool.take(self.key, self.nbytes)
+                memcpy(captured.address, address, self.nbytes)
+                return captured
         if self.host:
             if self.tensor:
                 array = value.numpy(force=True)

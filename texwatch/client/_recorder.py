@@ -1,10 +1,11 @@
 """``Recorder``: validates and copies on the training thread, hands rows to the writer thread.
 
 The training thread checks a call's arguments the first time it sees the call's signature (see
-``_sig``), takes host copies (no ``.item()``, no CUDA sync, the GIL kept) and puts one tuple on a
-bounded queue, with no lock and without waking the writer; a background thread does everything
-else. When the queue or the image memory budget is full, image rows are dropped first and scalar
-rows last, every drop is counted (root attribute ``drops``) and a warning is printed once.
+``_sig``), takes host copies (no ``.item()``, no CUDA sync, large ones holding the GIL) and puts
+one tuple on a bounded queue, with no lock and without waking the writer; a background thread
+does everything else. When the queue or the image memory budget is full, image rows are dropped
+first and scalar rows last, every drop is counted (root attribute ``drops``) and a warning is
+printed once.
 
 Sampling defaults (override with ``every=`` / ``max_items=``):
 
@@ -433,15 +434,15 @@ class Recorder:
                 key, loss, latents, pred, target, images, terms, weights, scalars, sample_ids,
                 timesteps, checkpoint,
             )  # fmt: skip
-        if plan.bare:  # the copy inline: a 0-d CPU loss is read from memory (see _Reader)
-            read = plan.read
-            if read is not None:
-                try:
-                    address = loss.data_ptr()
-                except RuntimeError:
-                    address = 0
-                loss = read(address).value if address else _copy_tensor(loss, None)
-            elif loss is not None and plan.loss is not None:
+        read = plan.read
+        if read is not None:  # a 0-d CPU loss, read from memory inline (see _Reader)
+            try:
+                address = loss.data_ptr()
+            except RuntimeError:
+                address = 0
+            loss = read(address).value if address else _copy_tensor(loss, None)
+        if plan.bare:
+            if read is None and loss is not None and plan.loss is not None:
                 loss = plan.loss(loss, None)
             row: tuple[Any, ...] = (plan, step, _now(), loss, None, None, None, 0)
         else:
@@ -572,14 +573,17 @@ class Recorder:
         sample_ids: Any,
         timesteps: Any,
     ) -> tuple[Any, ...]:
-        """The queued row of a validated call: its copies, taken by ``plan``'s copiers."""
+        """The queued row of a validated call: its copies, taken by ``plan``'s copiers.
+
+        A loss ``plan.read`` reads comes already copied.
+        """
         capture = Capture(self._pool) if plan.capture else None
         values: list[Any] | None = None
         items: list[Copy] | None = None
         copied: dict[str, tuple[Copy, np.dtype[Any]]] | None = None
         nbytes = 0
         try:
-            if loss is not None and plan.loss is not None:
+            if plan.read is None and loss is not None and plan.loss is not None:
                 loss = plan.loss(loss, capture)
             if plan.maps:
                 values = []
