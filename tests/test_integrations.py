@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
 import textwrap
 import warnings
 from pathlib import Path
@@ -18,6 +15,7 @@ import torch
 from accelerate import Accelerator
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
+from two_ranks import run_two_ranks
 
 import texwatch.client as tw
 from texwatch.client import RecorderOptions
@@ -283,42 +281,13 @@ _WORKER = textwrap.dedent(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.mark.integration
 def test_accelerate_helper_records_on_the_main_process_only(tmp_path: Path) -> None:
     """Two real processes (gloo on the CPU): only process 0 opens the store and writes rows."""
     script = tmp_path / "worker.py"
     script.write_text(_WORKER)
     store = tmp_path / "two.zarr"
-    port = str(_free_port())
-    procs = []
-    for rank in (0, 1):
-        env = dict(
-            os.environ,
-            RANK=str(rank),
-            LOCAL_RANK=str(rank),
-            WORLD_SIZE="2",
-            LOCAL_WORLD_SIZE="2",
-            MASTER_ADDR="127.0.0.1",
-            MASTER_PORT=port,
-            OMP_NUM_THREADS="1",
-        )
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, str(script), str(store)],
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
-        )
-    outputs = [p.communicate(timeout=120)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], outputs
+    outputs = run_two_ranks(script, store)
     assert "active 0 True" in outputs[0] and "active 1 False" in outputs[1], outputs
     cols = open_run(store).scalars()
     np.testing.assert_array_equal(cols["step"], np.arange(5))

@@ -4,11 +4,7 @@ real diffusers UNet training step), Lightning's ``self.log`` through a ``Trainer
 from __future__ import annotations
 
 import csv
-import os
 import random
-import socket
-import subprocess
-import sys
 import textwrap
 import warnings
 from collections.abc import Iterator
@@ -24,6 +20,7 @@ from lightning.pytorch.loggers import CSVLogger
 from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
+from two_ranks import run_two_ranks
 
 import texwatch.client as tw
 from texwatch.integrations import storable_name
@@ -346,43 +343,13 @@ _TRACKER_WORKER = textwrap.dedent(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.mark.integration
 def test_tracker_records_on_the_main_process_only(tmp_path: Path) -> None:
     """Two real processes (gloo on the CPU): accelerate calls the tracker on process 0 only."""
     script = tmp_path / "worker.py"
     script.write_text(_TRACKER_WORKER)
     store = tmp_path / "two.zarr"
-    port = str(_free_port())
-    procs = []
-    for rank in (0, 1):
-        env = dict(
-            os.environ,
-            RANK=str(rank),
-            LOCAL_RANK=str(rank),
-            WORLD_SIZE="2",
-            LOCAL_WORLD_SIZE="2",
-            MASTER_ADDR="127.0.0.1",
-            MASTER_PORT=port,
-            OMP_NUM_THREADS="1",
-            PYTHONPATH=os.pathsep.join(sys.path),
-        )
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, str(script), str(store)],
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
-        )
-    outputs = [p.communicate(timeout=120)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], outputs
+    outputs = run_two_ranks(script, store)
     assert "tracker 0 True" in outputs[0] and "tracker 1 False" in outputs[1], outputs
     run = open_run(store)
     assert run.config == {"world": 2}

@@ -22,6 +22,7 @@ from typing import Any, Literal
 import numpy as np
 
 from texwatch.client import Recorder, RecorderOptions
+from texwatch.client._options import options_from
 from texwatch.store import open_run
 
 from ._config import plain_config
@@ -65,6 +66,30 @@ class _Row:
 
     def empty(self) -> bool:
         return self.loss is None and not (self.scalars or self.images or self.kwargs)
+
+
+def open_sink(
+    where: str,
+    path: Any,
+    recorder: Any,
+    options: RecorderOptions | None,
+    overrides: Mapping[str, Any],
+    loss_key: str | Sequence[str],
+) -> tuple[MetricSink, RecorderOptions]:
+    """The sink of an integration's constructor, its arguments checked (naming ``where``), and
+    the Recorder options it resolved."""
+    if path is not None and not isinstance(path, (str, os.PathLike)):
+        raise TypeError(
+            f"Expected argument `path` to be a str or os.PathLike but got {type(path).__name__}"
+        )
+    if recorder is not None and not isinstance(recorder, Recorder):
+        raise TypeError(
+            f"Expected argument `recorder` to be a texwatch.client.Recorder or None but got "
+            f"{type(recorder).__name__}"
+        )
+    opts = options_from(options, overrides, f"{where}()", main_process=True)
+    sink = MetricSink(path, opts, recorder=recorder, loss_keys=loss_keys(loss_key), where=where)
+    return sink, opts
 
 
 class MetricSink:

@@ -45,7 +45,7 @@ from accelerate.tracking import GeneralTracker, on_main_process
 from texwatch.client import ENV_STORE, Recorder, RecorderOptions
 from texwatch.client._options import options_from
 
-from ._sink import LOSS_KEYS, MetricSink, loss_keys
+from ._sink import LOSS_KEYS, open_sink
 
 __all__ = ["LOSS_KEYS", "REPORT_TO", "AcceleratorRecorder", "TexwatchTracker"]
 
@@ -96,19 +96,7 @@ class TexwatchTracker(GeneralTracker):
         **overrides: Any,
     ) -> None:
         super().__init__()
-        if path is not None and not isinstance(path, (str, os.PathLike)):
-            raise TypeError(
-                f"Expected argument `path` to be a str or os.PathLike but got {type(path).__name__}"
-            )
-        if recorder is not None and not isinstance(recorder, Recorder):
-            raise TypeError(
-                f"Expected argument `recorder` to be a texwatch.client.Recorder or None but got "
-                f"{type(recorder).__name__}"
-            )
-        opts = options_from(options, overrides, "TexwatchTracker()", main_process=True)
-        self._sink = MetricSink(
-            path, opts, recorder=recorder, loss_keys=loss_keys(loss_key), where="TexwatchTracker"
-        )
+        self._sink, _ = open_sink("TexwatchTracker", path, recorder, options, overrides, loss_key)
 
     @property
     def tracker(self) -> Recorder | None:

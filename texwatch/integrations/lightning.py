@@ -42,7 +42,7 @@ from texwatch._location import ObjectPath, locate
 from texwatch.client import ENV_STORE, Recorder, RecorderOptions
 from texwatch.client._options import options_from
 
-from ._sink import LOSS_KEYS, MetricSink, loss_keys
+from ._sink import LOSS_KEYS, MetricSink, open_sink
 
 __all__ = ["LOSS_KEYS", "RECORDED_KEYS", "TexwatchCallback", "TexwatchLogger"]
 
@@ -299,20 +299,8 @@ class TexwatchLogger(pl.loggers.Logger):
         **overrides: Any,
     ) -> None:
         super().__init__()
-        if path is not None and not isinstance(path, (str, os.PathLike)):
-            raise TypeError(
-                f"Expected argument `path` to be a str or os.PathLike but got {type(path).__name__}"
-            )
-        if recorder is not None and not isinstance(recorder, Recorder):
-            raise TypeError(
-                f"Expected argument `recorder` to be a texwatch.client.Recorder or None but got "
-                f"{type(recorder).__name__}"
-            )
-        opts = options_from(options, overrides, "TexwatchLogger()", main_process=True)
+        self._sink, opts = open_sink("TexwatchLogger", path, recorder, options, overrides, loss_key)
         self._run = opts.run
-        self._sink = MetricSink(
-            path, opts, recorder=recorder, loss_keys=loss_keys(loss_key), where="TexwatchLogger"
-        )
 
     @property
     def name(self) -> str:
