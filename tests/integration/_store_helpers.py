@@ -52,6 +52,19 @@ def check_rows(scalars: dict[str, np.ndarray], steps: np.ndarray, data: np.ndarr
         np.testing.assert_array_equal(data[row], latents_of(step)[row % LATENT_ITEMS])
 
 
+def check_killed_run(run: object, flushed: int, previous: int) -> int:
+    """Assert a run whose writer was just killed holds every row promised (``flushed``, and the
+    ``previous`` check's), complete and exact; its committed scalar rows."""
+    committed = run.committed()  # type: ignore[attr-defined]
+    n = committed.get("scalars", 0)
+    assert n >= max(flushed, previous), (n, flushed, previous)
+    assert committed.get("latents", 0) == 2 * n and run.drops() == {}  # type: ignore[attr-defined]
+    scalars = run.scalars(latest_wins=False)  # type: ignore[attr-defined]
+    steps, data = run.stream("latents") if n else (np.zeros(0), np.zeros(0))  # type: ignore[attr-defined]
+    check_rows(scalars, steps, data)
+    return int(n)
+
+
 def _record(recorder: object, step: int) -> None:
     recorder.record(  # type: ignore[attr-defined]
         step,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from integration._store_helpers import check_rows, loss_of
+from integration._store_helpers import check_killed_run, loss_of
 
 from texwatch.store import SCALARS, RunWriter, open_run
 
@@ -58,14 +58,7 @@ def test_kill_9_on_s3_keeps_every_committed_row(s3_bucket: str) -> None:
             assert reply[0] == "killed", reply
             flushed = int(reply[1])
             run = open_run(url, OPTIONS["storage_options"])  # type: ignore[arg-type]
-            committed = run.committed()
-            n = committed.get(SCALARS, 0)
-            assert n >= max(flushed, previous), (n, flushed, previous)
-            assert committed.get("latents", 0) == 2 * n and run.drops() == {}
-            scalars = run.scalars(latest_wins=False)
-            steps, data = run.stream("latents") if n else (np.zeros(0), np.zeros(0))
-            check_rows(scalars, steps, data)
-            previous = n
+            previous = check_killed_run(run, flushed, previous)
     finally:
         server.stdin.close()
         server.wait(timeout=60)

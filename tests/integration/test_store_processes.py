@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorstore as ts
-from integration._store_helpers import check_rows, latents_of, loss_of
+from integration._store_helpers import check_killed_run, check_rows, latents_of, loss_of
 
 from texwatch.store import ITEMS, SCALARS, open_run
 
@@ -102,15 +102,7 @@ def test_kill_9_at_20_random_moments_keeps_every_committed_row(tmp_path: Path) -
             if not path.exists():
                 assert flushed == 0  # killed before the store existed: nothing was promised
                 continue
-            run = open_run(path)  # always opens
-            committed = run.committed()
-            n = committed.get(SCALARS, 0)
-            assert n >= max(flushed, previous), (n, flushed, previous)
-            assert committed.get("latents", 0) == 2 * n and run.drops() == {}
-            scalars = run.scalars(latest_wins=False)
-            steps, data = run.stream("latents") if n else (np.zeros(0), np.zeros(0))
-            check_rows(scalars, steps, data)
-            previous = n
+            previous = check_killed_run(open_run(path), flushed, previous)  # always opens
     finally:
         server.stdin.close()
         server.wait(timeout=30)
