@@ -1835,7 +1835,7 @@ class _Term:
 
 
 class TermMonitor(_Stateful):
-    """Dead loss terms and each term's share of the weighted total (a term weighted in but never computed).
+    """Dead loss terms (weighted in but never computed) and each term's share of the weighted total.
 
     A term with weight > 0 shows a *sign of life* at a step when its value is present, finite,
     not 0 and differs from its previous value. A term is dead after ``window`` steps in a row
