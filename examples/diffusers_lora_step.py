@@ -13,7 +13,7 @@ main process only and once per optimizer step
 * every ``--pred-every`` steps, ``pred``: the x0 the model implies, decoded by the VAE, and
   ``target``: the batch's images, so texwatchd compares the texture scale of the two;
 * ``images={"x0_latents": ...}``: the implied x0 in latent space *before* clipping, whose
-  clip fraction is the seed's "unclipped x0" warning;
+  clip fraction is the share a sampler's clip to [-3, 3] would cut off;
 * ``lr`` and ``grad_norm``.
 
 It needs packages texwatch's tests do not install::

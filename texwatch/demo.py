@@ -412,7 +412,7 @@ def _train(
         noise = torch.randn(x0.shape, generator=gen)
         pred = model(alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * noise)
         recon = (F.avg_pool2d(pred, 2) - F.avg_pool2d(x0, 2)).square().mean(dim=(1, 2, 3))
-        edge = torch.zeros(_BATCH)  # the seed-004 bug: initialised here...
+        edge = torch.zeros(_BATCH)  # a dead loss term: initialised here...
         if variant.edge_loss:  # ...and only the good variant ever computes it
             edge = (_edges(pred) - _edges(x0)).abs().mean(dim=(1, 2, 3))
         per_item = _WEIGHTS["recon"] * recon + _WEIGHTS["edge"] * edge  # (B,)

@@ -684,7 +684,7 @@ class RollingSpikeDetector(_WindowSpikeDetector):
 
     Args:
         window: how many past unflagged values make the reference (default 128).
-        sigma: alarm level in σ (default 6, OLMo-core's; the seed's 3 works too).
+        sigma: alarm level in σ (default 6, OLMo-core's; 3 works too).
         warn_sigma: warning level in σ (default 4); a warning is a value in [warn_sigma, sigma).
 
     Example:
@@ -1835,7 +1835,7 @@ class _Term:
 
 
 class TermMonitor(_Stateful):
-    """Dead loss terms and each term's share of the weighted total (the seed-004 bug).
+    """Dead loss terms (weighted in but never computed) and each term's share of the weighted total.
 
     A term with weight > 0 shows a *sign of life* at a step when its value is present, finite,
     not 0 and differs from its previous value. A term is dead after ``window`` steps in a row

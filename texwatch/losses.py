@@ -1,4 +1,4 @@
-r"""Differentiable texture-scale losses (the seed's ``texture_losses`` API) on :mod:`.spectral`.
+r"""Differentiable texture-scale losses (Texture_Loss's ``texture_losses`` API) on :mod:`.spectral`.
 
 All four take ``B×C×H×W`` images (RGB → Rec.709 luma, other C → mean of per-channel power
 spectra) and a ``B×1×H×W`` (or ``1×1×H×W``) mask in [0, 1] that apodizes the signal together

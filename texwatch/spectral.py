@@ -1616,8 +1616,8 @@ def _pixel_channels(x: Tensor) -> Tensor:
 def diff_heatmap(a: Tensor, b: Tensor, *, scale: float = 4.0) -> Tensor:
     """Difference heatmap ``(B, H, W)`` in [0, 1]: ``clamp(scale · mean_c |a − b|, 0, 1)``.
 
-    ``scale`` is the seed's ``--heatmap-scale`` gain: with images in [0, 1] and the default 4,
-    a difference of 0.25 saturates. NaN pixels stay NaN.
+    ``scale`` is the reference diagnosis script's ``--heatmap-scale`` gain: with images in [0, 1]
+    and the default 4, a difference of 0.25 saturates. NaN pixels stay NaN.
     """
     _check_images(a, "a")
     _check_images(b, "b")
