@@ -36,7 +36,7 @@ TRAINER = textwrap.dedent(
         loss = 80.0 if step == spike else 1.0 + 0.05 * rng.standard_normal()
         tw.record(step, loss, pred=grating(pred_period), target=grating(8.0),
                   terms={"v": loss}, weights={"v": 1.0})
-    tw.close()
+    tw.close(finished=False)  # training goes on: a finished run's alerts are silenced
     """
 )
 

@@ -105,10 +105,11 @@ def flush(timeout: float | None = None) -> None:
         recorder.flush(timeout)
 
 
-def close() -> None:
-    """Close the default recorder (a later ``record()`` starts a new one from the env)."""
+def close(*, finished: bool = True) -> None:
+    """Close the default recorder (a later ``record()`` starts a new one from the env);
+    ``finished=False`` leaves the run unmarked, as :meth:`Recorder.close` does."""
     global _default
     with _lock:
         recorder, _default = _default, None
     if recorder is not None:
-        recorder.close()
+        recorder.close(finished=finished)
