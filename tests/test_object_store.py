@@ -248,14 +248,19 @@ def test_texwatchd_exports_the_request_counts_of_each_bucket(s3_bucket: str) -> 
     with RunWriter.open(f"{s3_bucket}/x.zarr") as writer:
         _rows(writer, 0, 3)
         writer.commit()
+    other = locate(f"{s3_bucket}/x.zarr", {"max_requests_per_second": 50.0})  # a second client
+    assert isinstance(other, ObjectPath) and other.is_dir()
     registry = CollectorRegistry()
     MetricsBoard(registry)
     text = generate_latest(registry).decode()
-    counts = {
-        (s.name, s.labels.get("bucket")): s.value
+    samples = [
+        (s.name, s.labels.get("bucket"), s.value)
         for family in text_string_to_metric_families(text)
         for s in family.samples
-    }
+        if s.labels.get("bucket") == s3_bucket
+    ]
+    counts = {(name, bucket): value for name, bucket, value in samples}
+    assert len(counts) == len(samples) == 4  # one series per family: the clients summed
     assert counts[("texwatch_object_store_requests_total", s3_bucket)] > 0
     assert counts[("texwatch_object_store_failures_total", s3_bucket)] == 0
 

@@ -212,6 +212,7 @@ def _backoff(tries: int) -> float:
     return random.uniform(0.0, min(_BACKOFF_CAP, _BACKOFF_BASE * 2**tries))
 
 
+_ENV_PREFIXES = ("AWS_", "GOOGLE_", "AZURE_")
 _BUCKETS: dict[tuple[Any, ...], Bucket] = {}
 _BUCKETS_LOCK = threading.Lock()
 
@@ -223,8 +224,10 @@ def buckets() -> list[Bucket]:
 
 
 def _bucket(scheme: str, bucket: str, options: Mapping[str, Any]) -> Bucket:
-    """The shared ``Bucket`` for these options (one HTTP client per bucket and options)."""
-    key = (scheme, bucket, tuple(sorted((k, repr(v)) for k, v in options.items())))
+    """The shared ``Bucket`` for these options and credentials in the environment (one HTTP
+    client per bucket and configuration: a changed ``AWS_*`` variable gets a new client)."""
+    env = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(_ENV_PREFIXES)))
+    key = (scheme, bucket, tuple(sorted((k, repr(v)) for k, v in options.items())), env)
     with _BUCKETS_LOCK:
         found = _BUCKETS.get(key)
         if found is None:
@@ -254,6 +257,7 @@ def _new_bucket(scheme: str, bucket: str, options: dict[str, Any]) -> Bucket:
     client: dict[str, Any] = {"timeout": _TIMEOUT, "connect_timeout": "5s"}
     client.update(options.pop("client_options", None) or {})
     timeout = _seconds(client["timeout"], "storage_options['client_options']['timeout']")
+    client["timeout"] = f"{timeout}s"  # obstore takes durations as text
     endpoint = options.get("endpoint") or options.get("endpoint_url")
     if endpoint is None and scheme == "s3":
         endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")

@@ -193,11 +193,16 @@ _STORE_COUNTS = {
 
 
 def _object_store_families() -> Iterator[Metric]:
-    """The request counters of every object store this process reached (none for local runs)."""
-    counts = [(bucket.url(""), bucket.counts.snapshot()) for bucket in buckets()]
+    """The request counters of every object store this process reached (none for local runs),
+    summed per bucket URL (clients made with other options or credentials count together)."""
+    counts: dict[str, dict[str, float]] = {}
+    for bucket in buckets():
+        total = counts.setdefault(bucket.url(""), dict.fromkeys(_STORE_COUNTS.values(), 0.0))
+        for key, value in bucket.counts.snapshot().items():
+            total[key] += value
     for name, key in _STORE_COUNTS.items():
         family = CounterMetricFamily(name, FAMILIES[name].doc, labels=["bucket"])
-        for url, snapshot in counts:
+        for url, snapshot in counts.items():
             family.add_metric([url], snapshot[key])
         yield family
 
