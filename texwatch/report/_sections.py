@@ -209,17 +209,33 @@ def terms_section(doc: Document, rd: RunData, out: dict[str, Any]) -> None:
     out["terms"] = rows
 
 
-def health_section(doc: Document, rd: RunData, th: Thresholds, out: dict[str, Any]) -> None:
-    """Each stream's value range, clip fraction and non-finite values over time."""
-    from texwatch.plots import axes_grid, draw_series, new_figure, set_title
+def _stream_grid(
+    doc: Document, rd: RunData, heading: str, what: str
+) -> tuple[Any, Any, dict[str, dict[str, np.ndarray]]] | None:
+    """The heading and a figure with a row of 4 axes per stream with rows (``what`` in its
+    title), and those streams; None when no stream has a row."""
+    from texwatch.plots import axes_grid, new_figure, set_title
 
     streams = {n: t for n, t in rd.streams.items() if t["step"].size}
     if not streams:
-        return
-    doc.heading("Stream health: value range, clip fraction, non-finite", 3)
+        return None
+    doc.heading(heading, 3)
     fig = new_figure(15.0, 2.8 * len(streams) + 0.5)
     axes = axes_grid(fig, len(streams), 4)
-    set_title(fig, f"{rd.shown}: stream health")
+    set_title(fig, f"{rd.shown}: {what}")
+    return fig, axes, streams
+
+
+def health_section(doc: Document, rd: RunData, th: Thresholds, out: dict[str, Any]) -> None:
+    """Each stream's value range, clip fraction and non-finite values over time."""
+    from texwatch.plots import draw_series
+
+    grid = _stream_grid(
+        doc, rd, "Stream health: value range, clip fraction, non-finite", "stream health"
+    )
+    if grid is None:
+        return
+    fig, axes, streams = grid
     for row, (name, table) in zip(axes, streams.items(), strict=True):
         t = decimate(table)
         draw_series(
@@ -264,15 +280,12 @@ def health_section(doc: Document, rd: RunData, th: Thresholds, out: dict[str, An
 
 def texture_section(doc: Document, rd: RunData, th: Thresholds) -> None:
     """Each stream's texture metrics over time."""
-    from texwatch.plots import axes_grid, draw_series, new_figure, set_title
+    from texwatch.plots import draw_series
 
-    streams = {n: t for n, t in rd.streams.items() if t["step"].size}
-    if not streams:
+    grid = _stream_grid(doc, rd, "Texture metrics over time", "texture metrics")
+    if grid is None:
         return
-    doc.heading("Texture metrics over time", 3)
-    fig = new_figure(15.0, 2.8 * len(streams) + 0.5)
-    axes = axes_grid(fig, len(streams), 4)
-    set_title(fig, f"{rd.shown}: texture metrics")
+    fig, axes, streams = grid
     for row, (name, table) in zip(axes, streams.items(), strict=True):
         t = decimate(table)
         s = t["step"]
