@@ -26,10 +26,11 @@ def _store(store: Path) -> None:
             "time": np.zeros(3),
             "loss": np.ones(3),
             "checkpoint": np.array([np.nan, 1.0, np.nan]),
+            "lr/d_lr": np.ones(3),
         },
     )
     writer.append("latents", {"step": np.arange(3), "data": np.zeros((3, 4, 8, 8), np.float16)})
-    writer.commit(drops={"latents": 2})
+    writer.commit(drops={"latents": 2}, names={"scalars": {"lr/d_lr": "lr/d*lr"}})
 
 
 def test_inspect_prints_what_a_store_holds(
@@ -43,6 +44,7 @@ def test_inspect_prints_what_a_store_holds(
     assert summary["committed"] == {"scalars": 3, "latents": 3}
     assert summary["streams"] == {"latents": {"shape": [4, 8, 8], "dtype": "float16"}}
     assert summary["checkpoints"] == [1] and summary["drops"] == {"latents": 2}
+    assert summary["names"] == {"scalars": {"lr/d_lr": "lr/d*lr"}}
 
 
 def test_inspect_of_a_missing_store_exits_2_with_one_line(

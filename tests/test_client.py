@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import errno
+import inspect
 import math
 import os
+import random
+import re
 import subprocess
 import sys
 import threading
@@ -29,15 +32,19 @@ from texwatch.client import (
     detect_rank,
 )
 from texwatch.client._capture import BufferPool
+from texwatch.client._names import RESERVED, escaped
 from texwatch.detectors import MAX_TERMS
 from texwatch.store import (
     ITEMS,
     LOSS_NAN,
+    MAX_NAME,
     OVER_CAP,
     SCALARS,
     RunWriter,
     StoreFormatError,
+    check_name,
     given_nan,
+    logged_name,
     open_run,
     run_paths,
 )
@@ -58,7 +65,7 @@ def test_round_trip_of_every_argument(path: Path) -> None:
             latents=z0,
             pred=pred,
             target=target,
-            images={"val/0": np.ones((1, 3, 4, 4), np.float32)},
+            images={"val/0": np.ones((1, 3, 4, 5), np.float32)},
             terms={"v": torch.tensor(0.25), "lpips": 0.5},
             weights={"v": 1, "lpips": np.float32(0.125)},
             scalars={"lr": 1e-4, "grad_norm": torch.tensor(3.0, dtype=torch.float64)},
@@ -101,7 +108,7 @@ def test_round_trip_of_every_argument(path: Path) -> None:
     _, data = run.stream("target")
     assert data.shape == (1, 3, 16, 16) and data.dtype == np.float32
     np.testing.assert_array_equal(data[0], target.astype(np.float32))
-    assert run.stream("val/0")[1].shape == (1, 3, 4, 4)
+    assert run.stream("val/0")[1].shape == (1, 3, 4, 5)
 
 
 def test_copies_are_taken_at_record_time(path: Path) -> None:
@@ -192,15 +199,21 @@ def _bad_calls() -> list[tuple[dict[str, Any], type[Exception], str]]:
         ({"latents": torch.zeros(1, 4, 8, 8, dtype=torch.bool)}, TypeError, "float or integer"),
         ({"latents": "img"}, TypeError, "latents must be a torch.Tensor"),
         ({"images": [x]}, TypeError, "images must be a dict"),
-        ({"images": {"latents": x}}, ValueError, "reserved; pass latents="),
-        ({"images": {"scalars/x": x}}, ValueError, "may not start with"),
-        ({"images": {"a b": x}}, ValueError, "segments"),
+        ({"images": {3: x}}, TypeError, "images keys must be str"),
+        ({"images": {"v": np.zeros((1, 3, 8, 3))}}, ValueError, "could be first or last"),
+        ({"images": {"v": x}, "dataformats": "NCWH"}, ValueError, "dataformats must be one of"),
+        ({"images": {"v": x}, "dataformats": "CHW"}, ValueError, "names 3 axes"),
+        ({"images": {"v": x}, "dataformats": {"w": "NCHW"}}, ValueError, "not an images key"),
+        ({"images": {"v": x}, "dataformats": 4}, TypeError, "dataformats must be a str"),
+        ({"dataformats": "NCHW"}, ValueError, "dataformats is given without images"),
+        ({"images": {"v": []}}, ValueError, "empty list"),
+        ({"images": {"v": [x[0], x[0, :3]]}}, ValueError, "different shapes"),
+        ({"images": {"v": [x[0], "y"]}}, TypeError, "holds a str"),
+        ({"images": {"v": [x[0]]}, "dataformats": "NCHW"}, ValueError, "one image's layout"),
         ({"terms": [1.0]}, TypeError, "terms must be a dict"),
         ({"terms": {"v": torch.ones(2, 2)}}, ValueError, r"terms\['v'\] must be a scalar"),
         ({"weights": {"v": torch.ones(3)}}, ValueError, r"weights\['v'\] must be a scalar \(0-d\)"),
-        ({"scalars": {"loss": 1.0}}, ValueError, "reserved"),
-        ({"scalars": {"term/x": 1.0}}, ValueError, "reserved"),
-        ({"scalars": {3: 1.0}}, TypeError, "scalars key must be a str"),
+        ({"scalars": {3: 1.0}}, TypeError, "scalars keys must be str"),
         ({"scalars": {"x": "high"}}, TypeError, r"scalars\['x'\] must be"),
         ({"sample_ids": np.array([0.5, 1.5])}, TypeError, "sample_ids must hold integers"),
         ({"sample_ids": np.zeros((2, 2), int)}, ValueError, "sample_ids must be a non-empty 1-D"),
@@ -230,16 +243,79 @@ def test_bad_input_raises_and_records_nothing(path: Path) -> None:
     assert run.scalar_names() == ["loss"]  # 'fresh' was never registered
 
 
-def test_name_clashes_are_rejected(path: Path) -> None:
+def test_escaped_keeps_accepted_names_and_maps_what_users_log() -> None:
+    for name in ("train/loss", "lr-AdamW", "lr/unet", "val.acc", "a_b/c-d.e"):
+        assert escaped(name, "scalars") == name
+    assert escaped("lr/d*lr/unet", "scalars") == "lr/d_lr/unet"  # kohya-ss
+    assert escaped("val acc", "scalars") == "val_acc"
+    assert escaped("/a//b/", "scalars") == "a/b" and escaped("", "scalars") == "_"
+    assert escaped(".hidden/__x/-y", "scalars") == "_.hidden/_x/_-y"
+    assert escaped("zarr.json/x.partial", "scalars") == "zarr_json/x_partial"
+    assert escaped("loss/current", "scalars") == "loss_/current"
+    assert escaped("warn", "scalars") == "warn_"  # a column texwatchd derives
+    assert escaped("term/v", "scalars") == "term_/v" and escaped("term", "terms") == "term"
+    assert escaped("pred", "images") == "pred_" and escaped("pred", "scalars") == "pred"
+    long = escaped("x" * 300, "scalars")
+    assert len(long) == MAX_NAME and long != escaped("x" * 301, "scalars")
+    assert len(escaped("x" * 300, "terms")) == MAX_NAME - len(given_nan("term/"))
+
+
+def test_escaped_names_are_taken_by_the_store_for_any_key() -> None:
+    rng = random.Random(0)
+    alphabet = "ab_.-/ *:é\t0" + "zarr.json" + ".partial"
+    for _ in range(20000):
+        key = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 14)))
+        for kind in ("scalars", "terms", "images"):
+            stored = escaped(key, kind)  # type: ignore[arg-type]
+            check_name(stored, "name")
+            assert stored.split("/")[0] not in RESERVED[kind]  # type: ignore[index]
+
+
+def test_keys_users_log_are_stored_escaped_apart_and_kept_by_their_original_name(
+    path: Path,
+) -> None:
+    image = np.zeros((3, 2, 2))
+    logged = {"lr/d*lr/unet": 1.0, "loss/current": 2.0, "val acc": 3.0, "d?lr": 4.0, "lr": 5.0}
     with Recorder(path) as rec:
-        rec.record(0, scalars={"lr": 1.0}, images={"val": np.zeros((3, 2, 2))})
-        with pytest.raises(ValueError, match="clashes with 'lr'"):
-            rec.record(1, scalars={"lr/warm": 1.0})
-        with pytest.raises(ValueError, match="clashes with 'val'"):
-            rec.record(1, images={"val/0": np.zeros((3, 2, 2))})
-        with pytest.raises(ValueError, match="reserved"):
-            rec.record(1, scalars={"loss/x": 1.0})
-    assert open_run(path).committed() == {SCALARS: 1, "val": 1}
+        rec.record(0, scalars=logged, terms={"mse loss": 0.5}, images={"val": image})
+        # a taken name, or one inside a taken name, gets a name of its own
+        rec.record(1, scalars={"d_lr": 6.0, "lr/warm": 7.0}, images={"val/0": image})
+        # a term and its weight share one name
+        rec.record(2, weights={"mse loss": 2.0}, images={"latents": image})
+        renamed = rec.renamed
+    # "lr" would hold lr/d_lr/unet
+    hashed = {k: v for k, v in renamed["scalars"].items() if k in ("d_lr", "lr")}
+    assert renamed == {
+        "scalars": {
+            "lr/d*lr/unet": "lr/d_lr/unet",
+            "loss/current": "loss_/current",
+            "val acc": "val_acc",
+            "d?lr": "d_lr",
+            **hashed,
+        },
+        "terms": {"mse loss": "mse_loss"},
+        "images": {"val/0": renamed["images"]["val/0"], "latents": "latents_"},
+    }
+    assert re.fullmatch(r"d_lr-[0-9a-f]{8}", hashed["d_lr"])
+    assert re.fullmatch(r"lr-[0-9a-f]{8}", hashed["lr"])
+    assert re.fullmatch(r"val_0-[0-9a-f]{8}", renamed["images"]["val/0"])
+    run = open_run(path)
+    cols = run.scalars()
+    for key, value in {**logged, "d_lr": 6.0, "lr/warm": 7.0}.items():
+        column = renamed["scalars"].get(key, key)
+        assert np.nanmax(cols[column]) == value
+        assert logged_name(run.names(), column) == key
+    assert cols["weight/mse_loss"][2] == 2.0 and cols["term/mse_loss"][0] == 0.5
+    assert logged_name(run.names(), "weight/mse_loss") == "weight/mse loss"
+    assert logged_name(run.names(), "latents_", stream=True) == "latents"
+    assert sorted(run.stream_names()) == sorted(["val", renamed["images"]["val/0"], "latents_"])
+    # a resumed recorder stores every key under the name it had, and names new ones apart
+    with Recorder(path) as rec:
+        rec.record(3, scalars={"d_lr": 8.0, "d*lr": 9.0}, images={"val/0": image})
+        assert rec.renamed["scalars"]["d_lr"] == hashed["d_lr"]
+        assert rec.renamed["scalars"]["d*lr"] not in (hashed["d_lr"], "d_lr")
+    assert open_run(path).scalars()[hashed["d_lr"]][3] == 8.0
+    assert open_run(path).committed()[renamed["images"]["val/0"]] == 2
 
 
 @pytest.mark.parametrize(
@@ -249,7 +325,7 @@ def test_name_clashes_are_rejected(path: Path) -> None:
         ({"every": 5}, TypeError, "every must be a dict"),
         ({"every": {"pred": 1.5}}, TypeError, r"every\['pred'\] must be an int"),
         ({"max_items": 0}, ValueError, "max_items must be >= 1"),
-        ({"max_items": {"a b": 1}}, ValueError, "segments"),
+        ({"max_items": {3: 1}}, TypeError, "max_items keys must be str"),
         ({"flush_interval": 0}, ValueError, "flush_interval must be finite and > 0"),
         ({"flush_interval": "1"}, TypeError, "flush_interval must be a number"),
         ({"max_wait": -1.0}, ValueError, "max_wait must be finite and >= 0"),
@@ -523,11 +599,16 @@ def test_module_api_lazy_init_and_close(path: Path, monkeypatch: pytest.MonkeyPa
     second = path.parent / "second.zarr"
     replaced = tw.init(second, run="second", config={"k": 1})
     assert recorder.closed and tw.get_recorder() is replaced
-    tw.record(0, 2.0)
+    image = np.zeros((8, 8, 3), np.uint8)
+    tw.record(0, 2.0, images={"val img": image}, dataformats="HWC")
     tw.close()
     tw.close()
     assert tw.get_recorder() is None and open_run(second).name == "second"
+    assert open_run(second).stream_spec("val_img").shape == (3, 8, 8)
     tw.flush()  # nothing to flush: no error
+    # the module's record() takes what Recorder.record() takes, in the same order
+    method = list(inspect.signature(Recorder.record).parameters.values())[1:]
+    assert list(inspect.signature(tw.record).parameters.values()) == method
 
 
 def test_close_is_idempotent_and_record_after_close_fails(path: Path) -> None:
@@ -586,9 +667,9 @@ def _signature_changes() -> list[tuple[dict[str, Any], dict[str, Any], type[Exce
     t = torch.tensor(0.5)
     x = torch.zeros(2, 4, 8, 8)
     return [
-        ({"terms": {"v": t}}, {"terms": {"v": t, "a b": t}}, ValueError, "segments"),
-        ({"terms": {"v": t}}, {"terms": {"v": t, "x" * 190: t}}, ValueError, "too long"),
-        ({"scalars": {"lr": 1.0}}, {"scalars": {"lr": 1.0, "loss": 1.0}}, ValueError, "reserved"),
+        ({"terms": {"v": t}}, {"terms": {"v": t, ("a", "b"): t}}, TypeError, "keys must be str"),
+        ({"images": {"u": x}}, {"images": {"u": x}, "dataformats": "NHWC"}, ValueError, "created"),
+        ({"images": {"u": x}}, {"images": {"u": x}, "dataformats": {"u": "N"}}, ValueError, "of"),
         ({"latents": x}, {"latents": torch.zeros(2, 4, 4, 4)}, ValueError, "created with"),
         ({"loss": t}, {"loss": torch.ones(2, 2)}, ValueError, "scalar or a 1-D"),
         ({"loss": t}, {"loss": torch.ones(1, dtype=torch.complex64)}, TypeError, "real numbers"),
@@ -605,7 +686,7 @@ def _signature_changes() -> list[tuple[dict[str, Any], dict[str, Any], type[Exce
             "disagree",
         ),
         ({"checkpoint": True}, {"checkpoint": "yes"}, TypeError, "checkpoint must be a bool"),
-        ({"images": {"u": x}}, {"images": {"u": x, "latents": x}}, ValueError, "reserved"),
+        ({"images": {"u": x}}, {"images": {"u": x, "v": x[:, :3, :, :3]}}, ValueError, "or last"),
         ({"timesteps": np.arange(2)}, {"timesteps": np.zeros((2, 2))}, ValueError, "1-D"),
     ]
 
@@ -697,6 +778,66 @@ def test_images_laid_out_in_any_order_are_copied_exactly(path: Path) -> None:
     run = open_run(path)
     np.testing.assert_array_equal(run.stream("pred")[1], np.concatenate([p for p, _ in seen]))
     np.testing.assert_array_equal(run.stream("s")[1], np.concatenate([s for _, s in seen]))
+
+
+def test_images_in_every_layout_users_pass_are_stored_channels_first(path: Path) -> None:
+    """NHWC/HWC arrays (diffusers' output_type="np"), PIL images and lists, grey, uint8."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    nhwc = rng.random((5, 64, 48, 3), dtype=np.float32)  # 184 KiB a row: copied from its bytes
+    rgb = rng.integers(0, 256, (2, 16, 12, 3), dtype=np.uint8)
+    grey = rng.random((2, 16, 12), dtype=np.float32)
+    chw = torch.rand(16, 16, 12, generator=torch.Generator().manual_seed(0))  # 16 channels
+    nhwc_half = torch.from_numpy(nhwc).to(torch.bfloat16)  # numpy cannot view it: captured
+    given: dict[str, Any] = {
+        "nhwc": nhwc,
+        "nhwc-tensor": torch.from_numpy(nhwc),
+        "nhwc-bf16": nhwc_half,
+        "hwc": nhwc[0],
+        "uint8": rgb,
+        "pil": Image.fromarray(rgb[0]),
+        "pil-list": [Image.fromarray(a) for a in rgb],
+        "pil-grey": Image.fromarray(rgb[0, :, :, 0]),
+        "hw": grey[0],
+        "nhw": grey,
+        "chw": chw,
+        "list/chw": [chw, chw + 1],
+    }
+    want = {
+        "nhwc": nhwc[:4].transpose(0, 3, 1, 2),  # max_items=4 cuts the batch
+        "nhwc-tensor": nhwc[:4].transpose(0, 3, 1, 2),
+        "nhwc-bf16": nhwc_half[:4].float().numpy().transpose(0, 3, 1, 2),
+        "hwc": nhwc[:1].transpose(0, 3, 1, 2),
+        "uint8": rgb.transpose(0, 3, 1, 2) / np.float32(255),
+        "pil": rgb[:1].transpose(0, 3, 1, 2) / np.float32(255),
+        "pil-list": rgb.transpose(0, 3, 1, 2) / np.float32(255),
+        "pil-grey": rgb[:1, None, :, :, 0] / np.float32(255),
+        "hw": grey[:1, None],
+        "nhw": grey[:, None],
+        "chw": chw[None].numpy(),
+        "list/chw": torch.stack([chw, chw + 1]).numpy(),
+    }
+    tiny = rng.random((2, 4, 4, 4), dtype=np.float32)  # channels first or last: first
+    with Recorder(path, every={"pred": 1}) as rec:
+        rec.record(0, images=given, dataformats={"nhw": "NHW"}, pred=nhwc[:2], latents=tiny)
+        for step in (1, 2):  # the cached signature of the arrays and tensors copies alike
+            rec.record(step, images={k: given[k] for k in ("nhwc", "nhwc-tensor", "nhwc-bf16")})
+    run = open_run(path)
+    # a model tensor whose shape can only be channels-last is taken as such
+    np.testing.assert_array_equal(run.stream("pred")[1], nhwc[:2].transpose(0, 3, 1, 2))
+    np.testing.assert_array_equal(run.stream("latents")[1], tiny)
+    assert sorted(run.stream_names()) == sorted([*want, "pred", "latents"])
+    for name, data in want.items():
+        steps, got = run.stream(name)
+        assert run.stream_spec(name).shape == data.shape[1:], name
+        if name.startswith("nhwc"):
+            data = np.concatenate([data] * 3)
+            np.testing.assert_array_equal(steps, np.repeat([0, 1, 2], 4), err_msg=name)
+        else:
+            np.testing.assert_array_equal(steps, [0] * len(data), err_msg=name)
+        np.testing.assert_allclose(got, data, rtol=1e-6, atol=1e-7, err_msg=name)
+        assert got.dtype == np.float32
 
 
 def _pooled_latents(seed: int) -> torch.Tensor:

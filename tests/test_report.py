@@ -23,7 +23,7 @@ from texwatch.report import (
     probable_causes,
     step_table,
 )
-from texwatch.store import open_run
+from texwatch.store import DERIVED_SCALARS, RESERVED_SCALARS, open_run
 
 EVIL = "<script>alert(1)</script>"
 CLEAN = "clean $\\frac{$ run"  # dollar signs: drawn literally, never parsed as mathtext
@@ -468,6 +468,56 @@ def test_a_scalars_only_store_with_checkpoints_reports(tmp_path: Path, capsys) -
     assert main(["report", str(store), "-o", str(unwritable), "--quiet"]) == 1
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and err[0].startswith("texwatch report: error: ") and "file" in err[0]
+
+
+def test_scalars_terms_and_streams_are_shown_by_the_key_they_were_logged_under(
+    tmp_path: Path,
+) -> None:
+    import html as html_lib
+
+    import texwatch.client as tw
+
+    store = tmp_path / "kohya.zarr"
+    rng = np.random.default_rng(0)
+    val = rng.random((2, 32, 32, 3), dtype=np.float32)  # NHWC, as diffusers' output_type="np"
+    with tw.Recorder(store, run="kohya") as rec:
+        for step in range(60):
+            logs = {"lr/d*lr/unet": 1e-4 * (step + 1), "loss/current": 0.5, "lr/unet": 2e-4}
+            if step % 20 == 0:
+                logs["val acc"] = step / 60
+            rec.record(
+                step,
+                0.5,
+                scalars=logs,
+                terms={"mse loss": 0.5},
+                images={"val/sample 0": val} if step % 20 == 0 else None,
+                checkpoint=step == 40,
+            )
+        renamed = rec.renamed
+    out = tmp_path / "out"
+    assert main(["report", str(store), "-o", str(out), "--quiet", "--checkpoints"]) == 0
+    doc = _doc(out)
+    run = doc["runs"][0]
+    assert run["names"]["scalars"] == {v: k for k, v in renamed["scalars"].items()}
+    assert set(run["scalars"]) == {"lr/d*lr/unet", "loss/current", "lr/unet", "val acc"}
+    d_lr = run["scalars"]["lr/d*lr/unet"]
+    assert d_lr["stored_as"] == "lr/d_lr/unet" and d_lr["steps"] == 60
+    assert d_lr["min"] == pytest.approx(1e-4) and d_lr["max"] == pytest.approx(60e-4)
+    assert d_lr["last_step"] == 59 and d_lr["last"] == pytest.approx(60e-4)
+    acc = run["scalars"]["val acc"]  # logged every 20 steps: its last value is step 40's
+    assert acc["steps"] == 3 and acc["last_step"] == 40 and acc["last"] == pytest.approx(2 / 3)
+    assert set(run["terms"]) == {"mse loss"}
+    # every column of the joined table is texwatch's, derived, or a logged scalar's: none shadows
+    texwatch_own = RESERVED_SCALARS | DERIVED_SCALARS
+    stored = {r["stored_as"] for r in run["scalars"].values()}
+    for column in run["series"]["scalars"]:
+        assert column.split("/")[0] in texwatch_own or column in stored, column
+    val = renamed["images"]["val/sample 0"]
+    assert doc["validation"] == [{"run": "kohya", "stream": val, "steps": [0, 20, 40]}]
+    page = html_lib.unescape((out / "index.html").read_text())
+    assert "Logged scalars" in page
+    for key in ("lr/d*lr/unet", "loss/current", "val acc", "val/sample 0 ("):
+        assert key in page, key
 
 
 def _whole_table(path: Path, settings) -> dict[str, np.ndarray]:

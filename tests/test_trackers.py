@@ -4,7 +4,6 @@ real diffusers UNet training step), Lightning's ``self.log`` through a ``Trainer
 from __future__ import annotations
 
 import csv
-import random
 import textwrap
 import warnings
 from collections.abc import Iterator
@@ -15,6 +14,7 @@ import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
+import tqdm
 from accelerate import Accelerator
 from lightning.pytorch.loggers import CSVLogger
 from PIL import Image
@@ -23,11 +23,9 @@ from torch.utils.data import DataLoader, TensorDataset
 from two_ranks import run_two_ranks
 
 import texwatch.client as tw
-from texwatch.integrations import storable_name
-from texwatch.integrations._names import RESERVED_IMAGE_NAMES, RESERVED_SCALAR_NAMES
 from texwatch.integrations.accelerate import TexwatchTracker
 from texwatch.integrations.lightning import TexwatchCallback, TexwatchLogger
-from texwatch.store import check_name, open_run
+from texwatch.store import logged_name, open_run
 
 
 @pytest.fixture(autouse=True)
@@ -37,51 +35,6 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
-
-
-# --- storable_name ------------------------------------------------------------------------------
-
-
-def test_storable_name_keeps_accepted_names_and_maps_what_users_log() -> None:
-    for name in ("train/loss", "lr-AdamW", "lr/unet", "val.acc", "a_b/c-d.e"):
-        assert storable_name(name) == name
-    assert storable_name("lr/d*lr/unet") == "lr/d_lr/unet"  # kohya-ss
-    assert storable_name("val acc") == "val_acc"
-    assert storable_name("/a//b/") == "a/b"
-    assert storable_name(".hidden/__x/-y") == "_.hidden/_x/_-y"
-    assert storable_name("zarr.json/x.partial") == "zarr_json/x_partial"
-    assert storable_name("loss") == "loss_" and storable_name("term/v") == "term_/v"
-    assert storable_name("pred", "image") == "pred_" and storable_name("pred") == "pred"
-    assert storable_name("") == "_" and storable_name(3) == "3"
-    long = storable_name("x" * 300)
-    assert len(long) == 200 and long != storable_name("x" * 301)
-
-
-def test_storable_name_output_is_accepted_by_the_store_for_any_input() -> None:
-    rng = random.Random(0)
-    alphabet = "ab_.-/ *:é\t0" + "zarr.json" + ".partial"
-    for _ in range(20000):
-        name = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 14)))
-        for kind in ("scalar", "image"):
-            stored = storable_name(name, kind)  # type: ignore[arg-type]
-            check_name(stored, "name")
-            reserved = RESERVED_SCALAR_NAMES if kind == "scalar" else RESERVED_IMAGE_NAMES
-            assert stored.split("/")[0] not in reserved
-
-
-def test_reserved_names_are_the_ones_record_refuses(tmp_path: Path) -> None:
-    with tw.Recorder(tmp_path / "r.zarr") as rec:
-        for first in sorted(RESERVED_SCALAR_NAMES):
-            with pytest.raises(ValueError, match="reserved"):
-                rec.record(0, scalars={f"{first}/x": 1.0})
-            rec.record(0, scalars={storable_name(f"{first}/x"): 1.0})
-        image = np.zeros((1, 2, 2), np.float32)
-        for first in sorted(RESERVED_IMAGE_NAMES):
-            # a stream may not be latents/pred/target, nor live under the store's own tables
-            name = first if first in ("latents", "pred", "target") else f"{first}/x"
-            with pytest.raises(ValueError, match="reserved|may not start"):
-                rec.record(0, images={name: image})
-            rec.record(0, images={storable_name(name, "image"): image})
 
 
 # --- accelerate ---------------------------------------------------------------------------------
@@ -116,13 +69,14 @@ def test_tracker_records_accelerator_log_config_and_odd_names(tmp_path: Path) ->
         accelerator = _log_run(tracker)
         accelerator.end_training()
     messages = [str(w.message) for w in caught]
-    assert sum("stores 'lr/d*lr/unet' as" in m for m in messages) == 1  # warned once
-    assert sum("records numbers only" in m for m in messages) == 1
+    assert sum("records numbers only" in m for m in messages) == 1  # warned once
+    flat = tracker.renamed["lr/d*lr"]
     assert tracker.renamed == {
         "lr/d*lr/unet": "lr/d_lr/unet",
-        "lr/d*lr": "lr_d_lr",
+        "lr/d*lr": flat,  # would hold the one above: a flat name of its own
         "val acc": "val_acc",
     }
+    assert flat.startswith("lr_d_lr-")
     assert tracker.skipped == {"note": 4, "items": 4}
 
     run = open_run(tmp_path / "acc.zarr")
@@ -132,7 +86,10 @@ def test_tracker_records_accelerator_log_config_and_odd_names(tmp_path: Path) ->
     np.testing.assert_array_equal(cols["step"], np.arange(4))
     np.testing.assert_allclose(cols["loss"], [1.0, 0.5, 1 / 3, 0.25])
     np.testing.assert_allclose(cols["lr/d_lr/unet"], [0.0, 0.5, 1.0, 1.5])
-    np.testing.assert_allclose(cols["lr_d_lr"], 0.25)
+    np.testing.assert_allclose(cols[flat], 0.25)
+    names = run.names()
+    for key in ("lr/d*lr/unet", "lr/d*lr", "val acc"):
+        assert logged_name(names, tracker.renamed[key]) == key
     np.testing.assert_allclose(cols["val_acc"], np.arange(4))
     np.testing.assert_allclose(cols["grads/unet"], 2.0)
     np.testing.assert_allclose(cols["grads/te"], 3.0)
@@ -151,27 +108,28 @@ def test_tracker_log_images_takes_the_layouts_accelerate_users_pass(tmp_path: Pa
     accelerator = Accelerator(cpu=True, log_with=[tracker])
     accelerator.init_trackers("proj")
     accelerator.log({"loss": 0.5}, step=7)
-    with pytest.warns(RuntimeWarning, match="stores 'latents' as 'latents_'"):
-        tracker.log_images(
-            {
-                "nchw": nchw,
-                "chw": nchw[0],
-                "latents": latents,  # a reserved stream name: stored as latents_
-                "nhwc": rgb,
-                "hwc": rgb[1],
-                "pil": pil,
-                "grey": grey,
-                "val/0": nchw.permute(0, 2, 3, 1).numpy(),
-            },
-            step=7,
-        )
+    tracker.log_images(
+        {
+            "nchw": nchw,
+            "chw": nchw[0],
+            "latents": latents,  # a reserved stream name: stored as latents_
+            "nhwc": rgb,
+            "hwc": rgb[1],
+            "pil": pil,
+            "grey": grey,
+            "val/0": nchw.permute(0, 2, 3, 1).numpy(),
+        },
+        step=7,
+    )
     with pytest.raises(ValueError, match=r"'cube'.*\(3, 3, 3\).*dataformats='CHW' or 'HWC'"):
         tracker.log_images({"cube": np.zeros((3, 3, 3), np.float32)}, step=7)
     tracker.log_images({"cube": np.ones((3, 3, 3), np.float32)}, step=7, dataformats="HWC")
     with pytest.raises(ValueError, match="dataformats"):
         tracker.log_images({"x": nchw}, step=7, dataformats="NCWH")
-    with pytest.raises(TypeError, match="'bad' holds a str"):
+    with pytest.raises(TypeError, match="'bad' holds a list"):
         tracker.log_images({"bad": ["x"]}, step=7)
+    with pytest.raises(TypeError, match="'bad' holds a str"):
+        tracker.log_images({"bad": [nchw[0], "x"]}, step=7)
     accelerator.end_training()
 
     run = open_run(tmp_path / "img.zarr")
@@ -225,15 +183,16 @@ def test_tracker_loss_key_is_configurable_and_a_resumed_run_cannot_clash(tmp_pat
     tracker = TexwatchTracker(tmp_path / "r.zarr", loss_key="my/loss", flush_interval=0.05)
     accelerator = Accelerator(cpu=True, log_with=[tracker])
     accelerator.init_trackers("proj")
-    with pytest.warns(RuntimeWarning, match="stores 'loss' as 'loss_'"):
-        accelerator.log({"my/loss": 0.25, "loss": 9.0, "lr/unet": 0.01}, step=1)
-        accelerator.end_training()
-    assert tracker.renamed == {"loss": "loss_", "lr/unet": "lr_unet"}
+    accelerator.log({"my/loss": 0.25, "loss": 9.0, "lr/unet": 0.01}, step=1)
+    accelerator.end_training()
+    inside = tracker.renamed["lr/unet"]  # "lr" is a stored column: lr/unet gets a flat name
+    assert tracker.renamed == {"loss": "loss_", "lr/unet": inside}
+    assert inside.startswith("lr_unet-")
     cols = open_run(tmp_path / "r.zarr").scalars()
     np.testing.assert_array_equal(cols["step"], [0, 1])
     np.testing.assert_allclose(cols["loss"], [1.0, 0.25])
     np.testing.assert_allclose(cols["loss_"], [np.nan, 9.0])  # "loss" is not the loss key here
-    np.testing.assert_allclose(cols["lr_unet"], [np.nan, 0.01])  # "lr" is a stored column
+    np.testing.assert_allclose(cols[inside], [np.nan, 0.01])
 
 
 def test_tracker_rejects_bad_arguments(tmp_path: Path) -> None:
@@ -273,9 +232,12 @@ def test_report_to_texwatch_is_registered_with_accelerate(
     assert open_run(tmp_path / "env.zarr").name == "named"
 
 
-def test_a_real_diffusers_training_step_through_the_tracker(tmp_path: Path) -> None:
-    """A tiny UNet2DModel learns to predict DDPM noise; accelerate logs loss, lr and images."""
-    from diffusers import DDPMScheduler, UNet2DModel
+def test_a_real_diffusers_training_step_through_the_tracker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tiny UNet2DModel learns to predict DDPM noise; accelerate logs loss, lr and images, and
+    the pipeline's validation samples (numpy NHWC, PIL) as the diffusers scripts get them."""
+    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
     torch.manual_seed(0)
     unet = UNet2DModel(
@@ -313,7 +275,23 @@ def test_a_real_diffusers_training_step_through_the_tracker(tmp_path: Path) -> N
         accelerator.log({"train_loss": loss.detach(), "lr": lrs[-1]}, step=global_step)
         shown.append((noisy.clamp(-1, 1) + 1) / 2)
         tracker.log_images({"noisy": shown[-1]}, step=global_step)
+    # validation as the diffusers scripts run it: a pipeline's numpy (NHWC) and PIL outputs
+    pipeline = DDPMPipeline(unet=accelerator.unwrap_model(unet), scheduler=scheduler)
+    pipeline.set_progress_bar_config(disable=True)
+    monkeypatch.setattr(tqdm.tqdm, "monitor_interval", 0)  # a disabled bar still starts one
+    sample = {"batch_size": 2, "num_inference_steps": 2}
+    as_np = pipeline(generator=torch.Generator().manual_seed(2), output_type="np", **sample)
+    as_pil = pipeline(generator=torch.Generator().manual_seed(2), output_type="pil", **sample)
+    tracker.log_images({"val/np": as_np.images, "val/pil": as_pil.images}, step=1)
     accelerator.end_training()
+    with tw.Recorder(tmp_path / "direct.zarr") as rec:  # record() takes them as they come
+        rec.record(0, images={"val np": as_np.images, "val pil": as_pil.images})
+    direct = open_run(tmp_path / "direct.zarr")
+    nchw = as_np.images.transpose(0, 3, 1, 2)
+    np.testing.assert_allclose(direct.stream("val_np")[1], nchw, rtol=1e-6)
+    pil_pixels = np.stack([np.asarray(i) for i in as_pil.images]).transpose(0, 3, 1, 2) / 255
+    np.testing.assert_allclose(direct.stream("val_pil")[1], pil_pixels, rtol=1e-6)
+    assert np.abs(pil_pixels - nchw).max() <= 1 / 255  # the same images, 8-bit
 
     run = open_run(tmp_path / "unet.zarr")
     assert run.config == {"learning_rate": 1e-3, "train_batch_size": 2}
@@ -324,6 +302,10 @@ def test_a_real_diffusers_training_step_through_the_tracker(tmp_path: Path) -> N
     steps, data = run.stream("noisy")
     np.testing.assert_array_equal(steps, [0, 0, 1, 1])
     np.testing.assert_allclose(data, torch.cat(shown).numpy(), rtol=1e-6)
+    for name, want in (("val/np", nchw), ("val/pil", pil_pixels)):
+        steps, data = run.stream(name)
+        np.testing.assert_array_equal(steps, [1, 1])
+        np.testing.assert_allclose(data, want, rtol=1e-6)
 
 
 _TRACKER_WORKER = textwrap.dedent(
@@ -386,7 +368,15 @@ class _Logged(pl.LightningModule):
         self.log("train_loss", loss)
         self.log("train/l1", (pred - x).abs().mean())
         self.log("lr-SGD", self.optimizers().param_groups[0]["lr"])  # type: ignore[union-attr]
-        return {"loss": loss, "item_losses": per_item, "latents": x, "sample_ids": ids}
+        return {
+            "loss": loss,
+            "item_losses": per_item,
+            "latents": x,
+            "sample_ids": ids,
+            # channels last, with 3 rows: a shape that needs its dataformats
+            "images": {"x last": x.permute(0, 2, 3, 1)[:, :3]},
+            "dataformats": "NHWC",
+        }
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         x, _ = batch
@@ -509,6 +499,10 @@ def test_callback_and_logger_share_one_store_one_row_a_step(tmp_path: Path) -> N
     assert run.checkpoint_steps() == [1, 3, 5]
     steps, _ = run.stream("latents")
     np.testing.assert_array_equal(steps, np.repeat(np.arange(STEPS), BATCH))
+    steps, last = run.stream("x_last")
+    np.testing.assert_array_equal(steps, np.repeat(np.arange(STEPS), BATCH))
+    np.testing.assert_allclose(last, _data().dataset.tensors[0][:, :, :3].numpy())
+    assert logger.renamed == {"x last": "x_last", "val loss": "val_loss"}
     items = run.items()
     np.testing.assert_array_equal(items["sample_id"], np.arange(STEPS * BATCH))
 

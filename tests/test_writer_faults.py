@@ -26,6 +26,7 @@ from texwatch.detectors import MAX_TERMS, TermMonitor
 from texwatch.errors import LockUnsupportedError, StoreLockedError
 from texwatch.store import (
     ITEMS,
+    LOSS_NAN,
     MAX_NAME,
     MAX_SCALARS,
     OVER_CAP,
@@ -250,36 +251,40 @@ def test_the_largest_step_is_stored(path: Path) -> None:
     assert open_run(path).scalars()["step"].tolist() == [2**63 - 1]
 
 
-def test_every_stored_column_name_is_checked_at_its_final_length(path: Path) -> None:
+def test_every_stored_column_name_fits_at_its_final_length(path: Path) -> None:
     longest_term = "t" * (MAX_NAME - len(given_nan("term/")))
-    longest_weight = "w" * (MAX_NAME - len("weight/"))
     with Recorder(path) as rec:
-        for arg, name in (("terms", longest_term + "t"), ("weights", longest_weight + "w")):
-            with pytest.raises(ValueError, match=rf"{arg} key '{name[:10]}.*' is too long"):
-                rec.record(0, 1.0, **{arg: {name: 1.0}})
-        rec.record(0, 1.0, terms={longest_term: float("nan")}, weights={longest_weight: 1.0})
+        rec.record(0, 1.0, terms={longest_term: float("nan")}, weights={longest_term: 1.0})
         rec.record(1, 1.0, scalars={"s" * MAX_NAME: 1.0})
+        # one longer: stored under a name as long as the longest, ending in a hash of the key
+        rec.record(2, 1.0, terms={longest_term + "t": float("nan")}, scalars={"s" * 300: 2.0})
+        renamed = rec.renamed
+    term, scalar = renamed["terms"][longest_term + "t"], renamed["scalars"]["s" * 300]
+    assert len(term) == len(longest_term) and len(scalar) == MAX_NAME
     run = open_run(path)
-    assert run.committed() == {SCALARS: 2} and run.errors() == 0
+    assert run.committed() == {SCALARS: 3} and run.errors() == 0
     cols = run.scalars()
     assert cols[given_nan(f"term/{longest_term}")][0] == 1.0
-    assert cols[f"weight/{longest_weight}"][0] == 1.0 and cols["s" * MAX_NAME][1] == 1.0
+    assert cols[f"weight/{longest_term}"][0] == 1.0 and cols["s" * MAX_NAME][1] == 1.0
+    assert cols[given_nan(f"term/{term}")][2] == 1.0 and cols[scalar][2] == 2.0
 
 
 @pytest.mark.parametrize("name", ["nonfinite", "nonfinite/loss", "nonfinite/term/v"])
-def test_scalar_names_of_internal_columns_are_reserved(path: Path, name: str) -> None:
+def test_scalar_names_of_internal_columns_are_stored_apart(path: Path, name: str) -> None:
+    stored = "nonfinite_" + name[len("nonfinite") :]
     with Recorder(path) as rec:
-        rec.record(0, float("nan"), terms={"v": float("nan")})
-        with pytest.raises(ValueError, match=rf"scalars key '{name}' is reserved"):
-            rec.record(1, float("nan"), scalars={name: 1.0})
+        rec.record(0, float("nan"), terms={"v": float("nan")}, scalars={name: 1.0})
         for step in range(1, 50):
             rec.record(step, float("nan"))
+        assert rec.renamed == {"scalars": {name: stored}}
     run = open_run(path)
     assert run.committed() == {SCALARS: 50} and run.errors() == 0
-    assert run.nonfinite()["loss"] == 50
-    # a resumed recorder knows the stored internal columns
-    with Recorder(path) as rec, pytest.raises(ValueError, match="is reserved"):
-        rec.record(50, 1.0, scalars={name: 1.0})
+    assert run.nonfinite()["loss"] == 50 and run.scalars()[LOSS_NAN].tolist() == [1.0] * 50
+    assert run.scalars()[given_nan("term/v")][0] == 1.0
+    # a resumed recorder stores the key where it was stored
+    with Recorder(path) as rec:
+        rec.record(50, 1.0, scalars={name: 2.0})
+    assert open_run(path).scalars()[stored][[0, 50]].tolist() == [1.0, 2.0]
 
 
 def test_terms_past_the_cap_are_dropped_counted_and_warned_once(path: Path) -> None:
@@ -413,7 +418,8 @@ def test_a_row_the_writer_cannot_store_is_counted_and_its_neighbours_kept(path: 
     """A row that slipped past record()'s checks (injected straight into the queue)."""
     rec = Recorder(path, flush_interval=60.0)
     rec.record(0, 1.0, sample_ids=[0, 1], latents=np.ones((2, 1, 2, 2), np.float32))
-    bad = Row(2**64, 0.0, loss=np.ones(3), images={"latents": (np.ones((2, 1, 2, 2)), np.float32)})
+    latents = (np.ones((2, 1, 2, 2)), np.float32, "NCHW")
+    bad = Row(2**64, 0.0, loss=np.ones(3), images={"latents": latents})
     rec._queue.put(bad)
     rec.record(1, 2.0, sample_ids=[2, 3], latents=np.ones((2, 1, 2, 2), np.float32))
     with pytest.raises(WriterError, match="1 write"):

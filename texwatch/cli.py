@@ -79,6 +79,7 @@ def _inspect(args: argparse.Namespace) -> int:
                 for name in run.stream_names()
             },
             "scalars": run.scalar_names(),
+            "names": run.names(),
             "checkpoints": run.checkpoint_steps(),
             "drops": run.drops(),
             "nonfinite": run.nonfinite(),

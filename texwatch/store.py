@@ -16,6 +16,10 @@ Layout of ``runs/x.zarr`` (schema version 1)::
                              and scalar values dropped past the caps on names (rows are kept)
         nonfinite            {"loss": n, "term/v": n, "latents": n, ...}  rows holding NaN/Inf
         errors               number of failed writes in the client's writer thread
+        names                {"scalars": {stored: key}, "terms": {...}, "images": {...}}: the
+                             key a user logged for each name stored under another (escaped:
+                             ``lr/d_lr/unet`` for ``lr/d*lr/unet``; see texwatch.client); a term
+                             ``t`` is stored as term/t and weight/t; absent when none was
         finished             ISO-8601 UTC time the recorder was closed cleanly (its last commit);
                              absent or null while the run is written, after a crash, and again
                              once a writer resumes it
@@ -115,11 +119,13 @@ from texwatch.errors import (
 __all__ = [
     "CHUNK_TARGET_BYTES",
     "DERIVED",
+    "DERIVED_SCALARS",
     "ITEMS",
     "LOSS_NAN",
     "MAX_NAME",
     "MAX_SCALARS",
     "OVER_CAP",
+    "RESERVED_SCALARS",
     "RESERVED_TABLES",
     "SCALARS",
     "NONFINITE",
@@ -133,6 +139,7 @@ __all__ = [
     "check_name",
     "given_nan",
     "latest_rows",
+    "logged_name",
     "open_run",
     "remove_run",
     "run_paths",
@@ -169,6 +176,16 @@ def given_nan(column: str) -> str:
     """
     return f"{NONFINITE}/{column}"
 
+
+RESERVED_SCALARS = frozenset({"step", "time", "loss", "checkpoint", "term", "weight", NONFINITE})
+"""First segments of the scalar columns texwatch writes itself; every other column is a user
+scalar (``record(scalars=...)``)."""
+DERIVED_SCALARS = frozenset(
+    {"loss_ema", "loss_zscore", "spike", "spike_rule", "warn", "share", "dead", "term_nonfinite"}
+    | {"weighted"}  # the report's value x weight of each term
+)
+"""First segments of the columns derived beside the scalar table (``derived/scalars``, see
+:mod:`texwatch.derive`), which readers join with it: no user scalar takes them either."""
 
 LOSS_NAN = given_nan("loss")
 """Scalar column marking rows whose given loss was NaN."""
@@ -962,6 +979,10 @@ class RunWriter:
         c, h, w = col.inner
         return StreamSpec((c, h, w), col.dtype)
 
+    def names(self) -> dict[str, dict[str, str]]:
+        """The ``names`` attribute as stored: per kind, the key of each renamed name."""
+        return _names_attr(self._attrs)
+
     def counters(self) -> tuple[dict[str, int], dict[str, int], int]:
         """(drops, nonfinite, errors) as stored, so a resumed client keeps counting from there."""
         return (
@@ -998,12 +1019,15 @@ class RunWriter:
         nonfinite: Mapping[str, int] | None = None,
         errors: int | None = None,
         *,
+        names: Mapping[str, Mapping[str, str]] | None = None,
         finished: bool = False,
     ) -> dict[str, int]:
         """Publish the appended rows and the counters in one atomic attributes write.
 
-        ``finished``: this is the run's last commit, by a recorder closed cleanly; readers see
-        the run as finished (``finished`` = now) until a writer resumes it.
+        ``names``: the key of each renamed name, by kind (the ``names`` attribute); published
+        with the first rows of its columns. ``finished``: this is the run's last commit, by a
+        recorder closed cleanly; readers see the run as finished (``finished`` = now) until a
+        writer resumes it.
         """
         self._check_open()
         update: dict[str, Any] = self._tables.marker()
@@ -1015,6 +1039,8 @@ class RunWriter:
             update["nonfinite"] = {k: int(v) for k, v in nonfinite.items()}
         if errors is not None:
             update["errors"] = int(errors)
+        if names:
+            update["names"] = {kind: dict(renamed) for kind, renamed in names.items()}
         # One write of zarr.json: Attributes.update would write once per key, publishing
         # `committed` before the `tables` that make those rows readable.
         self._group = self._group.update_attributes(update)
@@ -1232,6 +1258,11 @@ class Run:
         after a crash, and once resumed."""
         value = self.attrs.get("finished")
         return value if isinstance(value, str) and value else None
+
+    def names(self) -> dict[str, dict[str, str]]:
+        """Per kind (``scalars``, ``terms``, ``images``), the key logged for each name stored
+        under another; :func:`logged_name` reads it."""
+        return _names_attr(self.attrs)
 
     def scalar_names(self) -> list[str]:
         """Scalar columns other than ``step`` and ``time`` (``loss``, ``lr``, ``term/v``...)."""
@@ -1484,6 +1515,35 @@ def _read_failure(path: Where, err: BaseException) -> TexwatchError:
     if isinstance(err, OSError):
         return StoreReadError(f"cannot read {str(path)!r}: {err}", path)
     return CorruptChunkError(f"{str(path)!r} cannot be decoded: {err}", path)
+
+
+def logged_name(names: Mapping[str, Mapping[str, str]], name: str, *, stream: bool = False) -> str:
+    """A scalar column (or with ``stream``, an image stream) as it was logged, from a run's
+    :meth:`Run.names`: ``lr/d*lr/unet`` for ``lr/d_lr/unet``, ``term/d*lr`` for ``term/d_lr``.
+
+    Example:
+        >>> logged_name({"scalars": {"lr/d_lr/unet": "lr/d*lr/unet"}}, "lr/d_lr/unet")
+        'lr/d*lr/unet'
+    """
+    if stream:
+        return names.get("images", {}).get(name, name)
+    for prefix in ("term/", "weight/"):
+        if name.startswith(prefix):
+            key = name[len(prefix) :]
+            return prefix + names.get("terms", {}).get(key, key)
+    return names.get("scalars", {}).get(name, name)
+
+
+def _names_attr(attrs: Mapping[str, Any]) -> dict[str, dict[str, str]]:
+    """The ``names`` attribute, keeping only str -> str entries of dict kinds."""
+    stored = attrs.get("names")
+    if not isinstance(stored, dict):
+        return {}
+    return {
+        str(kind): {k: v for k, v in renamed.items() if isinstance(v, str)}
+        for kind, renamed in stored.items()
+        if isinstance(renamed, dict)
+    }
 
 
 def _run_attrs(path: Where) -> dict[str, Any]:

@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 
 from texwatch._lease import LEASE_SECONDS
-from texwatch.store import check_name
 
 __all__ = ["RecorderOptions", "options_from"]
 
@@ -27,7 +26,8 @@ class RecorderOptions:
     Args:
         run: run name (default: the folder name without ``.zarr``).
         config: JSON-able training configuration stored with the run.
-        every: per-stream sampling period in steps (see ``texwatch.client`` for the defaults).
+        every: per-stream sampling period in steps (see ``texwatch.client`` for the defaults),
+            by stream (``latents``, ``pred``, ``target``) or ``images=`` key as logged.
         max_items: first N items of a batch kept per stream: one int for all, or per stream.
         all_ranks: record on every distributed rank, each into ``path/rank<r>``; by default only
             rank 0 records and other ranks' calls return at once.
@@ -143,6 +143,7 @@ def per_stream(
         raise TypeError(f"{what} must be a dict of stream name -> int, got {type(value).__name__}")
     merged = dict(defaults)
     for name, n in value.items():
-        check_name(name, f"{what} key")
+        if not isinstance(name, str):
+            raise TypeError(f"{what} keys must be str (a stream or images key), got {name!r}")
         merged[name] = count(f"{what}[{name!r}]", n)
     return merged, other

@@ -6,12 +6,14 @@ before maps to a _Plan, and the call only copies its values and puts one tuple o
 Values are never part of a signature: the step's range is checked on every call, NaN/Inf are
 counted by the writer, sampling (step % every) and the memory budget are applied per call, and
 an int too large for a float64 is refused when it is converted. Names only ever get registered
-(a name clash or a full cap never goes away), so a plan stays valid for the recorder's life.
+(a key keeps its stored name, a full cap never empties), so a plan stays valid for the
+recorder's life.
 """
 
 from __future__ import annotations
 
 import ctypes
+import math
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -19,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from ._capture import POOL_MIN_BYTES, BufferPool, Capture, Copy, Meta, host_copy, is_tensor, memcpy
+from ._layout import chw
 from ._writer import Layout
 
 
@@ -96,6 +99,14 @@ def _images_sig(mapping: Any) -> Any:
     return (tuple(mapping), tuple(None if v is None else _sig(v) for v in mapping.values()))
 
 
+def _formats_sig(formats: Any) -> Any:
+    if formats is None or type(formats) is str:
+        return formats
+    if type(formats) is not dict or not all(type(v) is str for v in formats.values()):
+        raise _Uncached
+    return tuple(formats.items())
+
+
 def _no_sig() -> Any:
     raise _Uncached
 
@@ -109,6 +120,7 @@ def _call_sig(
     pred: Any,
     target: Any,
     images: Any,
+    dataformats: Any,
     sample_ids: Any,
     timesteps: Any,
     checkpoint: Any,
@@ -124,6 +136,7 @@ def _call_sig(
             None if pred is None else _sig(pred),
             None if target is None else _sig(target),
             None if images is None else _images_sig(images),
+            _formats_sig(dataformats),
             None if sample_ids is None else _sig(sample_ids),
             None if timesteps is None else _sig(timesteps),
             checkpoint if checkpoint is False or checkpoint is True else _no_sig(),
@@ -239,7 +252,8 @@ class _Stream:
     A CPU tensor the signature says numpy can view, not negated, is copied from its bytes
     (``data_ptr()``, one ``memcpy`` into a pooled buffer) whenever it is C-contiguous: its
     first ``items`` rows are then its first ``nbytes`` bytes. Strides are not part of the
-    signature, so contiguity is checked on every call; other layouts go through numpy.
+    signature, so contiguity is checked on every call; other layouts go through numpy. The copy
+    keeps the value's ``layout`` (see ``_layout``): the writer thread moves its channels first.
     """
 
     __slots__ = (
@@ -251,6 +265,7 @@ class _Stream:
         "host",
         "items",
         "key",
+        "layout",
         "name",
         "nbytes",
         "rows",
@@ -269,16 +284,18 @@ class _Stream:
         dtype: np.dtype[Any],
         every: int,
         items: int | None,
+        layout: str,
     ) -> None:
-        self.name, self.source, self.dtype, self.every = name, source, dtype, every
-        self.shape = meta.shape  # as given: (B, C, H, W) or (C, H, W)
-        self.chw: tuple[int, int, int] = meta.shape[-3:]  # type: ignore[assignment]
+        self.name = name  # the stored name; "" until the recorder names a new images key
+        self.source, self.dtype, self.every, self.layout = source, dtype, every, layout
+        self.shape = meta.shape  # as given, in ``layout``
+        self.chw = chw(meta.shape, layout)
         self.facts = (meta.kind, meta.itemsize, meta.half)
-        self.items = items  # rows to copy, None for a (C, H, W) input
+        self.items = items  # rows to copy, None for one image (no N axis)
         self.cut = items is not None and items < meta.shape[0]
         self.rows = 1 if items is None else items
-        c, h, w = self.chw
-        self.nbytes = self.rows * c * h * w * meta.itemsize
+        one = meta.shape[1:] if items is not None else meta.shape  # one image, as given
+        self.nbytes = self.rows * math.prod(one) * meta.itemsize
         self.tensor = meta.tensor
         self.sequence = not meta.tensor and not isinstance(raw, np.ndarray)
         host = None if not meta.tensor else _host_dtype(raw)
@@ -286,7 +303,7 @@ class _Stream:
         # the pool key of a copy from the tensor's bytes; None: not a candidate
         self.key: tuple[Any, ...] | None = None
         if host is not None and self.nbytes >= POOL_MIN_BYTES and not raw.is_neg():
-            self.key = ("numpy", self.chw if items is None else (items, *self.chw), host)
+            self.key = ("numpy", one if items is None else (items, *one), host)
 
     def copy(self, value: Any, pool: BufferPool, capture: Capture | None) -> Copy:
         if self.key is not None and value.is_contiguous():
@@ -326,23 +343,24 @@ class _Plan(Layout):
     def __init__(
         self,
         loss: Copier | None,
-        maps: list[tuple[int, list[tuple[str, Copier | None]]]],
-        refused: set[str],
+        maps: list[tuple[int, list[tuple[str | None, Copier | None]]]],
+        refused: frozenset[tuple[str, str]],
         checkpoint: bool,
         items: list[tuple[str, int, Copier]],
         streams: list[_Stream],
         item_rows: int,
     ) -> None:
-        columns = [c for _, entries in maps for c, _ in entries if c not in refused]
+        columns = [c for _, entries in maps for c, _ in entries if c is not None]
         super().__init__(tuple(columns), tuple(k for k, _, _ in items), checkpoint)
         self.loss = loss
-        # (index into (terms, weights, scalars), a copier per key in call order)
+        # (index into (terms, weights, scalars), a copier per key in call order); a key whose
+        # column is None was refused by a cap on names
         self.maps = tuple(
-            (index, tuple(_skip if c in refused else copier for c, copier in entries))
+            (index, tuple(_skip if c is None else copier for c, copier in entries))
             for index, entries in maps
             if entries
         )
-        self.refused = frozenset(refused)
+        self.refused = refused  # (kind, key) of the keys refused
         self.items = tuple((index, copier) for _, index, copier in items)
         self.streams = tuple(streams)
         self.item_rows = item_rows  # B, for the drop count of a row that does not fit

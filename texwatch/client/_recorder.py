@@ -45,15 +45,11 @@ from texwatch._location import ObjectPath, locate
 from texwatch.detectors import MAX_TERMS
 from texwatch.store import (
     ITEMS,
-    MAX_NAME,
     MAX_SCALARS,
-    NONFINITE,
     OVER_CAP,
     RESERVED_TABLES,
     SCALARS,
     RunWriter,
-    check_name,
-    given_nan,
 )
 
 from . import _plan
@@ -68,6 +64,8 @@ from ._capture import (
     release,
     torch_kind,
 )
+from ._layout import check_dataformats, chw, layout_of, stacked
+from ._names import RESERVED, TERM, WEIGHT, Kind, NameBook
 from ._options import RecorderOptions, count, options_from, per_stream
 from ._plan import (
     Copier,
@@ -105,10 +103,6 @@ STREAM_MAX_ITEMS = 4
 """``max_items`` of a user stream not named in ``max_items=``."""
 
 _BUILTIN_STREAMS = ("latents", "pred", "target")
-_RESERVED_SCALARS = frozenset({"step", "time", "loss", "checkpoint"})
-_TERM, _WEIGHT, _USER = "term/", "weight/", ""  # column prefixes of terms=, weights=, scalars=
-# first segments a user scalar name may not have: the columns texwatch writes itself
-_RESERVED_SEGMENTS = _RESERVED_SCALARS | {_TERM[:-1], _WEIGHT[:-1], NONFINITE}
 _MAX_STEP = 2**63 - 1  # steps are stored as int64 (record() spells it out: no global to read)
 _BLOCK_BYTES = 16 << 20  # commit early once this many image bytes are pending
 _POLL = 0.0005
@@ -225,6 +219,53 @@ def _label(what: str) -> Callable[[], str]:
     return lambda: f"record(): {what}"
 
 
+def _check_key(key: Any, arg: str) -> None:
+    if not isinstance(key, str):
+        raise TypeError(f"record(): {arg} keys must be str, got {type(key).__name__} {key!r}")
+
+
+def _kind(prefix: str) -> Kind:
+    """The kind of names a column prefix's keys have (see ``_names``)."""
+    return "scalars" if not prefix else "terms"
+
+
+def _formats(dataformats: Any, images: Mapping[str, Any]) -> Mapping[str, str]:
+    """``dataformats`` checked, by images key."""
+    if dataformats is None:
+        return {}
+    if isinstance(dataformats, str):
+        layout = check_dataformats(dataformats, "record(): dataformats")
+        return dict.fromkeys(images, layout)
+    if not isinstance(dataformats, Mapping):
+        raise TypeError(
+            f"record(): dataformats must be a str or a dict of images key -> str, got "
+            f"{type(dataformats).__name__}"
+        )
+    for key, layout in dataformats.items():
+        if key not in images:
+            raise ValueError(
+                f"record(): dataformats key {key!r} is not an images key; expected one of "
+                f"{sorted(map(str, images))}"
+            )
+        check_dataformats(layout, f"record(): dataformats[{key!r}]")
+    return dataformats
+
+
+def _stacked(
+    images: Mapping[str, Any], dataformats: Any
+) -> tuple[dict[str, Any], Mapping[str, str]]:
+    """``images`` with PIL images and lists of images as arrays or tensors, and the layout of
+    each (see ``_layout.stacked``)."""
+    formats = _formats(dataformats, _mapping(images, "images"))
+    values: dict[str, Any] = {}
+    layouts: dict[str, str] = {}
+    for key, value in images.items():
+        values[key], layout = stacked(value, formats.get(key), f"record(): images[{key!r}]")
+        if layout is not None:
+            layouts[key] = layout
+    return values, layouts
+
+
 def _mapping(value: Any, what: str) -> Mapping[str, Any]:
     if not isinstance(value, Mapping):
         raise TypeError(f"record(): {what} must be a dict of name -> value, got {type(value)}")
@@ -289,7 +330,7 @@ class Recorder:
         self._warned_error = False
         self._streams: dict[str, tuple[tuple[int, int, int], np.dtype[Any]]] = {}
         self._scalar_cols: set[str] = {"step", "time", "loss"}
-        self._known: dict[str, set[str]] = {_TERM: set(), _WEIGHT: set(), _USER: set()}
+        self._book = NameBook()  # the stored name of every key, copied and swapped on a change
         self._warned_cap: set[str] = set()
         self._tables: set[str] = set()
         self._counters = Counters({}, {}, 0, {}, opts.max_pending_bytes)
@@ -311,18 +352,22 @@ class Recorder:
         try:
             self.path = store.path
             self.run = store.name
+            renamed = store.names()
             for table in store.table_names():
                 self._tables.add(table)
                 if table == SCALARS:
-                    self._know(store.columns(table))
+                    self._know(store.columns(table), renamed)
                 elif table not in RESERVED_TABLES:
                     spec = store.stream_spec(table)
                     if spec is not None:
                         self._streams[table] = (spec.shape, spec.dtype)
+                        if table not in _BUILTIN_STREAMS:
+                            self._book.know("images", table, renamed.get("images", {}))
             drops, nonfinite, errors = store.counters()
             self._counters = Counters(
                 drops, nonfinite, errors, store.committed(), opts.max_pending_bytes
             )
+            self._counters.set_names(self._book.renamed())
             self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
             self._queue_size = opts.queue_size
             self._pool = BufferPool(opts.max_pending_bytes)
@@ -353,6 +398,12 @@ class Recorder:
     def closed(self) -> bool:
         return self._closed
 
+    @property
+    def renamed(self) -> dict[str, dict[str, str]]:
+        """Keys stored under another name, by kind (``scalars``; ``terms``, for terms= and
+        weights=; ``images``): key -> stored name. The run keeps them (see ``texwatch.store``)."""
+        return self._book.keys_renamed()
+
     def record(
         self,
         step: int | np.integer[Any],
@@ -362,6 +413,7 @@ class Recorder:
         pred: Any = None,
         target: Any = None,
         images: Mapping[str, Any] | None = None,
+        dataformats: str | Mapping[str, str] | None = None,
         terms: Mapping[str, Any] | None = None,
         weights: Mapping[str, Any] | None = None,
         scalars: Mapping[str, Any] | None = None,
@@ -375,14 +427,25 @@ class Recorder:
             step: the optimizer step, an int >= 0 (repeats after a resume are fine: latest wins).
             loss: a number or 0-d tensor, or a (B,) tensor of per-item losses (mean = step loss).
             latents, pred, target: image batches (B, C, H, W) or (C, H, W), any float dtype, on
-                any device; sampled per ``every`` / ``max_items``.
-            images: more image streams by name, e.g. ``{"val/0": x}``.
+                any device; sampled per ``every`` / ``max_items``. A batch whose shape can only
+                be channels-last (B, H, W, 3) is taken as such.
+            images: more image streams by name, e.g. ``{"val/0": x}``: tensors or arrays in any
+                layout of ``dataformats``, PIL images, or lists of them; uint8 is scaled to
+                [0, 1].
+            dataformats: the layout of the ``images`` values, as TensorBoard's ``add_images``:
+                ``NCHW``, ``NHWC``, ``CHW``, ``HWC``, ``HW`` or ``NHW``, for all of them or as a
+                dict by key (a list's names one image's layout). Without it the shape decides,
+                and a shape whose channels could be first or last is refused.
             terms: unweighted loss terms by name (stored as ``term/<name>``); 0-d or (B,).
             weights: loss-term weights by name (stored as ``weight/<name>``).
             scalars: other scalars by name (``lr``, ``grad_norm``...).
             sample_ids: (B,) ints naming the batch's samples.
             timesteps: (B,) diffusion timesteps of the batch's items.
             checkpoint: True at steps where a checkpoint was saved.
+
+        Any str is a key of ``images``, ``terms``, ``weights`` and ``scalars``: one the store
+        cannot hold as it is (``lr/d*lr/unet``, ``loss/current``) is stored under an escaped
+        name, and the run keeps the key (:attr:`renamed`; docs/client.md, "Names").
 
         Raises:
             TypeError / ValueError: bad input (naming the argument); nothing is recorded.
@@ -404,6 +467,7 @@ class Recorder:
             and pred is None
             and target is None
             and images is None
+            and dataformats is None
             and terms is None
             and weights is None
             and scalars is None
@@ -425,14 +489,16 @@ class Recorder:
             )
         else:
             key = _call_sig(
-                loss, terms, weights, scalars, latents, pred, target, images, sample_ids,
-                timesteps, checkpoint,
+                loss, terms, weights, scalars, latents, pred, target, images, dataformats,
+                sample_ids, timesteps, checkpoint,
             )  # fmt: skip
         plan = self._plans.get(key)
         if plan is None:  # validate, register the names, cache the plan; raises on bad input
+            if key is None and images is not None:  # PIL images and lists become arrays
+                images, dataformats = _stacked(images, dataformats)
             plan = self._plan(
-                key, loss, latents, pred, target, images, terms, weights, scalars, sample_ids,
-                timesteps, checkpoint,
+                key, loss, latents, pred, target, images, dataformats, terms, weights, scalars,
+                sample_ids, timesteps, checkpoint,
             )  # fmt: skip
         read = plan.read
         if read is not None:  # a 0-d CPU loss, read from memory inline (see _Reader)
@@ -470,6 +536,7 @@ class Recorder:
         pred: Any,
         target: Any,
         images: Mapping[str, Any] | None,
+        dataformats: Any,
         terms: Mapping[str, Any] | None,
         weights: Mapping[str, Any] | None,
         scalars: Mapping[str, Any] | None,
@@ -490,21 +557,21 @@ class Recorder:
             if type(loss_value) is not float and loss_value.ndim:
                 batch = {"loss": loss_value.shape[0]}
             loss_copier = _copier(loss, "loss", None)
-        maps: list[tuple[int, list[tuple[str, Copier | None]]]] = []
+        keyed: list[tuple[int, str, list[tuple[str, Copier | None]]]] = []
         named = (
-            ("terms", _TERM, terms, True),
-            ("weights", _WEIGHT, weights, False),
-            ("scalars", _USER, scalars, False),
+            ("terms", TERM, terms, True),
+            ("weights", WEIGHT, weights, False),
+            ("scalars", "", scalars, False),
         )
         for index, (arg, prefix, given, batch_ok) in enumerate(named):
             if given is None:
                 continue
             entries: list[tuple[str, Copier | None]] = []
             for name, value in _mapping(given, arg).items():
-                column = self._column(prefix, name, arg)
+                _check_key(name, arg)
                 _number(value, arg, name, batch_ok=batch_ok)
-                entries.append((column, _copier(value, arg, name)))
-            maps.append((index, entries))
+                entries.append((name, _copier(value, arg, name)))
+            keyed.append((index, prefix, entries))
         if checkpoint is not False and checkpoint is not True:
             if not isinstance(checkpoint, np.bool_):
                 raise TypeError(
@@ -528,28 +595,32 @@ class Recorder:
                 raise ValueError(
                     f"record(): per-item arguments disagree on the batch size B: {batch}"
                 )
-        streams: list[_Stream] = []
+        streams: list[tuple[str | None, _Stream]] = []
+        if images is None and dataformats is not None:
+            raise ValueError(
+                "record(): dataformats is given without images=; it names their layout"
+            )
         if latents is not None or pred is not None or target is not None or images is not None:
-            streams = self._plan_streams(latents, pred, target, images)
+            streams = self._plan_streams(latents, pred, target, images, dataformats)
 
-        # 2. register names first seen here (fails without side effects on a clash)
-        refused: set[str] = set()
-        columns = [column for _, entries in maps for column, _ in entries]
-        if checkpoint:
-            columns.append("checkpoint")
-        new_columns = [c for c in columns if c not in self._scalar_cols]
-        new_streams = [p for p in streams if p.name not in self._streams]
-        if new_columns or new_streams:
-            refused = self._register(new_columns, new_streams)
+        # 2. name and register what is new (fails without side effects on a clash)
+        columns = self._register(
+            [(prefix, [k for k, _ in entries]) for _, prefix, entries in keyed],
+            checkpoint,
+            streams,
+        )
 
         # 3. the plan, kept for the next call with this signature
         plan = _Plan(
             loss_copier,
-            maps,
-            refused,
+            [
+                (index, [(columns[prefix, k], copier) for k, copier in entries])
+                for index, prefix, entries in keyed
+            ],
+            frozenset((_kind(p), k) for (p, k), column in columns.items() if column is None),
             checkpoint,
             items,
-            streams,
+            [stream for _, stream in streams],
             next(iter(batch.values())) if batch else 0,
         )
         if key is not None:
@@ -580,7 +651,7 @@ class Recorder:
         capture = Capture(self._pool) if plan.capture else None
         values: list[Any] | None = None
         items: list[Copy] | None = None
-        copied: dict[str, tuple[Copy, np.dtype[Any]]] | None = None
+        copied: dict[str, tuple[Copy, np.dtype[Any], str]] | None = None
         nbytes = 0
         try:
             if plan.read is None and loss is not None and plan.loss is not None:
@@ -615,12 +686,16 @@ class Recorder:
                     value = (latents, pred, target)[source]
                 if copied is None:
                     copied = {}
-                copied[stream.name] = (stream.copy(value, self._pool, capture), stream.dtype)
+                copied[stream.name] = (
+                    stream.copy(value, self._pool, capture),
+                    stream.dtype,
+                    stream.layout,
+                )
         except BaseException:  # nothing is recorded: give back what was copied and reserved
             self._counters.release(nbytes)
             for copy in (loss, *(values or ()), *(items or ())):
                 release(copy)
-            for copy, _ in (copied or {}).values():
+            for copy, *_ in (copied or {}).values():
                 release(copy)
             raise
         if capture is not None:
@@ -655,41 +730,17 @@ class Recorder:
             captured.release()
         raise RuntimeError(f"record(): the Recorder for {str(self.path)!r} is closed")
 
-    def _column(self, prefix: str, name: Any, what: str) -> str:
-        """The scalar column for key ``name`` of ``terms``/``weights``/``scalars``, checked.
-
-        Every column the name is stored as (``nonfinite/term/<name>`` for a term) must fit
-        ``MAX_NAME``, and user scalars may not take the names of texwatch's own columns.
-        """
-        if type(name) is str and name in self._known[prefix]:
-            return prefix + name
-        check_name(name, f"record(): {what} key")
-        if prefix == _USER and name.split("/")[0] in _RESERVED_SEGMENTS:
-            raise ValueError(
-                f"record(): scalars key {name!r} is reserved (it may not start with "
-                f"{sorted(_RESERVED_SEGMENTS)}); pass loss=, terms=, weights= or checkpoint="
-            )
-        column = prefix + name
-        longest = given_nan(column) if prefix == _TERM else column
-        if len(longest) > MAX_NAME:
-            raise ValueError(
-                f"record(): {what} key {name!r} is too long: it is stored as column "
-                f"{longest!r} ({len(longest)} characters, at most {MAX_NAME}); use at most "
-                f"{MAX_NAME - len(longest) + len(name)} characters"
-            )
-        return column
-
-    def _know(self, columns: list[str]) -> None:
-        """Take stored scalar columns as registered (a resumed run)."""
+    def _know(self, columns: list[str], renamed: Mapping[str, Mapping[str, str]]) -> None:
+        """Take a resumed run's scalar columns as registered, their keys as ``renamed`` says."""
         self._scalar_cols.update(columns)
         for column in columns:
-            for prefix in (_TERM, _WEIGHT):
+            for prefix in (TERM, WEIGHT):
                 if column.startswith(prefix):
-                    self._known[prefix].add(column[len(prefix) :])
+                    self._book.know("terms", column[len(prefix) :], renamed.get("terms", {}))
                     break
             else:
-                if column.split("/")[0] not in _RESERVED_SEGMENTS:
-                    self._known[_USER].add(column)
+                if column.split("/")[0] not in RESERVED["scalars"]:
+                    self._book.know("scalars", column, renamed.get("scalars", {}))
 
     @staticmethod
     def _item_metas(sample_ids: Any, timesteps: Any) -> dict[str, Meta]:
@@ -778,112 +829,126 @@ class Recorder:
         pred: Any,
         target: Any,
         images: Mapping[str, Any] | None,
-    ) -> list[_Stream]:
-        given: list[tuple[str, int | str, Any, str]] = [
-            (name, index, value, name)
+        dataformats: Any,
+    ) -> list[tuple[str | None, _Stream]]:
+        """The streams of a call, checked: (its images key, or None for latents/pred/target; the
+        stream, named here when its name is known, else by ``_register``)."""
+        given: list[tuple[str | None, int | str, Any, str]] = [
+            (None, index, value, name)
             for index, (name, value) in enumerate(
                 zip(_BUILTIN_STREAMS, (latents, pred, target), strict=True)
             )
             if value is not None
         ]
+        formats: Mapping[str, str] = {}
         if images is not None:
-            for name, value in _mapping(images, "images").items():
-                check_name(name, "record(): images key")
-                if name in _BUILTIN_STREAMS:
-                    raise ValueError(f"record(): images key {name!r} is reserved; pass {name}=")
-                if name.split("/")[0] in RESERVED_TABLES:
-                    raise ValueError(
-                        f"record(): images key {name!r} may not start with "
-                        f"{sorted(RESERVED_TABLES)}"
-                    )
+            formats = _formats(dataformats, _mapping(images, "images"))
+            for name, value in images.items():
+                _check_key(name, "images")
                 if value is not None:
                     given.append((name, name, value, f"images[{name!r}]"))
-        streams = []
-        for name, source, value, what in given:
+        streams: list[tuple[str | None, _Stream]] = []
+        for key, source, value, what in given:
             meta = describe(value, _label(what))
             if meta.kind not in "fiu":
                 raise TypeError(
                     f"record(): {what} must be a float or integer image, got dtype kind "
                     f"{meta.kind!r}"
                 )
-            if len(meta.shape) not in (3, 4):
+            if key is None and len(meta.shape) not in (3, 4):
                 raise ValueError(
                     f"record(): {what} must have shape (B, C, H, W) or (C, H, W), got {meta.shape}"
                 )
+            fmt = None if key is None else formats.get(key)
+            layout = layout_of(meta.shape, fmt, f"record(): {what}", model=key is None)
             if meta.size == 0:
                 raise ValueError(f"record(): {what} is empty (shape {meta.shape})")
-            c, h, w = meta.shape[-3:]
-            known = self._streams.get(name)
-            if known is not None and known[0] != (c, h, w):
+            option = what if key is None else key  # every= and max_items= name it so
+            name = what if key is None else self._book.stored("images", key) or ""
+            shape = chw(meta.shape, layout)
+            known = self._streams.get(name) if name else None
+            if known is not None and known[0] != shape:
                 raise ValueError(
-                    f"record(): {what} has C, H, W = {(c, h, w)} but stream {name!r} was created "
+                    f"record(): {what} has C, H, W = {shape} but stream {name!r} was created "
                     f"with {known[0]}; record a different shape under a new images= name"
                 )
             dtype = (
                 known[1] if known is not None else np.dtype(np.float16 if meta.half else np.float32)
             )
-            every = self._every.get(name, self._every_other)
+            every = self._every.get(option, self._every_other)
             items = None
-            if len(meta.shape) == 4:
-                items = min(meta.shape[0], self._max_items.get(name, self._max_items_other))
-            streams.append(_Stream(name, source, meta, value, dtype, every, items))
+            if layout.startswith("N"):
+                items = min(meta.shape[0], self._max_items.get(option, self._max_items_other))
+            stream = _Stream(name, source, meta, value, dtype, every, items, layout)
+            streams.append((key, stream))
         return streams
 
-    def _register(self, columns: list[str], streams: list[_Stream]) -> set[str]:
-        """Register new scalar columns and streams; the columns refused by a cap on names.
+    def _register(
+        self,
+        keyed: list[tuple[str, list[str]]],
+        checkpoint: bool,
+        streams: list[tuple[str | None, _Stream]],
+    ) -> dict[tuple[str, str], str | None]:
+        """Name and register new keys, columns and streams; the column of each (prefix, key),
+        None for a key refused by a cap on names.
 
-        Raises on a clash before anything is registered. A refused column stays refused (caps
-        only fill up): every call giving it counts a drop and its value is dropped, its row kept.
+        Raises before anything is registered when a key finds no free name, or a stream another
+        thread has just created has another shape. A refused key stays refused (caps only fill
+        up): every call giving it counts a drop and its value is dropped, its row kept.
         """
-        refused: set[str] = set()
+        columns: dict[tuple[str, str], str | None] = {}
+        named = False  # a key got a new name
         with self._names_lock:
+            book = self._book.copy()
             scalar_cols = set(self._scalar_cols)
-            known = {prefix: set(names) for prefix, names in self._known.items()}
-            for name in columns:
-                if name in scalar_cols:
-                    continue
-                prefix = next((p for p in (_TERM, _WEIGHT) if name.startswith(p)), _USER)
-                key = name[len(prefix) :]
-                if prefix == _USER:
-                    full = name != "checkpoint" and len(known[_USER]) >= MAX_SCALARS
-                else:
-                    terms = known[_TERM] | known[_WEIGHT]
-                    full = key not in terms and len(terms) >= MAX_TERMS
-                if full:
-                    refused.add(name)
-                    continue
-                for other in scalar_cols:
-                    if other.startswith(name + "/") or name.startswith(other + "/"):
-                        raise ValueError(
-                            f"record(): scalar {name!r} clashes with {other!r}: one name may not "
-                            f"be a folder of another"
-                        )
-                scalar_cols.add(name)
-                if name != "checkpoint":
-                    known[prefix].add(key)
+            for prefix, keys in keyed:
+                kind = _kind(prefix)
+                for key in keys:
+                    stored = book.stored(kind, key)
+                    if stored is None:
+                        cap = MAX_SCALARS if kind == "scalars" else MAX_TERMS
+                        if book.count(kind) >= cap:
+                            columns[prefix, key] = None
+                            continue
+                        around = ("",) if kind == "scalars" else (TERM, WEIGHT)
+                        stored = book.name(kind, key, scalar_cols, around)
+                        named = True
+                    columns[prefix, key] = prefix + stored
+                    scalar_cols.add(prefix + stored)
+            if checkpoint:
+                scalar_cols.add("checkpoint")
             tables = self._tables | RESERVED_TABLES
             added: dict[str, tuple[tuple[int, int, int], np.dtype[Any]]] = {}
-            for plan in streams:
-                if plan.name in self._streams or plan.name in added:
-                    continue
-                for other in tables:
-                    if other.startswith(plan.name + "/") or plan.name.startswith(other + "/"):
-                        raise ValueError(
-                            f"record(): stream {plan.name!r} clashes with {other!r}: one name may "
-                            f"not be a folder of another"
-                        )
-                tables.add(plan.name)
-                added[plan.name] = (plan.chw, plan.dtype)
+            for image_key, stream in streams:
+                if not stream.name:
+                    assert image_key is not None
+                    stored = book.stored("images", image_key)
+                    if stored is None:
+                        stored = book.name("images", image_key, tables, ("",))
+                        named = True
+                    stream.name = stored
+                known = self._streams.get(stream.name) or added.get(stream.name)
+                if known is None:
+                    tables.add(stream.name)
+                    added[stream.name] = (stream.chw, stream.dtype)
+                elif known[0] != stream.chw:
+                    raise ValueError(
+                        f"record(): stream {stream.name!r} is given C, H, W = {stream.chw} but "
+                        f"was created with {known[0]}; record a different shape under a new "
+                        f"images= name"
+                    )
             self._scalar_cols = scalar_cols
-            self._known = known
             self._tables = tables
             self._streams.update(added)
-        return refused
+            if named:
+                self._book = book
+                self._counters.set_names(book.renamed())
+        return columns
 
-    def _over_cap(self, refused: frozenset[str]) -> None:
+    def _over_cap(self, refused: frozenset[tuple[str, str]]) -> None:
         self._counters.drop(OVER_CAP, len(refused))
-        users = sorted(c for c in refused if not c.startswith((_TERM, _WEIGHT)))
-        for kind, names in (("scalars", users), ("terms", sorted(refused - set(users)))):
+        for kind in ("scalars", "terms"):
+            names = sorted(k for c, k in refused if c == kind)
             if not names or kind in self._warned_cap:
                 continue
             self._warned_cap.add(kind)
@@ -925,7 +990,7 @@ class Recorder:
         row = as_row(item)
         if row.images:
             rows = {stream.name: stream.rows for stream in plan.streams}
-            for name, (copy, _) in row.images.items():
+            for name, (copy, *_) in row.images.items():
                 release(copy)
                 if not self._closed:
                     self._drop(name, rows[name], "the queue is full", 4)

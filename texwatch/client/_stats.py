@@ -43,7 +43,8 @@ class RecorderStats:
 
 
 class Counters:
-    """Thread-safe counters; the writer publishes them in the store's root attributes."""
+    """Thread-safe counters, and the original keys of renamed names: what the writer publishes
+    in the store's root attributes."""
 
     def __init__(
         self,
@@ -65,6 +66,7 @@ class Counters:
         self._new_errors = 0
         self.failed = False  # a write failed in this session (the caller warns once)
         self.version = 0  # bumped on every change the store should see
+        self._names: dict[str, dict[str, str]] = {}
 
     def reserve(self, nbytes: int) -> bool:
         """Take ``nbytes`` of the image memory budget; False, taking nothing, if over it."""
@@ -111,10 +113,24 @@ class Counters:
         with self._lock:
             self._committed = dict(committed)
 
-    def published(self) -> tuple[dict[str, int], dict[str, int], int, int]:
-        """(drops, nonfinite, errors, version) to write into the store."""
+    def set_names(self, names: Mapping[str, Mapping[str, str]]) -> None:
+        """The original key of every renamed name, by kind (``NameBook.renamed``)."""
         with self._lock:
-            return dict(self._drops), dict(self._nonfinite), self.errors, self.version
+            self._names = {kind: dict(renamed) for kind, renamed in names.items()}
+            self.version += 1
+
+    def published(
+        self,
+    ) -> tuple[dict[str, int], dict[str, int], int, dict[str, dict[str, str]], int]:
+        """(drops, nonfinite, errors, names, version) to write into the store."""
+        with self._lock:
+            return (
+                dict(self._drops),
+                dict(self._nonfinite),
+                self.errors,
+                self._names,
+                self.version,
+            )
 
     def snapshot(self) -> RecorderStats:
         with self._lock:

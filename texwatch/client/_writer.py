@@ -29,6 +29,7 @@ import numpy as np
 from texwatch.store import ITEMS, SCALARS, RunWriter, given_nan
 
 from ._capture import Captured, Copy, resolve
+from ._layout import stored_rows
 from ._stats import Counters
 
 __all__ = ["POLL", "Flush", "Layout", "Row", "STOP", "Writer", "as_row"]
@@ -53,7 +54,7 @@ class Row:
     loss: float | Copy | None = None
     scalars: dict[str, float | Copy] | None = None
     items: dict[str, Copy] | None = None  # timestep, sample_id
-    images: dict[str, tuple[Copy, np.dtype[Any]]] | None = None
+    images: dict[str, tuple[Copy, np.dtype[Any], str]] | None = None  # copy, stored, layout
     nbytes: int = 0  # image bytes reserved from the memory budget
 
     def counts(self) -> dict[str, int]:
@@ -64,8 +65,8 @@ class Row:
             per_item.append(self.loss)
         if per_item:
             out[ITEMS] = int(per_item[0].shape[0])
-        for name, (copy, _) in (self.images or {}).items():
-            out[name] = int(copy.shape[0]) if len(copy.shape) == 4 else 1
+        for name, (copy, _, layout) in (self.images or {}).items():
+            out[name] = int(copy.shape[0]) if layout.startswith("N") else 1
         return out
 
     def copies(self) -> list[Captured]:
@@ -73,7 +74,7 @@ class Row:
         out = [self.loss] if isinstance(self.loss, Captured) else []
         out += [v for v in (self.scalars or {}).values() if isinstance(v, Captured)]
         out += [v for v in (self.items or {}).values() if isinstance(v, Captured)]
-        out += [c for c, _ in (self.images or {}).values() if isinstance(c, Captured)]
+        out += [c for c, *_ in (self.images or {}).values() if isinstance(c, Captured)]
         return out
 
 
@@ -186,9 +187,8 @@ class _Batch:
                     np.full(n, fill, dtype=dtype) if values is None else values.astype(dtype)
                 )
         images: dict[str, np.ndarray] = {}
-        for name, (captured, stored) in (row.images or {}).items():
-            data = resolve(captured)
-            images[name] = (data[None] if data.ndim == 3 else data).astype(stored, copy=False)
+        for name, (captured, stored, layout) in (row.images or {}).items():
+            images[name] = stored_rows(resolve(captured), layout, stored)
 
         self._copies += row.copies()
         index = self.rows
@@ -396,9 +396,9 @@ class Writer(threading.Thread):
             self._counters.fail(err)
 
     def _publish(self, force: bool = False, finished: bool = False) -> None:
-        drops, nonfinite, errors, version = self._counters.published()
+        drops, nonfinite, errors, names, version = self._counters.published()
         if not force and version == self._published:
             return
-        committed = self._store.commit(drops, nonfinite, errors, finished=finished)
+        committed = self._store.commit(drops, nonfinite, errors, names=names, finished=finished)
         self._published = version
         self._counters.set_committed(committed)

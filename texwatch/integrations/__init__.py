@@ -6,9 +6,6 @@
   ``--report_to texwatch`` in the diffusers scripts) and ``AcceleratorRecorder`` (what the
   training step holds) for Hugging Face accelerate loops.
 
-:func:`storable_name` is the name a logged key is stored under (see docs/integrations.md).
+Every logged key is recorded as it was logged; the store's name for it is ``record()``'s (see
+docs/client.md, "Names").
 """
-
-from ._names import storable_name
-
-__all__ = ["storable_name"]

@@ -3,31 +3,28 @@
 Frameworks log a step in several calls (Lightning: the step's metrics, then validation's at the
 same step; accelerate: ``log`` then ``log_images``), but a run keeps one scalar row per step
 (readers keep a step's latest row). The sink merges the calls for a step and records the row once
-``hold`` later steps were logged, or on ``flush``/``close``. Keys are stored under
-:func:`~texwatch.integrations.storable_name`, renamed further when two keys would share a name or
-one would be a folder of another; values that are not numbers are skipped. Neither raises: both
-are counted (``renamed``, ``skipped``) and warned about once.
+``hold`` later steps were logged, or on ``flush``/``close``. Any key is recorded as it was
+logged (``record()`` names it in the store, see :attr:`texwatch.client.Recorder.renamed`);
+values that are not numbers are skipped, counted (``skipped``) and warned about once. Images
+are checked when logged, so a layout the shape cannot tell raises in the call that logged it.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import os
 import sys
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from texwatch.client import Recorder, RecorderOptions
+from texwatch.client._layout import check_dataformats, layout_of, stacked
 from texwatch.client._options import options_from
-from texwatch.store import open_run
 
 from ._config import plain_config
-from ._layout import channels_first
-from ._names import storable_name
 
 __all__ = ["LOSS_KEYS", "MetricSink", "loss_keys"]
 
@@ -35,8 +32,6 @@ LOSS_KEYS: tuple[str, ...] = ("loss", "train_loss", "train/loss", "train_loss_st
 """Logged keys taken as the step loss by default, the first present in a call winning:
 ``train_loss`` is what the diffusers scripts log, ``train_loss_step`` what Lightning logs for
 ``self.log("train_loss", loss, on_step=True, on_epoch=True)``."""
-
-Kind = Literal["scalar", "image"]
 
 
 def loss_keys(loss_key: str | Sequence[str]) -> tuple[str, ...]:
@@ -62,6 +57,7 @@ class _Row:
     given_loss: bool = False  # the loss came as record()'s own argument: logged keys keep off it
     scalars: dict[str, Any] = dataclasses.field(default_factory=dict)
     images: dict[str, Any] = dataclasses.field(default_factory=dict)
+    dataformats: dict[str, str] = dataclasses.field(default_factory=dict)  # by images key
     kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def empty(self) -> bool:
@@ -116,8 +112,6 @@ class MetricSink:
         self.loss_keys = loss_keys
         self.hold = 1
         """Steps logged after a step before it is recorded (2 while a callback shares the sink)."""
-        self.renamed: dict[str, str] = {}
-        """Logged keys stored under another name: key -> stored name."""
         self.skipped: dict[str, int] = {}
         """Values not recorded (not a number, or more than one), per logged key."""
         self._options = options
@@ -128,11 +122,7 @@ class MetricSink:
         self._pending: dict[int, _Row] = {}
         self._next_step = 0
         self._recorded_up_to = -1
-        self._names: dict[tuple[Kind, Any], str] = {}
-        self._taken: dict[Kind, dict[str, Any]] = {"scalar": {}, "image": {}}
         self._warned: set[str] = set()
-        if recorder is not None:
-            self._take_stored_names(recorder)
 
     @property
     def recorder(self) -> Recorder:
@@ -145,8 +135,14 @@ class MetricSink:
             options = dataclasses.replace(self._options, config=config)
             # rank=0: the framework already decided this process records, whatever $RANK says.
             self._recorder = Recorder(self.path, options=options, rank=0)
-            self._take_stored_names(self._recorder)
         return self._recorder
+
+    @property
+    def renamed(self) -> dict[str, str]:
+        """Logged keys stored under another name: key -> stored name."""
+        if self._recorder is None:
+            return {}
+        return {k: v for names in self._recorder.renamed.values() for k, v in names.items()}
 
     @property
     def opened(self) -> Recorder | None:
@@ -210,21 +206,19 @@ class MetricSink:
             if number is None:
                 self._skip(key, value)
             else:
-                row.scalars[self._name("scalar", key)] = number
+                row.scalars[str(key)] = number
 
     def log_images(self, step: int, images: Mapping[str, Any], dataformats: str | None) -> None:
-        """Merge ``images`` (any layout :func:`channels_first` takes) into ``step``'s row."""
+        """Merge ``images`` (any layout ``record(images=...)`` takes) into ``step``'s row."""
         if not isinstance(images, Mapping):
             raise TypeError(
                 f"Expected argument `values` to be a dict of name -> images but got "
                 f"{type(images).__name__}"
             )
-        converted = {
-            key: channels_first(value, str(key), dataformats) for key, value in _flat(images)
-        }
+        checked = {str(key): _image(str(key), value, dataformats) for key, value in _flat(images)}
         row = self._row(step)
-        for key, value in converted.items():
-            row.images[self._name("image", key)] = value
+        for key, (value, layout) in checked.items():
+            row.images[key], row.dataformats[key] = value, layout
 
     def add(self, step: int, loss: Any, kwargs: Mapping[str, Any]) -> None:
         """Merge one step's ``record()`` arguments (``TexwatchCallback``'s) into its row."""
@@ -233,12 +227,15 @@ class MetricSink:
             row.loss, row.given_loss = loss, True
         for arg, value in kwargs.items():
             if arg == "scalars":
-                for key, number in value.items():
-                    row.scalars[self._name("scalar", key)] = number
+                row.scalars.update(value)
             elif arg == "images":
-                for key, image in value.items():
-                    row.images[self._name("image", key)] = image
-            else:
+                row.images.update(value)
+                formats = kwargs.get("dataformats")
+                if formats is not None:
+                    row.dataformats.update(
+                        dict.fromkeys(value, formats) if isinstance(formats, str) else formats
+                    )
+            elif arg != "dataformats":
                 row.kwargs[arg] = value
 
     def flush(self) -> None:
@@ -292,34 +289,9 @@ class MetricSink:
             kwargs["scalars"] = row.scalars
         if row.images:
             kwargs["images"] = row.images
+            if row.dataformats:
+                kwargs["dataformats"] = row.dataformats
         self.recorder.record(step, row.loss, **kwargs)
-
-    def _name(self, kind: Kind, key: Any) -> str:
-        """The name ``key`` is stored under: fixed at its first use, never shared, never a
-        folder of another name."""
-        stored = self._names.get((kind, key))
-        if stored is not None:
-            return stored
-        taken = self._taken[kind]
-        stored = storable_name(key, kind)
-        if stored in taken or _clashes(stored, taken):
-            flat = stored.replace("/", "_")
-            for n in itertools.count(1):
-                stored = storable_name(flat if n == 1 else f"{flat}_{n}", kind)
-                if stored not in taken and not _clashes(stored, taken):
-                    break
-        taken[stored] = key
-        self._names[(kind, key)] = stored
-        if stored != key:
-            self.renamed[str(key)] = stored
-            self._warn_once(
-                "renamed",
-                f"texwatch: {self._where} stores {str(key)!r} as {stored!r}: the store takes "
-                f"'/'-separated letters, digits, '_', '.', '-' and reserves some names (see "
-                f"texwatch.integrations.storable_name); every renamed key is listed in .renamed. "
-                f"(warned once)",
-            )
-        return stored
 
     def _skip(self, key: Any, value: Any) -> None:
         self.skipped[str(key)] = self.skipped.get(str(key), 0) + 1
@@ -330,24 +302,10 @@ class MetricSink:
             f".skipped. (warned once)",
         )
 
-    def _take_stored_names(self, recorder: Recorder) -> None:
-        """Reserve the names a resumed run already holds, so new keys cannot clash with them."""
-        if not recorder.active:
-            return
-        run = open_run(recorder.path)
-        for name in run.scalar_names():
-            self._taken["scalar"].setdefault(name, name)
-        for name in run.stream_names():
-            self._taken["image"].setdefault(name, name)
-
     def _warn_once(self, what: str, message: str) -> None:
         if what not in self._warned:
             self._warned.add(what)
             warnings.warn(message, RuntimeWarning, stacklevel=4)
-
-
-def _clashes(name: str, taken: Mapping[str, Any]) -> bool:
-    return any(t.startswith(name + "/") or name.startswith(t + "/") for t in taken)
 
 
 def _flat(values: Mapping[Any, Any], prefix: str = "") -> Iterator[tuple[Any, Any]]:
@@ -358,6 +316,23 @@ def _flat(values: Mapping[Any, Any], prefix: str = "") -> Iterator[tuple[Any, An
             yield from _flat(value, f"{full}/")
         else:
             yield full, value
+
+
+def _image(key: str, value: Any, dataformats: str | None) -> tuple[Any, str]:
+    """A logged image value as ``record()`` takes it, and its layout; raises naming ``key``."""
+    what = f"log_images(): {key!r}"
+    if dataformats is not None:
+        check_dataformats(dataformats, "log_images(): dataformats")
+    value, dataformats = stacked(value, dataformats, what)
+    torch = sys.modules.get("torch")
+    if not isinstance(value, np.ndarray) and not (
+        torch is not None and isinstance(value, torch.Tensor)
+    ):
+        raise TypeError(
+            f"{what} holds a {type(value).__name__}; expected a tensor, a numpy array, a PIL "
+            f"image or a list of them"
+        )
+    return value, layout_of(tuple(value.shape), dataformats, what)
 
 
 def _number(value: Any, batch_ok: bool) -> Any:

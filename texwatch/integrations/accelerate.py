@@ -58,9 +58,9 @@ class TexwatchTracker(GeneralTracker):
 
     Each ``log(values, step)`` is one step's metrics: the first of ``loss_key`` present is the
     step loss, every other number (nested dicts as ``outer/inner``, 0-d or one-element tensors
-    without a device sync) a scalar. Keys the store cannot hold are stored under
-    :func:`~texwatch.integrations.storable_name` (listed in :attr:`renamed`); values that are not
-    numbers are skipped (counted in :attr:`skipped`); neither raises, each warns once. A step's
+    without a device sync) a scalar. Any key is taken: one the store cannot hold as it is is
+    stored under an escaped name (listed in :attr:`renamed`; the report shows the key); values
+    that are not numbers are skipped (counted in :attr:`skipped`, warned once). A step's
     calls (``log``, ``log_images``) are merged into one row, recorded when a later step is
     logged or at ``finish()`` (``accelerator.end_training()``). ``step=None`` is the step after
     the last one logged.

@@ -51,6 +51,7 @@ RECORDED_KEYS: tuple[str, ...] = (
     "pred",
     "target",
     "images",
+    "dataformats",
     "terms",
     "weights",
     "scalars",
@@ -264,9 +265,9 @@ class TexwatchLogger(pl.loggers.Logger):
     Each ``log_metrics(metrics, step)`` is one step's metrics: the first of ``loss_key`` present
     is the step loss (``self.log("train_loss", loss)``; with ``on_step=True, on_epoch=True``
     Lightning logs ``train_loss_step``), every other metric a scalar (``epoch`` too, which
-    Lightning adds). Keys the store cannot hold are stored under
-    :func:`~texwatch.integrations.storable_name` (listed in :attr:`renamed`); values that are
-    not numbers are skipped (counted in :attr:`skipped`); neither raises, each warns once.
+    Lightning adds). Any key is taken: one the store cannot hold as it is is stored under an
+    escaped name (listed in :attr:`renamed`; the report shows the key); values that are not
+    numbers are skipped (counted in :attr:`skipped`, warned once).
 
     Lightning logs a step in several calls (training, then validation at the same step); they
     make one row, recorded when a later step is logged or at ``finalize`` (the end of ``fit``).

@@ -150,6 +150,7 @@ def build_report(
                     "committed": rd.run.committed(),
                     "checkpoint_steps": rd.checkpoints,
                     "config": rd.run.config,
+                    "names": rd.names,
                     "causes": [dataclasses.asdict(c) for c in causes],
                 }
                 if rd.rank is not None:
@@ -163,7 +164,8 @@ def build_report(
                             rd.run.schema_version,
                             rd.scalars.rows,
                             ", ".join(
-                                f"{n} ({int(t['step'].size)} steps)" for n, t in rd.streams.items()
+                                f"{rd.logged(n, stream=True)} ({int(t['step'].size)} steps)"
+                                for n, t in rd.streams.items()
                             )
                             or "—",
                             ", ".join(map(str, rd.checkpoints)) or "—",
@@ -177,6 +179,7 @@ def build_report(
                     for spike in run_json.get("spikes", []):
                         spike["rank"] = rd.rank
                 sections.terms_section(doc, rd, run_json)
+                sections.scalars_section(doc, rd, run_json)
                 sections.health_section(doc, rd, th, run_json)
                 sections.texture_section(doc, rd, th)
                 run_json["series"] = sections.series(rd)

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CHUNK_ROWS",
+    "Logged",
     "RunData",
     "ScalarDigest",
     "check_requested",
@@ -51,12 +52,34 @@ _TERM_FLAGS = ("share/", "dead/", "term_nonfinite/")
 _STREAM_ORDER = {"pred": 0, "target": 1, "latents": 2}
 
 
+@dataclass
+class Logged:
+    """One logged scalar's values over the run: how many steps have one, its range, its last."""
+
+    steps: int = 0
+    low: float = math.nan
+    high: float = math.nan
+    last_step: int | None = None
+    last: float = math.nan
+
+    def update(self, steps: np.ndarray, values: np.ndarray) -> None:
+        finite = np.isfinite(values)
+        if not finite.any():
+            return
+        given = values[finite]
+        self.steps += int(given.size)
+        self.low = float(np.fmin(self.low, given.min()))
+        self.high = float(np.fmax(self.high, given.max()))
+        self.last_step, self.last = int(steps[finite][-1]), float(given[-1])
+
+
 class ScalarDigest:
     """What the report shows of a run's per-step scalar table, read once in step-ordered chunks.
 
     Args:
         rows: the table's rows (one per step), to size the decimation's buckets.
         thresholds: where the loss readings fire.
+        logged: the columns ``record(scalars=...)`` wrote, summarized in :attr:`logged`.
         buckets, keep_all: the decimation of :attr:`plot` (:class:`Decimator`).
     """
 
@@ -64,10 +87,13 @@ class ScalarDigest:
         self,
         rows: int,
         thresholds: Thresholds | None = None,
+        logged: Sequence[str] = (),
         *,
         buckets: int = BUCKETS,
         keep_all: int = KEEP_ALL,
     ) -> None:
+        self.logged = {column: Logged() for column in logged}
+        """Each logged scalar's steps, range and last value."""
         self.evidence = ScalarEvidence(thresholds)
         """The loss readings' evidence: spikes with their context, dead and non-finite terms."""
         self.rows = 0
@@ -113,6 +139,9 @@ class ScalarDigest:
             self.first_step = int(steps[0])
         self.last_step = int(steps[-1])
         self.last.update({k: float(v[-1]) for k, v in cols.items() if k != "step"})
+        for column, summary in self.logged.items():
+            if column in cols:
+                summary.update(steps, np.asarray(cols[column], dtype=np.float64))
         loss = np.asarray(cols.get("loss", nan), dtype=np.float64)
         finite = loss[np.isfinite(loss)]
         if finite.size:
@@ -167,6 +196,7 @@ class RunData:
     sizes: dict[str, tuple[int, int]]
     checkpoints: list[int] = field(default_factory=list)
     rank: int | None = None  # a rank of a per-rank job; None for a run of its own
+    names: dict[str, dict[str, str]] = field(default_factory=dict)  # the run's Run.names()
 
     @property
     def shown(self) -> str:
@@ -174,6 +204,13 @@ class RunData:
         from texwatch.plots import literal
 
         return literal(self.label)
+
+    def logged(self, name: str, *, stream: bool = False) -> str:
+        """A scalar column, or a stream, by the key it was logged under
+        (:func:`texwatch.store.logged_name`)."""
+        from texwatch.store import logged_name
+
+        return logged_name(self.names, name, stream=stream)
 
 
 def open_store(path: Where) -> Run:
@@ -224,6 +261,7 @@ def load_run(
         sizes=sizes,  # type: ignore[arg-type]
         checkpoints=digest.checkpoints,
         rank=rank,
+        names=run.names(),
     )
 
 
@@ -249,10 +287,10 @@ def _read_scalars(
     committed = run.committed()
     n = int(committed.get(SCALARS, 0))
     keep, order, rows = _row_plan(run, n)
-    digest = ScalarDigest(rows, thresholds)
+    columns, logged = _scalar_columns(run)
+    digest = ScalarDigest(rows, thresholds, logged)
     if n == 0:
         return digest.finish()
-    columns = _scalar_columns(run)
     chunks = _scalar_chunks(run, settings, n, int(committed.get(ITEMS, 0)), chunk_rows)
     if order is None:
         for start, chunk in chunks:
@@ -297,16 +335,19 @@ def _row_plan(run: Run, n: int) -> tuple[np.ndarray | None, np.ndarray | None, i
     return keep, np.searchsorted(np.flatnonzero(keep), latest), latest.size
 
 
-def _scalar_columns(run: Run) -> list[str]:
-    """The joined table's columns: derived ones (sorted), then the raw ones they lack."""
-    from texwatch.store import SCALARS
+def _scalar_columns(run: Run) -> tuple[list[str], list[str]]:
+    """The joined table's columns (derived ones, sorted, then the raw ones they lack), and the
+    raw columns of ``record(scalars=...)`` among them."""
+    from texwatch.store import RESERVED_SCALARS, SCALARS
 
     raw = run.scalar_names()
     terms = [c[len("term/") :] for c in raw if c.startswith("term/")]
     derived = set(_DERIVED_BASE) | {f"{f}{t}" for f in _TERM_FLAGS for t in terms}
     if run.derived_committed().get(SCALARS):
         derived |= set(run.derived_columns(SCALARS)) - {"step"}
-    return ["step", *sorted(derived), *(c for c in raw if c not in derived and c != "time")]
+    kept = [c for c in raw if c not in derived and c != "time"]
+    logged = [c for c in kept if c.split("/")[0] not in RESERVED_SCALARS]
+    return ["step", *sorted(derived), *kept], logged
 
 
 def _kept(

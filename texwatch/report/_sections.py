@@ -29,6 +29,7 @@ __all__ = [
     "checkpoint_section",
     "health_section",
     "loss_section",
+    "scalars_section",
     "series",
     "summary_section",
     "terms_section",
@@ -48,6 +49,8 @@ FFT_PERIOD_KEY = "fft_period_px"
 
 _VAL_PREFIX = "val/"
 _MAX_SPIKE_ROWS = 200  # spikes listed in the loss section's table (the JSON has them all)
+_PANEL_LINES = 6  # logged scalars drawn on one axes
+_PANELS = 12  # axes of the logged-scalars figure; the table lists every scalar
 
 
 def _column(table: Mapping[str, np.ndarray], key: str, fill: float = math.nan) -> np.ndarray:
@@ -148,7 +151,7 @@ def _decimated(rows: int, shown: int) -> str:
 
 def terms_section(doc: Document, rd: RunData, out: dict[str, Any]) -> None:
     """Every loss term unweighted and weighted, its weight and its share over time."""
-    from texwatch.plots import axes_grid, draw_series, new_figure, set_title
+    from texwatch.plots import axes_grid, draw_series, literal, new_figure, set_title
 
     digest = rd.scalars
     terms = digest.terms
@@ -158,7 +161,8 @@ def terms_section(doc: Document, rd: RunData, out: dict[str, Any]) -> None:
     steps = plot["step"]
     dead_flags = digest.evidence.dead
     dead = {t: bool(t in dead_flags and dead_flags[t].rows) for t in terms}
-    label = {t: f"{t} (dead)" if dead[t] else t for t in terms}
+    logged = {t: rd.logged(f"term/{t}")[len("term/") :] for t in terms}
+    label = {t: literal(f"{logged[t]} (dead)" if dead[t] else logged[t]) for t in terms}
     doc.heading("Loss terms: unweighted, weighted, weights, shares", 3)
     fig = new_figure(13.0, 7.0)
     axes = axes_grid(fig, 2, 2)
@@ -193,7 +197,7 @@ def terms_section(doc: Document, rd: RunData, out: dict[str, Any]) -> None:
     rows = {}
     for t in terms:
         flags = dead_flags.get(t)
-        rows[t] = {
+        rows[logged[t]] = {
             "last_value": last.get(f"term/{t}", math.nan),
             "last_weight": last.get(f"weight/{t}", 1.0),
             "last_weighted": last.get(f"weighted/{t}", math.nan),
@@ -207,6 +211,69 @@ def terms_section(doc: Document, rd: RunData, out: dict[str, Any]) -> None:
         [[t, *r.values()] for t, r in rows.items()],
     )
     out["terms"] = rows
+
+
+def scalars_section(doc: Document, rd: RunData, out: dict[str, Any]) -> None:
+    """Every scalar the training logged (``record(scalars=...)``: lr, grad norm, validation
+    metrics), by the key it was logged under, grouped by its first segment as TensorBoard does."""
+    from texwatch.plots import axes_grid, draw_series, literal, new_figure, set_title
+
+    digest = rd.scalars
+    logged = {column: rd.logged(column) for column in digest.logged}
+    if not logged:
+        return
+    groups: dict[str, list[str]] = {}
+    for column, key in sorted(logged.items(), key=lambda item: item[1]):
+        groups.setdefault(key.split("/")[0] if "/" in key else "", []).append(column)
+    panels = [
+        (group, columns[i : i + _PANEL_LINES])
+        for group, columns in groups.items()
+        for i in range(0, len(columns), _PANEL_LINES)
+    ]
+    drawn = panels[:_PANELS]
+    doc.heading("Logged scalars", 3)
+    plot = digest.plot
+    steps = plot["step"]
+    cols = min(3, len(drawn))
+    fig = new_figure(5.0 * cols, 3.0 * math.ceil(len(drawn) / cols) + 0.5)
+    axes = axes_grid(fig, math.ceil(len(drawn) / cols), cols).ravel()
+    set_title(fig, f"{rd.shown}: logged scalars")
+    for ax, (group, columns) in zip(axes, drawn, strict=False):
+        series = {literal(logged[c]): _column(plot, c) for c in columns}
+        # a scalar logged every few hundred steps is points between gaps: drawn as dots
+        sparse = any(np.isfinite(v).sum() * 2 < v.size for v in series.values())
+        draw_series(
+            ax, steps, series, title=literal(group or "scalars"), marker="." if sparse else None
+        )
+    for ax in axes[len(drawn) :]:
+        ax.set_axis_off()
+    shown = sum(len(columns) for _, columns in drawn)
+    left = ""
+    if shown < len(logged):
+        left = f"; {shown} of {len(logged)} drawn, every one in the table"
+    doc.figure(
+        fig,
+        f"{rd.label}: every scalar logged, by its key{left}" + _decimated(digest.rows, steps.size),
+    )
+    rows = {}
+    for column, key in sorted(logged.items(), key=lambda item: item[1]):
+        summary = digest.logged[column]
+        rows[key] = {
+            "stored_as": column,
+            "steps": summary.steps,
+            "min": summary.low,
+            "max": summary.high,
+            "last_step": summary.last_step,
+            "last": summary.last,
+        }
+    doc.table(
+        ["scalar", "stored as", "steps", "min", "max", "last step", "last"],
+        [
+            [key, "" if r["stored_as"] == key else r["stored_as"], *list(r.values())[1:]]
+            for key, r in rows.items()
+        ],
+    )
+    out["scalars"] = rows
 
 
 def _stream_grid(
@@ -228,7 +295,7 @@ def _stream_grid(
 
 def health_section(doc: Document, rd: RunData, th: Thresholds, out: dict[str, Any]) -> None:
     """Each stream's value range, clip fraction and non-finite values over time."""
-    from texwatch.plots import draw_series
+    from texwatch.plots import draw_series, literal
 
     grid = _stream_grid(
         doc, rd, "Stream health: value range, clip fraction, non-finite", "stream health"
@@ -238,30 +305,31 @@ def health_section(doc: Document, rd: RunData, th: Thresholds, out: dict[str, An
     fig, axes, streams = grid
     for row, (name, table) in zip(axes, streams.items(), strict=True):
         t = decimate(table)
+        label = literal(rd.logged(name, stream=True))
         draw_series(
             row[0],
             t["step"],
             {"mean": _column(t, "mean"), "std": _column(t, "std")},
-            title=f"{name}: mean, std",
+            title=f"{label}: mean, std",
         )
         draw_series(
             row[1],
             t["step"],
             {"min": _column(t, "min"), "max": _column(t, "max")},
-            title=f"{name}: min, max",
+            title=f"{label}: min, max",
         )
         draw_series(
             row[2],
             t["step"],
             {"clip fraction": _column(t, "clip_fraction")},
-            title=f"{name}: share of |x| > clip range",
+            title=f"{label}: share of |x| > clip range",
             hlines={"threshold": th.clip_fraction},
         )
         draw_series(
             row[3],
             t["step"],
             {"non-finite": _column(t, "nonfinite")},
-            title=f"{name}: non-finite values",
+            title=f"{label}: non-finite values",
         )
     doc.figure(fig, f"{rd.label}: stream value health over time")
     health = {}
@@ -274,13 +342,16 @@ def health_section(doc: Document, rd: RunData, th: Thresholds, out: dict[str, An
         last["nonfinite_total"] = float(np.nansum(t.get("nonfinite", np.zeros(1))))
         health[name] = {"last_step": int(t["step"][-1]), **last}
     keys = ["last_step", *HEALTH_KEYS, "max_clip_fraction", "nonfinite_total"]
-    doc.table(["stream", *keys], [[n, *(h.get(k) for k in keys)] for n, h in health.items()])
+    doc.table(
+        ["stream", *keys],
+        [[rd.logged(n, stream=True), *(h.get(k) for k in keys)] for n, h in health.items()],
+    )
     out["health"] = health
 
 
 def texture_section(doc: Document, rd: RunData, th: Thresholds) -> None:
     """Each stream's texture metrics over time."""
-    from texwatch.plots import draw_series
+    from texwatch.plots import draw_series, literal
 
     grid = _stream_grid(doc, rd, "Texture metrics over time", "texture metrics")
     if grid is None:
@@ -289,11 +360,12 @@ def texture_section(doc: Document, rd: RunData, th: Thresholds) -> None:
     for row, (name, table) in zip(axes, streams.items(), strict=True):
         t = decimate(table)
         s = t["step"]
+        label = literal(rd.logged(name, stream=True))
         draw_series(
             row[0],
             s,
             {"f*": _column(t, "fundamental_radius_bin"), "ref": _column(t, "ref_radius_bin")},
-            title=f"{name}: f* (FFT bins)",
+            title=f"{label}: f* (FFT bins)",
             marker=".",
         )
         periodic = periodic_rows(t)
@@ -301,7 +373,7 @@ def texture_section(doc: Document, rd: RunData, th: Thresholds) -> None:
             row[1],
             s,
             {"tile scale": np.where(periodic, _column(t, "tile_scale"), np.nan)},
-            title=f"{name}: tile scale (period / reference's)",
+            title=f"{label}: tile scale (period / reference's)",
             hlines={
                 f"×{th.harmonic_scale:g}: tiles doubled": th.harmonic_scale,
                 f"×{1 / th.harmonic_scale:.3g}: tiles halved": 1 / th.harmonic_scale,
@@ -316,7 +388,7 @@ def texture_section(doc: Document, rd: RunData, th: Thresholds) -> None:
                 "band score": np.where(periodic, _column(t, "band_score"), np.nan),
                 "checkerboard": _column(t, "checkerboard_energy"),
             },
-            title=f"{name}: banding and checkerboard",
+            title=f"{label}: banding and checkerboard",
             hlines={"band score threshold": th.band_score},
             marker=".",
         )
@@ -324,7 +396,7 @@ def texture_section(doc: Document, rd: RunData, th: Thresholds) -> None:
             row[3],
             s,
             {"alias score": _column(t, "alias_score")},
-            title=f"{name}: alias score (power share in peaks the ref lacks)",
+            title=f"{label}: alias score (power share in peaks the ref lacks)",
             hlines={"threshold": th.alias_share},
             marker=".",
         )
@@ -362,7 +434,7 @@ def _checkpoint_rows(
     rows = []
     for rd in runs:
         for name, t in rd.streams.items():
-            if name.startswith(_VAL_PREFIX) != val:
+            if rd.logged(name, stream=True).startswith(_VAL_PREFIX) != val:
                 continue
             i = row_at(t, step)
             if i is not None:
@@ -380,6 +452,7 @@ def checkpoint_section(
         draw_image_grid,
         draw_log_spectrum,
         draw_radial_profile,
+        literal,
         new_figure,
         spectrum_panel,
     )
@@ -393,6 +466,7 @@ def checkpoint_section(
             {
                 "run": rd.label,
                 "stream": name,
+                "logged": rd.logged(name, stream=True),
                 "row_step": int(t["step"][i]),
                 "items": int(t["items"][i]),
                 **{k: float(t[k][i]) for k in (*TEXTURE_KEYS, *HEALTH_KEYS) if k in t},
@@ -403,7 +477,7 @@ def checkpoint_section(
         columns[-1][FFT_PERIOD_KEY] = (
             fft_period(f_star, rd.sizes[name]) if math.isfinite(f_star) else math.nan
         )
-    pictured = [r for r in rows if not r[1].startswith(_VAL_PREFIX)]
+    pictured = [r for r in rows if not r[0].logged(r[1], stream=True).startswith(_VAL_PREFIX)]
     if pictured:
         fig = new_figure(16.0, 3.6 * len(pictured) + 0.4)
         axes = axes_grid(fig, len(pictured), 4, title=False)
@@ -413,13 +487,14 @@ def checkpoint_section(
             _, data = rd.run.stream_at(name, [row_step])
             ref = column_value(t, "ref_radius_bin", i)
             panel = spectrum_panel(data, ref_radius=ref if math.isfinite(ref) else None)
-            where = f"{rd.shown} · {name} @ {row_step}"
+            label = literal(rd.logged(name, stream=True))
+            where = f"{rd.shown} · {label} @ {row_step}"
             draw_image_grid(
                 ax[0], data, title=f"{where} ({data.shape[0]} items)", max_images=max_images
             )
-            draw_log_spectrum(ax[1], panel, title=f"{name}: log spectrum")
-            draw_radial_profile(ax[2], panel, title=f"{name}: radial profile")
-            draw_acf(ax[3], panel, title=f"{name}: ACF")
+            draw_log_spectrum(ax[1], panel, title=f"{label}: log spectrum")
+            draw_radial_profile(ax[2], panel, title=f"{label}: radial profile")
+            draw_acf(ax[3], panel, title=f"{label}: ACF")
         doc.figure(
             fig,
             f"step {step}: samples, spectra (f* red, 2f* orange, f*/2 violet, "
@@ -430,7 +505,7 @@ def checkpoint_section(
         order = (*TEXTURE_KEYS[:at], FFT_PERIOD_KEY, *TEXTURE_KEYS[at:], *HEALTH_KEYS)
         keys = [k for k in order if any(k in c for c in columns)]
         doc.table(
-            ["metric", *(f"{c['run']} · {c['stream']} @ {c['row_step']}" for c in columns)],
+            ["metric", *(f"{c['run']} · {c['logged']} @ {c['row_step']}" for c in columns)],
             [[k, *(c.get(k) for c in columns)] for k in ["items", *keys]],
         )
     else:
@@ -456,7 +531,7 @@ def summary_section(doc: Document, runs: Sequence[RunData], steps: Sequence[int]
     Drawn only where some stream has one of the metrics: a run of scalars alone (no image
     stream) has nothing to compare across steps, and says so.
     """
-    from texwatch.plots import axes_grid, new_figure
+    from texwatch.plots import axes_grid, literal, new_figure
 
     if len(steps) < 2:
         return
@@ -487,7 +562,7 @@ def summary_section(doc: Document, runs: Sequence[RunData], steps: Sequence[int]
                     marker="o",
                     ms=3,
                     lw=1.1,
-                    label=f"{rd.shown} · {name}",
+                    label=f"{rd.shown} · {literal(rd.logged(name, stream=True))}",
                 )
         ax.set_title(key, fontsize=9)
         ax.set_xlabel("step", fontsize=8)
@@ -515,13 +590,13 @@ def validation_section(
 ) -> list[dict[str, Any]]:
     """The fixed validation inputs (``val/*`` streams) at the selected steps."""
     from texwatch._images import to_display
-    from texwatch.plots import axes_grid, new_figure, set_title
+    from texwatch.plots import axes_grid, literal, new_figure, set_title
 
     rows = [
         (rd, n, t)
         for rd in runs
         for n, t in rd.streams.items()
-        if n.startswith(_VAL_PREFIX) and t["step"].size
+        if rd.logged(n, stream=True).startswith(_VAL_PREFIX) and t["step"].size
     ]
     if not rows:
         return []
@@ -544,6 +619,7 @@ def validation_section(
             ax.imshow(to_display(data[j]), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
             ax.set_title(f"step {s}", fontsize=8)
             ax.set_axis_off()
-        set_title(fig, f"{rd.shown} · {name}", fontsize=10)
-        doc.figure(fig, f"{rd.label} · {name}: the same validation input at each step")
+        logged = rd.logged(name, stream=True)
+        set_title(fig, f"{rd.shown} · {literal(logged)}", fontsize=10)
+        doc.figure(fig, f"{rd.label} · {logged}: the same validation input at each step")
     return out
