@@ -787,6 +787,7 @@ def test_images_in_every_layout_users_pass_are_stored_channels_first(path: Path)
     rng = np.random.default_rng(0)
     nhwc = rng.random((5, 64, 48, 3), dtype=np.float32)  # 184 KiB a row: copied from its bytes
     rgb = rng.integers(0, 256, (2, 16, 12, 3), dtype=np.uint8)
+    deep = rng.integers(0, 65536, (16, 12), dtype=np.uint16)  # a 16-bit grey PNG
     grey = rng.random((2, 16, 12), dtype=np.float32)
     chw = torch.rand(16, 16, 12, generator=torch.Generator().manual_seed(0))  # 16 channels
     nhwc_half = torch.from_numpy(nhwc).to(torch.bfloat16)  # numpy cannot view it: captured
@@ -799,6 +800,8 @@ def test_images_in_every_layout_users_pass_are_stored_channels_first(path: Path)
         "pil": Image.fromarray(rgb[0]),
         "pil-list": [Image.fromarray(a) for a in rgb],
         "pil-grey": Image.fromarray(rgb[0, :, :, 0]),
+        "pil-16bit": Image.fromarray(deep),
+        "pil-palette": Image.fromarray(rgb[0]).convert("P"),
         "hw": grey[0],
         "nhw": grey,
         "chw": chw,
@@ -813,6 +816,11 @@ def test_images_in_every_layout_users_pass_are_stored_channels_first(path: Path)
         "pil": rgb[:1].transpose(0, 3, 1, 2) / np.float32(255),
         "pil-list": rgb.transpose(0, 3, 1, 2) / np.float32(255),
         "pil-grey": rgb[:1, None, :, :, 0] / np.float32(255),
+        "pil-16bit": deep[None, None] / np.float32(65535),
+        "pil-palette": np.asarray(Image.fromarray(rgb[0]).convert("P").convert("RGB"))[
+            None
+        ].transpose(0, 3, 1, 2)
+        / np.float32(255),
         "hw": grey[:1, None],
         "nhw": grey[:, None],
         "chw": chw[None].numpy(),

@@ -141,8 +141,10 @@ def _is_image(item: Any) -> bool:
 
 def _array(item: Any, what: str) -> np.ndarray:
     if _is_pil(item):
+        if item.mode.startswith("I;16"):  # 16-bit grey (PNG): to [0, 1] as 8-bit is
+            return np.asarray(item).astype(np.float32) / np.float32(65535)
         if item.mode not in ("L", "RGB", "RGBA", "F"):
-            item = item.convert("RGB")
+            item = item.convert("RGB")  # palette, CMYK, bilevel...
         return np.asarray(item)
     if isinstance(item, np.ndarray):
         return item
