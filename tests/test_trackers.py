@@ -16,7 +16,7 @@ import pytest
 import torch
 import tqdm
 from accelerate import Accelerator
-from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -415,11 +415,18 @@ def _csv_metrics(path: Path) -> dict[int, dict[str, float]]:
     return rows
 
 
-def test_logger_records_every_self_log_metric_beside_another_logger(tmp_path: Path) -> None:
+def test_logger_records_every_self_log_metric_beside_other_loggers(tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     logger = TexwatchLogger(tmp_path / "lit.zarr", flush_interval=0.05)
+    tb_logger = TensorBoardLogger(tmp_path / "tb", name="", version="")
     csv_logger = CSVLogger(tmp_path / "csv", name="", version="")
-    _fit(tmp_path, logger=[logger, csv_logger])
+    _fit(tmp_path, logger=[logger, tb_logger, csv_logger])
     assert logger.renamed == {"val loss": "val_loss"}
+    events = EventAccumulator(tb_logger.log_dir)
+    events.Reload()
+    tb_loss = {e.step: e.value for e in events.Scalars("train_loss")}
+    assert sorted(tb_loss) == list(range(STEPS))
 
     run = open_run(tmp_path / "lit.zarr")
     assert run.name == "lit" and run.config == {"lr": 0.1}
@@ -429,6 +436,7 @@ def test_logger_records_every_self_log_metric_beside_another_logger(tmp_path: Pa
     assert sorted(want) == list(range(STEPS))
     for i in range(STEPS):
         np.testing.assert_allclose(cols["loss"][i], want[i]["train_loss"], rtol=1e-6)
+        np.testing.assert_allclose(cols["loss"][i], tb_loss[i], rtol=1e-6)
         np.testing.assert_allclose(cols["train/l1"][i], want[i]["train/l1"], rtol=1e-6)
         np.testing.assert_allclose(cols["lr-SGD"][i], 0.1)
         np.testing.assert_allclose(cols["epoch"][i], 0)
