@@ -73,6 +73,7 @@ from ._plan import (
     _call_sig,
     _copier,
     _copy_tensor,
+    _float_of,
     _know_torch,
     _Plan,
     _show_int,
@@ -186,12 +187,7 @@ def _number(value: Any, arg: str, key: str | None, batch_ok: bool) -> Any:
     if kind is float:
         return value
     if kind is int or (isinstance(value, np.number) and not isinstance(value, np.complexfloating)):
-        try:
-            return float(value)
-        except OverflowError:
-            raise ValueError(
-                f"{_arg_name(arg, key)} is {_show_int(int(value))}, too large for a float64"
-            ) from None
+        return _float_of(arg, key)(value, None)
     torch = sys.modules.get("torch")
     if torch is not None and isinstance(value, torch.Tensor):
         check_tensor(value, lambda: _arg_name(arg, key))
