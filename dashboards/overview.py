@@ -705,6 +705,26 @@ def _daemon_row(ids: _Ids, board: dashboard.Dashboard, th: Thresholds, site: Sit
     )
 
 
+def _label_values(
+    name: str,
+    label: str,
+    query: str,
+    sort: models.VariableSort = models.VariableSort.ALPHABETICAL_ASC,
+) -> dashboard.QueryVariable:
+    """A multi-select variable over one label's values (``query``), with "All", refreshed as the
+    time range changes."""
+    return (
+        dashboard.QueryVariable(name)
+        .label(label)
+        .datasource(_DS)
+        .query(query)
+        .refresh(models.VariableRefresh.ON_TIME_RANGE_CHANGED)
+        .sort(sort)
+        .multi(True)
+        .include_all(True)
+    )
+
+
 def _spike_annotation() -> dashboard.AnnotationQuery:
     return (
         dashboard.AnnotationQuery()
@@ -764,48 +784,25 @@ def build_overview(
             dashboard.DatasourceVariable("datasource").label("Data source").type("prometheus")
         )
         .with_variable(
-            dashboard.QueryVariable("run")
-            .label("Run")
-            .datasource(_DS)
-            .query("label_values(texwatch_last_step, run)")
-            .refresh(models.VariableRefresh.ON_TIME_RANGE_CHANGED)
-            .sort(models.VariableSort.ALPHABETICAL_ASC)
-            .multi(True)
-            .include_all(True)
-            .all_value(".*")
+            _label_values("run", "Run", "label_values(texwatch_last_step, run)").all_value(".*")
         )
         .with_variable(
-            dashboard.QueryVariable("rank")
-            .label("Rank")
-            .datasource(_DS)
-            .query('label_values(texwatch_last_step{run=~"$run"}, rank)')
-            .refresh(models.VariableRefresh.ON_TIME_RANGE_CHANGED)
-            .sort(models.VariableSort.NUMERICAL_ASC)
-            .multi(True)
-            .include_all(True)
-            .all_value(".*")
+            _label_values(
+                "rank",
+                "Rank",
+                'label_values(texwatch_last_step{run=~"$run"}, rank)',
+                models.VariableSort.NUMERICAL_ASC,
+            ).all_value(".*")
         )
         .with_variable(
-            dashboard.QueryVariable("stream")
-            .label("Stream")
-            .datasource(_DS)
-            .query(f"label_values(texwatch_stream_std{{{_RUN}}}, stream)")
-            .refresh(models.VariableRefresh.ON_TIME_RANGE_CHANGED)
-            .sort(models.VariableSort.ALPHABETICAL_ASC)
-            .multi(True)
-            .include_all(True)
-            .all_value(".*")
+            _label_values(
+                "stream", "Stream", f"label_values(texwatch_stream_std{{{_RUN}}}, stream)"
+            ).all_value(".*")
         )
         .with_variable(
-            dashboard.QueryVariable("snapshot")
-            .label("Snapshot")
-            .description("The snapshot folders of the runs shown (texwatch_snapshot_step).")
-            .datasource(_DS)
-            .query(f"label_values(texwatch_snapshot_step{{{_RUN}}}, folder)")
-            .refresh(models.VariableRefresh.ON_TIME_RANGE_CHANGED)
-            .sort(models.VariableSort.ALPHABETICAL_ASC)
-            .multi(True)
-            .include_all(True)
+            _label_values(
+                "snapshot", "Snapshot", f"label_values(texwatch_snapshot_step{{{_RUN}}}, folder)"
+            ).description("The snapshot folders of the runs shown (texwatch_snapshot_step).")
         )
         .with_variable(
             dashboard.TextBoxVariable("snapshot_url")
