@@ -19,6 +19,7 @@ import json
 import os
 import select
 import signal
+import subprocess
 import sys
 import time
 
@@ -50,6 +51,17 @@ def check_rows(scalars: dict[str, np.ndarray], steps: np.ndarray, data: np.ndarr
     for row in range(0, steps.shape[0], max(1, steps.shape[0] // 50)):
         step = int(steps[row])
         np.testing.assert_array_equal(data[row], latents_of(step)[row % LATENT_ITEMS])
+
+
+def kill_after(server: subprocess.Popen[str], delay: float) -> int:
+    """Have a ``forkserver`` helper fork a writer and SIGKILL it after ``delay`` seconds; the rows
+    that writer had flushed (every one of them must be in the store)."""
+    assert server.stdin is not None and server.stdout is not None
+    server.stdin.write(f"go {delay:.4f}\n")
+    server.stdin.flush()
+    reply = server.stdout.readline().split()
+    assert reply[0] == "killed", reply
+    return int(reply[1])
 
 
 def check_killed_run(run: object, flushed: int, previous: int) -> int:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from integration._store_helpers import check_killed_run, loss_of
+from integration._store_helpers import check_killed_run, kill_after, loss_of
 
 from texwatch.store import SCALARS, RunWriter, open_run
 
@@ -37,6 +37,17 @@ def _helper(*args: object) -> list[str]:
     return [sys.executable, str(HELPER), *map(str, args)]
 
 
+def _module(module: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m MODULE ARGS`` with the bucket's environment, its output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+
+
 def test_kill_9_on_s3_keeps_every_committed_row(s3_bucket: str) -> None:
     url = f"{s3_bucket}/killed.zarr"
     rng = np.random.default_rng(9)
@@ -52,11 +63,7 @@ def test_kill_9_on_s3_keeps_every_committed_row(s3_bucket: str) -> None:
     try:
         # each writer first waits out the killed one's lease, then records until its kill
         for delay in LEASE + rng.uniform(0.3, 1.5, size=5):
-            server.stdin.write(f"go {delay:.4f}\n")
-            server.stdin.flush()
-            reply = server.stdout.readline().split()
-            assert reply[0] == "killed", reply
-            flushed = int(reply[1])
+            flushed = kill_after(server, delay)
             run = open_run(url, OPTIONS["storage_options"])  # type: ignore[arg-type]
             previous = check_killed_run(run, flushed, previous)
     finally:
@@ -114,21 +121,13 @@ def test_texwatchd_and_report_read_runs_in_a_bucket(s3_bucket: str, tmp_path: Pa
             check=True,
             capture_output=True,
         )
-    daemon = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "texwatch.daemon",
-            "--root",
-            f"{s3_bucket}/runs/",
-            "--once",
-            "--snapshot-dir",
-            str(tmp_path / "snapshots"),
-        ],
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=240,
+    daemon = _module(
+        "texwatch.daemon",
+        "--root",
+        f"{s3_bucket}/runs/",
+        "--once",
+        "--snapshot-dir",
+        str(tmp_path / "snapshots"),
     )
     assert daemon.returncode == 0, daemon.stderr
     for name in ("a", "b"):
@@ -136,29 +135,11 @@ def test_texwatchd_and_report_read_runs_in_a_bucket(s3_bucket: str, tmp_path: Pa
         assert run.derived_cursor()[SCALARS] == 120
         assert run.derived(SCALARS)["step"].tolist() == list(range(120))
     assert sorted(p.name.split("-")[0] for p in (tmp_path / "snapshots").iterdir()) == ["proc"] * 2
-    report = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "texwatch.cli",
-            "report",
-            f"{s3_bucket}/runs/a.zarr",
-            "-o",
-            str(tmp_path / "report"),
-        ],
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=240,
+    report = _module(
+        "texwatch.cli", "report", f"{s3_bucket}/runs/a.zarr", "-o", str(tmp_path / "report")
     )
     assert report.returncode == 0, report.stderr
     summary = json.loads((tmp_path / "report" / "report.json").read_text())
     assert summary["runs"][0]["name"] == "proc"
-    missing = subprocess.run(
-        [sys.executable, "-m", "texwatch.daemon", "--store", f"{s3_bucket}/none.zarr", "--once"],
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    missing = _module("texwatch.daemon", "--store", f"{s3_bucket}/none.zarr", "--once")
     assert missing.returncode == 1 and "does not exist" in missing.stderr

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorstore as ts
-from integration._store_helpers import check_killed_run, check_rows, latents_of, loss_of
+from integration._store_helpers import check_killed_run, check_rows, kill_after, latents_of, loss_of
 
 from texwatch.store import ITEMS, SCALARS, open_run
 
@@ -94,11 +94,7 @@ def test_kill_9_at_20_random_moments_keeps_every_committed_row(tmp_path: Path) -
     previous = 0
     try:
         for delay in rng.uniform(0.02, 0.4, size=20):
-            server.stdin.write(f"go {delay:.4f}\n")
-            server.stdin.flush()
-            reply = server.stdout.readline().split()
-            assert reply[0] == "killed", reply
-            flushed = int(reply[1])
+            flushed = kill_after(server, delay)
             if not path.exists():
                 assert flushed == 0  # killed before the store existed: nothing was promised
                 continue
