@@ -42,7 +42,7 @@ _DS = models.DataSourceRef(type_val="prometheus", uid="${datasource}")
 _RUN = 'run=~"$run", rank=~"$rank"'
 _STREAM = 'run=~"$run", rank=~"$rank", stream=~"$stream"'
 # A run of its own has no rank: its legend reads "run /stream", a rank of a job "run 3/stream".
-_RS_LEGEND = "{{run}} {{rank}} {{rank}}/{{stream}}"
+_RS_LEGEND = "{{run}} {{rank}}/{{stream}}"
 _HEIGHT = 8
 
 
