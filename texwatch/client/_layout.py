@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from ._capture import is_tensor
+
 __all__ = ["DATAFORMATS", "check_dataformats", "chw", "layout_of", "stacked", "stored_rows"]
 
 DATAFORMATS = ("NCHW", "NHWC", "CHW", "HWC", "HW", "NHW")
@@ -51,6 +53,8 @@ def layout_of(
                 f"{len(dataformats)} axes"
             )
         return dataformats
+    if model and len(shape) not in (3, 4):
+        raise ValueError(f"{what} must have shape (B, C, H, W) or (C, H, W), got {shape}")
     if len(shape) == 2:
         return "HW"
     if len(shape) not in (3, 4):
@@ -105,8 +109,7 @@ def stacked(value: Any, dataformats: str | None, what: str) -> tuple[Any, str | 
             raise ValueError(f"{what} is an empty list, expected images")
         return value, dataformats
     items: Sequence[Any] = [value] if one else value
-    torch = sys.modules.get("torch")
-    tensors = torch is not None and all(isinstance(i, torch.Tensor) for i in items)
+    tensors = all(is_tensor(i) for i in items)
     arrays = list(items) if tensors else [_array(item, what) for item in items]
     shapes = sorted({tuple(a.shape) for a in arrays})
     if len(shapes) > 1:
@@ -122,7 +125,7 @@ def stacked(value: Any, dataformats: str | None, what: str) -> tuple[Any, str | 
             f"{what} is a list, so its dataformats names one image's layout (CHW, HWC or HW), "
             f"got {dataformats!r}"
         )
-    batch = torch.stack(arrays) if tensors else np.stack(arrays)  # type: ignore[union-attr]
+    batch = sys.modules["torch"].stack(arrays) if tensors else np.stack(arrays)
     return batch, None if dataformats is None else "N" + dataformats
 
 
@@ -131,12 +134,7 @@ def _is_pil(item: Any) -> bool:
 
 
 def _is_image(item: Any) -> bool:
-    torch = sys.modules.get("torch")
-    return (
-        _is_pil(item)
-        or isinstance(item, np.ndarray)
-        or (torch is not None and isinstance(item, torch.Tensor))
-    )
+    return _is_pil(item) or isinstance(item, np.ndarray) or is_tensor(item)
 
 
 def _array(item: Any, what: str) -> np.ndarray:
@@ -148,8 +146,7 @@ def _array(item: Any, what: str) -> np.ndarray:
         return np.asarray(item)
     if isinstance(item, np.ndarray):
         return item
-    torch = sys.modules.get("torch")
-    if torch is not None and isinstance(item, torch.Tensor):
+    if is_tensor(item):
         return item.numpy(force=True)
     raise TypeError(
         f"{what} holds a {type(item).__name__}; expected a tensor, a numpy array or a PIL image"

@@ -42,7 +42,9 @@ class _NoTensor:  # stands in for torch.Tensor until a call has passed one (torc
     pass
 
 
-_tensor: Any = _NoTensor
+tensor_class: Any = _NoTensor
+"""``torch.Tensor`` once a call has passed a tensor, else a class nothing is an instance of;
+``record()`` reads it as a module attribute (a function call would cost more on its fast path)."""
 _NUMBERS = frozenset(
     {int, *(np.dtype(c).type for c in np.typecodes["AllInteger"] + np.typecodes["Float"])}
 )
@@ -50,15 +52,10 @@ _NUMBERS = frozenset(
 
 def _know_torch() -> None:
     """Take ``torch.Tensor`` for signatures once torch is imported (by the caller, never here)."""
-    global _tensor
+    global tensor_class
     torch = sys.modules.get("torch")
     if torch is not None:
-        _tensor = torch.Tensor
-
-
-def tensor_type() -> Any:
-    """``torch.Tensor`` once a call has passed a tensor, else a class nothing is an instance of."""
-    return _tensor
+        tensor_class = torch.Tensor
 
 
 def _sig(value: Any) -> Any:
@@ -71,7 +68,7 @@ def _sig(value: Any) -> Any:
     the bit that keeps it, ``torch._C._dispatch_keys``, costs four times as much on a cold cache.
     """
     kind = type(value)
-    if kind is _tensor:
+    if kind is tensor_class:
         return (
             kind,
             value.ndim and value.shape,  # 0-d: 0, else the shape
@@ -199,7 +196,7 @@ class _Reader:
 
 def _read_type(value: Any) -> Any:
     """The ctypes type to read a validated tensor's one element with, or None."""
-    if type(value) is not _tensor or value.dim() or not value.is_cpu or value.is_neg():
+    if type(value) is not tensor_class or value.dim() or not value.is_cpu or value.is_neg():
         return None
     torch = sys.modules["torch"]
     if value.layout != torch.strided:

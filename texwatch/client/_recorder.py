@@ -64,7 +64,7 @@ from ._capture import (
     release,
     torch_kind,
 )
-from ._layout import check_dataformats, chw, layout_of, stacked
+from ._layout import check_dataformats, layout_of, stacked
 from ._names import RESERVED, TERM, WEIGHT, Kind, NameBook
 from ._options import RecorderOptions, count, options_from, per_stream
 from ._plan import (
@@ -458,7 +458,7 @@ class Recorder:
             step = _check_step(step)
         kind = type(loss)
         if (
-            (kind is float or kind is _plan.tensor_type())
+            (kind is float or kind is _plan.tensor_class)
             and latents is None
             and pred is None
             and target is None
@@ -828,7 +828,7 @@ class Recorder:
         dataformats: Any,
     ) -> list[tuple[str | None, _Stream]]:
         """The streams of a call, checked: (its images key, or None for latents/pred/target; the
-        stream, named here when its name is known, else by ``_register``)."""
+        stream, named by ``_register`` for an images key)."""
         given: list[tuple[str | None, int | str, Any, str]] = [
             (None, index, value, name)
             for index, (name, value) in enumerate(
@@ -851,30 +851,18 @@ class Recorder:
                     f"record(): {what} must be a float or integer image, got dtype kind "
                     f"{meta.kind!r}"
                 )
-            if key is None and len(meta.shape) not in (3, 4):
-                raise ValueError(
-                    f"record(): {what} must have shape (B, C, H, W) or (C, H, W), got {meta.shape}"
-                )
             fmt = None if key is None else formats.get(key)
             layout = layout_of(meta.shape, fmt, f"record(): {what}", model=key is None)
             if meta.size == 0:
                 raise ValueError(f"record(): {what} is empty (shape {meta.shape})")
             option = what if key is None else key  # every= and max_items= name it so
-            name = what if key is None else self._book.stored("images", key) or ""
-            shape = chw(meta.shape, layout)
-            known = self._streams.get(name) if name else None
-            if known is not None and known[0] != shape:
-                raise ValueError(
-                    f"record(): {what} has C, H, W = {shape} but stream {name!r} was created "
-                    f"with {known[0]}; record a different shape under a new images= name"
-                )
-            dtype = (
-                known[1] if known is not None else np.dtype(np.float16 if meta.half else np.float32)
-            )
+            # a known stream's dtype, and its check against the shape, are _register's
+            dtype = np.dtype(np.float16 if meta.half else np.float32)
             every = self._every.get(option, self._every_other)
             items = None
             if layout.startswith("N"):
                 items = min(meta.shape[0], self._max_items.get(option, self._max_items_other))
+            name = what if key is None else ""  # an images key is named by _register
             stream = _Stream(name, source, meta, value, dtype, every, items, layout)
             streams.append((key, stream))
         return streams
@@ -888,15 +876,14 @@ class Recorder:
         """Name and register new keys, columns and streams; the column of each (prefix, key),
         None for a key refused by a cap on names.
 
-        Raises before anything is registered when a key finds no free name, or a stream another
-        thread has just created has another shape. A refused key stays refused (caps only fill
-        up): every call giving it counts a drop and its value is dropped, its row kept.
+        Raises before anything is registered when a key finds no free name, or a stream is
+        given another shape than it was created with. A refused key stays refused (caps only
+        fill up): every call giving it counts a drop and its value is dropped, its row kept.
         """
         columns: dict[tuple[str, str], str | None] = {}
-        named = False  # a key got a new name
         with self._names_lock:
-            book = self._book.copy()
-            scalar_cols = set(self._scalar_cols)
+            # copied on the first change, so a call that names nothing new copies nothing
+            book, scalar_cols = self._book, self._scalar_cols
             for prefix, keys in keyed:
                 kind = _kind(prefix)
                 for key in keys:
@@ -906,37 +893,44 @@ class Recorder:
                         if book.count(kind) >= cap:
                             columns[prefix, key] = None
                             continue
+                        if book is self._book:
+                            book = book.copy()
                         around = ("",) if kind == "scalars" else (TERM, WEIGHT)
                         stored = book.name(kind, key, scalar_cols, around)
-                        named = True
-                    columns[prefix, key] = prefix + stored
-                    scalar_cols.add(prefix + stored)
-            if checkpoint:
-                scalar_cols.add("checkpoint")
-            tables = self._tables | RESERVED_TABLES
+                    columns[prefix, key] = column = prefix + stored
+                    if column not in scalar_cols:
+                        if scalar_cols is self._scalar_cols:
+                            scalar_cols = set(scalar_cols)
+                        scalar_cols.add(column)
+            if checkpoint and "checkpoint" not in scalar_cols:
+                scalar_cols = scalar_cols | {"checkpoint"}
             added: dict[str, tuple[tuple[int, int, int], np.dtype[Any]]] = {}
             for image_key, stream in streams:
-                if not stream.name:
-                    assert image_key is not None
+                if image_key is not None:
                     stored = book.stored("images", image_key)
                     if stored is None:
-                        stored = book.name("images", image_key, tables, ("",))
-                        named = True
+                        if book is self._book:
+                            book = book.copy()
+                        taken = self._tables | RESERVED_TABLES | added.keys()
+                        stored = book.name("images", image_key, taken, ("",))
                     stream.name = stored
                 known = self._streams.get(stream.name) or added.get(stream.name)
                 if known is None:
-                    tables.add(stream.name)
                     added[stream.name] = (stream.chw, stream.dtype)
                 elif known[0] != stream.chw:
+                    what = stream.name if image_key is None else f"images[{image_key!r}]"
                     raise ValueError(
-                        f"record(): stream {stream.name!r} is given C, H, W = {stream.chw} but "
-                        f"was created with {known[0]}; record a different shape under a new "
-                        f"images= name"
+                        f"record(): {what} has C, H, W = {stream.chw} but stream "
+                        f"{stream.name!r} was created with {known[0]}; record a different shape "
+                        f"under a new images= name"
                     )
+                else:
+                    stream.dtype = known[1]  # the stream's, as created
             self._scalar_cols = scalar_cols
-            self._tables = tables
-            self._streams.update(added)
-            if named:
+            if added:
+                self._tables = self._tables | added.keys()
+                self._streams.update(added)
+            if book is not self._book:
                 self._book = book
                 self._counters.set_names(book.renamed())
         return columns

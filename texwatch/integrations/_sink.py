@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from texwatch.client import Recorder, RecorderOptions
+from texwatch.client._capture import is_tensor
 from texwatch.client._layout import check_dataformats, layout_of, stacked
 from texwatch.client._options import options_from
 
@@ -324,10 +325,7 @@ def _image(key: str, value: Any, dataformats: str | None) -> tuple[Any, str]:
     if dataformats is not None:
         check_dataformats(dataformats, "log_images(): dataformats")
     value, dataformats = stacked(value, dataformats, what)
-    torch = sys.modules.get("torch")
-    if not isinstance(value, np.ndarray) and not (
-        torch is not None and isinstance(value, torch.Tensor)
-    ):
+    if not isinstance(value, np.ndarray) and not is_tensor(value):
         raise TypeError(
             f"{what} holds a {type(value).__name__}; expected a tensor, a numpy array, a PIL "
             f"image or a list of them"
