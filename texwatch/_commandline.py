@@ -13,7 +13,14 @@ from pathlib import Path
 
 from texwatch import __version__
 
-__all__ = ["HelpFormatter", "add_version", "exit_codes", "quiet_on_closed_stdout", "wrote"]
+__all__ = [
+    "HelpFormatter",
+    "add_version",
+    "exit_codes",
+    "failed",
+    "quiet_on_closed_stdout",
+    "wrote",
+]
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -43,6 +50,12 @@ def wrote(prog: str, folder: str | os.PathLike[str], names: Sequence[str]) -> No
     """Say on stdout, in one line, where a command wrote its output (also when piped)."""
     beside = f" (and {', '.join(names[1:])} beside it)" if len(names) > 1 else ""
     print(f"{prog}: wrote {Path(folder) / names[0]}{beside}", flush=True)
+
+
+def failed(prog: str, err: BaseException, code: int) -> int:
+    """Say on stderr, in one line, why the command failed (``prog: error: ...``); ``code``."""
+    print(f"{prog}: error: {' '.join(str(err).split())}", file=sys.stderr)
+    return code
 
 
 @contextlib.contextmanager

@@ -24,13 +24,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from texwatch._commandline import HelpFormatter, exit_codes, wrote
+from texwatch._commandline import HelpFormatter, exit_codes, failed, wrote
 from texwatch._json import jsonable
 
 if TYPE_CHECKING:
@@ -526,10 +525,8 @@ def run(args: argparse.Namespace) -> int:
             quiet=args.quiet,
         )
     except _InputError as err:
-        print(f"{_PROG}: error: {' '.join(str(err).split())}", file=sys.stderr)
-        return 2
+        return failed(_PROG, err, 2)
     except OSError as err:  # unreadable images are listed, not raised: this is mostly writing OUT
-        print(f"{_PROG}: error: {' '.join(str(err).split())}", file=sys.stderr)
-        return 1
+        return failed(_PROG, err, 1)
     wrote(_PROG, args.out, ["dataset.json", "dataset.png"])
     return 0

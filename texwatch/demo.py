@@ -63,7 +63,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from texwatch._commandline import HelpFormatter, exit_codes
+from texwatch._commandline import HelpFormatter, exit_codes, failed
 from texwatch.metric_names import DEFAULT_PORT
 
 if TYPE_CHECKING:
@@ -969,8 +969,7 @@ def run(args: argparse.Namespace) -> int:
     except BrokenPipeError:
         raise  # stdout's reader has gone: texwatch.cli ends quietly
     except (DemoError, OSError) as err:  # an OSError: OUT cannot be written, say
-        print(f"texwatch demo: error: {' '.join(str(err).split())}", file=sys.stderr)
-        return 2
+        return failed("texwatch demo", err, 2)
     finally:
         signal.signal(signal.SIGTERM, previous)
     return 0 if result.ok else 1

@@ -39,7 +39,6 @@ import dataclasses
 import json
 import math
 import re
-import sys
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -47,7 +46,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from texwatch._commandline import HelpFormatter, exit_codes, wrote
+from texwatch._commandline import HelpFormatter, exit_codes, failed, wrote
 from texwatch._json import jsonable
 
 if TYPE_CHECKING:
@@ -415,11 +414,9 @@ def run(args: argparse.Namespace) -> int:
             quiet=args.quiet,
         )
     except (_InputError, ReportError) as err:
-        print(f"{_PROG}: error: {' '.join(str(err).split())}", file=sys.stderr)
-        return 2
+        return failed(_PROG, err, 2)
     except OSError as err:  # an unreadable input is an _InputError: this is mostly writing OUT
-        print(f"{_PROG}: error: {' '.join(str(err).split())}", file=sys.stderr)
-        return 1
+        return failed(_PROG, err, 1)
     figures = sum(1 for image in doc["images"] if image["figure"] is not None)
     pngs = [f"{figures} PNG figure" + "s" * (figures > 1)] if figures else []
     wrote(_PROG, args.out, ["diagnose.json", *pngs])

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 
-from texwatch._commandline import HelpFormatter, exit_codes, wrote
+from texwatch._commandline import HelpFormatter, exit_codes, failed, wrote
 from texwatch.causes import ReportError, Thresholds
 
 from ._build import build_report
@@ -102,10 +101,8 @@ def run(args: argparse.Namespace) -> int:
             quiet=args.quiet,
         )
     except ReportError as err:
-        print(f"{PROG}: error: {' '.join(str(err).split())}", file=sys.stderr)
-        return 2
+        return failed(PROG, err, 2)
     except OSError as err:  # an unreadable store is a ReportError: this is mostly writing OUT
-        print(f"{PROG}: error: {' '.join(str(err).split())}", file=sys.stderr)
-        return 1
+        return failed(PROG, err, 1)
     wrote(PROG, args.out, ["index.html", "report.pdf", "report.json"])
     return 0
