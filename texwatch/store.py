@@ -138,6 +138,7 @@ __all__ = [
     "StreamSpec",
     "check_name",
     "given_nan",
+    "is_user_scalar",
     "latest_rows",
     "logged_name",
     "open_run",
@@ -180,12 +181,21 @@ def given_nan(column: str) -> str:
 RESERVED_SCALARS = frozenset({"step", "time", "loss", "checkpoint", "term", "weight", NONFINITE})
 """First segments of the scalar columns texwatch writes itself; every other column is a user
 scalar (``record(scalars=...)``)."""
+
+
 DERIVED_SCALARS = frozenset(
     {"loss_ema", "loss_zscore", "spike", "spike_rule", "warn", "share", "dead", "term_nonfinite"}
     | {"weighted"}  # the report's value x weight of each term
 )
 """First segments of the columns derived beside the scalar table (``derived/scalars``, see
 :mod:`texwatch.derive`), which readers join with it: no user scalar takes them either."""
+
+
+def is_user_scalar(column: str) -> bool:
+    """Whether a scalar column holds a ``record(scalars=...)`` key's values (``lr``), not one of
+    texwatch's own (``loss``, ``term/v``, ``nonfinite/loss``...)."""
+    return column.split("/")[0] not in RESERVED_SCALARS
+
 
 LOSS_NAN = given_nan("loss")
 """Scalar column marking rows whose given loss was NaN."""

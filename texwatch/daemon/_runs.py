@@ -14,14 +14,13 @@ import numpy as np
 from texwatch._location import ObjectPath, Where
 from texwatch.derive import DerivedBatch, Deriver, DeriveSettings
 from texwatch.metric_names import STREAM_HEALTH_NAMES, STREAM_METRIC_NAMES
-from texwatch.store import ITEMS, SCALARS, DerivedWriter, Run, open_run
+from texwatch.store import ITEMS, SCALARS, DerivedWriter, Run, is_user_scalar, open_run
 
 from ._exporter import Sample
 
 __all__ = ["RunWorker"]
 
 _log = logging.getLogger("texwatch.daemon")
-_RESERVED = {"step", "time", "loss", "checkpoint"}
 _TAIL_ROWS = 64  # derived rows re-read at start, to export the newest values after a restart
 
 
@@ -266,7 +265,7 @@ class RunWorker:
         yield Sample("texwatch_loss_spike_warnings", run, monitor.warnings)
         yield from self._term_samples()
         for key, value in self._latest_scalars.items():
-            if key in _RESERVED or key.startswith(("term/", "weight/", "nonfinite/")):
+            if not is_user_scalar(key):
                 continue
             yield Sample("texwatch_scalar", {**run, "name": key}, value)
         # Known sources start at 0, so the first NaN shows as an increase, not a new series.

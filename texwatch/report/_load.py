@@ -338,7 +338,7 @@ def _row_plan(run: Run, n: int) -> tuple[np.ndarray | None, np.ndarray | None, i
 def _scalar_columns(run: Run) -> tuple[list[str], list[str]]:
     """The joined table's columns (derived ones, sorted, then the raw ones they lack), and the
     raw columns of ``record(scalars=...)`` among them."""
-    from texwatch.store import RESERVED_SCALARS, SCALARS
+    from texwatch.store import SCALARS, is_user_scalar
 
     raw = run.scalar_names()
     terms = [c[len("term/") :] for c in raw if c.startswith("term/")]
@@ -346,7 +346,7 @@ def _scalar_columns(run: Run) -> tuple[list[str], list[str]]:
     if run.derived_committed().get(SCALARS):
         derived |= set(run.derived_columns(SCALARS)) - {"step"}
     kept = [c for c in raw if c not in derived and c != "time"]
-    logged = [c for c in kept if c.split("/")[0] not in RESERVED_SCALARS]
+    logged = [c for c in kept if is_user_scalar(c)]
     return ["step", *sorted(derived), *kept], logged
 
 
