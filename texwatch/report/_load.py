@@ -212,6 +212,10 @@ class RunData:
 
         return logged_name(self.names, name, stream=stream)
 
+    def is_validation(self, stream: str) -> bool:
+        """Whether ``stream`` holds fixed validation inputs: logged under ``val/``."""
+        return self.logged(stream, stream=True).startswith("val/")
+
 
 def open_store(path: Where) -> Run:
     """The run at ``path``, refused with a :class:`ReportError` when unreadable or empty."""

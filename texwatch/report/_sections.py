@@ -47,7 +47,6 @@ HEALTH_KEYS: tuple[str, ...] = ("mean", "std", "min", "max", "nonfinite", "clip_
 FFT_PERIOD_KEY = "fft_period_px"
 """Checkpoint-table row beside the ACF period: the period f* stands for, max(H, W) / f*."""
 
-_VAL_PREFIX = "val/"
 _MAX_SPIKE_ROWS = 200  # spikes listed in the loss section's table (the JSON has them all)
 _PANEL_LINES = 6  # logged scalars drawn on one axes
 _PANELS = 12  # axes of the logged-scalars figure; the table lists every scalar
@@ -434,7 +433,7 @@ def _checkpoint_rows(
     rows = []
     for rd in runs:
         for name, t in rd.streams.items():
-            if rd.logged(name, stream=True).startswith(_VAL_PREFIX) != val:
+            if rd.is_validation(name) != val:
                 continue
             i = row_at(t, step)
             if i is not None:
@@ -459,7 +458,8 @@ def checkpoint_section(
 
     doc.heading(f"Step {step}", 3, anchor=f"step-{step}")
     columns = []
-    rows = _checkpoint_rows(runs, step, val=False) + _checkpoint_rows(runs, step, val=True)
+    pictured = _checkpoint_rows(runs, step, val=False)
+    rows = pictured + _checkpoint_rows(runs, step, val=True)
     for rd, name, i in rows:
         t = rd.streams[name]
         columns.append(
@@ -477,7 +477,6 @@ def checkpoint_section(
         columns[-1][FFT_PERIOD_KEY] = (
             fft_period(f_star, rd.sizes[name]) if math.isfinite(f_star) else math.nan
         )
-    pictured = [r for r in rows if not r[0].logged(r[1], stream=True).startswith(_VAL_PREFIX)]
     if pictured:
         fig = new_figure(16.0, 3.6 * len(pictured) + 0.4)
         axes = axes_grid(fig, len(pictured), 4, title=False)
@@ -596,7 +595,7 @@ def validation_section(
         (rd, n, t)
         for rd in runs
         for n, t in rd.streams.items()
-        if rd.logged(n, stream=True).startswith(_VAL_PREFIX) and t["step"].size
+        if rd.is_validation(n) and t["step"].size
     ]
     if not rows:
         return []
