@@ -22,8 +22,8 @@ from grafana_foundation_sdk.models import alerting as alerting_models
 from grafana_foundation_sdk.models import dashboard as dashboard_models
 
 from dashboards.overview import DASHBOARD_UID, build_overview
-from dashboards.site import Site
-from dashboards.thresholds import Thresholds
+from dashboards.site import Site, site_or_default
+from dashboards.thresholds import Thresholds, thresholds_or_default
 
 __all__ = [
     "DATASOURCE_UID",
@@ -128,8 +128,8 @@ def alert_rules(
     Raises:
         TypeError: ``thresholds`` is not a :class:`Thresholds` or ``site`` not a :class:`Site`.
     """
-    th = _check_thresholds(thresholds)
-    job = _check_site(site).job
+    th = thresholds_or_default(thresholds)
+    job = site_or_default(site).job
     up = f'up{{job="{job}"}}'
     scale = th.harmonic_scale
     return (
@@ -334,26 +334,10 @@ def _counted_within(counter: str, window: str, by: str) -> str:
     return f"sum by ({by}) ({counter} - ({counter} offset {window} or {counter} * 0))"
 
 
-def _check_site(site: Site | None) -> Site:
-    if site is None:
-        return Site()
-    if not isinstance(site, Site):
-        raise TypeError(f"site must be a Site, got {type(site).__name__}")
-    return site
-
-
 def _panel_ids(thresholds: Thresholds | None, site: Site) -> dict[str, int]:
     """Dashboard panel title -> panel id, as the dashboard is built for these settings."""
     board = build_overview(thresholds, site)
     return {p["title"]: p["id"] for p in board["panels"] if p["type"] != "row"}
-
-
-def _check_thresholds(thresholds: Thresholds | None) -> Thresholds:
-    if thresholds is None:
-        return Thresholds()
-    if not isinstance(thresholds, Thresholds):
-        raise TypeError(f"thresholds must be a Thresholds, got {type(thresholds).__name__}")
-    return thresholds
 
 
 def _described(rule: AlertRule, value: str) -> str:
@@ -374,7 +358,7 @@ def prometheus_rules(
     thresholds: Thresholds | None = None, site: Site | None = None
 ) -> dict[str, Any]:
     """The Prometheus rule file (``deploy/prometheus/rules/texwatch.rules.yml``) as a mapping."""
-    site = _check_site(site)
+    site = site_or_default(site)
     rules = [
         {
             "alert": rule.name,
@@ -478,7 +462,7 @@ def grafana_alerting(
         raise TypeError(f"datasource_uid must be a str, got {type(datasource_uid).__name__}")
     if not datasource_uid:
         raise ValueError("datasource_uid must be a non-empty datasource uid, got ''")
-    site = _check_site(site)
+    site = site_or_default(site)
     panels = _panel_ids(thresholds, site)
     rules = []
     for rule in alert_rules(thresholds, site):

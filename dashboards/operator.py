@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from dashboards.site import Site
+from dashboards.site import Site, site_or_default
 
 __all__ = ["POD_LABELS", "POD_PORT", "pod_monitor", "prometheus_rule"]
 
@@ -27,7 +27,7 @@ def pod_monitor(site: Site | None = None) -> dict[str, Any]:
     """A PodMonitor scraping every pod labelled :data:`POD_LABELS`, in any namespace, on its
     :data:`POD_PORT` port, as job ``site.job`` (the operator's default job is the PodMonitor's
     ``namespace/name``, which the alert rules would not find)."""
-    site = site or Site()
+    site = site_or_default(site)
     return {
         "apiVersion": _API_VERSION,
         "kind": "PodMonitor",

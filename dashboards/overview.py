@@ -24,8 +24,8 @@ from grafana_foundation_sdk.models import common
 from grafana_foundation_sdk.models import dashboard as models
 from grafana_foundation_sdk.models import text as text_models
 
-from dashboards.site import Site
-from dashboards.thresholds import Thresholds
+from dashboards.site import Site, site_or_default
+from dashboards.thresholds import Thresholds, thresholds_or_default
 from texwatch.alarms import ALIAS_SHARE, BAND_SCORE
 from texwatch.detectors import SIGMA, WARN_SIGMA
 
@@ -758,14 +758,8 @@ def build_overview(
     Raises:
         TypeError: ``thresholds`` is not a :class:`Thresholds` or ``site`` not a :class:`Site`.
     """
-    if thresholds is None:
-        thresholds = Thresholds()
-    if not isinstance(thresholds, Thresholds):
-        raise TypeError(f"thresholds must be a Thresholds, got {type(thresholds).__name__}")
-    if site is None:
-        site = Site()
-    if not isinstance(site, Site):
-        raise TypeError(f"site must be a Site, got {type(site).__name__}")
+    thresholds = thresholds_or_default(thresholds)
+    site = site_or_default(site)
     ids = _Ids()
     board = (
         dashboard.Dashboard("texwatch — training overview")

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from texwatch.metric_names import DEFAULT_PORT, SCRAPE_JOB
 
-__all__ = ["Site"]
+__all__ = ["Site", "site_or_default"]
 
 # A Prometheus label value is any string, but the job name is also written into YAML, PromQL
 # strings and Kubernetes objects unquoted: keep it to what all of them take as is.
@@ -62,3 +62,12 @@ class Site:
     def runbook(self, alert: str) -> str:
         """The runbook of ``alert``: its anchor in the runbooks page."""
         return f"{self.runbook_url}#{alert.lower()}"
+
+
+def site_or_default(site: Site | None) -> Site:
+    """``site``, or the default :class:`Site` for None; a TypeError for anything else."""
+    if site is None:
+        return Site()
+    if not isinstance(site, Site):
+        raise TypeError(f"site must be a Site, got {type(site).__name__}")
+    return site

@@ -19,7 +19,7 @@ import yaml
 
 from texwatch.alarms import HARMONIC_SCALE
 
-__all__ = ["Thresholds", "load_thresholds"]
+__all__ = ["Thresholds", "load_thresholds", "thresholds_or_default"]
 
 _DURATION = re.compile(r"^(0|[1-9][0-9]*)(s|m|h|d)$")
 
@@ -108,6 +108,15 @@ class Thresholds:
         if unknown:
             raise ValueError(f"unknown threshold(s) {unknown}; expected some of {sorted(known)}")
         return cls(**dict(overrides))
+
+
+def thresholds_or_default(thresholds: Thresholds | None) -> Thresholds:
+    """``thresholds``, or the defaults for None; a TypeError for anything else."""
+    if thresholds is None:
+        return Thresholds()
+    if not isinstance(thresholds, Thresholds):
+        raise TypeError(f"thresholds must be a Thresholds, got {type(thresholds).__name__}")
+    return thresholds
 
 
 def load_thresholds(path: str | Path) -> Thresholds:
