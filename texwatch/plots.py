@@ -736,8 +736,7 @@ def _resample(a: np.ndarray, out_h: int, out_w: int, how: str) -> np.ndarray:
     """``a`` (H, W[, C]) at out_h × out_w: each pixel shows the k × k block (``how``: mean or
     max; k the whole reduction) holding its source pixel."""
     h, w = a.shape[:2]
-    k = max(1, int(min(h / out_h, w / out_w)))
-    reduced = _reduce(a, k, how)
+    reduced, k = fit_pixels(a, out_h, out_w, how=how)
     rows = ((np.arange(out_h) + 0.5) * (h / out_h)).astype(np.intp) // k
     cols = ((np.arange(out_w) + 0.5) * (w / out_w)).astype(np.intp) // k
     return reduced[rows[:, None], cols[None, :]]
