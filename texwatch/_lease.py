@@ -69,23 +69,20 @@ class Lease:
                 f"{store.bucket.url('')}, got {seconds!r}"
             )
         started = time.monotonic()
-        try:
-            reply = key.put(_body(store, seconds), mode="create")
-            return cls(key, store, seconds, reply["e_tag"])
-        except oe.AlreadyExistsError:
-            pass
+        created = key.create(_body(store, seconds))
+        if created is not None:
+            return cls(key, store, seconds, created)
         first = time.monotonic()
         etag, holder = _look(key)
         announced = False
         while True:
             if etag is None:  # deleted meanwhile: create it again
-                try:
-                    reply = key.put(_body(store, seconds), mode="create")
-                    return cls(key, store, seconds, reply["e_tag"])
-                except oe.AlreadyExistsError:
-                    first = time.monotonic()
-                    etag, holder = _look(key)
-                    continue
+                created = key.create(_body(store, seconds))
+                if created is not None:
+                    return cls(key, store, seconds, created)
+                first = time.monotonic()
+                etag, holder = _look(key)
+                continue
             if holder.get("released") or time.monotonic() - first >= seconds:
                 try:
                     renewed = time.monotonic()
@@ -201,18 +198,15 @@ def _body(store: ObjectPath, seconds: float, released: bool = False) -> bytes:
 
 def _look(key: ObjectPath) -> tuple[str | None, dict[str, Any]]:
     """The lease object's ETag and body, (None, {}) if there is none."""
-    import obstore
-
     try:
-        reply = key.bucket.call("get", lambda: obstore.get(key.bucket.store, key.key))
+        data, meta = key.read()
     except FileNotFoundError:
         return None, {}
-    etag = reply.meta["e_tag"]
     try:
-        body = json.loads(bytes(reply.bytes()))
+        body = json.loads(data)
     except ValueError:
         body = {}
-    return etag, body if isinstance(body, dict) else {}
+    return meta["e_tag"], body if isinstance(body, dict) else {}
 
 
 def _describe(holder: dict[str, Any]) -> str:

@@ -127,7 +127,7 @@ class Bucket:
     def url(self, key: str) -> str:
         return f"{self.scheme}://{self.bucket}/{key}".rstrip("/")
 
-    def call(self, what: str, request: Callable[[], T]) -> T:
+    def call(self, request: Callable[[], T]) -> T:
         """Run ``request`` (a blocking obstore call) under the cap, retrying transient errors."""
         tries = 0
         while True:
@@ -146,7 +146,7 @@ class Bucket:
             self._count()
             return result
 
-    async def acall(self, what: str, request: Callable[[], Awaitable[T]]) -> T:
+    async def acall(self, request: Callable[[], Awaitable[T]]) -> T:
         """``call`` for an async obstore request, waiting without blocking the event loop."""
         tries = 0
         while True:
@@ -361,11 +361,20 @@ class ObjectPath:
 
     # objects
 
-    def read_bytes(self) -> bytes:
+    def read(self) -> tuple[bytes, dict[str, Any]]:
+        """The object's bytes and metadata (``e_tag``...), from one GET, retried whole."""
         import obstore
 
         store = self._bucket.store
-        return bytes(self._bucket.call("get", lambda: obstore.get(store, self.key).bytes()))
+
+        def get() -> tuple[bytes, dict[str, Any]]:
+            reply = obstore.get(store, self.key)
+            return bytes(reply.bytes()), dict(reply.meta)
+
+        return self._bucket.call(get)
+
+    def read_bytes(self) -> bytes:
+        return self.read()[0]
 
     def read_text(self) -> str:
         return self.read_bytes().decode()
@@ -374,14 +383,14 @@ class ObjectPath:
         """The object's metadata (``e_tag``, ``size``, ``last_modified``)."""
         import obstore
 
-        return dict(self._bucket.call("head", lambda: obstore.head(self._bucket.store, self.key)))
+        return dict(self._bucket.call(lambda: obstore.head(self._bucket.store, self.key)))
 
     def put(self, data: bytes, mode: Any = None) -> dict[str, Any]:
         """Write the object; ``mode`` as obstore's (``"create"``, ``{"e_tag": ...}``)."""
         import obstore
 
         store = self._bucket.store
-        return dict(self._bucket.call("put", lambda: obstore.put(store, self.key, data, mode=mode)))
+        return dict(self._bucket.call(lambda: obstore.put(store, self.key, data, mode=mode)))
 
     def create(self, data: bytes) -> str | None:
         """Write the object only if there is none (``If-None-Match: *``): its ETag, or None
@@ -398,7 +407,7 @@ class ObjectPath:
 
         if not missing_ok and not self.is_file():
             raise FileNotFoundError(f"{self} does not exist")
-        self._bucket.call("delete", lambda: obstore.delete(self._bucket.store, self.key))
+        self._bucket.call(lambda: obstore.delete(self._bucket.store, self.key))
 
     def is_file(self) -> bool:
         try:
@@ -421,9 +430,7 @@ class ObjectPath:
 
         prefix = f"{self.key}/" if self.key else ""
         store = self._bucket.store
-        listed = self._bucket.call(
-            "list", lambda: obstore.list_with_delimiter(store, prefix or None)
-        )
+        listed = self._bucket.call(lambda: obstore.list_with_delimiter(store, prefix or None))
         names = [p.rstrip("/").rsplit("/", 1)[-1] for p in listed["common_prefixes"]]
         names += [o["path"].rsplit("/", 1)[-1] for o in listed["objects"]]
         for name in sorted(set(names)):
@@ -445,7 +452,7 @@ class ObjectPath:
             def delete(key: str = key) -> None:
                 obstore.delete(store, key)
 
-            self._bucket.call("delete", delete)
+            self._bucket.call(delete)
 
     def _keys(self, limit_one: bool = False) -> Iterator[str]:
         import obstore
@@ -456,7 +463,7 @@ class ObjectPath:
         def listing() -> Any:
             return obstore.list(store, prefix, chunk_size=1 if limit_one else 1000)
 
-        for batch in self._bucket.call("list", listing):
+        for batch in self._bucket.call(listing):
             for meta in batch:
                 yield meta["path"]
                 if limit_one:

@@ -82,7 +82,7 @@ class ObjectZarrStore(Store):
             return bytes(await reply.bytes_async())
 
         try:
-            data = await self._bucket.acall("get", read)
+            data = await self._bucket.acall(read)
         except FileNotFoundError:
             return None
         return prototype.buffer.from_bytes(data)
@@ -96,9 +96,7 @@ class ObjectZarrStore(Store):
         import obstore
 
         try:
-            await self._bucket.acall(
-                "head", lambda: obstore.head_async(self._bucket.store, self._key(key))
-            )
+            await self._bucket.acall(lambda: obstore.head_async(self._bucket.store, self._key(key)))
         except FileNotFoundError:
             return False
         return True
@@ -117,7 +115,7 @@ class ObjectZarrStore(Store):
         lease = self._lease
         if lease is None:
             await self._bucket.acall(
-                "put", lambda: obstore.put_async(self._bucket.store, self._key(key), data)
+                lambda: obstore.put_async(self._bucket.store, self._key(key), data)
             )
             return
         mode: Any = None
@@ -129,7 +127,7 @@ class ObjectZarrStore(Store):
             return await obstore.put_async(self._bucket.store, self._key(key), data, mode=mode)
 
         try:
-            reply = await self._bucket.acall("put", put)
+            reply = await self._bucket.acall(put)
         except (obstore.exceptions.PreconditionError, obstore.exceptions.AlreadyExistsError):
             lease.lost(f"its commit marker {self._root / MARKER} was written by another writer")
         if key == MARKER:
@@ -144,7 +142,6 @@ class ObjectZarrStore(Store):
         data = value.as_buffer_like()
         with contextlib.suppress(obstore.exceptions.AlreadyExistsError):
             await self._bucket.acall(
-                "put",
                 lambda: obstore.put_async(self._bucket.store, self._key(key), data, mode="create"),
             )
 
@@ -160,7 +157,7 @@ class ObjectZarrStore(Store):
             self._lease.check()
         with contextlib.suppress(FileNotFoundError):
             await self._bucket.acall(
-                "delete", lambda: obstore.delete_async(self._bucket.store, self._key(key))
+                lambda: obstore.delete_async(self._bucket.store, self._key(key))
             )
 
     # listing
@@ -189,7 +186,7 @@ class ObjectZarrStore(Store):
         where = base + prefix.rstrip("/")
         where = f"{where}/" if where else ""
         listed = await self._bucket.acall(
-            "list", lambda: obstore.list_with_delimiter_async(self._bucket.store, where or None)
+            lambda: obstore.list_with_delimiter_async(self._bucket.store, where or None)
         )
         for meta in listed["objects"]:
             yield meta["path"][len(where) :]
