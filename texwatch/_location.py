@@ -460,14 +460,14 @@ class ObjectPath:
         prefix = f"{self.key}/" if self.key else None
         store = self._bucket.store
 
-        def listing() -> Any:
-            return obstore.list(store, prefix, chunk_size=1 if limit_one else 1000)
+        def listing() -> list[str]:
+            # every page is fetched inside the call: under the cap, and retried whole
+            pages = obstore.list(store, prefix, chunk_size=1 if limit_one else 1000)
+            if limit_one:
+                return [meta["path"] for meta in next(iter(pages), [])][:1]
+            return [meta["path"] for page in pages for meta in page]
 
-        for batch in self._bucket.call(listing):
-            for meta in batch:
-                yield meta["path"]
-                if limit_one:
-                    return
+        yield from self._bucket.call(listing)
 
 
 Where = Path | ObjectPath

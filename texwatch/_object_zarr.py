@@ -174,10 +174,14 @@ class ObjectZarrStore(Store):
         import obstore
 
         base = f"{self._root.key}/" if self._root.key else ""
-        stream = obstore.list(self._bucket.store, base + prefix or None)
-        async for batch in stream:
-            for meta in batch:
-                yield meta["path"][len(base) :]
+
+        async def listing() -> list[str]:
+            # every page is fetched inside the call: under the cap, and retried whole
+            pages = obstore.list(self._bucket.store, base + prefix or None)
+            return [meta["path"] async for page in pages for meta in page]
+
+        for key in await self._bucket.acall(listing):
+            yield key[len(base) :]
 
     async def list_dir(self, prefix: str) -> AsyncIterator[str]:
         import obstore
