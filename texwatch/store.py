@@ -283,11 +283,12 @@ def _ensure_container(path: Where, durable: bool) -> None:
     to create it (the first one's group is everyone's)."""
     if is_plain_file(path):
         raise StoreFormatError(f"run store {str(path)!r} is a file, expected a folder")
-    if _read_attrs(path).get("schema_version") is not None:
-        raise StoreFormatError(
-            f"{str(path)!r} holds a single run; per-rank runs need a folder of their own"
-        )
-    if (path / "zarr.json").is_file():
+    text = _read_meta(path / "zarr.json")
+    if text is not None:
+        if _attrs_of(text).get("schema_version") is not None:
+            raise StoreFormatError(
+                f"{str(path)!r} holds a single run; per-rank runs need a folder of their own"
+            )
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -304,8 +305,11 @@ def _ensure_container(path: Where, durable: bool) -> None:
 def _read_attrs(path: Where) -> dict[str, Any]:
     """Attributes of the group at ``path`` read fresh; {} when there is no group there."""
     text = _read_meta(path / "zarr.json")
-    if text is None:
-        return {}
+    return {} if text is None else _attrs_of(text)
+
+
+def _attrs_of(text: str) -> dict[str, Any]:
+    """The attributes in a ``zarr.json``'s text; {} unless it is a group's."""
     node = json.loads(text)
     if node.get("node_type") != "group":
         return {}
