@@ -342,6 +342,11 @@ def test_per_rank_container(store: Path) -> None:
         writer.commit()
     assert run_paths(store) == [store / "rank0", store / "rank1"]
     assert open_run(store / "rank1").rank == 1
+    assert open_run(store / "rank0").name == store.stem  # its ranks are named after the job
+    # a rank's run named otherwise (older texwatch named it rank<r>) resumes under its name
+    RunWriter.open(store, rank=2, per_rank=True, run="rank2").close()
+    with RunWriter.open(store, rank=2, per_rank=True) as again:
+        assert again.name == "rank2"
     steps = zarr.open_group(store, mode="r")["rank1/scalars/step"]
     assert isinstance(steps, zarr.Array) and steps.shape[0] > 0
     with pytest.raises(StoreFormatError, match="one run per rank"):

@@ -896,13 +896,12 @@ class RunWriter:
         if not isinstance(durable, bool):
             raise TypeError(f"durable must be a bool, got {type(durable).__name__}")
         config_json = None if config is None else _json_attr(dict(config), "config")
+        name = root.name.removesuffix(".zarr")  # a new run's name when none is given
         if per_rank:
             if rank is None or rank < 0:
                 raise ValueError(f"per_rank needs rank >= 0, got rank={rank!r}")
             _ensure_container(root, durable)
-            if run is None:
-                run = root.name.removesuffix(".zarr")
-            root = root / f"rank{rank}"
+            root = root / f"rank{rank}"  # its ranks are named after the job
         # what is plainly not a run fails before a lock file is made beside it
         if is_plain_file(root):
             raise StoreFormatError(f"run store {str(root)!r} is a file, expected a folder")
@@ -919,7 +918,7 @@ class RunWriter:
             if _read_meta(root / "zarr.json") is None:
                 attrs: dict[str, Any] = {
                     "schema_version": SCHEMA_VERSION,
-                    "run": run if run is not None else root.name.removesuffix(".zarr"),
+                    "run": run if run is not None else name,
                     "config": config_json if config_json is not None else {},
                     "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                     "run_id": uuid.uuid4().hex,
