@@ -11,14 +11,22 @@ channels first and scales 8-bit images to [0, 1].
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from ._capture import is_tensor
 
-__all__ = ["DATAFORMATS", "check_dataformats", "chw", "layout_of", "stacked", "stored_rows"]
+__all__ = [
+    "DATAFORMATS",
+    "check_dataformats",
+    "chw",
+    "formats_by_key",
+    "layout_of",
+    "stacked",
+    "stored_rows",
+]
 
 DATAFORMATS = ("NCHW", "NHWC", "CHW", "HWC", "HW", "NHW")
 """Layouts ``dataformats=`` names, as TensorBoard's ``add_images``/``add_image``."""
@@ -31,6 +39,29 @@ def check_dataformats(value: Any, what: str) -> str:
     if value not in DATAFORMATS:
         raise ValueError(f"{what} must be one of {', '.join(DATAFORMATS)}, got {value!r}")
     return str(value)
+
+
+def formats_by_key(dataformats: Any, images: Mapping[str, Any]) -> Mapping[str, str]:
+    """``record()``'s ``dataformats`` checked, by ``images`` key: one layout for every key, or a
+    dict whose keys are ``images`` keys."""
+    if dataformats is None:
+        return {}
+    if isinstance(dataformats, str):
+        layout = check_dataformats(dataformats, "record(): dataformats")
+        return dict.fromkeys(images, layout)
+    if not isinstance(dataformats, Mapping):
+        raise TypeError(
+            f"record(): dataformats must be a str or a dict of images key -> str, got "
+            f"{type(dataformats).__name__}"
+        )
+    for key, layout in dataformats.items():
+        if key not in images:
+            raise ValueError(
+                f"record(): dataformats key {key!r} is not an images key; expected one of "
+                f"{sorted(map(str, images))}"
+            )
+        check_dataformats(layout, f"record(): dataformats[{key!r}]")
+    return dataformats
 
 
 def layout_of(

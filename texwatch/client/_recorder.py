@@ -64,7 +64,7 @@ from ._capture import (
     release,
     torch_kind,
 )
-from ._layout import check_dataformats, layout_of, stacked
+from ._layout import formats_by_key, layout_of, stacked
 from ._names import RESERVED, TERM, WEIGHT, Kind, NameBook
 from ._options import RecorderOptions, count, options_from, per_stream
 from ._plan import (
@@ -225,34 +225,12 @@ def _kind(prefix: str) -> Kind:
     return "scalars" if not prefix else "terms"
 
 
-def _formats(dataformats: Any, images: Mapping[str, Any]) -> Mapping[str, str]:
-    """``dataformats`` checked, by images key."""
-    if dataformats is None:
-        return {}
-    if isinstance(dataformats, str):
-        layout = check_dataformats(dataformats, "record(): dataformats")
-        return dict.fromkeys(images, layout)
-    if not isinstance(dataformats, Mapping):
-        raise TypeError(
-            f"record(): dataformats must be a str or a dict of images key -> str, got "
-            f"{type(dataformats).__name__}"
-        )
-    for key, layout in dataformats.items():
-        if key not in images:
-            raise ValueError(
-                f"record(): dataformats key {key!r} is not an images key; expected one of "
-                f"{sorted(map(str, images))}"
-            )
-        check_dataformats(layout, f"record(): dataformats[{key!r}]")
-    return dataformats
-
-
 def _stacked(
     images: Mapping[str, Any], dataformats: Any
 ) -> tuple[dict[str, Any], Mapping[str, str]]:
     """``images`` with PIL images and lists of images as arrays or tensors, and the layout of
     each (see ``_layout.stacked``)."""
-    formats = _formats(dataformats, _mapping(images, "images"))
+    formats = formats_by_key(dataformats, _mapping(images, "images"))
     values: dict[str, Any] = {}
     layouts: dict[str, str] = {}
     for key, value in images.items():
@@ -838,7 +816,7 @@ class Recorder:
         ]
         formats: Mapping[str, str] = {}
         if images is not None:
-            formats = _formats(dataformats, _mapping(images, "images"))
+            formats = formats_by_key(dataformats, _mapping(images, "images"))
             for name, value in images.items():
                 _check_key(name, "images")
                 if value is not None:

@@ -22,7 +22,7 @@ import numpy as np
 
 from texwatch.client import Recorder, RecorderOptions
 from texwatch.client._capture import is_tensor
-from texwatch.client._layout import check_dataformats, layout_of, stacked
+from texwatch.client._layout import check_dataformats, formats_by_key, layout_of, stacked
 from texwatch.client._options import options_from
 
 from ._config import plain_config
@@ -231,11 +231,7 @@ class MetricSink:
                 row.scalars.update(value)
             elif arg == "images":
                 row.images.update(value)
-                formats = kwargs.get("dataformats")
-                if formats is not None:
-                    row.dataformats.update(
-                        dict.fromkeys(value, formats) if isinstance(formats, str) else formats
-                    )
+                row.dataformats.update(formats_by_key(kwargs.get("dataformats"), value))
             elif arg != "dataformats":
                 row.kwargs[arg] = value
 
