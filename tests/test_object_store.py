@@ -20,12 +20,17 @@ LEASE = 6.0  # short, for the tests; long enough that a loaded machine renews it
 SHORT = {"client_options": {"timeout": "2s"}}  # a request timeout that allows a 6 s lease
 
 
-def _stop_renewals(writer: RunWriter) -> None:
-    """The writer's lease is no longer renewed, as when its process is frozen or killed."""
+def _frozen_writer(url: str) -> RunWriter:
+    """A writer that committed steps 0-4, then stopped renewing its lease, as when its process
+    is frozen or killed."""
+    writer = RunWriter.open(url, storage_options=SHORT, lease_seconds=LEASE)
+    _rows(writer, 0, 5)
+    writer.commit()
     lease = writer._lock
     lease._stop.set()  # type: ignore[union-attr]
     lease._thread.join()  # type: ignore[union-attr]
     lease._stop.clear()  # type: ignore[union-attr]
+    return writer
 
 
 def _rows(writer: RunWriter, start: int, n: int) -> None:
@@ -161,10 +166,7 @@ def test_a_second_writer_on_an_s3_store_is_refused_and_nothing_is_lost(s3_bucket
 
 def test_a_dead_writers_lease_is_taken_over_after_one_lease(s3_bucket: str) -> None:
     url = f"{s3_bucket}/x.zarr"
-    dead = RunWriter.open(url, storage_options=SHORT, lease_seconds=LEASE)
-    _rows(dead, 0, 5)
-    dead.commit()
-    _stop_renewals(dead)
+    dead = _frozen_writer(url)
     started = time.monotonic()
     with RunWriter.open(url, storage_options=SHORT, lease_seconds=LEASE) as heir:
         waited = time.monotonic() - started
@@ -180,10 +182,7 @@ def test_a_dead_writers_lease_is_taken_over_after_one_lease(s3_bucket: str) -> N
 
 def test_a_writer_that_lost_its_lease_can_never_publish(s3_bucket: str) -> None:
     url = f"{s3_bucket}/x.zarr"
-    old = RunWriter.open(url, storage_options=SHORT, lease_seconds=LEASE)
-    _rows(old, 0, 5)
-    old.commit()
-    _stop_renewals(old)
+    old = _frozen_writer(url)
     with RunWriter.open(url, storage_options=SHORT, lease_seconds=LEASE) as new:
         _rows(new, 5, 3)
         new.commit()
