@@ -28,7 +28,7 @@ from texwatch.store import (
     given_nan,
 )
 
-__all__ = ["KINDS", "Kind", "NameBook", "escaped"]
+__all__ = ["BUILTIN_STREAMS", "KINDS", "Kind", "NameBook", "escaped"]
 
 Kind = Literal["scalars", "terms", "images"]
 KINDS: tuple[Kind, ...] = ("scalars", "terms", "images")
@@ -36,12 +36,15 @@ KINDS: tuple[Kind, ...] = ("scalars", "terms", "images")
 TERM, WEIGHT = "term/", "weight/"
 """Column prefixes of ``terms=`` and ``weights=`` keys."""
 
+BUILTIN_STREAMS = ("latents", "pred", "target")
+"""The streams of ``record()``'s own arguments."""
+
 RESERVED: Mapping[Kind, frozenset[str]] = {
     # the columns texwatch writes, and those derived beside them
     "scalars": RESERVED_SCALARS | DERIVED_SCALARS,
     "terms": frozenset(),
     # texwatch's own streams and tables
-    "images": frozenset({"latents", "pred", "target"} | RESERVED_TABLES),
+    "images": frozenset(BUILTIN_STREAMS) | RESERVED_TABLES,
 }
 """First segments a stored name of each kind may not have."""
 

@@ -65,7 +65,7 @@ from ._capture import (
     torch_kind,
 )
 from ._layout import formats_by_key, layout_of, stacked
-from ._names import RESERVED, TERM, WEIGHT, Kind, NameBook
+from ._names import BUILTIN_STREAMS, RESERVED, TERM, WEIGHT, Kind, NameBook
 from ._options import RecorderOptions, count, options_from, per_stream
 from ._plan import (
     Copier,
@@ -103,7 +103,6 @@ STREAM_EVERY = 1
 STREAM_MAX_ITEMS = 4
 """``max_items`` of a user stream not named in ``max_items=``."""
 
-_BUILTIN_STREAMS = ("latents", "pred", "target")
 _MAX_STEP = 2**63 - 1  # steps are stored as int64 (record() spells it out: no global to read)
 _BLOCK_BYTES = 16 << 20  # commit early once this many image bytes are pending
 _POLL = 0.0005
@@ -335,7 +334,7 @@ class Recorder:
                     spec = store.stream_spec(table)
                     if spec is not None:
                         self._streams[table] = (spec.shape, spec.dtype)
-                        if table not in _BUILTIN_STREAMS:
+                        if table not in BUILTIN_STREAMS:
                             self._book.know("images", table, renamed.get("images", {}))
             drops, nonfinite, errors = store.counters()
             self._counters = Counters(
@@ -810,7 +809,7 @@ class Recorder:
         given: list[tuple[str | None, int | str, Any, str]] = [
             (None, index, value, name)
             for index, (name, value) in enumerate(
-                zip(_BUILTIN_STREAMS, (latents, pred, target), strict=True)
+                zip(BUILTIN_STREAMS, (latents, pred, target), strict=True)
             )
             if value is not None
         ]
